@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Both create .venv on first use, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint typecheck pytest proto bench demo clean
+
+$(STAMP): requirements/*.txt client/pyproject.toml server/pyproject.toml workers/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e ./client -e ./workers -e ./server
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/gradserve serve $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \
+		--pyi_out=client proto/gradserve/v1/gradserve.proto
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(ARGS)
+
+demo: $(STAMP)
+	$(PY) examples/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

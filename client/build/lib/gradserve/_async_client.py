@@ -1,0 +1,95 @@
+"""The asyncio client: the shared logic of BaseClient over a grpc.aio channel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from gradserve._base import RETRY_STREAM_KEY, BaseClient
+from gradserve.errors import from_rpc_error
+from gradserve.results import CheckReport, ComputeResult, ServerInfo
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+
+class AsyncClient(BaseClient):
+    """The same methods as :class:`gradserve.Client`, awaited.
+
+    >>> async with AsyncClient("127.0.0.1:50051") as client:   # doctest: +SKIP
+    ...     await client.grad("2 * dot(x, x)", {"x": [1.0, 2.0]})
+    array([4., 8.])
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(address, token=token, timeout=timeout)
+        self._channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
+        self._stub = pb_grpc.GradientServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, fn: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await fn(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def _stream_compute(
+        self, req: pb.ComputeRequest, timeout: float | None
+    ) -> pb.ComputeResponse:
+        async def parts() -> AsyncIterator[pb.ComputeRequestPart]:
+            for part in self._stream_parts(req):
+                yield part
+
+        call = self._stub.ComputeStream(
+            parts(), timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        try:
+            received = [part async for part in call]
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return self._join_stream(received)
+
+    async def _compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+        if self._wants_stream(req):
+            resp = await self._stream_compute(req, timeout)
+        else:
+            try:
+                resp = await self._stub.Compute(
+                    req, timeout=self._deadline(timeout), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+                if RETRY_STREAM_KEY not in trailing:
+                    raise from_rpc_error(error) from None
+                resp = await self._stream_compute(req, timeout)
+        result: ComputeResult = self._decode_compute(resp)
+        return result if pick is None else result[pick]
+
+    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+        return self._compute(req, pick, timeout)
+
+    async def _check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:
+        return self._decode_check(await self._call(self._stub.Check, req, timeout))
+
+    def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> Any:
+        return self._check(req, timeout)
+
+    async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        msg = await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+        return ServerInfo._from_proto(msg)

@@ -1,0 +1,94 @@
+"""The blocking client: the shared logic of BaseClient over a grpc channel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gradserve._base import RETRY_STREAM_KEY, BaseClient
+from gradserve.errors import from_rpc_error
+from gradserve.results import CheckReport, ComputeResult, ServerInfo
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+def _wants_retry_as_stream(error: grpc.RpcError) -> bool:
+    trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    return RETRY_STREAM_KEY in trailing
+
+
+class Client(BaseClient):
+    """A blocking gradserve client.
+
+    >>> with Client("127.0.0.1:50051") as client:          # doctest: +SKIP
+    ...     client.grad("2 * dot(x, x)", {"x": [0.0, 1.0, 2.0, 3.0]})
+    array([ 0.,  4.,  8., 12.])
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(address, token=token, timeout=timeout)
+        self._channel = grpc.insecure_channel(self.address, options=self._channel_options)
+        self._stub = pb_grpc.GradientServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return fn(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def _stream_compute(self, req: pb.ComputeRequest, timeout: float | None) -> pb.ComputeResponse:
+        def collect() -> list[pb.ComputeResponsePart]:
+            return list(
+                self._stub.ComputeStream(
+                    iter(self._stream_parts(req)),
+                    timeout=self._deadline(timeout),
+                    metadata=self._metadata,
+                )
+            )
+
+        try:
+            return self._join_stream(collect())
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+        if self._wants_stream(req):
+            resp = self._stream_compute(req, timeout)
+        else:
+            try:
+                resp = self._stub.Compute(
+                    req, timeout=self._deadline(timeout), metadata=self._metadata
+                )
+            except grpc.RpcError as error:
+                if not _wants_retry_as_stream(error):
+                    raise from_rpc_error(error) from None
+                resp = self._stream_compute(req, timeout)
+        result: ComputeResult = self._decode_compute(resp)
+        return result if pick is None else result[pick]
+
+    def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:
+        return self._decode_check(self._call(self._stub.Check, req, timeout))
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """Version, workers, limits and the function table of the server."""
+        msg = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+        return ServerInfo._from_proto(msg)

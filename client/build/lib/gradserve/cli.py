@@ -1,0 +1,199 @@
+"""The ``gradserve`` command line: serve, compute, check, and (with the server) jobs.
+
+Values for ``--input name=VALUE`` are a JSON list or number, a ``.npy`` file, or
+a range ``linspace(a, b, n)`` / ``arange(a, b, step)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gradserve._client import Client
+from gradserve.errors import GradserveError, InvalidSpecError
+
+_RANGE = re.compile(r"^\s*(linspace|arange)\s*\(([^()]*)\)\s*$")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_value(text: str) -> np.ndarray:
+    """A CLI value: JSON, a .npy path or a linspace/arange range.
+
+    >>> parse_value("[1, 2]").tolist()
+    [1.0, 2.0]
+    >>> parse_value("linspace(0, 1, 3)").tolist()
+    [0.0, 0.5, 1.0]
+    """
+    match = _RANGE.match(text)
+    if match:
+        kind, args = match.groups()
+        try:
+            numbers = [float(a) for a in args.split(",")]
+        except ValueError:
+            raise UsageError(f"{text!r}: {kind} takes numbers, e.g. {kind}(0, 1, 5)") from None
+        if kind == "linspace":
+            if len(numbers) != 3:
+                raise UsageError(f"{text!r}: linspace(start, stop, count)")
+            return np.linspace(numbers[0], numbers[1], int(numbers[2]))
+        if len(numbers) not in (2, 3):
+            raise UsageError(f"{text!r}: arange(start, stop[, step])")
+        return np.arange(*numbers)
+    if text.endswith(".npy"):
+        if not os.path.exists(text):
+            raise UsageError(f"{text!r}: no such file")
+        return np.asarray(np.load(text, allow_pickle=False), dtype=float)
+    try:
+        return np.asarray(json.loads(text), dtype=float)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        raise UsageError(
+            f"{text!r} is not a value: give JSON ([1, 2]), a .npy file or linspace(a, b, n)"
+        ) from None
+
+
+def parse_inputs(items: Sequence[str]) -> dict[str, np.ndarray] | np.ndarray:
+    named: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if len(items) == 1:
+                return parse_value(item)
+            raise UsageError(f"--input {item!r}: write name=VALUE when there are several inputs")
+        named[name.strip()] = parse_value(value)
+    return named
+
+
+def _print_array(label: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _print_array(f"{label}[{key}]" if label else str(key), sub)
+        return
+    with np.printoptions(precision=6, suppress=True, threshold=200):
+        print(f"{label}:\n{np.asarray(value)}" if label else np.asarray(value))
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.address, token=args.token, timeout=args.timeout)
+
+
+def cmd_compute(args: argparse.Namespace) -> int:
+    inputs = parse_inputs(args.input)
+    with _client(args) as client:
+        result = client.compute(
+            args.function,
+            inputs,
+            [args.command],
+            wrt=args.wrt or None,
+            batched=args.batched,
+            dtype=args.dtype,
+        )
+    _print_array("" if not isinstance(result[args.command], dict) else "", result[args.command])
+    for warning in result.metadata.warnings:
+        print(f"note: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    inputs = parse_inputs(args.input)
+    with _client(args) as client:
+        report = client.check(
+            args.function,
+            inputs,
+            wrt=args.wrt or None,
+            grad=args.grad,
+            jacobian=args.jacobian,
+            hessian=args.hessian,
+            order=args.order,
+            atol=args.atol,
+            rtol=args.rtol,
+            eps=args.eps,
+            batched=args.batched,
+        )
+    print(report.message)
+    return 0 if report.passed else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.server_info()
+    print(f"gradserve {info.version} at {client.address}: {info.workers} workers ({info.device})")
+    for name, value in sorted(info.limits.items()):
+        print(f"  {name} = {value}")
+    return 0
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    try:
+        from gradserve_server.main import main as serve_main
+    except ImportError:
+        print(
+            "gradserve serve needs the server: pip install gradserve-server (see the README)",
+            file=sys.stderr,
+        )
+        return 2
+    serve_main(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradserve", description=__doc__)
+    parser.add_argument("--address", default=None, help="host:port (default $GRADSERVE_ADDRESS)")
+    parser.add_argument("--token", default=None, help="bearer token (default $GRADSERVE_TOKEN)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (options: gradserve serve --help)")
+    for op in ("value", "grad", "jacobian", "hessian"):
+        p = sub.add_parser(op, help=f"print the {op} of FUNCTION at the inputs")
+        p.add_argument("function")
+        p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
+        p.add_argument("--wrt", action="append", default=[])
+        p.add_argument("--batched", action="store_true")
+        p.add_argument("--dtype", choices=["float32", "float64"], default=None)
+        p.set_defaults(handler=cmd_compute)
+    p = sub.add_parser("check", help="check derivatives; exits 1 when the check fails")
+    p.add_argument("function")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--wrt", action="append", default=[])
+    p.add_argument("--grad", default=None, help="claimed gradient, e.g. '4 * x'")
+    p.add_argument("--jacobian", default=None)
+    p.add_argument("--hessian", default=None)
+    p.add_argument("--order", type=int, default=1)
+    p.add_argument("--atol", type=float, default=None)
+    p.add_argument("--rtol", type=float, default=None)
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--batched", action="store_true")
+    p.set_defaults(handler=cmd_check)
+    p = sub.add_parser("info", help="server version, workers and limits")
+    p.set_defaults(handler=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return cmd_serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"gradserve {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except InvalidSpecError as exc:
+        print(f"gradserve {args.command}: invalid function\n{exc.message}", file=sys.stderr)
+        return 2
+    except GradserveError as exc:
+        print(f"gradserve {args.command}: {exc.code or 'error'}: {exc.message}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

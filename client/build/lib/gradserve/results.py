@@ -1,0 +1,306 @@
+"""What calls return: frozen dataclasses built from protos (protobuf never leaks out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradserve.v1 import gradserve_pb2 as pb
+
+OP_NAMES: dict[str, int] = {
+    "value": pb.OP_VALUE,
+    "grad": pb.OP_GRAD,
+    "jacobian": pb.OP_JACOBIAN,
+    "hessian": pb.OP_HESSIAN,
+    "vjp": pb.OP_VJP,
+    "jvp": pb.OP_JVP,
+    "hvp": pb.OP_HVP,
+}
+OP_BY_NUMBER = {number: name for name, number in OP_NAMES.items()}
+
+_PATHS = {
+    pb.EXECUTION_PATH_UNSPECIFIED: "",
+    pb.EXECUTION_PATH_VMAP: "vmap",
+    pb.EXECUTION_PATH_PER_POINT: "per_point",
+}
+CHECK_KINDS = {
+    pb.CHECK_KIND_UNSPECIFIED: "",
+    pb.CHECK_KIND_FINITE_DIFFERENCE: "finite_difference",
+    pb.CHECK_KIND_CLAIMED_GRAD: "claimed_grad",
+    pb.CHECK_KIND_CLAIMED_JACOBIAN: "claimed_jacobian",
+    pb.CHECK_KIND_CLAIMED_HESSIAN: "claimed_hessian",
+}
+JOB_STATES = {
+    pb.JOB_STATE_UNSPECIFIED: "unspecified",
+    pb.JOB_STATE_QUEUED: "queued",
+    pb.JOB_STATE_RUNNING: "running",
+    pb.JOB_STATE_SUCCEEDED: "succeeded",
+    pb.JOB_STATE_FAILED: "failed",
+    pb.JOB_STATE_CANCELLED: "cancelled",
+}
+JOB_STATE_NUMBERS = {name: number for number, name in JOB_STATES.items()}
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """How a computation ran.
+
+    ``execution_path`` is ``"vmap"`` or ``"per_point"`` (data-dependent control
+    flow); ``unconnected`` names inputs the output does not depend on (their
+    derivatives are zeros).
+    """
+
+    execution_path: str = ""
+    unconnected: tuple[str, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    points: int = 0
+    chunks: int = 0
+    workers: int = 0
+    compute_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    jacobian_mode: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
+        return cls(
+            execution_path=_PATHS.get(msg.execution_path, ""),
+            unconnected=tuple(msg.unconnected),
+            out_shape=tuple(int(d) for d in msg.out_shape),
+            points=int(msg.points),
+            chunks=int(msg.chunks),
+            workers=int(msg.workers),
+            compute_seconds=float(msg.compute_seconds),
+            wall_seconds=float(msg.wall_seconds),
+            jacobian_mode=msg.jacobian_mode,
+            warnings=tuple(msg.warnings),
+        )
+
+
+@dataclass(frozen=True)
+class ComputeResult:
+    """Every requested operation's result, by operation name, plus metadata.
+
+    Each value follows the SDK's convention: one array when there is one input
+    (or one ``wrt`` name), else a dict by input name (for ``hessian`` a nested
+    dict ``H[a][b]``); ``value`` and ``jvp`` are always one array.
+    """
+
+    outputs: Mapping[str, Any]
+    metadata: Metadata
+
+    def __getitem__(self, op: str) -> Any:
+        return self.outputs[op]
+
+
+@dataclass(frozen=True)
+class WorstElement:
+    """The element of a check with the largest error, values side by side."""
+
+    point: int
+    input: str
+    output_index: tuple[int, ...]
+    input_index: tuple[int, ...]
+    analytic: float
+    numeric: float
+    abs_error: float
+    rel_error: float
+
+    @classmethod
+    def _from_proto(cls, msg: pb.WorstElement) -> WorstElement:
+        return cls(
+            point=int(msg.point),
+            input=msg.input,
+            output_index=tuple(int(i) for i in msg.output_index),
+            input_index=tuple(int(i) for i in msg.input_index),
+            analytic=msg.analytic,
+            numeric=msg.numeric,
+            abs_error=msg.abs_error,
+            rel_error=msg.rel_error,
+        )
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The verdict of a derivative check.
+
+    ``worst`` names the element with the largest error (``numeric`` holds the
+    finite difference, or the claimed value for claimed-derivative checks);
+    ``non_differentiable`` says the worst element sits at a kink.
+    """
+
+    passed: bool
+    kind: str
+    order: int
+    mode: str
+    max_abs_error: float
+    max_rel_error: float
+    worst: WorstElement | None
+    non_differentiable: bool
+    symmetric: bool | None
+    point_passed: tuple[bool, ...]
+    message: str
+    atol: float
+    rtol: float
+    eps: float
+    num_points: int
+    execution_path: str = ""
+
+    @property
+    def worst_point(self) -> int | None:
+        return None if self.worst is None else self.worst.point
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def _from_proto(cls, msg: pb.CheckReport) -> CheckReport:
+        return cls(
+            passed=msg.passed,
+            kind=CHECK_KINDS.get(msg.kind, ""),
+            order=int(msg.order),
+            mode=msg.mode,
+            max_abs_error=msg.max_abs_error,
+            max_rel_error=msg.max_rel_error,
+            worst=WorstElement._from_proto(msg.worst) if msg.HasField("worst") else None,
+            non_differentiable=msg.non_differentiable,
+            symmetric=msg.symmetric if msg.HasField("symmetric") else None,
+            point_passed=tuple(msg.point_passed),
+            message=msg.message,
+            atol=msg.atol,
+            rtol=msg.rtol,
+            eps=msg.eps,
+            num_points=int(msg.num_points),
+            execution_path=_PATHS.get(msg.execution_path, ""),
+        )
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    name: str
+    signature: str
+    example: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    workers: int
+    ray_address: str
+    limits: Mapping[str, int]
+    functions: tuple[FunctionInfo, ...]
+    device: str
+    max_message_bytes: int
+
+    @classmethod
+    def _from_proto(cls, msg: pb.ServerInfo) -> ServerInfo:
+        return cls(
+            version=msg.version,
+            workers=int(msg.workers),
+            ray_address=msg.ray_address,
+            limits=dict(msg.limits),
+            functions=tuple(FunctionInfo(f.name, f.signature, f.example) for f in msg.functions),
+            device=msg.device,
+            max_message_bytes=int(msg.max_message_bytes),
+        )
+
+
+@dataclass(frozen=True)
+class TaskError:
+    task_index: int
+    task_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of a job: its state and progress."""
+
+    id: str
+    name: str
+    state: str
+    tasks_total: int
+    tasks_done: int
+    tasks_failed: int
+    points_total: int
+    points_done: int
+    created_at: float
+    started_at: float
+    finished_at: float
+    errors: tuple[TaskError, ...] = ()
+    idempotency_key: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def _from_proto(cls, msg: pb.Job) -> JobStatus:
+        return cls(
+            id=msg.id,
+            name=msg.name,
+            state=JOB_STATES.get(msg.state, "unspecified"),
+            tasks_total=msg.tasks_total,
+            tasks_done=msg.tasks_done,
+            tasks_failed=msg.tasks_failed,
+            points_total=msg.points_total,
+            points_done=msg.points_done,
+            created_at=msg.created_at,
+            started_at=msg.started_at,
+            finished_at=msg.finished_at,
+            errors=tuple(
+                TaskError(e.task_index, e.task_id, e.code, e.message) for e in msg.errors
+            ),
+            idempotency_key=msg.idempotency_key,
+        )
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task of a job: ``outputs`` by operation, ``check`` report, or ``error``."""
+
+    task_index: int
+    task_id: str
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    check: CheckReport | None = None
+    error: str | None = None
+    error_code: str | None = None
+    metadata: Metadata = field(default_factory=Metadata)
+
+
+def shape_outputs(results: Any, arrays: list[np.ndarray]) -> dict[str, Any]:
+    """Group decoded arrays by op with the SDK's one-array-or-dict convention.
+
+    ``results`` are OpResult messages whose tensors were decoded, in order, into
+    ``arrays``.
+    """
+    shaped: dict[str, Any] = {}
+    index = 0
+    for result in results:
+        op = OP_BY_NUMBER.get(result.op, str(result.op))
+        by_input: dict[str, Any] = {}
+        single: np.ndarray | None = None
+        for out in result.outputs:
+            arr = arrays[index]
+            index += 1
+            if op == "hessian":
+                by_input.setdefault(out.input, {})[out.input2] = arr
+            elif out.input:
+                by_input[out.input] = arr
+            else:
+                single = arr
+        if single is not None:
+            shaped[op] = single
+        elif op == "hessian" and len(by_input) == 1:
+            (row,) = by_input.values()
+            shaped[op] = next(iter(row.values())) if len(row) == 1 else row
+        elif len(by_input) == 1:
+            shaped[op] = next(iter(by_input.values()))
+        else:
+            shaped[op] = by_input
+    return shaped

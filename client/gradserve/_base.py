@@ -1,0 +1,447 @@
+"""The pure logic shared by Client and AsyncClient: building requests, decoding replies.
+
+Nothing here does I/O; the two clients differ only in how they move messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradserve import _wire
+from gradserve.errors import InvalidArgumentError
+from gradserve.results import (
+    OP_NAMES,
+    CheckReport,
+    ComputeResult,
+    Metadata,
+    TaskResult,
+    shape_outputs,
+)
+from gradserve.sampling import Sample
+from gradserve.v1 import gradserve_pb2 as pb
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Requests with more tensor bytes than this go through the streaming call.
+STREAM_THRESHOLD_BYTES = 1024 * 1024
+# The receive limit of the client's channel; larger replies are streamed.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Set by the server on a unary reply that would be over its message limit.
+RETRY_STREAM_KEY = "gradserve-retry-stream"
+
+_JACOBIAN_MODES = {
+    "auto": pb.JACOBIAN_MODE_AUTO,
+    "forward": pb.JACOBIAN_MODE_FORWARD,
+    "reverse": pb.JACOBIAN_MODE_REVERSE,
+}
+_CHECK_KINDS = {"grad": pb.CHECK_KIND_CLAIMED_GRAD, "jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN}
+
+Inputs = Mapping[str, Any] | Any
+
+
+def _call_form(op: str) -> str:
+    return f"{op}(fn, inputs)"
+
+
+def _dtype(dtype: str | None, op: str) -> int:
+    if dtype is None:
+        return pb.DTYPE_UNSPECIFIED
+    if dtype not in _wire.DTYPE_NAMES:
+        raise InvalidArgumentError(f"{_call_form(op)}: dtype must be 'float32' or 'float64'")
+    return _wire.DTYPE_NAMES[dtype]
+
+
+def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict[str, np.ndarray]:
+    """A mapping name -> array-like, or one bare array-like under the name ''."""
+    if isinstance(values, Mapping):
+        items = list(values.items())
+    else:
+        # the server binds '' to the function's only input (or only wrt input)
+        items = [("", values)]
+    arrays = {}
+    for name, value in items:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"{_call_form(op)}: {what} names must be strings")
+        where = f"{_call_form(op)}: {what} {name!r}" if name else f"{_call_form(op)}: {what}"
+        try:
+            arrays[name] = _wire.as_float_array(value, dtype=dtype, where=where)
+        except _wire.WireError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+    return arrays
+
+
+def _wrt(wrt: str | Sequence[str] | None) -> list[str]:
+    if wrt is None:
+        return []
+    if isinstance(wrt, str):
+        return [wrt]
+    return list(wrt)
+
+
+class BaseClient:
+    """Configuration and pure request/response logic."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.address = address or os.environ.get("GRADSERVE_ADDRESS") or DEFAULT_ADDRESS
+        token = token if token is not None else os.environ.get("GRADSERVE_TOKEN")
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self.timeout = timeout
+        self._channel_options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    # ------------------------------------------------------------- compute
+
+    def _compute_request(
+        self,
+        fn: str,
+        inputs: Inputs,
+        ops: Sequence[str],
+        *,
+        wrt: str | Sequence[str] | None = None,
+        batched: bool = False,
+        dtype: str | None = None,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+        cotangent: Any = None,
+        tangents: Inputs | None = None,
+        vector: Inputs | None = None,
+    ) -> pb.ComputeRequest:
+        op = ops[0] if len(ops) == 1 else "compute"
+        if not isinstance(fn, str):
+            raise InvalidArgumentError(f"{_call_form(op)}: fn must be source text, e.g. 'sin(x)'")
+        unknown = [o for o in ops if o not in OP_NAMES]
+        if unknown:
+            raise InvalidArgumentError(
+                f"{_call_form(op)}: unknown operation {unknown[0]!r}; use one of {list(OP_NAMES)}"
+            )
+        if mode not in _JACOBIAN_MODES:
+            raise InvalidArgumentError(
+                f"{_call_form(op)}: mode must be one of {list(_JACOBIAN_MODES)}, not {mode!r}"
+            )
+        req = pb.ComputeRequest(
+            function=fn,
+            ops=[OP_NAMES[o] for o in ops],
+            wrt=_wrt(wrt),
+            batched=batched,
+            dtype=_dtype(dtype, op),
+            jacobian_mode=_JACOBIAN_MODES[mode],
+            chunk_size=chunk_size or 0,
+        )
+        for name, arr in _named_arrays(inputs, "input", op, dtype).items():
+            req.inputs[name].CopyFrom(_wire.encode(arr))
+        if cotangent is not None:
+            (arr,) = _named_arrays(cotangent, "cotangent", op, dtype).values()
+            req.cotangent.CopyFrom(_wire.encode(arr))
+        for name, arr in _named_arrays(tangents or {}, "tangent", op, dtype).items():
+            req.tangents[name].CopyFrom(_wire.encode(arr))
+        for name, arr in _named_arrays(vector or {}, "vector", op, dtype).items():
+            req.vector[name].CopyFrom(_wire.encode(arr))
+        return req
+
+    @staticmethod
+    def _wants_stream(req: pb.ComputeRequest) -> bool:
+        return sum(len(t.data) for t in _wire.request_slots(req)) > STREAM_THRESHOLD_BYTES
+
+    @staticmethod
+    def _stream_parts(req: pb.ComputeRequest) -> list[pb.ComputeRequestPart]:
+        header = pb.ComputeRequest()
+        header.CopyFrom(req)
+        blobs = _wire.strip_for_stream(_wire.request_slots(header))
+        parts = [pb.ComputeRequestPart(header=header)]
+        parts += [pb.ComputeRequestPart(piece=p) for p in _wire.split_pieces(blobs)]
+        return parts
+
+    @staticmethod
+    def _join_stream(parts: Sequence[pb.ComputeResponsePart]) -> pb.ComputeResponse:
+        if not parts or not parts[0].HasField("header"):
+            raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
+        header = parts[0].header
+        _wire.fill_from_stream(_wire.result_slots(header.results), (p.piece for p in parts[1:]))
+        return header
+
+    @staticmethod
+    def _decode_compute(resp: pb.ComputeResponse) -> ComputeResult:
+        arrays = [
+            _wire.decode(t, f"result {i}") for i, t in enumerate(_wire.result_slots(resp.results))
+        ]
+        return ComputeResult(
+            outputs=shape_outputs(resp.results, arrays),
+            metadata=Metadata._from_proto(resp.metadata),
+        )
+
+    # ------------------------------------------------------------- checks
+
+    def _check_request(
+        self,
+        fn: str,
+        inputs: Inputs | None,
+        *,
+        wrt: str | Sequence[str] | None = None,
+        grad: str | Mapping[str, str] | None = None,
+        jacobian: str | Mapping[str, str] | None = None,
+        hessian: str | Mapping[Any, str] | None = None,
+        order: int = 1,
+        atol: float | None = None,
+        rtol: float | None = None,
+        eps: float | None = None,
+        fast: bool | None = None,
+        batched: bool = False,
+        sample: Sample | Mapping[str, Sample] | None = None,
+        dtype: str | None = None,
+        seed: int = 0,
+    ) -> pb.CheckRequest:
+        call = "check(fn, inputs)"
+        if not isinstance(fn, str):
+            raise InvalidArgumentError(f"{call}: fn must be source text, e.g. 'sin(x)'")
+        if order not in (1, 2):
+            raise InvalidArgumentError(f"{call}: order must be 1 or 2, not {order!r}")
+        given = [k for k, v in (("grad", grad), ("jacobian", jacobian), ("hessian", hessian)) if v]
+        if len(given) > 1:
+            raise InvalidArgumentError(f"{call}: give one of grad=, jacobian=, hessian=, not both")
+        wrt_names = _wrt(wrt)
+        options = pb.CheckOptions(order=order, seed=seed)
+        for field, value in (("atol", atol), ("rtol", rtol), ("eps", eps)):
+            if value is not None:
+                setattr(options, field, float(value))
+        if fast is not None:
+            options.fast = fast
+        req = pb.CheckRequest(
+            function=fn, wrt=wrt_names, batched=batched, dtype=_dtype(dtype, "check")
+        )
+        req.options.CopyFrom(options)
+        if inputs is not None:
+            for name, arr in _named_arrays(inputs, "input", "check", dtype).items():
+                req.inputs[name].tensor.CopyFrom(_wire.encode(arr))
+        if sample is not None:
+            samples = sample if isinstance(sample, Mapping) else {"": sample}
+            for name, spec in samples.items():
+                if not isinstance(spec, Sample):
+                    raise InvalidArgumentError(
+                        f"{call}: sample must be gradserve.uniform(...) or gradserve.normal(...)"
+                    )
+                req.inputs[name].sample.CopyFrom(spec._to_proto())
+        if not req.inputs:
+            raise InvalidArgumentError(f"{call}: give inputs, or sample= to draw points")
+        if grad or jacobian:
+            kind = "grad" if grad else "jacobian"
+            req.kind = _CHECK_KINDS[kind]
+            req.claims.extend(self._claims(grad or jacobian, wrt_names, call))
+        elif hessian:
+            req.kind = pb.CHECK_KIND_CLAIMED_HESSIAN
+            req.claims.extend(self._claims(hessian, wrt_names, call))
+        else:
+            req.kind = pb.CHECK_KIND_FINITE_DIFFERENCE
+        return req
+
+    @staticmethod
+    def _claims(claims: Any, wrt: list[str], call: str) -> list[pb.Claim]:
+        if isinstance(claims, str):
+            if len(wrt) > 1:
+                raise InvalidArgumentError(
+                    f"{call}: one claim but wrt names {len(wrt)} inputs; give a dict by input"
+                )
+            return [pb.Claim(input=wrt[0] if wrt else "", source=claims)]
+        if not isinstance(claims, Mapping):
+            raise InvalidArgumentError(f"{call}: a claim is source text or a dict input -> text")
+        out = []
+        for key, source in claims.items():
+            if isinstance(key, tuple):
+                first, second = key
+            elif isinstance(key, str) and "," in key:
+                first, second = (k.strip() for k in key.split(",", 1))
+            else:
+                first, second = key, ""
+            if not isinstance(source, str):
+                raise InvalidArgumentError(f"{call}: the claim for {key!r} must be source text")
+            out.append(pb.Claim(input=first, input2=second, source=source))
+        return out
+
+    @staticmethod
+    def _decode_check(resp: pb.CheckResponse) -> CheckReport:
+        return CheckReport._from_proto(resp.report)
+
+    # ------------------------------------------------------------- jobs
+
+    @staticmethod
+    def _decode_task_results(
+        parts: Sequence[pb.TaskResultPart],
+    ) -> list[TaskResult]:
+        """Group a results stream (header, pieces, header, pieces, ...) into TaskResults."""
+        out: list[TaskResult] = []
+        index = 0
+        while index < len(parts):
+            header = parts[index].header
+            index += 1
+            pieces = []
+            while index < len(parts) and parts[index].HasField("piece"):
+                pieces.append(parts[index].piece)
+                index += 1
+            out.append(BaseClient._task_result(header, pieces))
+        return out
+
+    @staticmethod
+    def _task_result(header: pb.TaskResult, pieces: Sequence[pb.TensorPiece]) -> TaskResult:
+        slots = _wire.result_slots(header.results)
+        _wire.fill_from_stream(slots, pieces)
+        arrays = [_wire.decode(t, f"task {header.task_id} result") for t in slots]
+        return TaskResult(
+            task_index=header.task_index,
+            task_id=header.task_id,
+            outputs=shape_outputs(header.results, arrays),
+            check=CheckReport._from_proto(header.check) if header.HasField("check") else None,
+            error=header.error.message if header.HasField("error") else None,
+            error_code=header.error.code if header.HasField("error") else None,
+            metadata=Metadata._from_proto(header.metadata),
+        )
+
+
+    # ------------------------------------------------------------- public operations
+    # Written once for both clients: each builds its request with the pure
+    # logic above and hands it to ``_run_compute`` / ``_run_check``; the sync
+    # Client returns the result, the AsyncClient an awaitable of it.
+
+    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def compute(
+        self,
+        fn: str,
+        inputs: Inputs,
+        ops: Sequence[str],
+        *,
+        wrt: str | Sequence[str] | None = None,
+        batched: bool = False,
+        dtype: str | None = None,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+        cotangent: Any = None,
+        tangents: Inputs | None = None,
+        vector: Inputs | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Several operations in one call; returns a :class:`ComputeResult`.
+
+        Operations share work where they can (``value`` and ``grad`` in one pass).
+        """
+        req = self._compute_request(
+            fn, inputs, list(ops), wrt=wrt, batched=batched, dtype=dtype, mode=mode,
+            chunk_size=chunk_size, cotangent=cotangent, tangents=tangents, vector=vector,
+        )  # fmt: skip
+        return self._run_compute(req, None, timeout)
+
+    def value(
+        self, fn: str, inputs: Inputs, *, batched: bool = False, dtype: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``f(inputs)``; with ``batched=True`` one row per point."""
+        req = self._compute_request(fn, inputs, ["value"], batched=batched, dtype=dtype)
+        return self._run_compute(req, "value", timeout)
+
+    def grad(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """The gradient of a scalar function: one array per ``wrt`` input.
+
+        One array when there is one input (or one ``wrt`` name), else a dict.
+        """
+        req = self._compute_request(fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype)
+        return self._run_compute(req, "grad", timeout)
+
+    def jacobian(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, mode: str = "auto",
+        chunk_size: int | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse."""
+        req = self._compute_request(
+            fn, inputs, ["jacobian"], wrt=wrt, batched=batched, dtype=dtype, mode=mode,
+            chunk_size=chunk_size,
+        )  # fmt: skip
+        return self._run_compute(req, "jacobian", timeout)
+
+    def hessian(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, chunk_size: int | None = None,
+        timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``."""
+        req = self._compute_request(
+            fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype, chunk_size=chunk_size
+        )
+        return self._run_compute(req, "hessian", timeout)
+
+    def vjp(
+        self, fn: str, inputs: Inputs, cotangent: Any, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``cotangentᵀ J`` per input; the cotangent is shaped like the output."""
+        req = self._compute_request(
+            fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent
+        )
+        return self._run_compute(req, "vjp", timeout)
+
+    def jvp(
+        self, fn: str, inputs: Inputs, tangents: Inputs, *,
+        wrt: str | Sequence[str] | None = None, batched: bool = False,
+        dtype: str | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``J · tangent``, shaped like the output; one tangent per ``wrt`` input."""
+        req = self._compute_request(
+            fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents
+        )
+        return self._run_compute(req, "jvp", timeout)
+
+    def hvp(
+        self, fn: str, inputs: Inputs, vector: Inputs, *,
+        wrt: str | Sequence[str] | None = None, batched: bool = False,
+        dtype: str | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``H · vector`` per input (forward-over-reverse)."""
+        req = self._compute_request(
+            fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector
+        )
+        return self._run_compute(req, "hvp", timeout)
+
+    def check(
+        self, fn: str, inputs: Inputs | None = None, *, wrt: str | Sequence[str] | None = None,
+        grad: str | Mapping[str, str] | None = None,
+        jacobian: str | Mapping[str, str] | None = None,
+        hessian: str | Mapping[Any, str] | None = None, order: int = 1,
+        atol: float | None = None, rtol: float | None = None, eps: float | None = None,
+        fast: bool | None = None, batched: bool = False,
+        sample: Sample | Mapping[str, Sample] | None = None, dtype: str | None = None,
+        seed: int = 0, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """Check derivatives; returns a :class:`CheckReport`.
+
+        Without claims, autograd is checked against central finite differences
+        (float64, gradcheck's tolerances by default). With ``grad=``,
+        ``jacobian=`` or ``hessian=`` (function-language source), the claim is
+        checked against autograd at ``inputs`` or at points drawn by ``sample=``.
+        """
+        req = self._check_request(
+            fn, inputs, wrt=wrt, grad=grad, jacobian=jacobian, hessian=hessian, order=order,
+            atol=atol, rtol=rtol, eps=eps, fast=fast, batched=batched, sample=sample,
+            dtype=dtype, seed=seed,
+        )  # fmt: skip
+        return self._run_check(req, timeout)

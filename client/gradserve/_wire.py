@@ -1,0 +1,151 @@
+"""Tensors on the wire: NumPy arrays <-> ``gradserve.v1.Tensor``, and streamed pieces.
+
+Shared by the SDK and the server (which depends on this distribution). Arrays
+travel as raw little-endian C-order bytes; decoding is zero-copy over the
+message's buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradserve.v1 import gradserve_pb2 as pb
+
+# Pieces are well under the default 4 MiB gRPC message limit, with room for
+# the message framing.
+PIECE_BYTES = 2 * 1024 * 1024
+
+_TO_PROTO = {np.dtype("float32"): pb.DTYPE_FLOAT32, np.dtype("float64"): pb.DTYPE_FLOAT64}
+_FROM_PROTO = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT64: np.dtype("<f8")}
+DTYPE_NAMES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
+
+
+class WireError(ValueError):
+    """A tensor's bytes do not match its dtype and shape."""
+
+
+def as_float_array(value: Any, *, dtype: str | None = None, where: str = "input") -> np.ndarray:
+    """Coerce array-likes (lists, scalars, NumPy, torch on CPU) to float32/float64.
+
+    Integers and booleans become float64; other float widths become float64.
+    """
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # an arbitrary object: say which input it was
+        raise WireError(f"{where}: cannot be read as an array ({exc})") from exc
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise WireError(f"{where}: expected numbers, got an array of {arr.dtype}")
+    if dtype is not None:
+        target = np.dtype(dtype)
+    elif arr.dtype in _TO_PROTO:
+        target = arr.dtype
+    else:
+        target = np.dtype("float64")
+    return np.ascontiguousarray(arr, dtype=target.newbyteorder("<"))
+
+
+def encode(arr: np.ndarray, *, with_data: bool = True) -> pb.Tensor:
+    """A float32/float64 array as a Tensor message (bytes omitted for stream headers)."""
+    arr = np.ascontiguousarray(arr)
+    dtype = np.dtype(arr.dtype).newbyteorder("=")
+    if dtype not in _TO_PROTO:
+        raise WireError(f"unsupported dtype {arr.dtype}; use float32 or float64")
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    msg = pb.Tensor(dtype=_TO_PROTO[dtype], shape=list(arr.shape))
+    if with_data:
+        msg.data = arr.tobytes()
+    return msg
+
+
+def expected_bytes(msg: pb.Tensor, where: str = "tensor") -> int:
+    if msg.dtype not in _FROM_PROTO:
+        raise WireError(f"{where}: dtype must be float32 or float64")
+    if any(d < 0 for d in msg.shape):
+        raise WireError(f"{where}: negative dimension in shape {tuple(msg.shape)}")
+    count = 1
+    for d in msg.shape:
+        count *= int(d)
+    return count * _FROM_PROTO[msg.dtype].itemsize
+
+
+def decode(msg: pb.Tensor, where: str = "tensor", data: bytes | None = None) -> np.ndarray:
+    """A Tensor message as a read-only array (zero-copy over ``data`` or ``msg.data``)."""
+    raw = msg.data if data is None else data
+    need = expected_bytes(msg, where)
+    if len(raw) != need:
+        raise WireError(
+            f"{where}: shape {tuple(msg.shape)} of {np.dtype(_FROM_PROTO[msg.dtype]).name} "
+            f"needs {need} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=_FROM_PROTO[msg.dtype]).reshape(tuple(msg.shape))
+
+
+def split_pieces(blobs: Sequence[bytes | memoryview]) -> Iterator[pb.TensorPiece]:
+    """Cut each slot's bytes into pieces of at most PIECE_BYTES."""
+    for slot, blob in enumerate(blobs):
+        view = memoryview(blob)
+        for offset in range(0, len(view), PIECE_BYTES):
+            yield pb.TensorPiece(
+                slot=slot, offset=offset, data=bytes(view[offset : offset + PIECE_BYTES])
+            )
+
+
+class PieceAssembler:
+    """Collects pieces for slots of known sizes and checks they tile each slot exactly."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self._buffers = [bytearray(n) for n in sizes]
+        self._filled = [0] * len(sizes)
+
+    def add(self, piece: pb.TensorPiece) -> None:
+        if not 0 <= piece.slot < len(self._buffers):
+            raise WireError(f"piece for slot {piece.slot}, but there are {len(self._buffers)}")
+        buf = self._buffers[piece.slot]
+        end = piece.offset + len(piece.data)
+        if piece.offset < 0 or end > len(buf):
+            raise WireError(f"piece [{piece.offset}, {end}) overruns slot {piece.slot}")
+        buf[piece.offset : end] = piece.data
+        self._filled[piece.slot] += len(piece.data)
+
+    def finish(self) -> list[bytes]:
+        for slot, (buf, got) in enumerate(zip(self._buffers, self._filled, strict=True)):
+            if got != len(buf):
+                raise WireError(f"slot {slot}: received {got} of {len(buf)} bytes")
+        return [bytes(b) for b in self._buffers]
+
+
+def request_slots(req: pb.ComputeRequest) -> list[pb.Tensor]:
+    """The tensors of a request in slot order (see ComputeRequestPart in the .proto)."""
+    slots = [req.inputs[name] for name in sorted(req.inputs)]
+    if req.HasField("cotangent"):
+        slots.append(req.cotangent)
+    slots += [req.tangents[name] for name in sorted(req.tangents)]
+    slots += [req.vector[name] for name in sorted(req.vector)]
+    return slots
+
+
+def result_slots(results: Iterable[pb.OpResult]) -> list[pb.Tensor]:
+    """The tensors of op results in slot order: as they appear."""
+    return [out.tensor for result in results for out in result.outputs]
+
+
+def strip_for_stream(slots: Sequence[pb.Tensor]) -> list[bytes]:
+    """Move each slot's bytes out of its message (for a stream header); returns them."""
+    blobs = []
+    for tensor in slots:
+        blobs.append(tensor.data)
+        tensor.data = b""
+    return blobs
+
+
+def fill_from_stream(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece]) -> None:
+    """Put streamed pieces back into the header's tensors (checked against their shapes)."""
+    assembler = PieceAssembler([expected_bytes(t, f"slot {i}") for i, t in enumerate(slots)])
+    for piece in pieces:
+        assembler.add(piece)
+    for tensor, blob in zip(slots, assembler.finish(), strict=True):
+        tensor.data = blob

@@ -1,0 +1,179 @@
+"""Validating a request and binding its tensors to the function's inputs.
+
+Everything here runs on the request path before any work is dispatched, with
+NumPy only: the function is parsed and checked by the language's torch-free
+validator, tensors are decoded zero-copy, and every mismatch is reported with
+the field it concerns.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradserve import _wire
+from gradserve.results import OP_BY_NUMBER
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.errors import exhausted, invalid
+from gradserve_workers import lang
+
+DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT64: "float64"}
+MODES = {
+    pb.JACOBIAN_MODE_AUTO: "auto",
+    pb.JACOBIAN_MODE_FORWARD: "forward",
+    pb.JACOBIAN_MODE_REVERSE: "reverse",
+}
+
+
+@dataclass
+class Bound:
+    """A validated request: the program, its arrays by input name, the point count."""
+
+    program: lang.Program
+    arrays: dict[str, np.ndarray]
+    batched: bool
+    points: int  # 1 when not batched
+    dtype: str
+    wrt: tuple[str, ...]
+    per_point_elements: int
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # cotangent/tangents/vector
+
+
+def validate_program(
+    source: str, limits: Mapping[str, int], known_inputs: Sequence[str] | None = None
+) -> lang.Program:
+    if not source.strip():
+        raise invalid("function: empty source; write an expression like 'sum(sin(x))'", "function")
+    return lang.parse_and_validate(source, lang.Limits(**limits), known_inputs=known_inputs)
+
+
+def _suggest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def bind_names(
+    given: Mapping[str, np.ndarray], expected: Sequence[str], what: str, call: str
+) -> dict[str, np.ndarray]:
+    """Match named arrays to names; a single unnamed array binds to a single name."""
+    if "" in given:
+        if len(given) != 1 or len(expected) != 1:
+            raise invalid(
+                f"{call}: an unnamed {what} needs a function with exactly one input; "
+                f"this one takes ({', '.join(expected)}): pass a dict by name",
+                what,
+            )
+        return {expected[0]: given[""]}
+    unknown = [n for n in given if n not in expected]
+    if unknown:
+        raise invalid(
+            f"{call}: {what} {unknown[0]!r} is not an input of the function, which takes "
+            f"({', '.join(expected)}){_suggest(unknown[0], expected)}",
+            what,
+        )
+    missing = [n for n in expected if n not in given]
+    if missing:
+        raise invalid(
+            f"{call}: {what} {missing[0]!r} is missing; the function takes ({', '.join(expected)})",
+            what,
+        )
+    return {n: given[n] for n in expected}
+
+
+def decode_map(tensors: Mapping[str, pb.Tensor], what: str) -> dict[str, np.ndarray]:
+    out = {}
+    for name, msg in tensors.items():
+        try:
+            out[name] = _wire.decode(msg, f"{what} {name!r}" if name else what)
+        except _wire.WireError as exc:
+            raise invalid(str(exc), what) from None
+    return out
+
+
+def resolve_dtype(requested: int, arrays: Mapping[str, np.ndarray], default: str) -> str:
+    if requested in DTYPES:
+        return DTYPES[requested]
+    kinds = {str(a.dtype) for a in arrays.values()}
+    if not kinds:
+        return default
+    return "float32" if kinds == {"float32"} else "float64"
+
+
+def check_finite(arrays: Mapping[str, np.ndarray], batched: bool, call: str) -> None:
+    for name, arr in arrays.items():
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            kind = "NaN" if np.isnan(arr[index]) else "Inf"
+            where = (
+                f"point {index[0]}, index {index[1:]}" if batched and index else f"index {index}"
+            )
+            raise invalid(
+                f"{call}: input {name!r} contains {kind} at {where}; derivatives there are "
+                "meaningless, so nothing was computed",
+                "inputs",
+            )
+
+
+def check_points(
+    arrays: Mapping[str, np.ndarray],
+    batched: bool,
+    call: str,
+    max_points: int,
+    max_input_elements: int,
+) -> tuple[int, int]:
+    """(points, input elements per point), with batch dimensions checked to agree."""
+    points = 1
+    if batched:
+        sizes = {}
+        for name, arr in arrays.items():
+            if arr.ndim == 0:
+                raise invalid(
+                    f"{call}: batched=True but input {name!r} is a scalar; its leading "
+                    "dimension must index points",
+                    "inputs",
+                )
+            sizes[name] = arr.shape[0]
+        if len(set(sizes.values())) > 1:
+            detail = ", ".join(f"{n}: {s}" for n, s in sizes.items())
+            raise invalid(f"{call}: batched inputs disagree on the number of points ({detail})")
+        points = next(iter(sizes.values()), 1)
+        if points == 0:
+            raise invalid(f"{call}: batched inputs have no points", "inputs")
+        if points > max_points:
+            raise exhausted(f"{call}: {points} points is over the server's limit of {max_points}")
+    per_point = sum(int(a[0].size if batched else a.size) for a in arrays.values())
+    if per_point > max_input_elements:
+        raise exhausted(
+            f"{call}: {per_point} input elements per point is over the limit of "
+            f"{max_input_elements} (max_input_elements)",
+            "inputs",
+        )
+    return points, per_point
+
+
+def op_names(ops: Sequence[int], call: str) -> tuple[str, ...]:
+    if not ops:
+        raise invalid(f"{call}: no operation requested; ask for value, grad, jacobian, ...", "ops")
+    names = []
+    for op in ops:
+        if op not in OP_BY_NUMBER:
+            raise invalid(f"{call}: unknown operation number {op}", "ops")
+        name = OP_BY_NUMBER[op]
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def resolve_wrt(wrt: Sequence[str], inputs: Sequence[str], call: str) -> tuple[str, ...]:
+    for name in wrt:
+        if name not in inputs:
+            raise invalid(
+                f"{call}: wrt names {name!r}, which is not an input; the function takes "
+                f"({', '.join(inputs)}){_suggest(name, inputs)}",
+                "wrt",
+            )
+    return tuple(n for n in inputs if n in wrt) if wrt else tuple(inputs)

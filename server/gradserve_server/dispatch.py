@@ -1,0 +1,91 @@
+"""Running chunks on the pool: timeouts, cancellation, and retry after a lost worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray import exceptions as rex
+
+from gradserve_server import errors
+from gradserve_server.pool import ActorPool, Worker
+from gradserve_workers.tasks import ChunkResult
+
+log = logging.getLogger("gradserve.dispatch")
+
+# A chunk whose worker died (node lost, OOM) is retried on another worker.
+MAX_ATTEMPTS = 3
+
+Submit = Callable[[Any], Any]  # actor handle -> ObjectRef of a ChunkResult
+
+
+async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float) -> ChunkResult:
+    """One chunk on one worker, retried elsewhere if its worker dies."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        worker = await pool.acquire(tenant)
+        try:
+            result = await _on_worker(pool, worker, submit, timeout)
+        except (rex.ActorDiedError, rex.ActorUnavailableError) as error:
+            pool.retire(worker, f"died: {error}")
+            if attempt == MAX_ATTEMPTS:
+                raise errors.unavailable(
+                    f"workers kept dying ({attempt} tries): {type(error).__name__}"
+                ) from None
+            log.warning("chunk retried after worker loss (attempt %d)", attempt)
+            continue
+        except errors.ServiceError:
+            raise  # a timeout: the worker was already retired
+        except asyncio.CancelledError:
+            raise  # _on_worker gave the worker back or retired it
+        except BaseException:
+            pool.release(worker)
+            raise
+        pool.release(worker)
+        return result
+    raise AssertionError("unreachable")
+
+
+async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: float) -> Any:
+    ref = submit(worker.handle)
+    try:
+        return await asyncio.wait_for(asyncio.shield(_await_ref(ref)), timeout)
+    except TimeoutError:
+        # a runaway function: the only sure way to stop it is to end its process
+        pool.retire(worker, f"chunk ran past {timeout:g} s")
+        raise errors.exhausted(
+            f"the function ran for more than {timeout:g} s on one chunk (the server's "
+            "--chunk-timeout); its worker was stopped and replaced"
+        ) from None
+    except asyncio.CancelledError:
+        # the caller went away or its deadline passed: stop the work it started
+        if _done(ref):
+            pool.release(worker)
+        else:
+            pool.retire(worker, "cancelled while running")
+        raise
+
+
+async def _await_ref(ref: Any) -> Any:
+    return await ref
+
+
+def _done(ref: Any) -> bool:
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
+
+
+async def run_chunks(
+    pool: ActorPool, tenant: str, submits: Sequence[Submit], timeout: float
+) -> list[ChunkResult]:
+    """All chunks in parallel, results in order; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(run_chunk(pool, tenant, s, timeout)) for s in submits]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

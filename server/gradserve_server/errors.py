@@ -1,0 +1,220 @@
+"""The one mapping from failures to gRPC status, human message and details.
+
+Handlers raise (or let through) whatever failed; :func:`to_status` decides the
+status in this one place, and :func:`guard` applies it to every RPC so that no
+handler ever leaks a traceback to a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
+from gradserve_workers import lang
+from gradserve_workers.tasks import ChunkError
+
+log = logging.getLogger("gradserve.server")
+
+RETRY_STREAM_KEY = "gradserve-retry-stream"
+
+
+class ServiceError(Exception):
+    """A failure with a known status; ``field`` names the request field at fault."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        retry_stream: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.line = line
+        self.column = column
+        self.retry_stream = retry_stream
+
+
+def invalid(message: str, field: str | None = None) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, field=field)
+
+
+def exhausted(message: str, field: str | None = None) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, field=field)
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def deadline(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
+def from_chunk_error(error: ChunkError, field: str = "function") -> ServiceError:
+    code = {
+        "spec": grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+        "limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }.get(error.kind, grpc.StatusCode.INTERNAL)
+    message = error.message
+    if code is grpc.StatusCode.INTERNAL:
+        message = f"the worker failed: {error.message}"
+    return ServiceError(code, message, field=field, line=error.line, column=error.column)
+
+
+@dataclass(frozen=True)
+class Status:
+    code: grpc.StatusCode
+    message: str
+    line: int | None = None
+    column: int | None = None
+    field: str | None = None
+    retry_stream: bool = False
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        meta: list[tuple[str, str]] = []
+        if self.line is not None and self.column is not None:
+            meta += [(SPEC_LINE_KEY, str(self.line)), (SPEC_COLUMN_KEY, str(self.column))]
+        if self.retry_stream:
+            meta.append((RETRY_STREAM_KEY, "1"))
+        return tuple(meta)
+
+    def rich(self) -> status_pb2.Status:
+        """The google.rpc.Status with a BadRequest detail naming the field."""
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.field and self.code.value[0] == code_pb2.INVALID_ARGUMENT:
+            detail = any_pb2.Any()
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=self.field, description=self.message
+                        )
+                    ]
+                )
+            )
+            status.details.append(detail)
+        return status
+
+
+def to_status(error: BaseException) -> Status:
+    """Every failure's status, message and position. The only such mapping."""
+    if isinstance(error, ServiceError):
+        return Status(
+            error.code, error.message, error.line, error.column, error.field, error.retry_stream
+        )
+    if isinstance(error, lang.LimitExceededError):
+        return Status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            getattr(error, "line", None),
+            getattr(error, "column", None),
+            "function",
+        )
+    if isinstance(error, lang.SpecError):
+        return Status(
+            grpc.StatusCode.INVALID_ARGUMENT, str(error), error.line, error.column, "function"
+        )
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, "the computation ran past its deadline")
+    ray_status = _ray_status(error)
+    if ray_status is not None:
+        return ray_status
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s", incident, exc_info=error)
+    return Status(grpc.StatusCode.INTERNAL, f"internal error {incident}; see the server log")
+
+
+def _ray_status(error: BaseException) -> Status | None:
+    try:
+        from ray import exceptions as rex
+    except ImportError:  # pragma: no cover - ray is a server dependency
+        return None
+    if isinstance(error, rex.GetTimeoutError):
+        return Status(grpc.StatusCode.DEADLINE_EXCEEDED, "the computation ran past its deadline")
+    if isinstance(error, rex.ActorDiedError | rex.ActorUnavailableError | rex.RaySystemError):
+        return Status(grpc.StatusCode.UNAVAILABLE, f"a worker was lost: {error}")
+    return None
+
+
+async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    status = to_status(error)
+    if status.code is grpc.StatusCode.INTERNAL:
+        pass  # already logged with its incident id
+    else:
+        log.info("%s: %s", status.code.name, status.message.splitlines()[0])
+    context.set_trailing_metadata(status.trailing_metadata() + _rich_metadata(status))
+    await context.abort(status.code, status.message)
+
+
+def _rich_metadata(status: Status) -> tuple[tuple[str, Any], ...]:
+    rich = rpc_status.to_status(status.rich())
+    return tuple(
+        (k, v) for k, v in (rich.trailing_metadata or ()) if k == "grpc-status-details-bin"
+    )
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def guard(handler: H) -> H:
+    """Map any failure of a unary or request-streaming handler to its status."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if _is_abort(error):
+                raise
+            await abort(context, error)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def guard_stream(handler: H) -> H:
+    """The same for response-streaming handlers (async generators)."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if _is_abort(error):
+                raise
+            await abort(context, error)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_abort(error: BaseException) -> bool:
+    # context.abort raises this to unwind the handler; it must pass through
+    return type(error).__name__ == "AbortError"

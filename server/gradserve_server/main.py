@@ -1,0 +1,161 @@
+"""``gradserve serve``: start (or join) Ray, warm the actor pool, serve gRPC until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from gradserve_server.config import ServerConfig, parse_config
+from gradserve_server.pool import ActorPool
+from gradserve_server.service import ComputeService
+from gradserve_server.servicer import GradientServicer
+
+log = logging.getLogger("gradserve.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
+DRAIN_SECONDS = 30.0
+
+
+def _start_ray(config: ServerConfig) -> str:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if config.ray_address:
+        _adopt_ray_token(config.ray_address)
+        ray.init(address=config.ray_address, logging_level="WARNING", log_to_driver=False)
+        return config.ray_address
+    kwargs: dict[str, Any] = {}
+    if config.object_store_bytes:
+        kwargs["object_store_memory"] = config.object_store_bytes
+    ray.init(
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,
+        configure_logging=True,
+        **kwargs,
+    )
+    return "embedded"
+
+
+def _adopt_ray_token(address: str) -> None:
+    """Ray clusters started with token auth need the token in the driver's environment."""
+    token_file = os.environ.get("GRADSERVE_RAY_TOKEN_FILE")
+    if token_file and Path(token_file).exists() and "RAY_AUTH_TOKEN" not in os.environ:
+        os.environ["RAY_AUTH_TOKEN"] = Path(token_file).read_text().strip()
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _make_actor_factory(config: ServerConfig, size: int) -> Any:
+    import ray
+
+    from gradserve_workers.actor import GradActor
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    options: dict[str, Any] = {
+        "num_cpus": min(1.0, cpus / size),
+        "max_restarts": 0,
+        "max_concurrency": 1,
+        "scheduling_strategy": "SPREAD",
+    }
+    if config.device == "cuda":
+        options["num_gpus"] = min(1.0, float(ray.cluster_resources().get("GPU", 1.0)) / size)
+    remote_cls = ray.remote(GradActor).options(**options)
+    return lambda: remote_cls.remote(device=config.device, threads=1)
+
+
+async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
+    ray_address = _start_ray(config)
+    import ray
+
+    size = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pool = ActorPool(_make_actor_factory(config, size), size)
+    await pool.start()
+    service = ComputeService(config, pool)
+    jobs = _start_jobs(config, service)
+
+    interceptors = []
+    if config.auth_token:
+        from gradserve_server.auth import TokenInterceptor
+
+        interceptors.append(TokenInterceptor(config.auth_token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_GradientServiceServicer_to_server(
+        GradientServicer(service, jobs, ray_address), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server,
+    )  # fmt: skip
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise SystemExit(f"gradserve: cannot listen on {config.host}:{config.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"gradserve: serving on {config.host}:{port} with {size} workers", flush=True)
+    if jobs is not None:
+        await jobs.start()
+    if started is not None:
+        started.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %.0f s", DRAIN_SECONDS)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if jobs is not None:
+        await jobs.stop()
+    await server.stop(DRAIN_SECONDS)
+    ray.shutdown()
+    print("gradserve: stopped", flush=True)
+
+
+def _start_jobs(config: ServerConfig, service: ComputeService) -> Any:
+    try:
+        from gradserve_server.jobs import JobManager
+    except ImportError:
+        return None
+    return JobManager(config, service)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

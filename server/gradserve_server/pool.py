@@ -1,0 +1,122 @@
+"""The actor pool: which actors exist, which are idle, who waits for one.
+
+All of the pool's state lives here. Waiters are served round-robin by tenant
+(a unary call, a job), so a job with thousands of chunks cannot starve a call
+that arrives after it. An actor that died or was killed is replaced, never
+handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("gradserve.pool")
+
+
+@dataclass(eq=False)
+class Worker:
+    """One actor handle and what the pool knows about it."""
+
+    handle: Any
+    number: int
+    name: str = ""
+    retired: bool = False
+
+
+class ActorPool:
+    def __init__(self, make_actor: Callable[[], Any], size: int) -> None:
+        if size < 1:
+            raise ValueError("ActorPool: size must be at least 1")
+        self._make_actor = make_actor
+        self._numbers = itertools.count()
+        self._workers: list[Worker] = []
+        self._idle: deque[Worker] = deque()
+        self._waiters: OrderedDict[str, deque[asyncio.Future[Worker]]] = OrderedDict()
+        self.size = size
+        self.replaced = 0
+
+    def _spawn(self) -> Worker:
+        worker = Worker(self._make_actor(), next(self._numbers))
+        self._workers.append(worker)
+        return worker
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Create the actors and wait until each answers (torch imported, warm)."""
+        for _ in range(self.size):
+            self._spawn()
+        infos = await asyncio.wait_for(
+            asyncio.gather(*(w.handle.info.remote() for w in self._workers)), timeout
+        )
+        for worker, info in zip(self._workers, infos, strict=True):
+            worker.name = info["name"]
+            self._idle.append(worker)
+
+    @property
+    def workers(self) -> list[Worker]:
+        return [w for w in self._workers if not w.retired]
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiters.values())
+
+    async def acquire(self, tenant: str) -> Worker:
+        """An idle worker; waits its turn among tenants when none is idle."""
+        if self._idle and not self._waiters:
+            return self._idle.popleft()
+        future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tenant, deque()).append(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())  # handed over just as we were cancelled
+            else:
+                self._forget(tenant, future)
+            raise
+
+    def _forget(self, tenant: str, future: asyncio.Future[Worker]) -> None:
+        queue = self._waiters.get(tenant)
+        if queue is not None and future in queue:
+            queue.remove(future)
+            if not queue:
+                del self._waiters[tenant]
+
+    def release(self, worker: Worker) -> None:
+        """Give a healthy worker back: to the next tenant in turn, or to the idle set."""
+        if worker.retired:
+            return
+        while self._waiters:
+            tenant, queue = self._waiters.popitem(last=False)
+            future = queue.popleft()
+            if queue:
+                self._waiters[tenant] = queue  # to the back of the round
+            if not future.done():
+                future.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    def retire(self, worker: Worker, reason: str) -> None:
+        """Kill a worker that died or ran away, and put a fresh one in its place."""
+        if worker.retired:
+            return
+        worker.retired = True
+        self.replaced += 1
+        log.warning("replacing worker %s (%s): %s", worker.number, worker.name, reason)
+        try:
+            import ray
+
+            ray.kill(worker.handle, no_restart=True)
+        except Exception as error:  # already gone is fine
+            log.debug("kill of worker %s: %s", worker.number, error)
+        self._workers.remove(worker)
+        self.release(self._spawn())

@@ -1,0 +1,38 @@
+"""Points drawn from a declared distribution, reproducible by seed (NumPy's PCG64)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.errors import exhausted, invalid
+
+
+def draw(spec: pb.SampleSpec, where: str, max_elements: int) -> np.ndarray:
+    """``count`` points of ``shape``: an array of shape ``(count, *shape)``."""
+    shape = tuple(int(d) for d in spec.shape)
+    if spec.count < 1:
+        raise invalid(f"{where}: sample count must be at least 1", where)
+    if any(d < 0 for d in shape):
+        raise invalid(f"{where}: sample shape {shape} has a negative dimension", where)
+    total = int(spec.count) * int(np.prod(shape, dtype=np.int64))
+    if total > max_elements:
+        raise exhausted(f"{where}: {total} sampled elements is over the limit of {max_elements}")
+    rng = np.random.default_rng(int(spec.seed))
+    size = (int(spec.count), *shape)
+    which = spec.distribution.WhichOneof("dist")
+    if which == "normal":
+        d = spec.distribution.normal
+        if d.std < 0:
+            raise invalid(f"{where}: normal std must be >= 0, not {d.std}", where)
+        arr = rng.normal(d.mean, d.std, size=size)
+    elif which == "uniform" or which is None:
+        u = spec.distribution.uniform
+        low, high = (u.low, u.high) if which else (0.0, 1.0)
+        if not high > low:
+            raise invalid(f"{where}: uniform needs low < high, got [{low}, {high})", where)
+        arr = rng.uniform(low, high, size=size)
+    else:  # pragma: no cover - a future distribution this server does not know
+        raise invalid(f"{where}: unknown distribution {which}", where)
+    dtype = "float32" if spec.dtype == pb.DTYPE_FLOAT32 else "float64"
+    return np.ascontiguousarray(arr, dtype=dtype)

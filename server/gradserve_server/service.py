@@ -1,0 +1,355 @@
+"""The computations behind Compute and Check, free of gRPC: validate, plan, dispatch,
+assemble. Jobs run their tasks through the same two methods."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import ray
+
+from gradserve import _wire
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server import binding, dispatch, sampling
+from gradserve_server.config import ServerConfig
+from gradserve_server.errors import exhausted, from_chunk_error, invalid
+from gradserve_server.planner import elements_per_point, plan_chunks
+from gradserve_server.pool import ActorPool
+from gradserve_workers import actor as actor_keys
+from gradserve_workers.report import CheckReport, merge_reports
+from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
+
+# Arrays above this size go to the object store once instead of with every chunk.
+OBJECT_STORE_BYTES = 256 * 1024
+
+_CHECK_KIND_NAMES = {
+    pb.CHECK_KIND_FINITE_DIFFERENCE: "finite_difference",
+    pb.CHECK_KIND_CLAIMED_GRAD: "grad",
+    pb.CHECK_KIND_CLAIMED_JACOBIAN: "jacobian",
+    pb.CHECK_KIND_CLAIMED_HESSIAN: "hessian",
+}
+_REPORT_KINDS = {
+    "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
+    "claimed_grad": pb.CHECK_KIND_CLAIMED_GRAD,
+    "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
+    "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
+}
+_OP_NUMBERS = {name: number for number, name in binding.OP_BY_NUMBER.items()}
+
+
+@dataclass
+class Computed:
+    """A finished computation: op -> key -> array, and how it ran."""
+
+    outputs: dict[str, dict[str, np.ndarray]]
+    metadata: pb.ComputeMetadata
+
+
+class ComputeService:
+    def __init__(self, config: ServerConfig, pool: ActorPool) -> None:
+        self.config = config
+        self.pool = pool
+        self.limits = dict(config.limits)
+
+    # ------------------------------------------------------------- compute
+
+    def bind_compute(self, req: pb.ComputeRequest) -> tuple[binding.Bound, ComputeSpec]:
+        """Validate everything about a request that can be known before running it."""
+        call = "compute(fn, inputs)"
+        program = binding.validate_program(req.function, self.limits)
+        ops = binding.op_names(req.ops, call)
+        call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else call
+        arrays = binding.bind_names(
+            binding.decode_map(req.inputs, "input"), program.inputs, "input", call
+        )
+        dtype = binding.resolve_dtype(req.dtype, arrays, "float64")
+        points, per_point = binding.check_points(
+            arrays,
+            req.batched,
+            call,
+            self.config.max_points,
+            self.limits["max_input_elements"],
+        )
+        binding.check_finite(arrays, req.batched, call)
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        extra: dict[str, np.ndarray] = {}
+        if "vjp" in ops:
+            if not req.HasField("cotangent"):
+                raise invalid("vjp(fn, inputs, cotangent): the cotangent is missing", "cotangent")
+            extra[actor_keys.COTANGENT] = binding.decode_map({"": req.cotangent}, "cotangent")[""]
+        for op, field, prefix, what in (
+            ("jvp", req.tangents, actor_keys.TANGENT, "tangent"),
+            ("hvp", req.vector, actor_keys.VECTOR, "vector"),
+        ):
+            if op not in ops:
+                continue
+            given = binding.bind_names(binding.decode_map(field, what), wrt, what, f"{op}(...)")
+            for name, arr in given.items():
+                if arr.shape != arrays[name].shape:
+                    raise invalid(
+                        f"{op}(fn, inputs, {what}): the {what} for {name!r} has shape "
+                        f"{arr.shape}, but the input has shape {arrays[name].shape}",
+                        what,
+                    )
+                extra[prefix + name] = arr
+        for arr in extra.values():
+            if req.batched and (arr.ndim == 0 or arr.shape[0] != points):
+                raise invalid(
+                    f"{call}: batched=True, so cotangents, tangents and vectors need a leading "
+                    f"dimension of {points} points"
+                )
+        spec = ComputeSpec(
+            source=req.function,
+            source_hash=program.source_hash,
+            ops=ops,
+            wrt=wrt,
+            batched=req.batched,
+            dtype=dtype,
+            jacobian_mode=binding.MODES.get(req.jacobian_mode, "auto"),
+            chunk_size=int(req.chunk_size) or None,
+            limits=self.limits,
+        )
+        bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
+        return bound, spec
+
+    async def compute(self, req: pb.ComputeRequest, tenant: str) -> Computed:
+        started = time.perf_counter()
+        bound, spec = self.bind_compute(req)
+        results = await self._dispatch(
+            bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
+        )
+        outputs = self._assemble(results, spec)
+        meta = self._metadata(results, bound, started)
+        return Computed(outputs, meta)
+
+    def _assemble(
+        self, results: list[ChunkResult], spec: ComputeSpec
+    ) -> dict[str, dict[str, np.ndarray]]:
+        outputs: dict[str, dict[str, np.ndarray]] = {}
+        for op in spec.ops:
+            keys = results[0].outputs[op].keys()
+            if spec.batched and len(results) > 1:
+                outputs[op] = {
+                    k: np.concatenate([r.outputs[op][k] for r in results]) for k in keys
+                }
+            else:
+                outputs[op] = dict(results[0].outputs[op])
+        return outputs
+
+    @staticmethod
+    def _metadata(
+        results: list[ChunkResult], bound: binding.Bound, started: float
+    ) -> pb.ComputeMetadata:
+        unconnected = set(results[0].unconnected)
+        for r in results[1:]:
+            unconnected &= set(r.unconnected)
+        meta = pb.ComputeMetadata(
+            unconnected=[n for n in bound.wrt if n in unconnected],
+            out_shape=list(results[0].out_shape),
+            chunks=len(results),
+            workers=len({r.actor for r in results}),
+            compute_seconds=sum(r.seconds for r in results),
+            wall_seconds=time.perf_counter() - started,
+            jacobian_mode=results[0].jacobian_mode or "",
+            points=bound.points,
+        )
+        if bound.batched:
+            vmapped = all(r.vmapped for r in results)
+            meta.execution_path = (
+                pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
+            )
+            if not vmapped:
+                meta.warnings.append(
+                    "the function has data-dependent control flow, so points ran one at a "
+                    "time instead of vectorised"
+                )
+        if unconnected:
+            meta.warnings.append(
+                f"the output does not depend on {', '.join(sorted(unconnected))}: "
+                "its derivatives are zeros"
+            )
+        return meta
+
+    async def _dispatch(
+        self,
+        bound: binding.Bound,
+        spec: ComputeSpec | CheckSpec,
+        tenant: str,
+        method: str,
+        per_point: int,
+    ) -> list[ChunkResult]:
+        arrays: dict[str, np.ndarray] = {**bound.arrays, **bound.extra}
+        if bound.batched:
+            ranges = plan_chunks(bound.points, per_point, len(self.pool.workers))
+        else:
+            ranges = [(0, 1)]
+        payload: Any = arrays
+        if len(ranges) > 1 and sum(a.nbytes for a in arrays.values()) > OBJECT_STORE_BYTES:
+            payload = ray.put(arrays)  # once, not once per chunk
+        elif len(ranges) > 1:
+            payload = None  # small: each chunk gets only its own slice
+
+        def submitter(start: int, stop: int) -> dispatch.Submit:
+            if payload is None:
+                part = {k: v[start:stop] for k, v in arrays.items()}
+                return lambda h: getattr(h, method).remote(spec, part, 0, stop - start)
+            return lambda h: getattr(h, method).remote(spec, payload, start, stop)
+
+        results = await dispatch.run_chunks(
+            self.pool,
+            tenant,
+            [submitter(a, b) for a, b in ranges],
+            self.config.chunk_timeout_s,
+        )
+        for r in results:
+            if r.error is not None:
+                raise from_chunk_error(r.error)
+        return results
+
+    # ------------------------------------------------------------- checks
+
+    def bind_check(self, req: pb.CheckRequest) -> tuple[binding.Bound, CheckSpec]:
+        call = "check(fn, inputs)"
+        program = binding.validate_program(req.function, self.limits)
+        given: dict[str, np.ndarray] = {}
+        sampled = False
+        for name, spec in req.inputs.items():
+            which = spec.WhichOneof("source")
+            where = f"input {name!r}" if name else "input"
+            if which == "sample":
+                given[name] = sampling.draw(
+                    spec.sample, f"{call}: {where}", self.config.max_points * 16
+                )
+                sampled = True
+            elif which == "tensor":
+                given[name] = binding.decode_map({name: spec.tensor}, "input")[name]
+            else:
+                raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
+        arrays = binding.bind_names(given, program.inputs, "input", call)
+        batched = req.batched or sampled
+        if sampled and not all(s.WhichOneof("source") == "sample" for s in req.inputs.values()):
+            raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
+        dtype = binding.resolve_dtype(req.dtype, arrays, "float64")
+        points, per_point = binding.check_points(
+            arrays, batched, call, self.config.max_points, self.limits["max_input_elements"]
+        )
+        binding.check_finite(arrays, batched, call)
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        kind = _CHECK_KIND_NAMES.get(req.kind)
+        if kind is None:
+            kind = "grad" if req.claims else "finite_difference"
+        claims: dict[str, str] = {}
+        if kind != "finite_difference":
+            if not req.claims:
+                raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
+            for claim in req.claims:
+                first = claim.input or (wrt[0] if len(wrt) == 1 else "")
+                if not first:
+                    raise invalid(
+                        f"{call}: the claim does not say which input it is for; the function "
+                        f"takes ({', '.join(program.inputs)}): give a dict by input",
+                        "claims",
+                    )
+                binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
+                                    program.inputs, call)  # fmt: skip
+                binding.validate_program(claim.source, self.limits, program.inputs)
+                key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
+                claims[key] = claim.source
+        elif req.claims:
+            raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
+        options = req.options
+        order = options.order or 1
+        if order not in (1, 2):
+            raise invalid(f"{call}: order must be 1 or 2, not {order}", "options.order")
+        spec = CheckSpec(
+            source=req.function,
+            source_hash=program.source_hash,
+            wrt=wrt,
+            batched=batched,
+            dtype=dtype,
+            kind=kind,
+            claims=claims,
+            order=order,
+            atol=options.atol if options.HasField("atol") else 1e-5,
+            rtol=options.rtol if options.HasField("rtol") else 1e-3,
+            eps=options.eps if options.HasField("eps") else 1e-6,
+            fast=options.fast if options.HasField("fast") else None,
+            seed=int(options.seed),
+            limits=self.limits,
+        )
+        for name, value in (("atol", spec.atol), ("rtol", spec.rtol), ("eps", spec.eps)):
+            if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
+                raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
+        bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point)
+        return bound, spec
+
+    async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
+        started = time.perf_counter()
+        bound, spec = self.bind_check(req)
+        # a check evaluates ~2n perturbed points and an n x m Jacobian per point
+        per_point = elements_per_point(bound.per_point_elements, ("jacobian", "jacobian"))
+        if spec.order == 2:
+            per_point = elements_per_point(bound.per_point_elements, ("hessian", "hessian"))
+        results = await self._dispatch(bound, spec, tenant, "check", per_point)
+        ranges_start = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
+        report = merge_reports([r.report for r in results], [int(s) for s in ranges_start])
+        meta = self._metadata(
+            [replace(r, unconnected=()) for r in results], bound, started
+        )
+        return report, Computed({}, meta)
+
+
+def report_to_proto(report: CheckReport) -> pb.CheckReport:
+    msg = pb.CheckReport(
+        passed=report.passed,
+        kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
+        order=report.order,
+        mode=report.mode,
+        max_abs_error=report.max_abs_error,
+        max_rel_error=report.max_rel_error,
+        non_differentiable=report.non_differentiable,
+        point_passed=list(report.point_passed),
+        message=report.message,
+        atol=report.atol,
+        rtol=report.rtol,
+        eps=report.eps,
+        num_points=report.num_points,
+        execution_path=pb.EXECUTION_PATH_VMAP if report.vmapped else pb.EXECUTION_PATH_PER_POINT,
+    )
+    if report.symmetric is not None:
+        msg.symmetric = report.symmetric
+    if report.worst is not None:
+        w = report.worst
+        msg.worst.CopyFrom(
+            pb.WorstElement(
+                point=w.point,
+                input=w.input,
+                output_index=list(w.output_index),
+                input_index=list(w.input_index),
+                analytic=w.analytic,
+                numeric=w.numeric,
+                abs_error=w.abs_error,
+                rel_error=w.rel_error,
+            )
+        )
+    return msg
+
+
+def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]]) -> list[pb.OpResult]:
+    results = []
+    for op, by_key in outputs.items():
+        result = pb.OpResult(op=_OP_NUMBERS[op])
+        for key, arr in by_key.items():
+            first, _, second = key.partition(",")
+            result.outputs.append(pb.Output(input=first, input2=second, tensor=_wire.encode(arr)))
+        results.append(result)
+    return results
+
+
+def check_response_size(resp: pb.ComputeResponse, limit: int) -> None:
+    size = resp.ByteSize()
+    if size > limit:
+        raise exhausted(f"the reply is {size} bytes, over the server's message limit of {limit}")

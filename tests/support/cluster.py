@@ -1,0 +1,161 @@
+"""Real processes for end-to-end tests: a Ray head on loopback and gradserve servers.
+
+Nothing here is a mock: the servers are the real `gradserve_server.main` in a
+subprocess, joined to a real Ray cluster started with `ray start`. Processes are
+stopped by pid (never `ray stop`, which would end every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+VENV_BIN = Path(sys.executable).parent
+RAY = str(VENV_BIN / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_tree_matching(marker: str) -> None:
+    victims = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or ())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if marker in cmdline and proc.pid != os.getpid():
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+
+
+@dataclass
+class RayNode:
+    address: str
+    temp_dir: str
+    head: bool
+
+    def env(self) -> dict[str, str]:
+        """What a driver needs to join (token auth, where the cluster turned it on)."""
+        env = dict(os.environ)
+        token = Path(self.temp_dir) / "auth_token"
+        if token.exists():
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN"] = token.read_text().strip()
+        return env
+
+    def stop(self) -> None:
+        _kill_tree_matching(self.temp_dir)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_ray_head(num_cpus: int = 8, object_store_mb: int = 400) -> RayNode:
+    """A Ray head on loopback; CPUs are logical, so several servers' actors fit."""
+    temp_dir = tempfile.mkdtemp(prefix="gsray")  # short: Ray's socket paths are length-bound
+    port = free_port()
+    cmd = [
+        RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+        f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return RayNode(f"127.0.0.1:{port}", temp_dir, head=True)
+
+
+def start_ray_worker_node(head: RayNode, num_cpus: int = 2, object_store_mb: int = 200) -> RayNode:
+    temp_dir = tempfile.mkdtemp(prefix="gsrayw")
+    cmd = [
+        RAY, "start", f"--address={head.address}", "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=head.env())
+    return RayNode(head.address, temp_dir, head=False)
+
+
+@dataclass
+class ServerProcess:
+    address: str
+    proc: subprocess.Popen[str]
+    data_dir: str
+    lines: list[str] = field(default_factory=list)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        self.kill(signal.SIGTERM)
+        return int(self.proc.returncode)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def start_server(
+    ray: RayNode | None,
+    *,
+    data_dir: str | None = None,
+    num_workers: int = 2,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+    command: Sequence[str] | None = None,
+) -> ServerProcess:
+    """Start `gradserve serve` on a free loopback port and wait until it serves."""
+    data_dir = data_dir or tempfile.mkdtemp(prefix="gsdata")
+    base = list(command) if command else [sys.executable, "-m", "gradserve_server.main"]
+    cmd = [*base, "--host", "127.0.0.1", "--port", "0", "--data-dir", data_dir,
+           "--num-workers", str(num_workers), *extra]  # fmt: skip
+    if ray is not None:
+        cmd += ["--ray-address", ray.address]
+    run_env = dict(ray.env() if ray else os.environ)
+    run_env.update(env or {})
+    run_env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env
+    )
+    server = ServerProcess("", proc, data_dir)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line)
+            if "serving on" in line and not ready.is_set():
+                server.address = line.split("serving on", 1)[1].split()[0]
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"server did not start:\n{server.output[-4000:]}")
+    return server

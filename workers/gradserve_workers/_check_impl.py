@@ -1,0 +1,1039 @@
+"""Private implementation of :mod:`gradserve_workers.check`.
+
+Layout used throughout: the ``wrt`` inputs of one point are flattened and
+concatenated into a vector of ``n`` float64 numbers; the function's output (order 1)
+or its gradient (order 2) is flattened into ``m`` numbers; the analytic derivative is
+an ``(N, m, n)`` array over ``N`` points. Unbatched checks are run as one point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ._ops_impl import (
+    Fn,
+    OpsError,
+    OpsRequest,
+    _bind,
+    check_finite,
+    compute_impl,
+)
+from ._vmap import is_data_dependent_error, vmap_or_loop
+from .report import CheckReport, Kink, WorstElement, describe
+
+F64 = torch.float64
+TINY = 1e-300
+# float64 elements per vmapped evaluation (perturbed points x input elements)
+EVAL_BUDGET = 1 << 22
+# largest n * m (per point) for which a failed fast check re-runs element-wise
+FULL_FALLBACK_LIMIT = 1 << 22
+# at most this many failing points are re-checked element-wise after a fast failure
+FULL_FALLBACK_POINTS = 16
+KINK_STEP_RATIO = 0.25
+UNIT_ROUNDOFF = 2.0**-52
+
+
+class CheckError(OpsError):
+    """A check that cannot be run as asked; the message starts with the call form."""
+
+
+# ---------------------------------------------------------------------------
+# layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    names: tuple[str, ...]
+    wrt: tuple[str, ...]
+    wrt_idx: tuple[int, ...]
+    const_idx: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]  # per wrt input, per point
+    sizes: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    @property
+    def n(self) -> int:
+        return sum(self.sizes)
+
+    def locate(self, flat: int) -> tuple[str, tuple[int, ...]]:
+        """Input name and index within it of flat column ``flat``."""
+        for w, shape, size, off in zip(
+            self.wrt, self.shapes, self.sizes, self.offsets, strict=True
+        ):
+            if off <= flat < off + size:
+                return w, _unravel(flat - off, shape)
+        raise IndexError(flat)
+
+    def unflatten(self, xflat: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            xflat[off : off + size].reshape(shape)
+            for shape, size, off in zip(self.shapes, self.sizes, self.offsets, strict=True)
+        ]
+
+
+def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
+    idx = []
+    for s in reversed(shape):
+        idx.append(flat % s)
+        flat //= s
+    return tuple(reversed(idx))
+
+
+def _layout(
+    names: Sequence[str], wrt: Sequence[str], point0: Mapping[str, torch.Tensor]
+) -> _Layout:
+    shapes = tuple(tuple(int(s) for s in point0[w].shape) for w in wrt)
+    sizes = tuple(math.prod(s) for s in shapes)
+    offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+    wrt_idx = tuple(names.index(w) for w in wrt)
+    const_idx = tuple(i for i in range(len(names)) if i not in wrt_idx)
+    return _Layout(tuple(names), tuple(wrt), wrt_idx, const_idx, shapes, sizes, offsets)
+
+
+def _to64(inputs: Mapping[str, torch.Tensor], batched: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in inputs.items():
+        t = v.to(F64) if v.is_floating_point() else v
+        out[k] = t if batched else t.unsqueeze(0)
+    return out
+
+
+def _input_dtype(inputs: Mapping[str, torch.Tensor], wrt: Sequence[str]) -> str:
+    dtypes = {str(inputs[w].dtype).removeprefix("torch.") for w in wrt}
+    return (
+        "float32"
+        if "float32" in dtypes or "float16" in dtypes or "bfloat16" in dtypes
+        else "float64"
+    )
+
+
+def _resolve_wrt(
+    call: str, names: Sequence[str], inputs: Mapping[str, torch.Tensor], wrt: Sequence[str] | None
+) -> tuple[str, ...]:
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise CheckError(f"{call}: missing input(s) {', '.join(missing)}")
+    extra = [n for n in inputs if n not in names]
+    if extra:
+        raise CheckError(f"{call}: unknown input(s) {', '.join(extra)}; f takes {', '.join(names)}")
+    for n in names:
+        if not isinstance(inputs[n], torch.Tensor):
+            raise CheckError(f"{call}: input '{n}' is a {type(inputs[n]).__name__}, not a tensor")
+    chosen = tuple(names) if wrt is None else tuple(wrt)
+    unknown = [w for w in chosen if w not in names]
+    if unknown:
+        raise CheckError(f"{call}: wrt names unknown input(s) {', '.join(unknown)}")
+    if not chosen:
+        raise CheckError(f"{call}: no inputs to check derivatives with respect to")
+    for w in chosen:
+        if not inputs[w].is_floating_point():
+            raise CheckError(f"{call}: input '{w}' has dtype {inputs[w].dtype}; checks need floats")
+    return chosen
+
+
+def _recall(exc: OpsError, call: str) -> CheckError:
+    """The ops error's message with our call form in front."""
+    msg = str(exc)
+    head, sep, rest = msg.partition("(f): ")
+    body = rest if sep and "(" not in head else msg
+    return CheckError(f"{call}: {body}")
+
+
+def _compute(
+    fn: Fn, names: Sequence[str], inputs: Mapping[str, torch.Tensor], req: OpsRequest, call: str
+) -> Any:
+    try:
+        return compute_impl(fn, names, inputs, req)
+    except OpsError as exc:
+        raise _recall(exc, call) from exc
+
+
+# ---------------------------------------------------------------------------
+# evaluating many perturbed points
+
+
+class _Evaluator:
+    """Evaluates a flat function ``G(xflat, *consts) -> (m,)`` at many points at once.
+
+    Uses nested ``vmap`` (points outside, perturbations inside) in chunks bounded by
+    :data:`EVAL_BUDGET`, and falls back to a Python loop on data-dependent control flow
+    (remembered for the following calls).
+    """
+
+    def __init__(
+        self, g: Callable[..., torch.Tensor], consts: Sequence[torch.Tensor], allow_vmap: bool
+    ):
+        self.g = g
+        self.consts = list(consts)
+        self.vmapped = allow_vmap
+
+    def _run(self, xs: torch.Tensor, consts: list[torch.Tensor]) -> torch.Tensor:
+        """``xs``: (P, D, n) perturbed points of P points; ``consts``: (P, ...) each."""
+        if self.vmapped:
+            k = len(consts)
+            inner = torch.func.vmap(self.g, in_dims=(0, *([None] * k)))
+            outer = torch.func.vmap(inner, in_dims=(0, *([0] * k)))
+            try:
+                return outer(xs, *consts)
+            except Exception as exc:
+                if not is_data_dependent_error(exc):
+                    raise
+                self.vmapped = False
+        rows = []
+        for p in range(xs.shape[0]):
+            cp = [c[p] for c in consts]
+            rows.append(torch.stack([self.g(xs[p, d], *cp) for d in range(xs.shape[1])]))
+        return torch.stack(rows)
+
+    def along(
+        self, x: torch.Tensor, dirs: torch.Tensor | None, steps: Sequence[float]
+    ) -> list[torch.Tensor]:
+        """``G(x_p + s * d)`` for every point p, direction d and step s.
+
+        ``x``: (N, n); ``dirs``: (D, n), or ``None`` for the coordinate basis (D = n).
+        Returns one (N, D, m) tensor per step; all steps are evaluated in one batch.
+        """
+        n_pts, n = x.shape
+        n_dirs = n if dirs is None else dirs.shape[0]
+        per_dir = len(steps) * n
+        d_chunk = max(1, min(n_dirs, EVAL_BUDGET // max(per_dir, 1)))
+        p_chunk = max(1, min(n_pts, EVAL_BUDGET // max(per_dir * d_chunk, 1)))
+        outs: list[list[torch.Tensor]] = [[] for _ in steps]
+        for p0 in range(0, n_pts, p_chunk):
+            p1 = min(p0 + p_chunk, n_pts)
+            consts = [c[p0:p1] for c in self.consts]
+            parts: list[list[torch.Tensor]] = [[] for _ in steps]
+            for d0 in range(0, n_dirs, d_chunk):
+                d1 = min(d0 + d_chunk, n_dirs)
+                nd = d1 - d0
+                if dirs is None:
+                    # x + s * e_d for each step s and coordinate d, without building eye(n)
+                    xs = x[p0:p1, None, :].expand(p1 - p0, len(steps) * nd, n).clone()
+                    rows = torch.arange(len(steps) * nd, device=x.device)
+                    cols = torch.arange(d0, d1, device=x.device).repeat(len(steps))
+                    shift = torch.tensor(steps, dtype=x.dtype, device=x.device).repeat_interleave(
+                        nd
+                    )
+                    xs[:, rows, cols] += shift
+                else:
+                    block = dirs[d0:d1]
+                    pert = torch.cat([s * block for s in steps])  # (S*Dc, n)
+                    xs = x[p0:p1, None, :] + pert[None]
+                res = self._run(xs, consts)  # (Pc, S*Dc, m)
+                for i, piece in enumerate(res.split(d1 - d0, dim=1)):
+                    parts[i].append(piece)
+            for i in range(len(steps)):
+                outs[i].append(torch.cat(parts[i], dim=1))
+        return [torch.cat(o, dim=0) for o in outs]
+
+    def pairs(
+        self, x: torch.Tensor, point: torch.Tensor, dirs: torch.Tensor, steps: Sequence[float]
+    ) -> list[torch.Tensor]:
+        """``G(x[point[k]] + s * dirs[k])`` for K (point, direction) pairs; (K, m) per step."""
+        consts = [c[point] for c in self.consts]
+        xs = torch.stack([x[point] + s * dirs for s in steps], dim=1)  # (K, S, n)
+        res = self._run(xs, consts)
+        return [res[:, i] for i in range(len(steps))]
+
+
+def _flat_fn(fn: Fn, layout: _Layout, order: int) -> Callable[..., torch.Tensor]:
+    """``G(xflat, *consts)``: the flat output (order 1) or flat gradient (order 2)."""
+
+    def value(xflat: torch.Tensor, *consts: torch.Tensor) -> torch.Tensor:
+        args: list[Any] = [None] * len(layout.names)
+        for i, t in zip(layout.wrt_idx, layout.unflatten(xflat), strict=True):
+            args[i] = t
+        for i, c in zip(layout.const_idx, consts, strict=True):
+            args[i] = c
+        out = fn(*args)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out, dtype=F64)
+        return out.reshape(-1)
+
+    if order == 1:
+        return value
+
+    def gradient(xflat: torch.Tensor, *consts: torch.Tensor) -> torch.Tensor:
+        return torch.func.grad(lambda xf: value(xf, *consts).reshape(()))(xflat)
+
+    return gradient
+
+
+# ---------------------------------------------------------------------------
+# comparing
+
+
+@dataclass
+class _Comparison:
+    passed: bool
+    point_passed: list[bool]
+    max_abs: float
+    max_rel: float
+    worst_flat: tuple[int, int, int] | None  # (point, row, col)
+    analytic: float
+    numeric: float
+    abs_error: float
+    rel_error: float
+
+
+def _compare(
+    analytic: torch.Tensor, reference: torch.Tensor, other: torch.Tensor, atol: float, rtol: float
+) -> _Comparison:
+    """Element-wise ``|other - reference| <= atol + rtol * |reference|`` over (N, r, c).
+
+    ``analytic`` is what the report calls analytic (autograd); ``reference`` is the
+    value the tolerance scales with; ``other`` the value compared with it.
+    """
+    err = (other - reference).abs()
+    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
+    allowed = atol + rtol * reference.abs()
+    ok = err <= allowed
+    allowed = torch.where(torch.isfinite(allowed), allowed, torch.full_like(allowed, math.inf))
+    ratio = torch.where(
+        allowed > 0, err / allowed.clamp_min(TINY), torch.where(err > 0, math.inf, 0.0)
+    )
+    ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, math.inf), ratio)
+    n_pts = err.shape[0]
+    point_passed = (
+        [bool(b) for b in ok.reshape(n_pts, -1).all(dim=1)] if err.numel() else [True] * n_pts
+    )
+    if err.numel() == 0:
+        return _Comparison(True, point_passed, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0)
+    rel = err / reference.abs().clamp_min(TINY)
+    flat = int(torch.argmax(ratio.reshape(-1)))
+    p, r, c = _unravel(flat, err.shape)
+    ref_v = float(reference[p, r, c])
+    # the worst element's numbers: analytic is autograd, numeric the other side
+    a_v = float(analytic[p, r, c])
+    n_v = float(other[p, r, c]) if analytic is reference else float(reference[p, r, c])
+    return _Comparison(
+        passed=bool(ok.all()),
+        point_passed=point_passed,
+        max_abs=float(err.max()),
+        max_rel=float(rel.max()),
+        worst_flat=(p, r, c),
+        analytic=a_v,
+        numeric=n_v,
+        abs_error=float(err[p, r, c]),
+        rel_error=float(err[p, r, c]) / max(abs(ref_v), TINY),
+    )
+
+
+def _row_label(
+    layout: _Layout, out_shape: tuple[int, ...], order: int, row: int
+) -> tuple[str | None, tuple[int, ...]]:
+    if order == 2:
+        name, idx = layout.locate(row)
+        return name, idx
+    return None, _unravel(row, out_shape)
+
+
+def _worst_element(
+    cmp: _Comparison, layout: _Layout, out_shape: tuple[int, ...], order: int
+) -> WorstElement | None:
+    if cmp.worst_flat is None:
+        return None
+    p, r, c = cmp.worst_flat
+    col_name, col_idx = layout.locate(c)
+    row_name, row_idx = _row_label(layout, out_shape, order, r)
+    name = f"{row_name},{col_name}" if row_name is not None else col_name
+    return WorstElement(
+        point=p,
+        input=name,
+        output_index=row_idx,
+        input_index=col_idx,
+        analytic=cmp.analytic,
+        numeric=cmp.numeric,
+        abs_error=cmp.abs_error,
+        rel_error=cmp.rel_error,
+    )
+
+
+# ---------------------------------------------------------------------------
+# kinks
+
+
+def _find_kink(
+    ev: _Evaluator,
+    x: torch.Tensor,
+    f0: torch.Tensor,
+    plus: torch.Tensor,
+    minus: torch.Tensor,
+    dirs: torch.Tensor | None,
+    analytic_dir: torch.Tensor,
+    eps: float,
+    atol: float,
+    rtol: float,
+    proj: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[int, int, int], float, float, float] | None:
+    """Find where one-sided differences disagree and do not shrink with the step.
+
+    ``plus``/``minus``: (N, D, m) values at ``x ± eps d``; ``f0``: (N, m). For smooth
+    functions ``right - left = eps·f''`` shrinks with the step; at a kink it does not.
+    Candidates (gap beyond ``atol + rtol·max(|right|, |left|)`` plus a round-off
+    allowance) are re-evaluated at ``eps / 4`` and kept when the gap stays above half.
+    ``proj`` (D, m) projects outputs (fast mode). ``analytic_dir``: (N, D, m) or (N, D).
+    Returns (kink mask over (N, D[, m])), the chosen (point, dir, out) and right, left,
+    autograd at it, or ``None``.
+    """
+
+    def project(t: torch.Tensor) -> torch.Tensor:
+        return t if proj is None else (t * proj).sum(-1)
+
+    base = f0[:, None, :]
+    right = project((plus - base) / eps)
+    left = project((base - minus) / eps)
+    scale = torch.maximum(torch.maximum(plus.abs(), minus.abs()), base.abs())
+    noise = (
+        project(8 * UNIT_ROUNDOFF * scale / eps)
+        if proj is None
+        else (8 * UNIT_ROUNDOFF * (scale * proj.abs()).sum(-1) / eps)
+    )
+    gap = (right - left).abs()
+    tol = atol + rtol * torch.maximum(right.abs(), left.abs()) + 10 * noise
+    cand = gap > tol
+    if not bool(cand.any()):
+        return None
+    # the (point, direction) pairs to re-evaluate, the largest gaps first
+    pair_gap = gap if gap.ndim == 2 else torch.where(cand, gap, 0.0).amax(-1)
+    pair_cand = cand if cand.ndim == 2 else cand.any(-1)
+    idx = torch.nonzero(pair_cand)
+    if idx.shape[0] > 4096:
+        order = torch.argsort(pair_gap[idx[:, 0], idx[:, 1]], descending=True)[:4096]
+        idx = idx[order]
+    pts, ds = idx[:, 0], idx[:, 1]
+    if dirs is None:
+        dvec = torch.zeros(idx.shape[0], x.shape[1], dtype=x.dtype)
+        dvec[torch.arange(idx.shape[0]), ds] = 1
+    else:
+        dvec = dirs[ds]
+    h2 = eps * KINK_STEP_RATIO
+    p2, m2 = ev.pairs(x, pts, dvec, [h2, -h2])
+    b2 = f0[pts]
+    pr = None if proj is None else proj[ds]
+
+    def project2(t: torch.Tensor) -> torch.Tensor:
+        return t if pr is None else (t * pr).sum(-1)
+
+    right2 = project2((p2 - b2) / h2)
+    left2 = project2((b2 - m2) / h2)
+    scale2 = torch.maximum(torch.maximum(p2.abs(), m2.abs()), b2.abs())
+    noise2 = (
+        project2(8 * UNIT_ROUNDOFF * scale2 / h2)
+        if pr is None
+        else (8 * UNIT_ROUNDOFF * (scale2 * pr.abs()).sum(-1) / h2)
+    )
+    gap2 = (right2 - left2).abs()
+    tol2 = atol + rtol * torch.maximum(right2.abs(), left2.abs()) + 10 * noise2
+    g1 = gap[pts, ds]
+    confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[pts, ds]
+    if not bool(confirmed.any()):
+        return None
+    score = torch.where(confirmed, gap2, -1.0)
+    flat = int(torch.argmax(score.reshape(-1)))
+    if score.ndim == 1:
+        k, o = flat, 0
+    else:
+        k, o = divmod(flat, score.shape[1])
+    p, d = int(pts[k]), int(ds[k])
+    sel = (p, d, o) if right.ndim == 3 else (p, d)
+    a_val = float(analytic_dir[sel])
+    mask = torch.zeros_like(gap, dtype=torch.bool)
+    kp = pts[confirmed.any(-1)] if confirmed.ndim == 2 else pts[confirmed]
+    kd = ds[confirmed.any(-1)] if confirmed.ndim == 2 else ds[confirmed]
+    mask[kp, kd] = True
+    return mask, (p, d, o), float(right[sel]), float(left[sel]), a_val
+
+
+# ---------------------------------------------------------------------------
+# finite-difference check
+
+
+@dataclass
+class _Setup:
+    call: str
+    layout: _Layout
+    x: torch.Tensor  # (N, n) float64
+    consts: list[torch.Tensor]
+    inputs64: dict[str, torch.Tensor]
+    n_points: int
+    out_shape: tuple[int, ...]
+    dtype: str
+
+
+def _setup(
+    fn: Fn,
+    input_names: Sequence[str],
+    inputs: Mapping[str, torch.Tensor],
+    wrt: Sequence[str] | None,
+    batched: bool,
+    call: str,
+) -> _Setup:
+    names = tuple(input_names)
+    wrt_t = _resolve_wrt(call, names, inputs, wrt)
+    check_finite(call, names, inputs, batched)
+    if batched:
+        sizes = {int(inputs[n].shape[0]) if inputs[n].ndim else -1 for n in names}
+        if len(sizes) != 1 or -1 in sizes:
+            raise CheckError(
+                f"{call}: batched inputs must share a leading point dimension: "
+                + ", ".join(f"{n}: {tuple(inputs[n].shape)}" for n in names)
+            )
+        if 0 in sizes:
+            raise CheckError(f"{call}: batched=True with no points (leading dimension 0)")
+    x64 = _to64(inputs, batched)
+    n_points = int(x64[names[0]].shape[0]) if names else 1
+    point0 = {k: v[0] for k, v in x64.items()}
+    layout = _layout(names, wrt_t, point0)
+    x = torch.cat([x64[w].reshape(n_points, -1) for w in wrt_t], dim=1)
+    consts = [x64[names[i]] for i in layout.const_idx]
+    with torch.no_grad():
+        out0 = _bind(fn, [point0[k] for k in names], ())()
+    if not out0.is_floating_point():
+        raise CheckError(
+            f"{call}: f returns dtype {out0.dtype}; checks need a floating-point output"
+        )
+    return _Setup(
+        call=call,
+        layout=layout,
+        x=x,
+        consts=consts,
+        inputs64=x64,
+        n_points=n_points,
+        out_shape=tuple(int(s) for s in out0.shape),
+        dtype=_input_dtype(inputs, wrt_t),
+    )
+
+
+def _analytic_full(
+    fn: Fn, s: _Setup, order: int, allow_vmap: bool
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(A (N, m, n), F0 (N, m), vmapped): autograd's Jacobian or Hessian and the base values."""
+    lay = s.layout
+    n_pts = s.n_points
+    if order == 1:
+        req = OpsRequest(
+            ops=("value", "jacobian"), wrt=lay.wrt, batched=True, allow_vmap=allow_vmap
+        )
+        r = _compute(fn, lay.names, s.inputs64, req, s.call)
+        m = math.prod(s.out_shape)
+        a = torch.cat([r.outputs["jacobian"][w].reshape(n_pts, m, -1) for w in lay.wrt], dim=2)
+        f0 = r.outputs["value"][""].reshape(n_pts, m)
+        return a, f0, r.vmapped
+    req = OpsRequest(ops=("grad", "hessian"), wrt=lay.wrt, batched=True, allow_vmap=allow_vmap)
+    r = _compute(fn, lay.names, s.inputs64, req, s.call)
+    rows = []
+    for a_name, a_size in zip(lay.wrt, lay.sizes, strict=True):
+        blocks = [
+            r.outputs["hessian"][f"{a_name},{b}"].reshape(n_pts, a_size, b_size)
+            for b, b_size in zip(lay.wrt, lay.sizes, strict=True)
+        ]
+        rows.append(torch.cat(blocks, dim=2))
+    a = torch.cat(rows, dim=1)
+    f0 = torch.cat([r.outputs["grad"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
+    return a, f0, r.vmapped
+
+
+def _symmetry(a: torch.Tensor, atol: float, rtol: float) -> tuple[bool, list[bool], float]:
+    at = a.transpose(1, 2)
+    asym = (a - at).abs()
+    ok = asym <= atol + rtol * torch.maximum(a.abs(), at.abs())
+    per_point = [bool(b) for b in ok.reshape(a.shape[0], -1).all(dim=1)]
+    return bool(ok.all()), per_point, float(asym.max()) if asym.numel() else 0.0
+
+
+def _kink_record(
+    found: tuple[torch.Tensor, tuple[int, int, int], float, float, float],
+    s: _Setup,
+    order: int,
+    fast: bool,
+) -> tuple[Kink, list[bool]]:
+    mask, (p, d, o), right, left, auto = found
+    lay = s.layout
+    bad_points = mask.reshape(mask.shape[0], -1).any(dim=1).tolist()
+    if fast:
+        kink = Kink(p, ",".join(lay.wrt), (), (), None, right, left, auto, direction=d)
+    else:
+        name, idx = lay.locate(d)
+        row_name, row_idx = _row_label(lay, s.out_shape, order, o)
+        label = f"{row_name},{name}" if row_name is not None else name
+        at = float(s.x[p, d])
+        kink = Kink(p, label if order == 2 else name, row_idx, idx, at, right, left, auto)
+    return kink, [not b for b in bad_points]
+
+
+def _full_check(
+    fn: Fn, s: _Setup, order: int, atol: float, rtol: float, eps: float, allow_vmap: bool
+) -> CheckReport:
+    a, f0, vm1 = _analytic_full(fn, s, order, allow_vmap)
+    g = _flat_fn(fn, s.layout, order)
+    ev = _Evaluator(g, s.consts, allow_vmap and vm1)
+    plus, minus = ev.along(s.x, None, [eps, -eps])  # (N, n, m)
+    numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)  # (N, m, n)
+    cmp = _compare(a, numeric, a, atol, rtol)
+    worst = _worst_element(cmp, s.layout, s.out_shape, order)
+    found = _find_kink(ev, s.x, f0, plus, minus, None, a.transpose(1, 2), eps, atol, rtol)
+    kink = None
+    point_passed = list(cmp.point_passed)
+    if found is not None:
+        kink, kink_ok = _kink_record(found, s, order, fast=False)
+        point_passed = [a_ and b_ for a_, b_ in zip(point_passed, kink_ok, strict=True)]
+    symmetric: bool | None = None
+    max_asym = 0.0
+    if order == 2:
+        symmetric, sym_ok, max_asym = _symmetry(a, atol, rtol)
+        point_passed = [a_ and b_ for a_, b_ in zip(point_passed, sym_ok, strict=True)]
+    return _report(
+        kind="finite_difference",
+        order=order,
+        mode="full",
+        cmp=cmp,
+        worst=worst,
+        kink=kink,
+        symmetric=symmetric,
+        max_asym=max_asym,
+        point_passed=point_passed,
+        atol=atol,
+        rtol=rtol,
+        eps=eps,
+        vmapped=vm1 and ev.vmapped,
+        dtype=s.dtype,
+    )
+
+
+def _report(
+    *,
+    kind: str,
+    order: int,
+    mode: str,
+    cmp: _Comparison,
+    worst: WorstElement | None,
+    kink: Kink | None,
+    symmetric: bool | None,
+    max_asym: float,
+    point_passed: list[bool],
+    atol: float,
+    rtol: float,
+    eps: float,
+    vmapped: bool,
+    dtype: str,
+) -> CheckReport:
+    r = CheckReport(
+        passed=all(point_passed) and kink is None and symmetric is not False,
+        kind=kind,
+        order=order,
+        mode=mode,
+        max_abs_error=cmp.max_abs,
+        max_rel_error=cmp.max_rel,
+        worst=worst,
+        non_differentiable=kink is not None,
+        symmetric=symmetric,
+        point_passed=tuple(point_passed),
+        message="",
+        atol=atol,
+        rtol=rtol,
+        eps=eps,
+        num_points=len(point_passed),
+        vmapped=vmapped,
+        kink=kink,
+        dtype=dtype,
+        max_asymmetry=max_asym,
+    )
+    return replace(r, message=describe(r))
+
+
+def _unit_rows(k: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    u = torch.randn(k, dim, generator=gen, dtype=F64)
+    return u / u.norm(dim=1, keepdim=True).clamp_min(TINY)
+
+
+def _fast_check(
+    fn: Fn,
+    s: _Setup,
+    order: int,
+    atol: float,
+    rtol: float,
+    eps: float,
+    num_projections: int,
+    seed: int,
+    allow_vmap: bool,
+) -> CheckReport:
+    lay = s.layout
+    n_pts, n = s.x.shape
+    m = math.prod(s.out_shape) if order == 1 else n
+    gen = torch.Generator().manual_seed(seed)
+    u = _unit_rows(num_projections, n, gen)  # (P, n)
+    v = _unit_rows(num_projections, m, gen)  # (P, m)
+    vmapped = allow_vmap
+    analytic = torch.empty(n_pts, num_projections, dtype=F64)
+    transposed = torch.empty(n_pts, num_projections, dtype=F64)
+    f0: torch.Tensor | None = None
+    for k in range(num_projections):
+        if order == 1:
+            cot = v[k].reshape(s.out_shape).expand((n_pts, *s.out_shape))
+            req = OpsRequest(
+                ops=("value", "vjp"), wrt=lay.wrt, batched=True, cotangent=cot, allow_vmap=vmapped
+            )
+            r = _compute(fn, lay.names, s.inputs64, req, s.call)
+            vj = torch.cat([r.outputs["vjp"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
+            analytic[:, k] = vj @ u[k]
+            if f0 is None:
+                f0 = r.outputs["value"][""].reshape(n_pts, m)
+        else:
+            vec_u = {
+                w: t.expand((n_pts, *t.shape))
+                for w, t in zip(lay.wrt, lay.unflatten(u[k]), strict=True)
+            }
+            vec_v = {
+                w: t.expand((n_pts, *t.shape))
+                for w, t in zip(lay.wrt, lay.unflatten(v[k]), strict=True)
+            }
+            ru = _compute(
+                fn,
+                lay.names,
+                s.inputs64,
+                OpsRequest(
+                    ops=("grad", "hvp"), wrt=lay.wrt, batched=True, vector=vec_u, allow_vmap=vmapped
+                ),
+                s.call,
+            )
+            rv = _compute(
+                fn,
+                lay.names,
+                s.inputs64,
+                OpsRequest(
+                    ops=("hvp",), wrt=lay.wrt, batched=True, vector=vec_v, allow_vmap=vmapped
+                ),
+                s.call,
+            )
+            hu = torch.cat([ru.outputs["hvp"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
+            hv = torch.cat([rv.outputs["hvp"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
+            analytic[:, k] = hu @ v[k]
+            transposed[:, k] = hv @ u[k]
+            vmapped = vmapped and rv.vmapped
+            r = ru
+            if f0 is None:
+                f0 = torch.cat([ru.outputs["grad"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
+        vmapped = vmapped and r.vmapped
+    assert f0 is not None
+    g = _flat_fn(fn, lay, order)
+    ev = _Evaluator(g, s.consts, vmapped)
+    plus, minus = ev.along(s.x, u, [eps, -eps])  # (N, P, m)
+    numeric = ((plus - minus) / (2 * eps) * v[None]).sum(-1)  # (N, P)
+    cmp = _compare(analytic[:, None, :], numeric[:, None, :], analytic[:, None, :], atol, rtol)
+    found = _find_kink(ev, s.x, f0, plus, minus, u, analytic, eps, atol, rtol, proj=v)
+    kink = None
+    point_passed = list(cmp.point_passed)
+    if found is not None:
+        kink, kink_ok = _kink_record(found, s, order, fast=True)
+        point_passed = [a_ and b_ for a_, b_ in zip(point_passed, kink_ok, strict=True)]
+    symmetric: bool | None = None
+    max_asym = 0.0
+    if order == 2:
+        asym = (analytic - transposed).abs()
+        sym_ok_t = asym <= atol + rtol * torch.maximum(analytic.abs(), transposed.abs())
+        symmetric = bool(sym_ok_t.all())
+        max_asym = float(asym.max())
+        point_passed = [
+            a_ and bool(b_) for a_, b_ in zip(point_passed, sym_ok_t.all(dim=1), strict=True)
+        ]
+    worst: WorstElement | None = None
+    if cmp.worst_flat is not None:
+        p, _, k = cmp.worst_flat
+        worst = WorstElement(
+            point=p,
+            input=",".join(lay.wrt),
+            output_index=(),
+            input_index=(),
+            analytic=cmp.analytic,
+            numeric=cmp.numeric,
+            abs_error=cmp.abs_error,
+            rel_error=cmp.rel_error,
+            projection=k,
+        )
+    report = _report(
+        kind="finite_difference",
+        order=order,
+        mode="fast",
+        cmp=cmp,
+        worst=worst,
+        kink=kink,
+        symmetric=symmetric,
+        max_asym=max_asym,
+        point_passed=point_passed,
+        atol=atol,
+        rtol=rtol,
+        eps=eps,
+        vmapped=vmapped and ev.vmapped,
+        dtype=s.dtype,
+    )
+    failing = [i for i, ok in enumerate(cmp.point_passed) if not ok]
+    if not failing or n * m > FULL_FALLBACK_LIMIT:
+        return report
+    # name the worst element: the element-wise check at the failing points
+    sub = failing[:FULL_FALLBACK_POINTS]
+    sub_setup = _subset(s, sub)
+    full = _full_check(fn, sub_setup, order, atol, rtol, eps, vmapped and ev.vmapped)
+    point_passed = list(report.point_passed)
+    for j, i in enumerate(sub):
+        point_passed[i] = full.point_passed[j] and (kink is None or kink.point != i)
+    worst_full = None if full.worst is None else replace(full.worst, point=sub[full.worst.point])
+    kink_full = kink if full.kink is None else replace(full.kink, point=sub[full.kink.point])
+    merged = replace(
+        report,
+        passed=all(point_passed) and kink_full is None and symmetric is not False,
+        max_abs_error=full.max_abs_error,
+        max_rel_error=full.max_rel_error,
+        worst=worst_full,
+        point_passed=tuple(point_passed),
+        non_differentiable=kink_full is not None,
+        kink=kink_full,
+        vmapped=report.vmapped and full.vmapped,
+    )
+    return replace(merged, message=describe(merged))
+
+
+def _subset(s: _Setup, points: list[int]) -> _Setup:
+    idx = torch.tensor(points)
+    return replace(
+        s,
+        x=s.x[idx],
+        consts=[c[idx] for c in s.consts],
+        inputs64={k: v[idx] for k, v in s.inputs64.items()},
+        n_points=len(points),
+    )
+
+
+def finite_difference_check_impl(
+    fn: Fn,
+    input_names: Sequence[str],
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    wrt: Sequence[str] | None,
+    batched: bool,
+    order: int,
+    atol: float,
+    rtol: float,
+    eps: float,
+    fast: bool | None,
+    fast_threshold: int,
+    num_projections: int,
+    seed: int,
+    allow_vmap: bool,
+) -> CheckReport:
+    call = f"check(f, order={order})" if order != 1 else "check(f)"
+    if order not in (1, 2):
+        raise CheckError(f"check(f): order must be 1 or 2, not {order!r}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise CheckError(f"{call}: eps must be a positive number, not {eps!r}")
+    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
+        raise CheckError(f"{call}: atol and rtol must be finite and >= 0 (got {atol!r}, {rtol!r})")
+    if num_projections < 1:
+        raise CheckError(f"{call}: num_projections must be >= 1, not {num_projections!r}")
+    s = _setup(fn, input_names, inputs, wrt, batched, call)
+    if order == 2 and math.prod(s.out_shape) != 1:
+        shape = (
+            "(" + ", ".join(map(str, s.out_shape)) + ("," if len(s.out_shape) == 1 else "") + ")"
+        )
+        raise CheckError(
+            f"{call}: f returns shape {shape}, not a scalar; second-order checks compare "
+            "the Hessian of a scalar function (write sum(...) in the function)"
+        )
+    use_fast = fast if fast is not None else s.layout.n > fast_threshold
+    if use_fast:
+        return _fast_check(fn, s, order, atol, rtol, eps, num_projections, seed, allow_vmap)
+    return _full_check(fn, s, order, atol, rtol, eps, allow_vmap)
+
+
+# ---------------------------------------------------------------------------
+# claimed derivatives
+
+
+_CLAIM_KINDS = {
+    "grad": ("claimed_grad", 1),
+    "jacobian": ("claimed_jacobian", 1),
+    "hessian": ("claimed_hessian", 2),
+}
+
+
+def _claim_pairs(
+    call: str, kind: str, keys: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(key, a, b) per claim; b == "" for first-order claims."""
+    pairs = []
+    for key in keys:
+        if kind == "hessian":
+            parts = key.split(",") if "," in key else [key, key]
+            if len(parts) != 2:
+                raise CheckError(f"{call}: a Hessian claim key is 'x' or 'a,b', not {key!r}")
+            a, b = (p.strip() for p in parts)
+        else:
+            a, b = key, ""
+        for nm in (a, b):
+            if nm and nm not in names:
+                raise CheckError(
+                    f"{call}: the claim for {key!r} names an unknown input; f takes "
+                    f"{', '.join(names)}"
+                )
+        pairs.append((key, a, b))
+    return pairs
+
+
+def _shape_txt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def claimed_check_impl(
+    fn: Fn,
+    claim_fns: Mapping[str, Callable[..., Any]],
+    input_names: Sequence[str],
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    kind: str,
+    batched: bool,
+    atol: float,
+    rtol: float,
+    allow_vmap: bool,
+) -> CheckReport:
+    if kind not in _CLAIM_KINDS:
+        raise CheckError(f"check(f): claimed kind must be grad, jacobian or hessian, not {kind!r}")
+    call = f"check(f, {kind}=...)"
+    if not claim_fns:
+        raise CheckError(f"{call}: no claimed derivatives given")
+    if atol < 0 or rtol < 0:
+        raise CheckError(f"{call}: atol and rtol must be >= 0 (got {atol!r}, {rtol!r})")
+    names = tuple(input_names)
+    pairs = _claim_pairs(call, kind, list(claim_fns), names)
+    used = {a for _, a, _ in pairs} | {b for _, _, b in pairs if b}
+    wrt = tuple(n for n in names if n in used)
+    s = _setup(fn, names, inputs, wrt, batched, call)
+    report_kind, order = _CLAIM_KINDS[kind]
+    n_pts = s.n_points
+    req = OpsRequest(ops=(kind,), wrt=wrt, batched=True, allow_vmap=allow_vmap)
+    r = _compute(fn, names, s.inputs64, req, call)
+    vmapped = r.vmapped
+    args = [s.inputs64[n] for n in names]
+    autos: list[torch.Tensor] = []
+    claims: list[torch.Tensor] = []
+    shapes: dict[str, tuple[int, ...]] = {w: tuple(s.inputs64[w].shape[1:]) for w in names}
+    for key, a, b in pairs:
+        if kind == "grad":
+            auto = r.outputs["grad"][a]
+            expected = shapes[a]
+        elif kind == "jacobian":
+            auto = r.outputs["jacobian"][a]
+            expected = s.out_shape + shapes[a]
+        else:
+            auto = r.outputs["hessian"][f"{a},{b}"]
+            expected = shapes[a] + shapes[b]
+        claim = claim_fns[key]
+
+        def claim_point(*point: torch.Tensor, _c: Callable[..., Any] = claim) -> torch.Tensor:
+            return torch.as_tensor(_c(*point), dtype=F64)
+
+        got, vm = vmap_or_loop(
+            claim_point, args, [0] * len(args), allow_vmap=allow_vmap and vmapped
+        )
+        vmapped = vmapped and vm
+        got = got.to(F64)
+        full = (n_pts, *expected)
+        if tuple(got.shape) != full:
+            per = tuple(got.shape[1:])
+            try:
+                if len(per) > len(expected):
+                    raise RuntimeError("more dimensions than expected")
+                padded = got.reshape(n_pts, *([1] * (len(expected) - len(per))), *per)
+                got = torch.broadcast_to(padded, full)
+            except RuntimeError:
+                if got[0].numel() == math.prod(expected):
+                    got = got.reshape(full)
+                else:
+                    what = f"{kind} for {key!r}" if kind != "hessian" else f"Hessian block {a},{b}"
+                    raise CheckError(
+                        f"{call}: the claimed {what} has shape {_shape_txt(got.shape[1:])}, "
+                        f"expected {_shape_txt(expected)}"
+                    ) from None
+        autos.append(
+            auto.reshape(n_pts, 1, -1)
+            if kind != "jacobian"
+            else auto.reshape(n_pts, math.prod(s.out_shape), -1)
+        )
+        claims.append(got.reshape(autos[-1].shape))
+    # compare block by block; keep the worst over blocks
+    best: tuple[float, _Comparison, int] | None = None
+    point_passed = [True] * n_pts
+    max_abs = max_rel = 0.0
+    for i, (auto, got) in enumerate(zip(autos, claims, strict=True)):
+        cmp = _compare(auto, auto, got, atol, rtol)
+        point_passed = [p and q for p, q in zip(point_passed, cmp.point_passed, strict=True)]
+        max_abs = max(max_abs, cmp.max_abs)
+        max_rel = max(max_rel, cmp.max_rel)
+        if cmp.worst_flat is None:
+            continue
+        allowed = atol + rtol * abs(cmp.analytic)
+        ratio = math.inf if math.isnan(cmp.abs_error) else cmp.abs_error / max(allowed, TINY)
+        if best is None or ratio > best[0]:
+            best = (ratio, cmp, i)
+    worst = None
+    if best is not None:
+        _, cmp, i = best
+        key, a, b = pairs[i]
+        p, row, col = cmp.worst_flat or (0, 0, 0)
+        out_idx: tuple[int, ...]
+        in_idx: tuple[int, ...]
+        if kind == "grad":
+            name, out_idx, in_idx = a, (), _unravel(col, shapes[a])
+        elif kind == "jacobian":
+            name, out_idx, in_idx = a, _unravel(row, s.out_shape), _unravel(col, shapes[a])
+        else:
+            sa, sb = shapes[a], shapes[b]
+            blk = _unravel(col, sa + sb)
+            name, out_idx, in_idx = f"{a},{b}", blk[: len(sa)], blk[len(sa) :]
+        worst = WorstElement(
+            point=p,
+            input=name,
+            output_index=out_idx,
+            input_index=in_idx,
+            analytic=cmp.analytic,
+            numeric=cmp.numeric,
+            abs_error=cmp.abs_error,
+            rel_error=cmp.rel_error,
+        )
+    symmetric: bool | None = None
+    max_asym = 0.0
+    if kind == "hessian":
+        sym_results = []
+        by_pair = {(a, b): c for (_, a, b), c in zip(pairs, claims, strict=True)}
+        for (a, b), c in by_pair.items():
+            if (b, a) not in by_pair or (a > b and (b, a) in by_pair):
+                continue
+            na, nb = math.prod(shapes[a]), math.prod(shapes[b])
+            m_ab = c.reshape(n_pts, na, nb)
+            m_ba = by_pair[(b, a)].reshape(n_pts, nb, na).transpose(1, 2)
+            asym = (m_ab - m_ba).abs()
+            sym_results.append(asym <= atol + rtol * torch.maximum(m_ab.abs(), m_ba.abs()))
+            max_asym = max(max_asym, float(asym.max()))
+        if sym_results:
+            symmetric = all(bool(t.all()) for t in sym_results)
+    total = _Comparison(all(point_passed), point_passed, max_abs, max_rel, None, 0, 0, 0, 0)
+    return _report(
+        kind=report_kind,
+        order=order,
+        mode="full",
+        cmp=total,
+        worst=worst,
+        kink=None,
+        symmetric=symmetric,
+        max_asym=max_asym,
+        point_passed=point_passed,
+        atol=atol,
+        rtol=rtol,
+        eps=0.0,
+        vmapped=vmapped,
+        dtype=s.dtype,
+    )

@@ -1,0 +1,665 @@
+"""Private implementation of :mod:`gradserve_workers.ops`.
+
+Everything here is pure torch: no Ray, no gRPC. The public names are re-exported by
+``ops``; import them from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
+
+Fn = Callable[..., torch.Tensor]
+
+OPS = ("value", "grad", "jacobian", "hessian", "vjp", "jvp", "hvp")
+JACOBIAN_MODES = ("auto", "forward", "reverse")
+_DERIVATIVE_OPS = frozenset(OPS) - {"value"}
+_SCALAR_OPS = ("grad", "hessian", "hvp")
+
+
+class OpsError(ValueError):
+    """A request that cannot be computed as asked; the message starts with the call form."""
+
+
+class NonFiniteInputError(OpsError):
+    """An input holds NaN or Inf; the message names the input and the first bad element."""
+
+
+@dataclass(frozen=True)
+class OpsRequest:
+    """Which derivatives to compute, with respect to which inputs, and how.
+
+    ``cotangent`` (vjp) has the output's shape; ``tangents`` (jvp) and ``vector`` (hvp)
+    map each ``wrt`` input to a tensor of that input's shape. With ``batched=True``
+    every one of them has the leading batch dimension too.
+    """
+
+    ops: tuple[str, ...]
+    wrt: tuple[str, ...] | None = None
+    batched: bool = False
+    jacobian_mode: str = "auto"
+    chunk_size: int | None = None
+    cotangent: torch.Tensor | None = None
+    tangents: dict[str, torch.Tensor] | None = None
+    vector: dict[str, torch.Tensor] | None = None
+    allow_vmap: bool = True
+
+
+@dataclass
+class OpsResult:
+    """What :func:`compute` returns.
+
+    ``outputs[op][key]``: ``value`` and ``jvp`` use the key ``""``; ``grad``,
+    ``jacobian``, ``vjp`` and ``hvp`` use the input name; ``hessian`` uses ``"a,b"``
+    for every ordered pair of ``wrt`` inputs. Batched results have a leading point
+    dimension. ``vmapped`` is ``False`` when the per-point loop ran (the function has
+    data-dependent control flow, or ``allow_vmap=False``). ``unconnected`` lists the
+    ``wrt`` inputs the output does not depend on (their derivatives are zeros).
+    """
+
+    outputs: dict[str, dict[str, torch.Tensor]]
+    vmapped: bool
+    unconnected: tuple[str, ...]
+    jacobian_mode: str | None
+    out_shape: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+
+def call_form(ops: Sequence[str]) -> str:
+    """``grad(f)`` for one op, ``value+grad(f)`` for several."""
+    return f"{'+'.join(ops) if ops else 'compute'}(f)"
+
+
+def _fmt_index(idx: Sequence[int]) -> str:
+    return "[" + ", ".join(str(i) for i in idx) + "]"
+
+
+def _first_non_finite(t: torch.Tensor) -> tuple[tuple[int, ...], str] | None:
+    if not (t.is_floating_point() or t.is_complex()):
+        return None
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return None
+    flat = int(torch.nonzero(bad.reshape(-1))[0, 0])
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), t.shape)) if t.ndim else ()
+    value = t.reshape(-1)[flat]
+    kind = "NaN" if bool(torch.isnan(value)) else "Inf"
+    return idx, kind
+
+
+def check_finite(
+    call: str, input_names: Sequence[str], inputs: Mapping[str, torch.Tensor], batched: bool
+) -> None:
+    """Raise :class:`NonFiniteInputError` naming the first NaN/Inf element of any input."""
+    for name in input_names:
+        found = _first_non_finite(inputs[name])
+        if found is None:
+            continue
+        idx, kind = found
+        if batched and idx:
+            where = f"at point {idx[0]}" + (f", element {_fmt_index(idx[1:])}" if idx[1:] else "")
+        elif idx:
+            where = f"at element {_fmt_index(idx)}"
+        else:
+            where = "(a scalar)"
+        raise NonFiniteInputError(
+            f"{call}: input '{name}' contains {kind} {where}; derivatives of non-finite "
+            "inputs are not computed. Remove or replace the non-finite values."
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    ops: tuple[str, ...]
+    names: tuple[str, ...]
+    wrt: tuple[str, ...]
+    wrt_idx: tuple[int, ...]
+    batched: bool
+    n_points: int
+    call: str
+
+
+def _plan(input_names: Sequence[str], inputs: Mapping[str, torch.Tensor], req: OpsRequest) -> _Plan:
+    ops_list: list[str] = []
+    for op in req.ops:
+        if op not in OPS:
+            raise OpsError(f"{call_form(req.ops)}: unknown op '{op}'; known ops: {', '.join(OPS)}")
+        if op not in ops_list:
+            ops_list.append(op)
+    ops = tuple(ops_list)
+    call = call_form(ops)
+    if not ops:
+        raise OpsError(f"{call}: no ops requested; choose from {', '.join(OPS)}")
+    if req.jacobian_mode not in JACOBIAN_MODES:
+        raise OpsError(
+            f"{call}: jacobian_mode must be one of {', '.join(JACOBIAN_MODES)}, "
+            f"not {req.jacobian_mode!r}"
+        )
+    if req.chunk_size is not None and (not isinstance(req.chunk_size, int) or req.chunk_size < 1):
+        raise OpsError(f"{call}: chunk_size must be a positive integer, not {req.chunk_size!r}")
+    names = tuple(input_names)
+    if len(set(names)) != len(names):
+        raise OpsError(f"{call}: input names repeat: {list(names)}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise OpsError(f"{call}: missing input(s) {', '.join(missing)}")
+    extra = [n for n in inputs if n not in names]
+    if extra:
+        raise OpsError(f"{call}: unknown input(s) {', '.join(extra)}; f takes {', '.join(names)}")
+    for n in names:
+        if not isinstance(inputs[n], torch.Tensor):
+            raise OpsError(f"{call}: input '{n}' is a {type(inputs[n]).__name__}, not a tensor")
+    wrt = names if req.wrt is None else tuple(req.wrt)
+    unknown = [w for w in wrt if w not in names]
+    if unknown:
+        raise OpsError(
+            f"{call}: wrt names unknown input(s) {', '.join(unknown)}; "
+            f"f takes {', '.join(names) or 'no inputs'}"
+        )
+    if len(set(wrt)) != len(wrt):
+        raise OpsError(f"{call}: wrt repeats an input: {list(wrt)}")
+    if any(op in _DERIVATIVE_OPS for op in ops):
+        if not wrt:
+            raise OpsError(f"{call}: no inputs to differentiate with respect to")
+        for w in wrt:
+            if not inputs[w].is_floating_point():
+                raise OpsError(
+                    f"{call}: input '{w}' has dtype {inputs[w].dtype}; derivatives need "
+                    "float32 or float64 inputs"
+                )
+    n_points = 1
+    if req.batched:
+        sizes = set()
+        for n in names:
+            if inputs[n].ndim == 0:
+                raise OpsError(
+                    f"{call}: batched=True but input '{n}' is a scalar; its leading "
+                    "dimension must index the points"
+                )
+            sizes.add(int(inputs[n].shape[0]))
+        if len(sizes) > 1:
+            raise OpsError(
+                f"{call}: batched inputs disagree on the number of points: "
+                + ", ".join(f"{n}: {inputs[n].shape[0]}" for n in names)
+            )
+        n_points = sizes.pop() if sizes else 0
+        if n_points == 0:
+            raise OpsError(f"{call}: batched=True with no points (leading dimension 0)")
+    return _Plan(
+        ops=ops,
+        names=names,
+        wrt=wrt,
+        wrt_idx=tuple(names.index(w) for w in wrt),
+        batched=req.batched,
+        n_points=n_points,
+        call=call,
+    )
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _scalar_message(op: str, out_shape: tuple[int, ...]) -> str:
+    head = f"{op}(f): f returns shape {_shape_str(out_shape)}, not a scalar."
+    if op == "grad":
+        return (
+            f"{head} The gradient of a vector-valued y is the gradient of sum(y), i.e. the "
+            "vjp with a cotangent of ones: use jacobian(...) for the full matrix, or "
+            "vjp(..., cotangent=ones) / write sum(...) in the function."
+        )
+    if op == "hessian":
+        return (
+            f"{head} The Hessian is defined for scalar functions: write sum(...) (or pick "
+            "one output) in the function, or use jacobian(...) for first derivatives."
+        )
+    return (
+        f"{head} The Hessian-vector product needs a scalar function: write sum(...) in "
+        "the function, or use jvp/vjp for first-order products."
+    )
+
+
+# ---------------------------------------------------------------------------
+# per-point computations
+
+
+def _bind(fn: Fn, point_args: Sequence[Any], wrt_idx: Sequence[int]) -> Fn:
+    """``g(*wrt_tensors)``: ``fn`` with every input not in ``wrt`` held fixed."""
+
+    def g(*w: torch.Tensor) -> torch.Tensor:
+        args = list(point_args)
+        for i, t in zip(wrt_idx, w, strict=True):
+            args[i] = t
+        out = fn(*args)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out)
+        return out
+
+    return g
+
+
+def _jvp(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any]:
+    """``torch.func.jvp`` without aux, typed: ``(out, tangent_out)``."""
+    return cast(tuple[Any, Any], torch.func.jvp(func, primals, tangents))
+
+
+def _jvp_aux(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any, Any]:
+    """``torch.func.jvp`` with ``has_aux=True``, typed: ``(out, tangent_out, aux)``."""
+    return cast(tuple[Any, Any, Any], torch.func.jvp(func, primals, tangents, has_aux=True))
+
+
+def vjp_fn_of(func: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:
+    """``torch.func.vjp`` without aux, typed: ``(out, vjp_fn)``."""
+    return cast(tuple[Any, Callable[..., Any]], torch.func.vjp(func, *primals))
+
+
+def _scalar(g: Fn) -> Fn:
+    def gs(*w: torch.Tensor) -> torch.Tensor:
+        return g(*w).reshape(())
+
+    return gs
+
+
+def jacfwd_chunked(
+    func: Callable[..., Any],
+    primals: Sequence[torch.Tensor],
+    *,
+    has_aux: bool = False,
+    vmap_ok: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Forward-mode Jacobian of ``func`` w.r.t. every primal; returns ``(jac, out, aux)``.
+
+    ``jac`` has ``torch.func.jacfwd``'s structure for a tuple ``argnums`` (output
+    pytree outside, a tuple over primals inside; each leaf ``out_shape + in_shape``).
+    Columns are pushed ``chunk_size`` at a time through ``vmap(jvp)``, or one by one
+    with a Python loop when ``vmap_ok`` is false (data-dependent control flow).
+    """
+    primals = tuple(primals)
+    sizes = [p.numel() for p in primals]
+    total = sum(sizes)
+    chunk = max(1, min(chunk_size or total, total))
+
+    def push(*tangents: torch.Tensor) -> Any:
+        if has_aux:
+            out, tan, aux = _jvp_aux(func, primals, tangents)
+            return tan, out, aux
+        out, tan = _jvp(func, primals, tangents)
+        return tan, out, ()
+
+    tangent_chunks: list[list[Any]] = []
+    out0: Any = None
+    aux0: Any = None
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        rows = stop - start
+        basis = torch.zeros(rows, total, dtype=primals[0].dtype, device=primals[0].device)
+        basis[torch.arange(rows), torch.arange(start, stop)] = 1
+        parts = []
+        offset = 0
+        for p, s in zip(primals, sizes, strict=True):
+            parts.append(basis[:, offset : offset + s].reshape((rows, *p.shape)).to(p.dtype))
+            offset += s
+        if vmap_ok:
+            tan, out, aux = torch.func.vmap(push)(*parts)
+        else:
+            tan, out, aux = loop_map(push, parts, [0] * len(parts))
+        if out0 is None:
+            out0 = pytree.tree_map(lambda t: t[0], out)
+            aux0 = pytree.tree_map(lambda t: t[0], aux) if has_aux else None
+        tangent_chunks.append(pytree.tree_flatten(tan)[0])
+    _, spec = pytree.tree_flatten(out0)
+    leaves = []
+    for j in range(len(tangent_chunks[0])):
+        cols = torch.cat([chunk_leaves[j] for chunk_leaves in tangent_chunks], dim=0)
+        cols = cols.movedim(0, -1)  # out_shape + (total,)
+        per_arg = []
+        offset = 0
+        for p, s in zip(primals, sizes, strict=True):
+            block = cols[..., offset : offset + s]
+            per_arg.append(block.reshape((*cols.shape[:-1], *p.shape)))
+            offset += s
+        leaves.append(tuple(per_arg))
+    return pytree.tree_unflatten(leaves, spec), out0, aux0
+
+
+def choose_jacobian_mode(mode: str, out_numel: int, in_numel: int) -> str:
+    """``auto`` -> reverse when the output is no larger than the inputs, else forward.
+
+    >>> choose_jacobian_mode("auto", 1, 10), choose_jacobian_mode("auto", 10, 1)
+    ('reverse', 'forward')
+    """
+    if mode != "auto":
+        return mode
+    return "reverse" if out_numel <= in_numel else "forward"
+
+
+def _point_ops(
+    g: Fn,
+    primals: tuple[torch.Tensor, ...],
+    ops: tuple[str, ...],
+    *,
+    jac_mode: str,
+    chunk_size: int | None,
+    cotangent: torch.Tensor | None,
+    tangents: tuple[torch.Tensor, ...] | None,
+    vector: tuple[torch.Tensor, ...] | None,
+    vmap_ok: bool,
+) -> dict[str, Any]:
+    """Every requested op at one point, sharing work; ``value`` is always included."""
+    res: dict[str, Any] = {}
+    argnums = tuple(range(len(primals)))
+    value: torch.Tensor | None = None
+    grads: Any = None
+    gs = _scalar(g)
+
+    if "hessian" in ops:
+
+        def grad_aux(*w: torch.Tensor) -> Any:
+            gr, v = torch.func.grad_and_value(gs, argnums)(*w)
+            return gr, (gr, v)
+
+        hess, _, (grads, value) = jacfwd_chunked(
+            grad_aux, primals, has_aux=True, vmap_ok=vmap_ok, chunk_size=chunk_size
+        )
+        res["hessian"] = hess
+    if "hvp" in ops:
+        assert vector is not None
+
+        def grad_v(*w: torch.Tensor) -> Any:
+            return torch.func.grad_and_value(gs, argnums)(*w)
+
+        (grads, value), (hv, _) = _jvp(grad_v, primals, vector)
+        res["hvp"] = hv
+    if "jacobian" in ops:
+
+        def g_aux(*w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            o = g(*w)
+            return o, o
+
+        if jac_mode == "reverse":
+            jac, value = torch.func.jacrev(
+                g_aux, argnums, has_aux=True, chunk_size=chunk_size if vmap_ok else 1
+            )(*primals)
+        else:
+            jac, value, _ = jacfwd_chunked(g, primals, vmap_ok=vmap_ok, chunk_size=chunk_size)
+        res["jacobian"] = jac
+    if "vjp" in ops:
+        assert cotangent is not None
+        value, vjp_fn = vjp_fn_of(g, *primals)
+        res["vjp"] = vjp_fn(cotangent)
+    if "jvp" in ops:
+        assert tangents is not None
+        value, res["jvp"] = _jvp(g, primals, tangents)
+    if "grad" in ops:
+        if grads is None:
+            grads, value = torch.func.grad_and_value(gs, argnums)(*primals)
+        res["grad"] = grads
+    if value is None:
+        value = g(*primals)
+    res["value"] = value
+    return res
+
+
+# ---------------------------------------------------------------------------
+# the probe: output shape, scalar checks and structural connectivity at one point
+
+
+def _point(t: torch.Tensor, batched: bool, i: int = 0) -> torch.Tensor:
+    return t[i] if batched else t
+
+
+def _zero_or_unused(
+    fn: Fn,
+    plan: _Plan,
+    point: Sequence[torch.Tensor],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, list[bool]]:
+    """Evaluate ``fn`` at ``point`` with autograd; per wrt input: is its derivative
+    (along a random cotangent) absent or exactly zero?"""
+    with torch.enable_grad():
+        leaves = [point[i].detach().clone().requires_grad_(True) for i in plan.wrt_idx]
+        out = _bind(fn, point, plan.wrt_idx)(*leaves)
+        if not (out.requires_grad and out.is_floating_point()):
+            return out.detach(), [True] * len(leaves)
+        v = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        grads = torch.autograd.grad(out, leaves, grad_outputs=v, allow_unused=True)
+    flags = [gr is None or not bool((gr != 0).any()) for gr in grads]
+    return out.detach(), flags
+
+
+def _perturbed(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)
+    return t + 0.5 * (1 + t.abs()) * noise
+
+
+def _unconnected(
+    fn: Fn,
+    plan: _Plan,
+    inputs: Mapping[str, torch.Tensor],
+    first: Sequence[torch.Tensor],
+    flags0: list[bool],
+    out_shape: tuple[int, ...],
+    out_dtype: torch.dtype,
+    allow_vmap: bool,
+) -> tuple[str, ...]:
+    """Which wrt inputs the output does not depend on.
+
+    An input is unconnected when autograd finds no path from it to the output, or its
+    derivative (along a random cotangent) is exactly zero at every point and at a
+    random probe point near the first one: no dependence detected.
+    """
+    cand = [w for w, flag in zip(plan.wrt, flags0, strict=True) if flag]
+    if not cand:
+        return ()
+    gen = torch.Generator().manual_seed(1)
+    probe = list(first)
+    for i in plan.wrt_idx:
+        probe[i] = _perturbed(probe[i], gen)
+    _, flags1 = _zero_or_unused(fn, plan, probe, gen)
+    cand = [w for w, flag in zip(plan.wrt, flags1, strict=True) if flag and w in cand]
+    if not cand or not plan.batched or plan.n_points == 1:
+        return tuple(cand)
+    cand_idx = tuple(plan.names.index(w) for w in cand)
+    v = torch.randn(out_shape, generator=gen, dtype=out_dtype).to(first[0].device)
+
+    def vjp_point(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        g = _bind(fn, args, cand_idx)
+        _, vjp_fn = vjp_fn_of(g, *(args[i] for i in cand_idx))
+        return tuple(vjp_fn(v))
+
+    args = [inputs[n] for n in plan.names]
+    cots, _ = vmap_or_loop(vjp_point, args, [0] * len(args), allow_vmap=allow_vmap)
+    return tuple(w for w, c in zip(cand, cots, strict=True) if not bool((c != 0).any()))
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def _check_extra(
+    plan: _Plan,
+    what: str,
+    tensor: torch.Tensor,
+    expected: tuple[int, ...],
+    dtype: torch.dtype,
+    op: str,
+) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise OpsError(f"{op}(f): {what} is a {type(tensor).__name__}, not a tensor")
+    full = ((plan.n_points,) if plan.batched else ()) + expected
+    if tuple(tensor.shape) != full:
+        batch_note = " (the batch dimension first)" if plan.batched else ""
+        raise OpsError(
+            f"{op}(f): {what} has shape {_shape_str(tensor.shape)}, expected "
+            f"{_shape_str(full)}{batch_note}"
+        )
+    return tensor.to(dtype)
+
+
+def compute_impl(
+    fn: Fn,
+    input_names: Sequence[str],
+    inputs: Mapping[str, torch.Tensor],
+    request: OpsRequest,
+) -> OpsResult:
+    plan = _plan(input_names, inputs, request)
+    check_finite(plan.call, plan.names, inputs, plan.batched)
+    ops = plan.ops
+    gen = torch.Generator().manual_seed(0)
+    first = [_point(inputs[n], plan.batched) for n in plan.names]
+    needs_grad = any(op in _DERIVATIVE_OPS for op in ops)
+    if needs_grad:
+        out0, flags0 = _zero_or_unused(fn, plan, first, gen)
+    else:
+        with torch.no_grad():
+            out0 = _bind(fn, first, ())()
+        flags0 = []
+    out_shape = tuple(int(s) for s in out0.shape)
+    for op in _SCALAR_OPS:
+        if op in ops and out0.numel() != 1:
+            raise OpsError(_scalar_message(op, out_shape))
+    if needs_grad and not out0.is_floating_point():
+        raise OpsError(
+            f"{plan.call}: f returns dtype {out0.dtype}; derivatives need a floating-point output"
+        )
+
+    in_numel = sum(first[i].numel() for i in plan.wrt_idx)
+    jac_mode = (
+        choose_jacobian_mode(request.jacobian_mode, out0.numel(), in_numel)
+        if "jacobian" in ops
+        else None
+    )
+
+    # extra per-point arguments (cotangent, tangents, vector)
+    extras: list[torch.Tensor] = []
+    n_tan = n_vec = 0
+    has_cot = "vjp" in ops
+    if has_cot:
+        if request.cotangent is None:
+            raise OpsError(
+                f"vjp(f): a cotangent of the output's shape {_shape_str(out_shape)} is required"
+            )
+        extras.append(
+            _check_extra(plan, "cotangent", request.cotangent, out_shape, out0.dtype, "vjp")
+        )
+    for op, given, label in (
+        ("jvp", request.tangents, "tangents"),
+        ("hvp", request.vector, "vector"),
+    ):
+        if op not in ops:
+            continue
+        if given is None:
+            raise OpsError(f"{op}(f): {label} are required, one per wrt input")
+        missing = [w for w in plan.wrt if w not in given]
+        unknown = [k for k in given if k not in plan.wrt]
+        if missing or unknown:
+            raise OpsError(
+                f"{op}(f): {label} must name exactly the wrt inputs "
+                f"({', '.join(plan.wrt)}); missing {missing or 'none'}, unexpected "
+                f"{unknown or 'none'}"
+            )
+        for w, i in zip(plan.wrt, plan.wrt_idx, strict=True):
+            extras.append(
+                _check_extra(
+                    plan, f"{label}['{w}']", given[w], tuple(first[i].shape), first[i].dtype, op
+                )
+            )
+        if op == "jvp":
+            n_tan = len(plan.wrt)
+        else:
+            n_vec = len(plan.wrt)
+
+    n_in = len(plan.names)
+
+    def per_point(*args: torch.Tensor, vmap_ok: bool = True) -> dict[str, Any]:
+        point = args[:n_in]
+        rest = list(args[n_in:])
+        cot = rest.pop(0) if has_cot else None
+        tan = tuple(rest[:n_tan]) if n_tan else None
+        vec = tuple(rest[n_tan : n_tan + n_vec]) if n_vec else None
+        g = _bind(fn, point, plan.wrt_idx)
+        primals = tuple(point[i] for i in plan.wrt_idx)
+        return _point_ops(
+            g,
+            primals,
+            ops,
+            jac_mode=jac_mode or "reverse",
+            chunk_size=request.chunk_size,
+            cotangent=cot,
+            tangents=tan,
+            vector=vec,
+            vmap_ok=vmap_ok,
+        )
+
+    def per_point_loop(*args: torch.Tensor) -> dict[str, Any]:
+        return per_point(*args, vmap_ok=False)
+
+    all_args = [inputs[n] for n in plan.names] + extras
+    vmapped = request.allow_vmap
+    res: dict[str, Any] | None = None
+    if plan.batched:
+        in_dims = [0] * len(all_args)
+        if request.allow_vmap:
+            try:
+                res = torch.func.vmap(per_point, in_dims=tuple(in_dims))(*all_args)
+            except Exception as exc:
+                if not is_data_dependent_error(exc):
+                    raise
+                vmapped = False
+        if res is None:
+            res = loop_map(per_point_loop, all_args, in_dims)
+    else:
+        if request.allow_vmap:
+            try:
+                res = per_point(*all_args)
+            except Exception as exc:
+                if not is_data_dependent_error(exc):
+                    raise
+                vmapped = False
+        if res is None:
+            res = per_point_loop(*all_args)
+    assert res is not None
+
+    unconnected: tuple[str, ...] = ()
+    if needs_grad:
+        unconnected = _unconnected(
+            fn, plan, inputs, first, flags0, out_shape, out0.dtype, request.allow_vmap and vmapped
+        )
+
+    lead = (plan.n_points,) if plan.batched else ()
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for op in ops:
+        if op == "value":
+            outputs[op] = {"": res["value"].reshape(lead + out_shape)}
+        elif op == "jvp":
+            outputs[op] = {"": res["jvp"].reshape(lead + out_shape)}
+        elif op == "hessian":
+            hess = res["hessian"]
+            outputs[op] = {
+                f"{a},{b}": hess[i][j]
+                for i, a in enumerate(plan.wrt)
+                for j, b in enumerate(plan.wrt)
+            }
+        else:  # grad, jacobian, vjp, hvp: one tensor per wrt input
+            outputs[op] = {w: res[op][i] for i, w in enumerate(plan.wrt)}
+    if "jacobian" in outputs:
+        for i, w in zip(plan.wrt_idx, plan.wrt, strict=True):
+            shape = lead + out_shape + tuple(first[i].shape)
+            outputs["jacobian"][w] = outputs["jacobian"][w].reshape(shape)
+    return OpsResult(
+        outputs=outputs,
+        vmapped=vmapped,
+        unconnected=unconnected,
+        jacobian_mode=jac_mode,
+        out_shape=out_shape,
+    )

@@ -1,0 +1,108 @@
+"""Private: run a per-point function over a batch with ``torch.func.vmap``, or loop.
+
+A function whose Python control flow depends on tensor values (``if x.sum() > 0``,
+``while``, ``.item()``) cannot run under ``vmap``. :func:`vmap_or_loop` tries ``vmap``
+first and, when that fails for this reason, runs the same function once per point
+and stacks the results; it says which way it ran. Any other exception propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+__all__ = ["is_data_dependent_error", "loop_map", "vmap_or_loop"]
+
+_DDCF_MARKERS = (
+    "data-dependent control flow",
+    "calling .item()",
+)
+
+
+def is_data_dependent_error(exc: BaseException) -> bool:
+    """True when ``exc`` says a function cannot be vmapped because of its control flow.
+
+    Recognises the function language's own ``DataDependentControlFlow`` exception (by
+    class name, so this module does not import the language) and torch's ``vmap:``
+    runtime errors (tensor used in ``if``/``while``, ``.item()``, in-place writes into
+    an unbatched tensor).
+
+    >>> is_data_dependent_error(RuntimeError("vmap: It looks like you're attempting "
+    ...     "to use a Tensor in some data-dependent control flow."))
+    True
+    >>> is_data_dependent_error(RuntimeError("shape mismatch"))
+    False
+    """
+    if any(cls.__name__ == "DataDependentControlFlow" for cls in type(exc).__mro__):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    message = str(exc)
+    lowered = message.lower()
+    return message.startswith("vmap:") or any(m in lowered for m in _DDCF_MARKERS)
+
+
+def _batch_size(args: Sequence[Any], in_dims: Sequence[int | None]) -> int:
+    sizes = {a.shape[0] for a, d in zip(args, in_dims, strict=True) if d is not None}
+    if len(sizes) != 1:
+        raise ValueError(f"loop_map: batched arguments disagree on the batch size: {sizes}")
+    return sizes.pop()
+
+
+def loop_map(f: Callable[..., Any], args: Sequence[Any], in_dims: Sequence[int | None]) -> Any:
+    """Apply ``f`` to each point (slice along dim 0 of the batched args) and stack.
+
+    ``in_dims`` holds ``0`` (batched along the leading dimension) or ``None`` (shared)
+    for each argument. The outputs may be any pytree of tensors (or numbers).
+
+    >>> out = loop_map(lambda a, b: a * b, (torch.arange(3.0), torch.tensor(2.0)), (0, None))
+    >>> out.tolist()
+    [0.0, 2.0, 4.0]
+    """
+    n = _batch_size(args, in_dims)
+    outs = [
+        f(*[a[i] if d is not None else a for a, d in zip(args, in_dims, strict=True)])
+        for i in range(n)
+    ]
+    if not outs:
+        raise ValueError("loop_map: empty batch")
+    leaves0, spec = pytree.tree_flatten(outs[0])
+    per_point = [pytree.tree_flatten(o)[0] for o in outs]
+    stacked = [
+        torch.stack([torch.as_tensor(leaves[j]) for leaves in per_point])
+        for j in range(len(leaves0))
+    ]
+    return pytree.tree_unflatten(stacked, spec)
+
+
+def vmap_or_loop(
+    f: Callable[..., Any],
+    args: Sequence[Any],
+    in_dims: Sequence[int | None],
+    *,
+    allow_vmap: bool = True,
+) -> tuple[Any, bool]:
+    """Map ``f`` over the leading dimension; return ``(outputs, vmapped)``.
+
+    Tries ``torch.func.vmap`` when ``allow_vmap``; falls back to :func:`loop_map` when
+    the function has data-dependent control flow (``vmapped`` is then ``False``).
+
+    >>> def f(a):
+    ...     return a * 2 if a.sum() > 0 else a * 3
+    >>> out, vmapped = vmap_or_loop(f, (torch.tensor([1.0, -1.0]),), (0,))
+    >>> out.tolist(), vmapped
+    ([2.0, -3.0], False)
+    >>> out, vmapped = vmap_or_loop(torch.sin, (torch.zeros(2),), (0,))
+    >>> out.tolist(), vmapped
+    ([0.0, 0.0], True)
+    """
+    if allow_vmap:
+        try:
+            return torch.func.vmap(f, in_dims=tuple(in_dims))(*args), True
+        except Exception as exc:
+            if not is_data_dependent_error(exc):
+                raise
+    return loop_map(f, args, in_dims), False

@@ -1,0 +1,208 @@
+"""The Ray actor: keeps torch warm, caches compiled functions, runs chunks.
+
+This module does not import torch at import time, so the server can name the
+actor class without loading torch on its request path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec
+
+CACHE_SIZE = 256
+# Keys of the arrays dict that are not function inputs.
+COTANGENT = "cotangent:"
+TANGENT = "tangent:"
+VECTOR = "vector:"
+
+
+def classify(error: BaseException) -> ChunkError:
+    """Turn an exception from the language or the ops into something the server maps."""
+    from gradserve_workers import lang
+    from gradserve_workers.ops import OpsError
+
+    if isinstance(error, lang.LimitExceededError):
+        return ChunkError("limit", str(error), getattr(error, "line", None), error.column)
+    if isinstance(error, lang.SpecError):
+        return ChunkError("spec", str(error), error.line, error.column)
+    if isinstance(error, lang.FunctionRuntimeError):
+        line, column = getattr(error, "line", None), getattr(error, "column", None)
+        return ChunkError("spec" if line else "invalid", str(error), line, column)
+    if isinstance(error, OpsError | ValueError | RuntimeError | IndexError | TypeError):
+        return ChunkError("invalid", f"{error}")
+    return ChunkError("internal", f"{type(error).__name__}: {error}")
+
+
+class GradActor:
+    """One warm worker process. Methods never raise for user errors: they return them."""
+
+    def __init__(self, device: str = "cpu", threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self._torch = torch
+        self._device = torch.device(device if device != "auto" else self._auto_device())
+        self._cache: OrderedDict[tuple[str, tuple[tuple[str, int], ...]], Any] = OrderedDict()
+        # functions that needed the per-point loop: don't try vmap on them again
+        self._per_point: set[str] = set()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _auto_device(self) -> str:
+        return "cuda" if self._torch.cuda.is_available() else "cpu"
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "device": str(self._device), "node": socket.gethostname()}
+
+    # ------------------------------------------------------------- helpers
+
+    def _compiled(self, source: str, source_hash: str, limits: Mapping[str, int]) -> Any:
+        from gradserve_workers import lang
+
+        key = (source_hash, tuple(sorted(limits.items())))
+        fn = self._cache.get(key)
+        if fn is None:
+            fn = lang.compile_function(source, lang.Limits(**limits))
+            self._cache[key] = fn
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return fn
+
+    def _tensor(self, arr: np.ndarray, dtype: str, start: int, stop: int, batched: bool) -> Any:
+        torch = self._torch
+        part = arr[start:stop] if batched else arr
+        # the object store hands out read-only buffers; torch wants writable ones
+        t = torch.from_numpy(np.array(part, dtype=dtype, copy=True))
+        return t.to(self._device) if self._device.type != "cpu" else t
+
+    def _run(self, work: Callable[[], ChunkResult]) -> ChunkResult:
+        started = time.perf_counter()
+        try:
+            result = work()
+        except Exception as error:  # user errors come back as data, never as a crash
+            result = ChunkResult(error=classify(error))
+        result.seconds = time.perf_counter() - started
+        result.actor = self.name
+        return result
+
+    def _to_numpy(self, t: Any) -> np.ndarray:
+        return t.detach().to("cpu").numpy()
+
+    # ------------------------------------------------------------- work
+
+    def compute(
+        self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
+    ) -> ChunkResult:
+        return self._run(lambda: self._compute(spec, arrays, start, stop))
+
+    def _compute(
+        self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
+    ) -> ChunkResult:
+        from gradserve_workers.ops import OpsRequest, compute
+
+        fn = self._compiled(spec.source, spec.source_hash, spec.limits)
+        names = list(fn.inputs)
+
+        def tensors(prefix: str) -> dict[str, Any]:
+            return {
+                k[len(prefix) :]: self._tensor(v, spec.dtype, start, stop, spec.batched)
+                for k, v in arrays.items()
+                if k.startswith(prefix)
+            }
+
+        inputs = {n: self._tensor(arrays[n], spec.dtype, start, stop, spec.batched) for n in names}
+        cot = tensors(COTANGENT)
+        request = OpsRequest(
+            ops=spec.ops,
+            wrt=spec.wrt,
+            batched=spec.batched,
+            jacobian_mode=spec.jacobian_mode,
+            chunk_size=spec.chunk_size,
+            cotangent=cot.get("") if cot else None,
+            tangents=tensors(TANGENT) or None,
+            vector=tensors(VECTOR) or None,
+            allow_vmap=spec.source_hash not in self._per_point,
+        )
+        result = compute(fn, names, inputs, request)
+        if spec.batched and not result.vmapped:
+            self._per_point.add(spec.source_hash)
+        return ChunkResult(
+            outputs={
+                op: {key: self._to_numpy(t) for key, t in by_key.items()}
+                for op, by_key in result.outputs.items()
+            },
+            vmapped=result.vmapped,
+            unconnected=tuple(result.unconnected),
+            jacobian_mode=result.jacobian_mode,
+            out_shape=tuple(result.out_shape),
+        )
+
+    def check(
+        self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
+    ) -> ChunkResult:
+        return self._run(lambda: self._check(spec, arrays, start, stop))
+
+    def _check(
+        self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
+    ) -> ChunkResult:
+        from gradserve_workers.check import claimed_check, finite_difference_check
+
+        fn = self._compiled(spec.source, spec.source_hash, spec.limits)
+        names = list(fn.inputs)
+        inputs = {n: self._tensor(arrays[n], spec.dtype, start, stop, spec.batched) for n in names}
+        allow_vmap = spec.source_hash not in self._per_point
+        if spec.kind == "finite_difference":
+            report = finite_difference_check(
+                fn,
+                names,
+                inputs,
+                wrt=spec.wrt,
+                batched=spec.batched,
+                order=spec.order,
+                atol=spec.atol,
+                rtol=spec.rtol,
+                eps=spec.eps,
+                fast=spec.fast,
+                seed=spec.seed,
+                allow_vmap=allow_vmap,
+            )
+        else:
+            claims = {
+                key: self._claim(source, names, spec.limits) for key, source in spec.claims.items()
+            }
+            report = claimed_check(
+                fn,
+                claims,
+                names,
+                inputs,
+                kind=spec.kind,
+                batched=spec.batched,
+                atol=spec.atol,
+                rtol=spec.rtol,
+                allow_vmap=allow_vmap,
+            )
+        if spec.batched and not report.vmapped:
+            self._per_point.add(spec.source_hash)
+        return ChunkResult(report=report, vmapped=report.vmapped)
+
+    def _claim(self, source: str, names: list[str], limits: Mapping[str, int]) -> Any:
+        """A claimed derivative, compiled over the function's inputs (in its order)."""
+        from gradserve_workers import lang
+
+        program = lang.parse_and_validate(source, lang.Limits(**limits), known_inputs=names)
+        claim = lang.compile_program(program, lang.Limits(**limits))
+        order = [names.index(n) for n in claim.inputs]
+
+        def bound(*tensors: Any) -> Any:
+            return claim(*(tensors[i] for i in order))
+
+        return bound

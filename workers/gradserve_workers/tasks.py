@@ -1,0 +1,72 @@
+"""What the server sends an actor and what comes back: plain, picklable, torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """One computation over a slice of points; the arrays travel separately."""
+
+    source: str
+    source_hash: str
+    ops: tuple[str, ...]
+    wrt: tuple[str, ...] | None
+    batched: bool
+    dtype: str  # "float32" | "float64"
+    jacobian_mode: str = "auto"
+    chunk_size: int | None = None
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check over a slice of points."""
+
+    source: str
+    source_hash: str
+    wrt: tuple[str, ...] | None
+    batched: bool
+    dtype: str
+    kind: str  # "finite_difference" | "grad" | "jacobian" | "hessian"
+    claims: dict[str, str] = field(default_factory=dict)  # "x" or "a,b" -> source
+    order: int = 1
+    atol: float = 1e-5
+    rtol: float = 1e-3
+    eps: float = 1e-6
+    fast: bool | None = None
+    seed: int = 0
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkError:
+    """A failure the caller can act on, with what the server needs to map it.
+
+    ``kind`` is one of "spec" (INVALID_ARGUMENT with position), "invalid"
+    (INVALID_ARGUMENT), "limit" (RESOURCE_EXHAUSTED) and "internal".
+    """
+
+    kind: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+
+@dataclass
+class ChunkResult:
+    """Arrays by op and key (see ops.OpsResult), or a check report, or an error."""
+
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    report: Any = None  # gradserve_workers.report.CheckReport
+    vmapped: bool = True
+    unconnected: tuple[str, ...] = ()
+    jacobian_mode: str | None = None
+    out_shape: tuple[int, ...] = ()
+    seconds: float = 0.0
+    actor: str = ""
+    error: ChunkError | None = None
