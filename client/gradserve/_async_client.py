@@ -65,7 +65,9 @@ class AsyncClient(BaseClient):
             raise from_rpc_error(error) from None
         return self._join_stream(received)
 
-    async def _compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+    async def _compute(
+        self, req: pb.ComputeRequest, pick: str | None, timeout: float | None
+    ) -> Any:
         if self._wants_stream(req):
             resp = await self._stream_compute(req, timeout)
         else:

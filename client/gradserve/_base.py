@@ -32,12 +32,15 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Set by the server on a unary reply that would be over its message limit.
 RETRY_STREAM_KEY = "gradserve-retry-stream"
 
-_JACOBIAN_MODES = {
+_JACOBIAN_MODES: dict[str, Any] = {
     "auto": pb.JACOBIAN_MODE_AUTO,
     "forward": pb.JACOBIAN_MODE_FORWARD,
     "reverse": pb.JACOBIAN_MODE_REVERSE,
 }
-_CHECK_KINDS = {"grad": pb.CHECK_KIND_CLAIMED_GRAD, "jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN}
+_CHECK_KINDS: dict[str, Any] = {
+    "grad": pb.CHECK_KIND_CLAIMED_GRAD,
+    "jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
+}
 
 Inputs = Mapping[str, Any] | Any
 
@@ -46,7 +49,7 @@ def _call_form(op: str) -> str:
     return f"{op}(fn, inputs)"
 
 
-def _dtype(dtype: str | None, op: str) -> int:
+def _dtype(dtype: str | None, op: str) -> Any:
     if dtype is None:
         return pb.DTYPE_UNSPECIFIED
     if dtype not in _wire.DTYPE_NAMES:
@@ -56,11 +59,8 @@ def _dtype(dtype: str | None, op: str) -> int:
 
 def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict[str, np.ndarray]:
     """A mapping name -> array-like, or one bare array-like under the name ''."""
-    if isinstance(values, Mapping):
-        items = list(values.items())
-    else:
-        # the server binds '' to the function's only input (or only wrt input)
-        items = [("", values)]
+    # the server binds '' to the function's only input (or only wrt input)
+    items = list(values.items()) if isinstance(values, Mapping) else [("", values)]
     arrays = {}
     for name, value in items:
         if not isinstance(name, str):
@@ -309,7 +309,6 @@ class BaseClient:
             error_code=header.error.code if header.HasField("error") else None,
             metadata=Metadata._from_proto(header.metadata),
         )
-
 
     # ------------------------------------------------------------- public operations
     # Written once for both clients: each builds its request with the pure

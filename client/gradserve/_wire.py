@@ -18,9 +18,15 @@ from gradserve.v1 import gradserve_pb2 as pb
 # the message framing.
 PIECE_BYTES = 2 * 1024 * 1024
 
-_TO_PROTO = {np.dtype("float32"): pb.DTYPE_FLOAT32, np.dtype("float64"): pb.DTYPE_FLOAT64}
-_FROM_PROTO = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT64: np.dtype("<f8")}
-DTYPE_NAMES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
+_TO_PROTO: dict[np.dtype[Any], Any] = {
+    np.dtype("float32"): pb.DTYPE_FLOAT32,
+    np.dtype("float64"): pb.DTYPE_FLOAT64,
+}
+_FROM_PROTO: dict[Any, np.dtype[Any]] = {
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+}
+DTYPE_NAMES: dict[str, Any] = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
 
 class WireError(ValueError):

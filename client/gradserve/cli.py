@@ -96,7 +96,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
             batched=args.batched,
             dtype=args.dtype,
         )
-    _print_array("" if not isinstance(result[args.command], dict) else "", result[args.command])
+    _print_array("", result[args.command])
     for warning in result.metadata.warnings:
         print(f"note: {warning}", file=sys.stderr)
     return 0

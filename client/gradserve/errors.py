@@ -59,9 +59,7 @@ class InvalidSpecError(InvalidArgumentError):
     ``line`` and ``column`` are 1-based positions in the source.
     """
 
-    def __init__(
-        self, message: str, *, line: int, column: int, code: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, line: int, column: int, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.line = line
         self.column = column

@@ -10,7 +10,7 @@ import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
 
-OP_NAMES: dict[str, int] = {
+OP_NAMES: dict[str, Any] = {
     "value": pb.OP_VALUE,
     "grad": pb.OP_GRAD,
     "jacobian": pb.OP_JACOBIAN,
@@ -253,9 +253,7 @@ class JobStatus:
             created_at=msg.created_at,
             started_at=msg.started_at,
             finished_at=msg.finished_at,
-            errors=tuple(
-                TaskError(e.task_index, e.task_id, e.code, e.message) for e in msg.errors
-            ),
+            errors=tuple(TaskError(e.task_index, e.task_id, e.code, e.message) for e in msg.errors),
             idempotency_key=msg.idempotency_key,
         )
 

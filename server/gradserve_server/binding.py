@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +21,8 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.errors import exhausted, invalid
 from gradserve_workers import lang
 
-DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT64: "float64"}
-MODES = {
+DTYPES: dict[Any, str] = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT64: "float64"}
+MODES: dict[Any, str] = {
     pb.JACOBIAN_MODE_AUTO: "auto",
     pb.JACOBIAN_MODE_FORWARD: "forward",
     pb.JACOBIAN_MODE_REVERSE: "reverse",
@@ -93,7 +94,7 @@ def decode_map(tensors: Mapping[str, pb.Tensor], what: str) -> dict[str, np.ndar
     return out
 
 
-def resolve_dtype(requested: int, arrays: Mapping[str, np.ndarray], default: str) -> str:
+def resolve_dtype(requested: Any, arrays: Mapping[str, np.ndarray], default: str) -> str:
     if requested in DTYPES:
         return DTYPES[requested]
     kinds = {str(a.dtype) for a in arrays.values()}

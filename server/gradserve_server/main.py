@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server.config import ServerConfig, parse_config
+from gradserve_server.jobs import JobManager
 from gradserve_server.pool import ActorPool
 from gradserve_server.service import ComputeService
 from gradserve_server.servicer import GradientServicer
@@ -36,14 +38,14 @@ def _start_ray(config: ServerConfig) -> str:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if config.ray_address:
         _adopt_ray_token(config.ray_address)
-        ray.init(address=config.ray_address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         return config.ray_address
     kwargs: dict[str, Any] = {}
     if config.object_store_bytes:
         kwargs["object_store_memory"] = config.object_store_bytes
     ray.init(
         include_dashboard=False,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
         log_to_driver=False,
         configure_logging=True,
         **kwargs,
@@ -136,11 +138,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     print("gradserve: stopped", flush=True)
 
 
-def _start_jobs(config: ServerConfig, service: ComputeService) -> Any:
-    try:
-        from gradserve_server.jobs import JobManager
-    except ImportError:
-        return None
+def _start_jobs(config: ServerConfig, service: ComputeService) -> JobManager:
     return JobManager(config, service)
 
 
@@ -151,10 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ assemble. Jobs run their tasks through the same two methods."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ _REPORT_KINDS = {
     "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
     "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
 }
-_OP_NUMBERS = {name: number for number, name in binding.OP_BY_NUMBER.items()}
+_OP_NUMBERS: dict[str, Any] = {name: number for number, name in binding.OP_BY_NUMBER.items()}
 
 
 @dataclass
@@ -132,9 +133,7 @@ class ComputeService:
         for op in spec.ops:
             keys = results[0].outputs[op].keys()
             if spec.batched and len(results) > 1:
-                outputs[op] = {
-                    k: np.concatenate([r.outputs[op][k] for r in results]) for k in keys
-                }
+                outputs[op] = {k: np.concatenate([r.outputs[op][k] for r in results]) for k in keys}
             else:
                 outputs[op] = dict(results[0].outputs[op])
         return outputs
@@ -158,9 +157,7 @@ class ComputeService:
         )
         if bound.batched:
             vmapped = all(r.vmapped for r in results)
-            meta.execution_path = (
-                pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
-            )
+            meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
             if not vmapped:
                 meta.warnings.append(
                     "the function has data-dependent control flow, so points ran one at a "
@@ -181,33 +178,84 @@ class ComputeService:
         method: str,
         per_point: int,
     ) -> list[ChunkResult]:
+        ranges = self.plan(bound, per_point)
+        payload = self.payload(bound, len(ranges))
+        tasks = [
+            asyncio.ensure_future(self._run_range_or_raise(spec, tenant, method, payload, a, b))
+            for a, b in ranges
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # the first failure (or the caller's cancellation) stops the other chunks
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _run_range_or_raise(
+        self, spec: ComputeSpec | CheckSpec, tenant: str, method: str, payload: Any,
+        start: int, stop: int,
+    ) -> ChunkResult:  # fmt: skip
+        # one chunk's user error fails the call: raising here makes gather cancel the rest
+        result = await self.run_range(spec, tenant, method, payload, start, stop)
+        if result.error is not None:
+            raise from_chunk_error(result.error)
+        return result
+
+    # ------------------------------------------------------------- chunk-level API (jobs)
+
+    def plan(self, bound: binding.Bound, per_point: int, spread: int = 0) -> list[tuple[int, int]]:
+        """The chunk ranges of a bound request; ``spread`` asks for at least that many
+        chunks' worth of balance (jobs use it to keep chunks small and durable)."""
+        if not bound.batched:
+            return [(0, 1)]
+        return plan_chunks(bound.points, per_point, max(len(self.pool.workers), spread))
+
+    @staticmethod
+    def payload(bound: binding.Bound, chunks: int) -> Any:
+        """What each chunk call carries: the arrays, or one object-store ref to them when
+        they are large and several chunks would otherwise each copy them."""
         arrays: dict[str, np.ndarray] = {**bound.arrays, **bound.extra}
-        if bound.batched:
-            ranges = plan_chunks(bound.points, per_point, len(self.pool.workers))
+        if chunks > 1 and sum(a.nbytes for a in arrays.values()) > OBJECT_STORE_BYTES:
+            return ray.put(arrays)  # once, not once per chunk
+        return arrays
+
+    async def run_range(
+        self,
+        spec: ComputeSpec | CheckSpec,
+        tenant: str,
+        method: str,
+        payload: Any,
+        start: int,
+        stop: int,
+    ) -> ChunkResult:
+        """One chunk ``[start, stop)`` on the pool, waiting its tenant's turn.
+
+        A user error comes back in ``ChunkResult.error``; infrastructure failures
+        (timeout, lost workers) raise ServiceError. ``payload`` is from :meth:`payload`.
+        """
+        if isinstance(payload, dict) and spec.batched:
+            # small arrays: each chunk carries only its own slice
+            part = {k: v[start:stop] for k, v in payload.items()}
+
+            def submit(h: Any) -> Any:
+                return getattr(h, method).remote(spec, part, 0, stop - start)
         else:
-            ranges = [(0, 1)]
-        payload: Any = arrays
-        if len(ranges) > 1 and sum(a.nbytes for a in arrays.values()) > OBJECT_STORE_BYTES:
-            payload = ray.put(arrays)  # once, not once per chunk
-        elif len(ranges) > 1:
-            payload = None  # small: each chunk gets only its own slice
 
-        def submitter(start: int, stop: int) -> dispatch.Submit:
-            if payload is None:
-                part = {k: v[start:stop] for k, v in arrays.items()}
-                return lambda h: getattr(h, method).remote(spec, part, 0, stop - start)
-            return lambda h: getattr(h, method).remote(spec, payload, start, stop)
+            def submit(h: Any) -> Any:
+                return getattr(h, method).remote(spec, payload, start, stop)
 
-        results = await dispatch.run_chunks(
-            self.pool,
-            tenant,
-            [submitter(a, b) for a, b in ranges],
-            self.config.chunk_timeout_s,
-        )
-        for r in results:
-            if r.error is not None:
-                raise from_chunk_error(r.error)
-        return results
+        return await dispatch.run_chunk(self.pool, tenant, submit, self.config.chunk_timeout_s)
+
+    @staticmethod
+    def per_point(bound: binding.Bound, spec: ComputeSpec | CheckSpec) -> int:
+        """The planner's size estimate of one point of this computation or check."""
+        if isinstance(spec, ComputeSpec):
+            return elements_per_point(bound.per_point_elements, spec.ops)
+        # a check evaluates ~2n perturbed points and an n x m Jacobian per point
+        ops = ("hessian", "hessian") if spec.order == 2 else ("jacobian", "jacobian")
+        return elements_per_point(bound.per_point_elements, ops)
 
     # ------------------------------------------------------------- checks
 
@@ -216,16 +264,16 @@ class ComputeService:
         program = binding.validate_program(req.function, self.limits)
         given: dict[str, np.ndarray] = {}
         sampled = False
-        for name, spec in req.inputs.items():
-            which = spec.WhichOneof("source")
+        for name, input_spec in req.inputs.items():
+            which = input_spec.WhichOneof("source")
             where = f"input {name!r}" if name else "input"
             if which == "sample":
                 given[name] = sampling.draw(
-                    spec.sample, f"{call}: {where}", self.config.max_points * 16
+                    input_spec.sample, f"{call}: {where}", self.config.max_points * 16
                 )
                 sampled = True
             elif which == "tensor":
-                given[name] = binding.decode_map({name: spec.tensor}, "input")[name]
+                given[name] = binding.decode_map({name: input_spec.tensor}, "input")[name]
             else:
                 raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
         arrays = binding.bind_names(given, program.inputs, "input", call)
@@ -289,16 +337,10 @@ class ComputeService:
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
         bound, spec = self.bind_check(req)
-        # a check evaluates ~2n perturbed points and an n x m Jacobian per point
-        per_point = elements_per_point(bound.per_point_elements, ("jacobian", "jacobian"))
-        if spec.order == 2:
-            per_point = elements_per_point(bound.per_point_elements, ("hessian", "hessian"))
-        results = await self._dispatch(bound, spec, tenant, "check", per_point)
+        results = await self._dispatch(bound, spec, tenant, "check", self.per_point(bound, spec))
         ranges_start = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
         report = merge_reports([r.report for r in results], [int(s) for s in ranges_start])
-        meta = self._metadata(
-            [replace(r, unconnected=()) for r in results], bound, started
-        )
+        meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
         return report, Computed({}, meta)
 
 

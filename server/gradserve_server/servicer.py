@@ -13,6 +13,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__
 from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
+from gradserve_server.jobs import JobManager
 from gradserve_server.service import (
     ComputeService,
     outputs_to_proto,
@@ -73,9 +74,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             raise invalid(f"ComputeStream: {exc}") from None
         del pieces
         done = await self.service.compute(header, _tenant(context))
-        resp = pb.ComputeResponse(
-            results=outputs_to_proto(done.outputs), metadata=done.metadata
-        )
+        resp = pb.ComputeResponse(results=outputs_to_proto(done.outputs), metadata=done.metadata)
         blobs = _wire.strip_for_stream(_wire.result_slots(resp.results))
         yield pb.ComputeResponsePart(header=resp)
         for piece in _wire.split_pieces(blobs):
@@ -109,3 +108,47 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             device=config.device,
             max_message_bytes=config.max_message_bytes,
         )
+
+    # ------------------------------------------------------------- jobs
+
+    def _jobs(self) -> JobManager:
+        if self.jobs is None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "this server runs no job manager")
+        manager: JobManager = self.jobs
+        return manager
+
+    @guard
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        return await self._jobs().submit(request)
+
+    @guard
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return self._jobs().get(request.job_id)
+
+    @guard
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        return self._jobs().list(request)
+
+    @guard_stream
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobEvent]:
+        async for event in self._jobs().watch(request.job_id):
+            yield event
+
+    @guard_stream
+    async def GetJobResults(
+        self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TaskResultPart]:
+        async for part in self._jobs().results(request.job_id, request.start_task):
+            yield part
+
+    @guard
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        return await self._jobs().cancel(request.job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -34,11 +35,23 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_client_installs_without_torch_or_ray(tmp_path: Path) -> None:
+    # a copy, so the build leaves nothing in the checkout
+    source = shutil.copytree(
+        ROOT / "client", tmp_path / "client", ignore=shutil.ignore_patterns("build", "*.egg-info")
+    )
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT / "client")],
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=540,

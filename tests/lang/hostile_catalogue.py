@@ -152,7 +152,11 @@ CATALOGUE: list[tuple[str, str, str]] = [
     # -- recursion -------------------------------------------------------------------------
     ("recursion_direct", "def f(x):\n    return f(x)", SPEC),
     ("recursion_alias", "def f(x):\n    g = f\n    return g(x)", SPEC),
-    ("recursion_in_branch", "def f(x):\n    if x[0] > 0:\n        return f(x - 1)\n    return x", SPEC),
+    (
+        "recursion_in_branch",
+        "def f(x):\n    if x[0] > 0:\n        return f(x - 1)\n    return x",
+        SPEC,
+    ),
     # -- huge numbers --------------------------------------------------------------------
     ("power_tower", "9**9**9", LIMIT),
     ("power_tower_times_x", "x * 9**9**9", LIMIT),
@@ -194,7 +198,11 @@ CATALOGUE: list[tuple[str, str, str]] = [
         "def f(x):\n    y = ones(10**6)\n    return cat((y, y, y, y, y, y, y, y, y, y, y))",
         LIMIT,
     ),
-    ("doubling_loop", "def f(x):\n    for i in range(100):\n        x = cat((x, x))\n    return x", LIMIT),
+    (
+        "doubling_loop",
+        "def f(x):\n    for i in range(100):\n        x = cat((x, x))\n    return x",
+        LIMIT,
+    ),
     # -- endless loops ----------------------------------------------------------------------
     ("while_true_pass", "def f(x):\n    while True:\n        pass\n    return x", LIMIT),
     ("while_one", "def f(x):\n    while 1:\n        x = x + 1\n    return x", LIMIT),

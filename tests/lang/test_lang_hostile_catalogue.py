@@ -42,7 +42,9 @@ def test_catalogue_is_large_and_well_formed() -> None:
     assert {entry[2] for entry in CATALOGUE} <= CLASSES
 
 
-@pytest.mark.parametrize(("source", "expected"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+@pytest.mark.parametrize(
+    ("source", "expected"), [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE]
+)
 def test_hostile_input_fails_cleanly(
     source: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,9 @@ stopped by pid (never `ray stop`, which would end every Ray on the machine).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,11 +44,16 @@ def _kill_tree_matching(marker: str) -> None:
         if marker in cmdline and proc.pid != os.getpid():
             victims.append(proc)
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=10)
+
+
+def ray_env(token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = token
+    return env
 
 
 @dataclass
@@ -54,15 +61,16 @@ class RayNode:
     address: str
     temp_dir: str
     head: bool
+    token: str
 
     def env(self) -> dict[str, str]:
-        """What a driver needs to join (token auth, where the cluster turned it on)."""
-        env = dict(os.environ)
-        token = Path(self.temp_dir) / "auth_token"
-        if token.exists():
-            env["RAY_AUTH_MODE"] = "token"
-            env["RAY_AUTH_TOKEN"] = token.read_text().strip()
-        return env
+        """What a node or driver needs to join: the cluster's auth token.
+
+        Ray 2.60 turns token authentication on where it finds a token (its
+        environment or ~/.ray/auth_token), so the tests always set one of their
+        own explicitly instead of depending on what the machine has.
+        """
+        return ray_env(self.token)
 
     def stop(self) -> None:
         _kill_tree_matching(self.temp_dir)
@@ -73,13 +81,14 @@ def start_ray_head(num_cpus: int = 8, object_store_mb: int = 400) -> RayNode:
     """A Ray head on loopback; CPUs are logical, so several servers' actors fit."""
     temp_dir = tempfile.mkdtemp(prefix="gsray")  # short: Ray's socket paths are length-bound
     port = free_port()
+    token = secrets.token_hex(32)
     cmd = [
         RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
         f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
         f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    return RayNode(f"127.0.0.1:{port}", temp_dir, head=True)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=ray_env(token))
+    return RayNode(f"127.0.0.1:{port}", temp_dir, head=True, token=token)
 
 
 def start_ray_worker_node(head: RayNode, num_cpus: int = 2, object_store_mb: int = 200) -> RayNode:
@@ -90,7 +99,7 @@ def start_ray_worker_node(head: RayNode, num_cpus: int = 2, object_store_mb: int
         f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=head.env())
-    return RayNode(head.address, temp_dir, head=False)
+    return RayNode(head.address, temp_dir, head=False, token=head.token)
 
 
 @dataclass

@@ -8,6 +8,9 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.autograd.functional as AF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gradserve_workers import _ops_impl, _vmap, ops
 from gradserve_workers.ops import (
     NonFiniteInputError,
@@ -16,8 +19,6 @@ from gradserve_workers.ops import (
     compute,
     vmap_or_loop,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -29,7 +29,7 @@ from .report import CheckReport, Kink, WorstElement, describe
 F64 = torch.float64
 TINY = 1e-300
 # float64 elements per vmapped evaluation (perturbed points x input elements)
-EVAL_BUDGET = 1 << 22
+EVAL_BUDGET = 1 << 20
 # largest n * m (per point) for which a failed fast check re-runs element-wise
 FULL_FALLBACK_LIMIT = 1 << 22
 # at most this many failing points are re-checked element-wise after a fast failure
@@ -147,10 +147,27 @@ def _recall(exc: OpsError, call: str) -> CheckError:
 def _compute(
     fn: Fn, names: Sequence[str], inputs: Mapping[str, torch.Tensor], req: OpsRequest, call: str
 ) -> Any:
+    """``compute`` over a batch; a batch of one point runs unbatched (no outer vmap)."""
+    one = req.batched and all(t.shape[0] == 1 for t in inputs.values())
+    if one:
+        squeeze = {k: v[0] for k, v in inputs.items()}
+        req = replace(
+            req,
+            batched=False,
+            cotangent=None if req.cotangent is None else req.cotangent[0],
+            tangents=None if req.tangents is None else {k: v[0] for k, v in req.tangents.items()},
+            vector=None if req.vector is None else {k: v[0] for k, v in req.vector.items()},
+        )
+        inputs = squeeze
     try:
-        return compute_impl(fn, names, inputs, req)
+        r = compute_impl(fn, names, inputs, req, detect_unconnected=False)
     except OpsError as exc:
         raise _recall(exc, call) from exc
+    if one:
+        r.outputs = {
+            op: {k: t.unsqueeze(0) for k, t in by_key.items()} for op, by_key in r.outputs.items()
+        }
+    return r
 
 
 # ---------------------------------------------------------------------------
@@ -177,6 +194,14 @@ class _Evaluator:
         if self.vmapped:
             k = len(consts)
             inner = torch.func.vmap(self.g, in_dims=(0, *([None] * k)))
+            if xs.shape[0] == 1:  # one point: no outer vmap
+                try:
+                    return inner(xs[0], *[c[0] for c in consts]).unsqueeze(0)
+                except Exception as exc:
+                    if not is_data_dependent_error(exc):
+                        raise
+                    self.vmapped = False
+                    return self._run(xs, consts)
             outer = torch.func.vmap(inner, in_dims=(0, *([0] * k)))
             try:
                 return outer(xs, *consts)
@@ -408,8 +433,8 @@ def _find_kink(
         idx = idx[order]
     pts, ds = idx[:, 0], idx[:, 1]
     if dirs is None:
-        dvec = torch.zeros(idx.shape[0], x.shape[1], dtype=x.dtype)
-        dvec[torch.arange(idx.shape[0]), ds] = 1
+        dvec = torch.zeros(idx.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        dvec[torch.arange(idx.shape[0], device=x.device), ds] = 1
     else:
         dvec = dirs[ds]
     h2 = eps * KINK_STEP_RATIO
@@ -667,11 +692,11 @@ def _fast_check(
     n_pts, n = s.x.shape
     m = math.prod(s.out_shape) if order == 1 else n
     gen = torch.Generator().manual_seed(seed)
-    u = _unit_rows(num_projections, n, gen)  # (P, n)
-    v = _unit_rows(num_projections, m, gen)  # (P, m)
+    u = _unit_rows(num_projections, n, gen).to(s.x.device)  # (P, n)
+    v = _unit_rows(num_projections, m, gen).to(s.x.device)  # (P, m)
     vmapped = allow_vmap
-    analytic = torch.empty(n_pts, num_projections, dtype=F64)
-    transposed = torch.empty(n_pts, num_projections, dtype=F64)
+    analytic = torch.empty(n_pts, num_projections, dtype=F64, device=s.x.device)
+    transposed = torch.empty(n_pts, num_projections, dtype=F64, device=s.x.device)
     f0: torch.Tensor | None = None
     for k in range(num_projections):
         if order == 1:
@@ -799,7 +824,7 @@ def _fast_check(
 
 
 def _subset(s: _Setup, points: list[int]) -> _Setup:
-    idx = torch.tensor(points)
+    idx = torch.tensor(points, device=s.x.device)
     return replace(
         s,
         x=s.x[idx],

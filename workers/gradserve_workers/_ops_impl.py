@@ -296,6 +296,11 @@ def jacfwd_chunked(
         out, tan = _jvp(func, primals, tangents)
         return tan, out, ()
 
+    if total == 0:  # nothing to differentiate with respect to: empty Jacobian blocks
+        out_e, aux_e = (func(*primals), None) if not has_aux else func(*primals)
+        leaves_e, spec_e = pytree.tree_flatten(out_e)
+        jac_e = [tuple(o.new_zeros((*o.shape, *p.shape)) for p in primals) for o in leaves_e]
+        return pytree.tree_unflatten(jac_e, spec_e), out_e, aux_e
     tangent_chunks: list[list[Any]] = []
     out0: Any = None
     aux0: Any = None
@@ -303,7 +308,8 @@ def jacfwd_chunked(
         stop = min(start + chunk, total)
         rows = stop - start
         basis = torch.zeros(rows, total, dtype=primals[0].dtype, device=primals[0].device)
-        basis[torch.arange(rows), torch.arange(start, stop)] = 1
+        dev = primals[0].device
+        basis[torch.arange(rows, device=dev), torch.arange(start, stop, device=dev)] = 1
         parts = []
         offset = 0
         for p, s in zip(primals, sizes, strict=True):
@@ -332,6 +338,14 @@ def jacfwd_chunked(
     return pytree.tree_unflatten(leaves, spec), out0, aux0
 
 
+def forward_ad_unsupported(exc: BaseException) -> bool:
+    """True when ``exc`` says forward-mode AD is not implemented for some operation."""
+    if not isinstance(exc, (NotImplementedError, RuntimeError)):
+        return False
+    msg = str(exc)
+    return "forward mode AD" in msg or "forward AD" in msg or "jvp function" in msg
+
+
 def choose_jacobian_mode(mode: str, out_numel: int, in_numel: int) -> str:
     """``auto`` -> reverse when the output is no larger than the inputs, else forward.
 
@@ -354,8 +368,14 @@ def _point_ops(
     tangents: tuple[torch.Tensor, ...] | None,
     vector: tuple[torch.Tensor, ...] | None,
     vmap_ok: bool,
+    notes: list[str],
 ) -> dict[str, Any]:
-    """Every requested op at one point, sharing work; ``value`` is always included."""
+    """Every requested op at one point, sharing work; ``value`` is always included.
+
+    Functions without forward-mode AD (a custom ``autograd.Function`` with no ``jvp``)
+    get reverse mode instead; a forward Jacobian that fell back appends ``"reverse"``
+    to ``notes``.
+    """
     res: dict[str, Any] = {}
     argnums = tuple(range(len(primals)))
     value: torch.Tensor | None = None
@@ -368,9 +388,17 @@ def _point_ops(
             gr, v = torch.func.grad_and_value(gs, argnums)(*w)
             return gr, (gr, v)
 
-        hess, _, (grads, value) = jacfwd_chunked(
-            grad_aux, primals, has_aux=True, vmap_ok=vmap_ok, chunk_size=chunk_size
-        )
+        try:
+            hess, _, (grads, value) = jacfwd_chunked(
+                grad_aux, primals, has_aux=True, vmap_ok=vmap_ok, chunk_size=chunk_size
+            )
+        except Exception as exc:
+            if not forward_ad_unsupported(exc):
+                raise
+            # reverse-over-reverse for functions without forward-mode AD
+            hess, (grads, value) = torch.func.jacrev(
+                grad_aux, argnums, has_aux=True, chunk_size=chunk_size if vmap_ok else 1
+            )(*primals)
         res["hessian"] = hess
     if "hvp" in ops:
         assert vector is not None
@@ -378,7 +406,17 @@ def _point_ops(
         def grad_v(*w: torch.Tensor) -> Any:
             return torch.func.grad_and_value(gs, argnums)(*w)
 
-        (grads, value), (hv, _) = _jvp(grad_v, primals, vector)
+        try:
+            (grads, value), (hv, _) = _jvp(grad_v, primals, vector)
+        except Exception as exc:
+            if not forward_ad_unsupported(exc):
+                raise
+            # reverse-over-reverse: Hᵀv, equal to Hv for a symmetric Hessian
+            grads, hvp_fn, value = cast(
+                tuple[Any, Callable[..., Any], Any],
+                torch.func.vjp(grad_v, *primals, has_aux=True),
+            )
+            hv = hvp_fn(vector)
         res["hvp"] = hv
     if "jacobian" in ops:
 
@@ -386,12 +424,18 @@ def _point_ops(
             o = g(*w)
             return o, o
 
-        if jac_mode == "reverse":
+        jac = None
+        if jac_mode == "forward":
+            try:
+                jac, value, _ = jacfwd_chunked(g, primals, vmap_ok=vmap_ok, chunk_size=chunk_size)
+            except Exception as exc:
+                if not forward_ad_unsupported(exc):
+                    raise
+                notes.append("reverse")
+        if jac is None:
             jac, value = torch.func.jacrev(
                 g_aux, argnums, has_aux=True, chunk_size=chunk_size if vmap_ok else 1
             )(*primals)
-        else:
-            jac, value, _ = jacfwd_chunked(g, primals, vmap_ok=vmap_ok, chunk_size=chunk_size)
         res["jacobian"] = jac
     if "vjp" in ops:
         assert cotangent is not None
@@ -511,14 +555,18 @@ def compute_impl(
     input_names: Sequence[str],
     inputs: Mapping[str, torch.Tensor],
     request: OpsRequest,
+    *,
+    detect_unconnected: bool = True,
 ) -> OpsResult:
+    """:func:`gradserve_workers.ops.compute`; ``detect_unconnected=False`` skips the
+    connectivity probe (``unconnected`` is then empty), for callers that do not report it."""
     plan = _plan(input_names, inputs, request)
     check_finite(plan.call, plan.names, inputs, plan.batched)
     ops = plan.ops
     gen = torch.Generator().manual_seed(0)
     first = [_point(inputs[n], plan.batched) for n in plan.names]
     needs_grad = any(op in _DERIVATIVE_OPS for op in ops)
-    if needs_grad:
+    if needs_grad and detect_unconnected:
         out0, flags0 = _zero_or_unused(fn, plan, first, gen)
     else:
         with torch.no_grad():
@@ -580,6 +628,7 @@ def compute_impl(
             n_vec = len(plan.wrt)
 
     n_in = len(plan.names)
+    notes: list[str] = []
 
     def per_point(*args: torch.Tensor, vmap_ok: bool = True) -> dict[str, Any]:
         point = args[:n_in]
@@ -599,6 +648,7 @@ def compute_impl(
             tangents=tan,
             vector=vec,
             vmap_ok=vmap_ok,
+            notes=notes,
         )
 
     def per_point_loop(*args: torch.Tensor) -> dict[str, Any]:
@@ -631,7 +681,7 @@ def compute_impl(
     assert res is not None
 
     unconnected: tuple[str, ...] = ()
-    if needs_grad:
+    if needs_grad and detect_unconnected:
         unconnected = _unconnected(
             fn, plan, inputs, first, flags0, out_shape, out0.dtype, request.allow_vmap and vmapped
         )
@@ -656,6 +706,8 @@ def compute_impl(
         for i, w in zip(plan.wrt_idx, plan.wrt, strict=True):
             shape = lead + out_shape + tuple(first[i].shape)
             outputs["jacobian"][w] = outputs["jacobian"][w].reshape(shape)
+    if jac_mode == "forward" and "reverse" in notes:
+        jac_mode = "reverse"
     return OpsResult(
         outputs=outputs,
         vmapped=vmapped,

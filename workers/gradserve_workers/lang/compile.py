@@ -128,7 +128,11 @@ def _guard(where: _Where, run: Evaluator) -> Evaluator:
         try:
             return run(frame)
         except LangError as exc:
-            exc.locate(where.line, where.column, where.source_line)
+            if exc.line is None:
+                # Raised by a helper that does not know where it is: name the expression.
+                if isinstance(exc, FunctionRuntimeError) and where.text not in exc.message:
+                    exc.message = f"{where.text}: {exc.message}"
+                exc.locate(where.line, where.column, where.source_line)
             raise
         except Exception as exc:  # torch and Python errors: report, never crash
             raise _translate(exc, where) from None
@@ -140,7 +144,7 @@ def binary(ctx: Context, symbol: str, left: Any, right: Any, what: str) -> Any:
     """One arithmetic operator on numbers and tensors."""
     if isinstance(left, tuple) or isinstance(right, tuple):
         raise FunctionRuntimeError(
-            f"{what}: tuples cannot be used with `{symbol}`; use tensor((...)) or stack((...))"
+            f"tuples cannot be used with `{symbol}`; use tensor((...)) or stack((...))"
         )
     if not isinstance(left, torch.Tensor) and not isinstance(right, torch.Tensor):
         return scalars.binary(symbol, left, right, ctx.limits.max_int)
@@ -153,7 +157,7 @@ def binary(ctx: Context, symbol: str, left: Any, right: Any, what: str) -> Any:
 
 def _compare(ctx: Context, symbol: str, left: Any, right: Any, what: str) -> Any:
     if isinstance(left, tuple) or isinstance(right, tuple):
-        raise FunctionRuntimeError(f"{what}: tuples cannot be compared with `{symbol}`")
+        raise FunctionRuntimeError(f"tuples cannot be compared with `{symbol}`")
     if not isinstance(left, torch.Tensor) and not isinstance(right, torch.Tensor):
         return scalars.compare(symbol, left, right)
     ctx.broadcast((left, right), what)
@@ -197,7 +201,7 @@ def _check_index_size(
     try:
         shape = torch.broadcast_shapes(*index_shapes)
     except RuntimeError:
-        raise FunctionRuntimeError(f"{what}: index tensors cannot be broadcast together") from None
+        raise FunctionRuntimeError("index tensors cannot be broadcast together") from None
     rest = target.numel() // consumed
     ctx.check_numel(int(torch.Size(shape).numel()) * rest, f"the result of {what}")
 
@@ -287,7 +291,7 @@ class _Compiler:
             value = evaluate(frame)
             if isinstance(value, tuple):
                 raise FunctionRuntimeError(
-                    f"{where.text}: the function must return one tensor, not a tuple",
+                    "the function must return one tensor, not a tuple",
                     where.line,
                     where.column,
                     where.source_line,
@@ -526,7 +530,7 @@ class _Compiler:
             if symbol == "not":
                 return not ctx.truth(value, what)
             if isinstance(value, tuple):
-                raise FunctionRuntimeError(f"{what}: a tuple cannot be negated")
+                raise FunctionRuntimeError("a tuple cannot be negated")
             if isinstance(value, torch.Tensor):
                 value = ctx.arith(value)
                 return -value if symbol == "-" else value
@@ -661,9 +665,9 @@ class _Compiler:
                 return target[key if is_tuple else key[0]]
             if isinstance(target, tuple):
                 if is_tuple or isinstance(key[0], torch.Tensor):
-                    raise FunctionRuntimeError(f"{what}: a tuple takes one integer index")
+                    raise FunctionRuntimeError("a tuple takes one integer index")
                 return target[key[0]]
-            raise FunctionRuntimeError(f"{what}: a number cannot be indexed")
+            raise FunctionRuntimeError("a number cannot be indexed")
 
         return _guard(where, run)
 

@@ -53,6 +53,20 @@ class SourceLines:
         return lineno, self.column(lineno, col_offset), self.line(lineno)
 
 
+_WINDOW = 100
+
+
+def _window(source_line: str, column: int) -> tuple[str, int]:
+    """A long line cut to the part around the column (sources can be one 20,000-char line)."""
+    if len(source_line) <= _WINDOW:
+        return source_line, column
+    start = max(0, min(column - 1 - _WINDOW // 2, len(source_line) - _WINDOW))
+    text = source_line[start : start + _WINDOW]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + _WINDOW < len(source_line) else ""
+    return prefix + text + suffix, column - start + len(prefix)
+
+
 def _caret_line(source_line: str, column: int) -> str:
     # Keep tabs from the source so the caret lines up under the same character.
     prefix = "".join("\t" if ch == "\t" else " " for ch in source_line[: max(column - 1, 0)])
@@ -89,8 +103,9 @@ class LangError(Exception):
         if self.line is not None and self.column is not None:
             parts.append(f"line {self.line}, column {self.column}: {self.message}")
             if self.source_line.strip():
-                parts.append("    " + self.source_line)
-                parts.append("    " + _caret_line(self.source_line, self.column))
+                shown, column = _window(self.source_line, self.column)
+                parts.append("    " + shown)
+                parts.append("    " + _caret_line(shown, column))
         else:
             parts.append(self.message)
         if self.hint:

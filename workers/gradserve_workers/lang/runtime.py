@@ -184,21 +184,18 @@ class Context:
         a, b = self.tensor(left), self.tensor(right)
         if a.dim() == 0 or b.dim() == 0:
             raise FunctionRuntimeError(
-                f"{what}: matrix product needs tensors with at least one dim; "
-                "for a scalar factor write *"
+                "matrix product needs tensors with at least one dim; for a scalar factor write *"
             )
         inner_b = b.shape[-2] if b.dim() >= 2 else b.shape[0]
         if a.shape[-1] != inner_b:
             raise FunctionRuntimeError(
-                f"{what}: shapes {shape_text(a.shape)} and {shape_text(b.shape)} "
-                "cannot be multiplied"
+                f"shapes {shape_text(a.shape)} and {shape_text(b.shape)} cannot be multiplied"
             )
         try:
             batch = torch.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
         except RuntimeError:
             raise FunctionRuntimeError(
-                f"{what}: batch dims of {shape_text(a.shape)} and {shape_text(b.shape)} "
-                "cannot be broadcast"
+                f"batch dims of {shape_text(a.shape)} and {shape_text(b.shape)} cannot be broadcast"
             ) from None
         out = (
             tuple(batch)

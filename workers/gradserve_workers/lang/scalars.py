@@ -74,6 +74,8 @@ def _power(base: Number, exponent: Number, max_int: int) -> Number:
         )
     try:
         result = base**exponent
+    except ZeroDivisionError:
+        raise FunctionRuntimeError(f"{base} ** {exponent} divides by zero") from None
     except OverflowError:
         raise FunctionRuntimeError(f"{base} ** {exponent} overflows a float") from None
     if isinstance(result, complex):

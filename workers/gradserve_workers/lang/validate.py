@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -154,7 +155,7 @@ _BRACKET_MESSAGES = ("never closed", "unmatched", "does not match")
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.7)
+    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
     if not matches:
         return ""
     return "did you mean " + " or ".join(f"`{m}`" for m in matches) + "?"
@@ -162,7 +163,11 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
 
 def _parse(source: str, lines: SourceLines, limits: Limits) -> ast.Module:
     try:
-        return ast.parse(source, mode="exec")
+        with warnings.catch_warnings():
+            # The parser warns about things like `1if` on stderr; the language
+            # reports what matters itself, and server logs need no noise.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.parse(source, mode="exec")
     except SyntaxError as exc:
         line = exc.lineno or 1
         column = max(exc.offset or 1, 1)
@@ -186,14 +191,14 @@ def _parse(source: str, lines: SourceLines, limits: Limits) -> ast.Module:
                 source_line=source_line,
                 hint="write large numbers as floats, e.g. 1e30",
             ) from None
-        if any(m in msg for m in _BRACKET_MESSAGES):
+        if "indent" in msg and "unexpected indent" not in msg and "expected an indented" not in msg:
+            hint = "indent this line like the lines of the block it belongs to"
+        elif any(m in msg for m in _BRACKET_MESSAGES):
             hint = "check that every ( and [ is closed by the matching ) or ], in the right order"
         elif "unexpected indent" in msg:
             hint = "remove the extra indentation at the start of this line"
         elif "expected an indented block" in msg:
             hint = "indent the body of the def, if, while or for by 4 spaces"
-        elif "unindent" in msg:
-            hint = "indent this line like the lines of the block it belongs to"
         else:
             hint = "the language is a small subset of Python; see docs/language.md"
         raise SpecError(f"syntax error: {msg}", line, column, source_line, hint) from None
@@ -879,20 +884,6 @@ class _Validator:
         spec = FUNCTIONS.get(name)
         if spec is None:
             raise self._unknown_function(func)
-        if len(node.args) < spec.min_args:
-            missing = spec.params[len(node.args)].name
-            raise self.error(
-                node,
-                f"{name}() is missing the argument `{missing}`",
-                f"the signature is {spec.signature}; e.g. {spec.example}",
-            )
-        if len(node.args) > spec.max_args:
-            raise self.error(
-                node.args[spec.max_args],
-                f"{name}() takes at most {spec.max_args} argument"
-                f"{'s' if spec.max_args != 1 else ''}, got {len(node.args)}",
-                f"the signature is {spec.signature}",
-            )
         given = {p.name for p in spec.params[: len(node.args)]}
         for kw in node.keywords:
             assert kw.arg is not None
@@ -913,6 +904,20 @@ class _Validator:
                     f"the signature is {spec.signature}",
                 )
             given.add(kw.arg)
+        if len(node.args) < spec.min_args:
+            missing = spec.params[len(node.args)].name
+            raise self.error(
+                node,
+                f"{name}() is missing the argument `{missing}`",
+                f"the signature is {spec.signature}; e.g. {spec.example}",
+            )
+        if len(node.args) > spec.max_args:
+            raise self.error(
+                node.args[spec.max_args],
+                f"{name}() takes at most {spec.max_args} argument"
+                f"{'s' if spec.max_args != 1 else ''}, got {len(node.args)}",
+                f"the signature is {spec.signature}",
+            )
         values = [self.expr(arg) for arg in node.args]
         keyword_values = {kw.arg: self.expr(kw.value) for kw in node.keywords}
         self._static_size(node, spec.name, values, keyword_values)

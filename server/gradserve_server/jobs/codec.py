@@ -1,0 +1,66 @@
+"""Conversions for the job store: check reports to and from JSON, rows to protos."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.jobs.store import JobRow
+from gradserve_workers.report import CheckReport, Kink, WorstElement
+
+STATE_NUMBERS = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+}
+STATE_NAMES = {number: name for name, number in STATE_NUMBERS.items()}
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    # only the fields this version knows: a report stored by an older or newer
+    # server still loads (missing fields take their defaults)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: _tuples(v) for k, v in data.items() if k in names})
+
+
+def report_to_json(report: CheckReport) -> dict[str, Any]:
+    return dataclasses.asdict(report)
+
+
+def report_from_json(data: dict[str, Any]) -> CheckReport:
+    data = dict(data)
+    worst, kink = data.pop("worst", None), data.pop("kink", None)
+    report: CheckReport = _build(CheckReport, data | {"worst": None, "kink": None})
+    return dataclasses.replace(
+        report,
+        worst=_build(WorstElement, worst) if worst else None,
+        kink=_build(Kink, kink) if kink else None,
+    )
+
+
+def job_to_proto(row: JobRow, errors: list[tuple[int, str, str, str]]) -> pb.Job:
+    return pb.Job(
+        id=row.id,
+        name=row.name,
+        state=STATE_NUMBERS.get(row.state, pb.JOB_STATE_UNSPECIFIED),
+        tasks_total=row.tasks_total,
+        tasks_done=row.tasks_done,
+        tasks_failed=row.tasks_failed,
+        points_total=row.points_total,
+        points_done=row.points_done,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        errors=[
+            pb.TaskError(task_index=i, task_id=tid, code=code, message=msg)
+            for i, tid, code, msg in errors
+        ],
+        idempotency_key=row.idempotency_key,
+    )

@@ -1,0 +1,505 @@
+"""The durable record of jobs: SQLite (WAL) in the data directory.
+
+Three tables: ``jobs`` (one row per submission), ``tasks`` (the stored task spec,
+its state, error, merged check report and output manifest) and ``chunks`` (the
+chunk plan of each task, fixed when the task first runs, with each chunk's state,
+result files and how many times it was dispatched). A chunk row says ``done`` only
+after its result files are durable (see :mod:`.files`), so after a crash a done
+chunk is never recomputed and a chunk that is not done is simply run again.
+
+Every method is synchronous and takes the store's lock: the manager calls the
+writing ones through ``asyncio.to_thread`` so that fsyncs never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DB_NAME = "jobs.sqlite3"
+
+# job states (the proto's JobState, by name)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled",
+)  # fmt: skip
+ACTIVE = (QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+# task states; a task is finished once it succeeded or failed
+PENDING = "pending"
+FINISHED = (SUCCEEDED, FAILED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    spec_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL NOT NULL DEFAULT 0,
+    finished_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    points INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    units_total INTEGER NOT NULL DEFAULT 0,
+    units_done INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    report BLOB,
+    metadata BLOB,
+    outputs TEXT,
+    started_at REAL NOT NULL DEFAULT 0,
+    finished_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id TEXT NOT NULL,
+    task_idx INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    chunk_idx INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    executions INTEGER NOT NULL DEFAULT 0,
+    files TEXT,
+    info TEXT,
+    PRIMARY KEY (job_id, task_idx, phase, chunk_idx)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job with its progress, aggregated over its tasks."""
+
+    seq: int
+    id: str
+    name: str
+    state: str
+    idempotency_key: str
+    spec_hash: str
+    created_at: float
+    started_at: float
+    finished_at: float
+    tasks_total: int
+    tasks_done: int  # finished: succeeded or failed
+    tasks_failed: int
+    points_total: int
+    points_done: int
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    job_id: str
+    idx: int
+    task_id: str
+    spec: bytes
+    points: int
+    state: str
+    units_total: int
+    units_done: int
+    error_code: str | None
+    error_message: str | None
+    report: bytes | None
+    metadata: bytes | None
+    outputs: list[dict[str, Any]] | None  # the manifest written by finish_task
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    task_idx: int
+    phase: str
+    chunk_idx: int
+    start: int
+    stop: int
+    state: str
+    executions: int
+    files: list[dict[str, Any]] | None  # [{"op", "key", "file", "dtype", "shape"}]
+    info: dict[str, Any] | None  # how it ran: vmapped, actor, seconds, report ...
+
+
+@dataclass(frozen=True)
+class NewTask:
+    task_id: str
+    spec: bytes
+    points: int
+
+
+class KeyConflict(Exception):
+    """An idempotency key that is already used by a job with a different spec."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+_JOB_SELECT = """
+SELECT j.seq, j.id, j.name, j.state, j.idempotency_key, j.spec_hash, j.created_at,
+       j.started_at, j.finished_at,
+       COUNT(t.idx),
+       COALESCE(SUM(t.state IN ('succeeded', 'failed')), 0),
+       COALESCE(SUM(t.state = 'failed'), 0),
+       COALESCE(SUM(t.points), 0),
+       COALESCE(SUM(CASE
+           WHEN t.state IN ('succeeded', 'failed') THEN t.points
+           WHEN t.units_total > 0 THEN MIN(t.points, t.units_done * t.points / t.units_total)
+           ELSE 0 END), 0)
+FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
+"""
+
+
+def _job(row: Sequence[Any]) -> JobRow:
+    return JobRow(
+        seq=int(row[0]),
+        id=row[1],
+        name=row[2],
+        state=row[3],
+        idempotency_key=row[4] or "",
+        spec_hash=row[5],
+        created_at=float(row[6]),
+        started_at=float(row[7]),
+        finished_at=float(row[8]),
+        tasks_total=int(row[9]),
+        tasks_done=int(row[10]),
+        tasks_failed=int(row[11]),
+        points_total=int(row[12]),
+        points_done=int(row[13]),
+    )
+
+
+_TASK_COLUMNS = (
+    "job_id, idx, task_id, spec, points, state, units_total, units_done, error_code, "
+    "error_message, report, metadata, outputs, started_at, finished_at"
+)
+
+
+def _task(row: Sequence[Any]) -> TaskRow:
+    return TaskRow(
+        job_id=row[0],
+        idx=int(row[1]),
+        task_id=row[2],
+        spec=bytes(row[3]),
+        points=int(row[4]),
+        state=row[5],
+        units_total=int(row[6]),
+        units_done=int(row[7]),
+        error_code=row[8],
+        error_message=row[9],
+        report=bytes(row[10]) if row[10] is not None else None,
+        metadata=bytes(row[11]) if row[11] is not None else None,
+        outputs=json.loads(row[12]) if row[12] else None,
+        started_at=float(row[13]),
+        finished_at=float(row[14]),
+    )
+
+
+_CHUNK_COLUMNS = "task_idx, phase, chunk_idx, start, stop, state, executions, files, info"
+
+
+def _chunk(row: Sequence[Any]) -> ChunkRow:
+    return ChunkRow(
+        task_idx=int(row[0]),
+        phase=row[1],
+        chunk_idx=int(row[2]),
+        start=int(row[3]),
+        stop=int(row[4]),
+        state=row[5],
+        executions=int(row[6]),
+        files=json.loads(row[7]) if row[7] else None,
+        info=json.loads(row[8]) if row[8] else None,
+    )
+
+
+class JobStore:
+    """SQLite in ``data_dir``, result files under ``data_dir/results``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.results_dir = self.data_dir / "results"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # one connection shared by threads, serialised by the lock; autocommit mode
+        # with explicit transactions, so a write is durable when its method returns
+        self._db = sqlite3.connect(
+            self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced, so "done" survives a power cut, not only kill -9
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.data_dir / DB_NAME} has schema {version}, newer than this server's "
+                f"{SCHEMA_VERSION}: use a newer gradserve or another --data-dir"
+            )
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def task_dir(self, job_id: str, idx: int) -> Path:
+        return self.results_dir / job_id / f"t{idx:06d}"
+
+    def _write(self, sql_batches: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in sql_batches:
+                    self._db.execute(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------- jobs
+
+    def create_job(
+        self,
+        job_id: str,
+        name: str,
+        idempotency_key: str,
+        spec_hash: str,
+        tasks: Sequence[NewTask],
+    ) -> tuple[str, bool]:
+        """Insert a job and its tasks; (id, created). A known key returns its job
+        (created False) when the spec matches and raises KeyConflict when not."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if idempotency_key:
+                    row = self._db.execute(
+                        "SELECT id, spec_hash FROM jobs WHERE idempotency_key = ?",
+                        (idempotency_key,),
+                    ).fetchone()
+                    if row is not None:
+                        self._db.execute("ROLLBACK")
+                        if row[1] != spec_hash:
+                            raise KeyConflict(row[0])
+                        return row[0], False
+                self._db.execute(
+                    "INSERT INTO jobs (id, name, state, idempotency_key, spec_hash, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, name, QUEUED, idempotency_key or None, spec_hash, now),
+                )
+                self._db.executemany(
+                    "INSERT INTO tasks (job_id, idx, task_id, spec, points) VALUES (?, ?, ?, ?, ?)",
+                    [(job_id, i, t.task_id, t.spec, t.points) for i, t in enumerate(tasks)],
+                )
+            except KeyConflict:
+                raise
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return job_id, True
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        rows = self._read(_JOB_SELECT + " WHERE j.id = ? GROUP BY j.seq", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, states: Sequence[str], before_seq: int | None, limit: int) -> list[JobRow]:
+        """Newest first; ``before_seq`` continues a listing after its last row."""
+        where: list[str] = []
+        args: list[Any] = []
+        if states:
+            where.append(f"j.state IN ({', '.join('?' * len(states))})")
+            args += list(states)
+        if before_seq is not None:
+            where.append("j.seq < ?")
+            args.append(before_seq)
+        sql = _JOB_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " GROUP BY j.seq ORDER BY j.seq DESC LIMIT ?"
+        return [_job(r) for r in self._read(sql, (*args, limit))]
+
+    def active_jobs(self) -> list[str]:
+        """Jobs to resume after a restart, oldest first."""
+        rows = self._read(
+            "SELECT id FROM jobs WHERE state IN (?, ?) ORDER BY seq", (QUEUED, RUNNING)
+        )
+        return [r[0] for r in rows]
+
+    def mark_running(self, job_id: str) -> None:
+        self._write(
+            [
+                (
+                    "UPDATE jobs SET state = ?, started_at = CASE WHEN started_at = 0 "
+                    "THEN ? ELSE started_at END WHERE id = ? AND state IN (?, ?)",
+                    (RUNNING, time.time(), job_id, QUEUED, RUNNING),
+                )
+            ]
+        )
+
+    def finish_job(self, job_id: str, state: str) -> bool:
+        """Move an active job to a terminal state; False when it had already ended."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state IN (?, ?)",
+                (state, time.time(), job_id, QUEUED, RUNNING),
+            )
+            return cur.rowcount > 0
+
+    def errors(self, job_id: str, limit: int) -> list[tuple[int, str, str, str]]:
+        """(task index, task id, code, message) of failed tasks, in task order."""
+        return [
+            (int(r[0]), r[1], r[2] or "", r[3] or "")
+            for r in self._read(
+                "SELECT idx, task_id, error_code, error_message FROM tasks "
+                "WHERE job_id = ? AND state = 'failed' ORDER BY idx LIMIT ?",
+                (job_id, limit),
+            )
+        ]
+
+    # ------------------------------------------------------------- tasks
+
+    def task(self, job_id: str, idx: int) -> TaskRow | None:
+        rows = self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id = ? AND idx = ?", (job_id, idx)
+        )
+        return _task(rows[0]) if rows else None
+
+    def task_states(self, job_id: str) -> list[tuple[int, str]]:
+        return [
+            (int(r[0]), r[1])
+            for r in self._read(
+                "SELECT idx, state FROM tasks WHERE job_id = ? ORDER BY idx", (job_id,)
+            )
+        ]
+
+    def start_task(
+        self, job_id: str, idx: int, units_total: int, phase: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[ChunkRow]:
+        """Mark a task running and fix a phase's chunk plan (kept if already planned, so
+        a resumed task keeps the ranges its stored chunks cover); returns the plan."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE tasks SET state = ?, units_total = ?, started_at = CASE WHEN "
+                    "started_at = 0 THEN ? ELSE started_at END WHERE job_id = ? AND idx = ?",
+                    (RUNNING, units_total, time.time(), job_id, idx),
+                )
+                planned = self._db.execute(
+                    "SELECT COUNT(*) FROM chunks WHERE job_id = ? AND task_idx = ? AND phase = ?",
+                    (job_id, idx, phase),
+                ).fetchone()[0]
+                if not planned:
+                    self._db.executemany(
+                        "INSERT INTO chunks (job_id, task_idx, phase, chunk_idx, start, stop) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        [(job_id, idx, phase, i, a, b) for i, (a, b) in enumerate(ranges)],
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return self.chunks(job_id, idx, phase)
+
+    def finish_task(
+        self,
+        job_id: str,
+        idx: int,
+        outputs: list[dict[str, Any]],
+        report: bytes | None,
+        metadata: bytes,
+    ) -> None:
+        self._write(
+            [
+                (
+                    "UPDATE tasks SET state = ?, outputs = ?, report = ?, metadata = ?, "
+                    "units_done = units_total, finished_at = ? WHERE job_id = ? AND idx = ?",
+                    (SUCCEEDED, json.dumps(outputs), report, metadata, time.time(), job_id, idx),
+                )
+            ]
+        )
+
+    def fail_task(self, job_id: str, idx: int, code: str, message: str) -> None:
+        self._write(
+            [
+                (
+                    "UPDATE tasks SET state = ?, error_code = ?, error_message = ?, "
+                    "finished_at = ? WHERE job_id = ? AND idx = ?",
+                    (FAILED, code, message, time.time(), job_id, idx),
+                )
+            ]
+        )
+
+    # ------------------------------------------------------------- chunks
+
+    def chunks(self, job_id: str, idx: int, phase: str | None = None) -> list[ChunkRow]:
+        sql = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE job_id = ? AND task_idx = ?"
+        args: list[Any] = [job_id, idx]
+        if phase is not None:
+            sql += " AND phase = ?"
+            args.append(phase)
+        return [_chunk(r) for r in self._read(sql + " ORDER BY phase, chunk_idx", args)]
+
+    def begin_chunk(self, job_id: str, idx: int, phase: str, chunk_idx: int) -> None:
+        """Count a dispatch before it happens: a recomputed chunk shows up as executions > 1."""
+        self._write(
+            [
+                (
+                    "UPDATE chunks SET executions = executions + 1 "
+                    "WHERE job_id = ? AND task_idx = ? AND phase = ? AND chunk_idx = ?",
+                    (job_id, idx, phase, chunk_idx),
+                )
+            ]
+        )
+
+    def finish_chunk(
+        self,
+        job_id: str,
+        idx: int,
+        phase: str,
+        chunk_idx: int,
+        files: list[dict[str, Any]],
+        info: dict[str, Any],
+        units: int,
+    ) -> None:
+        """Record a chunk done (its files must already be durable) and its progress."""
+        self._write(
+            [
+                (
+                    "UPDATE chunks SET state = 'done', files = ?, info = ? "
+                    "WHERE job_id = ? AND task_idx = ? AND phase = ? AND chunk_idx = ? "
+                    "AND state != 'done'",
+                    (json.dumps(files), json.dumps(info), job_id, idx, phase, chunk_idx),
+                ),
+                (
+                    "UPDATE tasks SET units_done = units_done + ? WHERE job_id = ? AND idx = ?",
+                    (units, job_id, idx),
+                ),
+            ]
+        )
+
+    def chunk_stats(self, job_id: str) -> list[ChunkRow]:
+        """Every chunk of a job (tests and operators: executions per chunk)."""
+        rows = self._read(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE job_id = ? "
+            "ORDER BY task_idx, phase, chunk_idx",
+            (job_id,),
+        )
+        return [_chunk(r) for r in rows]
