@@ -94,8 +94,14 @@ def in_process(op: str, f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[.
     return torch.func.vmap(inner)
 
 
-def run(address: str, threads: int, quick: bool, ops: tuple[str, ...] = ("grad", "hessian"),
-        cases: list[Case] | None = None, points: list[int] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run(
+    address: str,
+    threads: int,
+    quick: bool,
+    ops: tuple[str, ...] = ("grad", "hessian"),
+    cases: list[Case] | None = None,
+    points: list[int] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (function, op, points): service and in-process points/s and their ratio."""
     torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []

@@ -111,6 +111,13 @@ gs_ray_resource_args() {
     fi
 }
 
+# `ray start --block` drains its node on SIGTERM and waits for the node's
+# workers to leave, up to this many seconds. gradserve's actors never leave on
+# their own (the server retries their chunks elsewhere), so keep it short.
+gs_ray_drain_setup() {
+    export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${GRADSERVE_RAY_DRAIN_TIMEOUT:-5}"
+}
+
 # Stops one process: SIGTERM, then SIGKILL after $2 seconds (default 30).
 gs_stop() {
     local pid=$1 grace=${2:-30}

@@ -37,6 +37,7 @@ mkdir -p "$temp_dir"
 rm -f "$temp_dir/ray_current_cluster"
 
 gs_ray_auth head
+gs_ray_drain_setup
 
 ray_args=(
     start --head --block
@@ -58,7 +59,7 @@ shutdown() {
     fi
     if [[ -n "$ray_pid" ]]; then
         gs_log "stopping the Ray head (pid $ray_pid)"
-        gs_stop "$ray_pid" 30
+        gs_stop "$ray_pid" $((RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S + 20))
     fi
 }
 trap 'shutdown; exit 0' TERM INT

@@ -27,6 +27,7 @@ until head=$(gs_resolve "$head_name" 2>/dev/null) && gs_port_open "$head"; do
 done
 
 gs_ray_auth worker
+gs_ray_drain_setup
 
 ray_args=(
     start --block "--address=$head" "--temp-dir=$temp_dir" --disable-usage-stats
@@ -39,7 +40,7 @@ ray_pid=""
 forward() {
     trap '' TERM INT
     gs_log "stopping the Ray node (pid $ray_pid)"
-    gs_stop "$ray_pid" 30
+    gs_stop "$ray_pid" $((RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S + 20))
     exit 0
 }
 trap forward TERM INT

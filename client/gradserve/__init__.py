@@ -18,6 +18,7 @@ from gradserve.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from gradserve.jobs import AsyncJob, Job
 from gradserve.results import (
     CheckReport,
     ComputeResult,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncJob",
     "CheckReport",
     "Client",
     "ComputeResult",
@@ -40,6 +42,7 @@ __all__ = [
     "GradserveError",
     "InvalidArgumentError",
     "InvalidSpecError",
+    "Job",
     "JobStatus",
     "Metadata",
     "NotFoundError",

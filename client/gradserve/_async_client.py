@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from gradserve import jobspec
 from gradserve._base import RETRY_STREAM_KEY, BaseClient
 from gradserve.errors import from_rpc_error
-from gradserve.results import CheckReport, ComputeResult, ServerInfo
+from gradserve.jobs import AsyncJob, job_states
+from gradserve.jobspec import JobSpec
+from gradserve.results import CheckReport, ComputeResult, JobStatus, ServerInfo
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -95,3 +98,39 @@ class AsyncClient(BaseClient):
     async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
         msg = await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
         return ServerInfo._from_proto(msg)
+
+    # ------------------------------------------------------------- jobs
+
+    async def submit(
+        self,
+        job: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncJob:
+        """Submit a batch job: a dict, or the path of a YAML or JSON job file."""
+        req = jobspec.load(job, name=name)
+        req.idempotency_key = idempotency_key or ""
+        msg = await self._call(self._stub.SubmitJob, req, timeout)
+        return AsyncJob(self, msg.id)
+
+    def job(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self, job_id)
+
+    async def jobs(
+        self,
+        states: str | Sequence[str] | None = None,
+        *,
+        page_size: int = 50,
+        timeout: float | None = None,
+    ) -> list[JobStatus]:
+        """Every job (newest first), optionally only those in ``states``."""
+        out: list[JobStatus] = []
+        req = pb.ListJobsRequest(page_size=page_size, states=job_states(states))
+        while True:
+            resp = await self._call(self._stub.ListJobs, req, timeout)
+            out += [JobStatus._from_proto(m) for m in resp.jobs]
+            if not resp.next_page_token:
+                return out
+            req.page_token = resp.next_page_token

@@ -148,10 +148,12 @@ class BaseClient:
         if cotangent is not None:
             (arr,) = _named_arrays(cotangent, "cotangent", op, dtype).values()
             req.cotangent.CopyFrom(_wire.encode(arr))
-        for name, arr in _named_arrays(tangents or {}, "tangent", op, dtype).items():
-            req.tangents[name].CopyFrom(_wire.encode(arr))
-        for name, arr in _named_arrays(vector or {}, "vector", op, dtype).items():
-            req.vector[name].CopyFrom(_wire.encode(arr))
+        if tangents is not None:
+            for name, arr in _named_arrays(tangents, "tangent", op, dtype).items():
+                req.tangents[name].CopyFrom(_wire.encode(arr))
+        if vector is not None:
+            for name, arr in _named_arrays(vector, "vector", op, dtype).items():
+                req.vector[name].CopyFrom(_wire.encode(arr))
         return req
 
     @staticmethod

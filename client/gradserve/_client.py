@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
+from gradserve import jobspec
 from gradserve._base import RETRY_STREAM_KEY, BaseClient
 from gradserve.errors import from_rpc_error
-from gradserve.results import CheckReport, ComputeResult, ServerInfo
+from gradserve.jobs import Job, job_states
+from gradserve.jobspec import JobSpec
+from gradserve.results import CheckReport, ComputeResult, JobStatus, ServerInfo
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -92,3 +95,44 @@ class Client(BaseClient):
         """Version, workers, limits and the function table of the server."""
         msg = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
         return ServerInfo._from_proto(msg)
+
+    # ------------------------------------------------------------- jobs
+
+    def submit(
+        self,
+        job: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Submit a batch job: a dict, or the path of a YAML or JSON job file.
+
+        Submitting again with the same ``idempotency_key`` returns the same job
+        (the same key with a different spec raises AlreadyExistsError).
+        """
+        req = jobspec.load(job, name=name)
+        req.idempotency_key = idempotency_key or ""
+        msg = self._call(self._stub.SubmitJob, req, timeout)
+        return Job(self, msg.id)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job (raises NotFoundError on first use if unknown)."""
+        return Job(self, job_id)
+
+    def jobs(
+        self,
+        states: str | Sequence[str] | None = None,
+        *,
+        page_size: int = 50,
+        timeout: float | None = None,
+    ) -> list[JobStatus]:
+        """Every job (newest first), optionally only those in ``states``."""
+        out: list[JobStatus] = []
+        req = pb.ListJobsRequest(page_size=page_size, states=job_states(states))
+        while True:
+            resp = self._call(self._stub.ListJobs, req, timeout)
+            out += [JobStatus._from_proto(m) for m in resp.jobs]
+            if not resp.next_page_token:
+                return out
+            req.page_token = resp.next_page_token

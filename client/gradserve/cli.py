@@ -18,6 +18,7 @@ import numpy as np
 
 from gradserve._client import Client
 from gradserve.errors import GradserveError, InvalidSpecError
+from gradserve.results import JobStatus
 
 _RANGE = re.compile(r"^\s*(linspace|arange)\s*\(([^()]*)\)\s*$")
 
@@ -174,7 +175,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("info", help="server version, workers and limits")
     p.set_defaults(handler=cmd_info)
+    _add_job_commands(sub)
     return parser
+
+
+def _add_job_commands(sub: Any) -> None:
+    p = sub.add_parser("submit", help="submit a job file (YAML or JSON); prints the job id")
+    p.add_argument("job_file", metavar="JOB.yaml")
+    p.add_argument("--wait", action="store_true", help="wait, showing progress, then write results")
+    p.add_argument(
+        "--output", "-o", default=None, metavar="DIR", help="where --wait writes results"
+    )
+    p.add_argument("--idempotency-key", default=None)
+    p.add_argument("--name", default=None, help="override the job's name")
+    p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser("jobs", help="list jobs, or the status, cancel or results of one")
+    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    q = jobs.add_parser("list", help="jobs, newest first")
+    q.add_argument("--state", action="append", default=None, help="only jobs in this state")
+    q.set_defaults(handler=cmd_jobs_list)
+    for name, handler, what in (
+        ("status", cmd_jobs_status, "a job's state, progress and errors"),
+        ("cancel", cmd_jobs_cancel, "cancel a job"),
+        ("wait", cmd_jobs_wait, "wait for a job to end, showing progress"),
+        ("results", cmd_jobs_results, "write a job's results: .npz per task + summary.json"),
+    ):
+        q = jobs.add_parser(name, help=what)
+        q.add_argument("job_id", metavar="ID")
+        if name == "results":
+            q.add_argument("--output", "-o", default=None, metavar="DIR")
+        q.set_defaults(handler=handler)
+
+
+def _print_status(status: JobStatus) -> None:
+    print(
+        f"{status.id}  {status.state}  {status.tasks_done}/{status.tasks_total} tasks "
+        f"({status.tasks_failed} failed)  {status.points_done}/{status.points_total} points"
+        + (f"  {status.name}" if status.name else "")
+    )
+    for error in status.errors:
+        first = error.message.splitlines()[0] if error.message else ""
+        print(f"  task {error.task_index} ({error.task_id}): {error.code}: {first}")
+
+
+def _write_results(client: Client, job_id: str, output: str | None) -> None:
+    from gradserve.jobexport import write_results
+
+    job = client.job(job_id)
+    path = write_results(job.status(), job.results(), output or job_id)
+    print(f"results written to {path.parent}", file=sys.stderr)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.submit(args.job_file, idempotency_key=args.idempotency_key, name=args.name)
+        print(job.id, flush=True)
+        if not args.wait:
+            return 0
+        status = job.wait(progress=True)
+        _write_results(client, job.id, args.output)
+    return 0 if status.state == "succeeded" else 1
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for status in client.jobs(args.state):
+            _print_status(status)
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_status(client.job(args.job_id).status())
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_status(client.job(args.job_id).cancel())
+    return 0
+
+
+def cmd_jobs_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.job(args.job_id).wait(progress=True)
+    _print_status(status)
+    return 0 if status.state == "succeeded" else 1
+
+
+def cmd_jobs_results(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _write_results(client, args.job_id, args.output)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

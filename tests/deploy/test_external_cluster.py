@@ -51,7 +51,7 @@ def cluster() -> Iterator[LoopbackCluster]:
         c.stop()
 
 
-def _both_nodes(cluster: LoopbackCluster) -> dict[str, object]:
+def _both_nodes(c: LoopbackCluster) -> dict[str, object]:
     placement = c.actor_placement()
     actors = placement["actors"]
     assert isinstance(actors, dict)
@@ -74,6 +74,7 @@ def test_serves_through_the_entrypoints_with_actors_on_both_nodes(cluster: Loopb
 
 
 def test_work_survives_losing_the_second_node(cluster: LoopbackCluster) -> None:
+    c = cluster
     rng = np.random.default_rng(7)
     batches = [rng.uniform(-3, 3, size=(POINTS, WIDTH)) for _ in range(3)]
     _both_nodes(c)
@@ -127,6 +128,7 @@ def test_work_survives_losing_the_second_node(cluster: LoopbackCluster) -> None:
 
 
 def test_stops_cleanly_on_sigterm(cluster: LoopbackCluster) -> None:
+    c = cluster
     assert c.server is not None
     started = time.monotonic()
     assert c.server.stop(timeout=90) == 0, c.logs()

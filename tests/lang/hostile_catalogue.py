@@ -146,6 +146,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("dict_literal", "{'a': 1}", SPEC),
     ("set_literal", "{1, 2}", SPEC),
     ("none_literal", "None", SPEC),
+    ("none_argument", "sum(x, None)", SPEC),
     ("complex_literal", "1j * x", SPEC),
     ("ellipsis_index", "x[...]", SPEC),
     ("string_index", "x['a']", SPEC),
@@ -191,6 +192,7 @@ CATALOGUE: list[tuple[str, str, str]] = [
         LIMIT,
     ),
     ("kron_huge", "kron(ones(10**4), ones(10**4))", LIMIT),
+    ("new_axis_broadcast_huge", "ones(10**6)[:, None] * ones(10**6)[None, :]", LIMIT),
     ("diag_huge", "diag(ones(10**6))", LIMIT),
     ("tuple_repeat_huge", "cat((x,) * 10**9)", RUNTIME),
     (

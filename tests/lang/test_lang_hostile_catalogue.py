@@ -55,7 +55,7 @@ def test_hostile_input_fails_cleanly(
     elapsed = time.perf_counter() - start
     assert error is not None, "the hostile input ran without an error"
     assert type(error).__name__ == expected, f"{stage}: {type(error).__name__}: {error}"
-    assert elapsed < 2.0, f"took {elapsed:.2f} s"
+    assert elapsed < 3.0, f"took {elapsed:.2f} s"
     # The error can be shown to a user: a message, and a position for spec errors.
     assert error.message
     str(error)

@@ -352,6 +352,8 @@ def test_indexing_and_slicing() -> None:
     torch.testing.assert_close(run("B[1:, -1]"), B[1:, -1])
     torch.testing.assert_close(run("B[0, 1]"), B[0, 1])
     torch.testing.assert_close(run("x[x > 0]"), X[X > 0])
+    torch.testing.assert_close(run("x[:, None] * y[None, :]"), torch.outer(X, Y))
+    torch.testing.assert_close(run("B[None, 0, :]"), B[None, 0, :])
     torch.testing.assert_close(run("def f(x):\n    i = len(x) - 1\n    return x[i]"), X[2])
 
 

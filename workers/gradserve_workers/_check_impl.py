@@ -29,7 +29,7 @@ from .report import CheckReport, Kink, WorstElement, describe
 F64 = torch.float64
 TINY = 1e-300
 # float64 elements per vmapped evaluation (perturbed points x input elements)
-EVAL_BUDGET = 1 << 20
+EVAL_BUDGET = 1 << 22
 # largest n * m (per point) for which a failed fast check re-runs element-wise
 FULL_FALLBACK_LIMIT = 1 << 22
 # at most this many failing points are re-checked element-wise after a fast failure

@@ -171,6 +171,8 @@ class TaskRunner:
 
     async def _finish(self, row: TaskRow, task: pb.Task) -> None:
         chunks = await asyncio.to_thread(self.store.chunks, self.job_id, row.idx)
+        fresh = await asyncio.to_thread(self.store.task, self.job_id, row.idx)
+        row = fresh or row  # now with its started_at
         compute = [c for c in chunks if c.phase == "compute"]
         check = [c for c in chunks if c.phase == "check"]
         report = None

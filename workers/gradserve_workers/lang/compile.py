@@ -188,6 +188,8 @@ def _check_index_size(
     consumed = 1
     dim = 0
     for part in index:
+        if part is None:
+            continue  # a new dim: consumes none of the target's dims
         if isinstance(part, torch.Tensor):
             if part.dtype == torch.bool:
                 dim += max(part.dim(), 1)
@@ -633,6 +635,8 @@ class _Compiler:
         return _guard(self.where(node), run)
 
     def _index_evaluator(self, node: ast.expr) -> Evaluator:
+        if isinstance(node, ast.Constant) and node.value is None:
+            return _constant(None)  # a new dim of size 1
         if isinstance(node, ast.Slice):
             parts = [
                 None if p is None else self.expr(p) for p in (node.lower, node.upper, node.step)

@@ -425,7 +425,9 @@ CONSTRUCTS: MappingProxyType[str, str] = MappingProxyType(
         "conditional expression": "x if n > 0 else -x",
         "function calls": "sum(x), sum(A, dim=0), clamp(x, min=0)",
         "transpose attribute": "A.T",
-        "indexing and slicing": "x[0], x[-1], x[1:], x[:-1], x[::2], A[0, 1], A[:, 0], x[x > 0]",
+        "indexing and slicing": (
+            "x[0], x[-1], x[1:], x[:-1], x[::2], A[0, 1], A[:, 0], x[x > 0], x[:, None]"
+        ),
         "tuples": "(2, 3), shape(A), stack((x, y))",
         "assignment": "y = 2 * x; a, b = x[0], x[1]",
         "augmented assignment": "y += x; y -= x; y *= 2; y /= 2; y **= 2; y @= A",

@@ -15,16 +15,16 @@ constant sub-expressions are folded with bounded integers so that `9**9**9` or
 from __future__ import annotations
 
 import ast
-import difflib
 import hashlib
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import scalars, sizes
 from .errors import FunctionRuntimeError, LimitExceededError, SourceLines, SpecError
+from .hints import ALIASES, KEYWORD_ALIASES, MODULE_NAMES, suggest
 from .limits import Limits
+from .parse import check_size, parse_source
 from .table import (
     BINARY_OPERATORS,
     COMPARE_OPERATORS,
@@ -74,178 +74,10 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 
-# Roots of dotted names people carry over from NumPy, PyTorch and friends.
-_MODULE_NAMES = frozenset(
-    {
-        "np", "numpy", "math", "cmath", "torch", "jnp", "jax", "scipy", "sp", "F", "nn",
-        "linalg", "special", "tf", "random", "os", "sys", "builtins", "sympy", "mp",
-    }
-)  # fmt: skip
-
-# Names from other libraries (and Python builtins) -> what to write in this language.
-_ALIASES: dict[str, str] = {
-    "arcsin": "asin(x)",
-    "arccos": "acos(x)",
-    "arctan": "atan(x)",
-    "arctan2": "atan2(y, x)",
-    "arcsinh": "asinh(x)",
-    "arccosh": "acosh(x)",
-    "arctanh": "atanh(x)",
-    "absolute": "abs(x)",
-    "fabs": "abs(x)",
-    "ln": "log(x)",
-    "exp2": "2 ** x",
-    "power": "x ** y or pow(x, y)",
-    "amax": "max(x)",
-    "amin": "min(x)",
-    "clip": "clamp(x, min=..., max=...)",
-    "concatenate": "cat((a, b))",
-    "concat": "cat((a, b))",
-    "hstack": "cat((a, b))",
-    "vstack": "stack((a, b))",
-    "identity": "eye(n)",
-    "size": "numel(x) or shape(x)",
-    "ndim": "len(shape(x))",
-    "slogdet": "logdet(A)",
-    "logistic": "sigmoid(x)",
-    "expit": "sigmoid(x)",
-    "heaviside": "where(x > 0, 1, 0)",
-    "array": "tensor((1, 2, 3)) or stack((a, b))",
-    "asarray": "tensor((1, 2, 3)) or stack((a, b))",
-    "as_tensor": "tensor((1, 2, 3))",
-    "float": "nothing: numbers are floating point already",
-    "int": "floor(x), round(x) or trunc(x)",
-    "list": "a tuple (a, b)",
-    "tuple": "a tuple (a, b)",
-    "print": "return the value instead (print is not available)",
-    "matrix_power": "A @ A (or a for loop)",
-    "mm": "A @ B",
-    "mv": "A @ x",
-    "vdot": "dot(x, y)",
-    "inner": "dot(x, y)",
-    "frobenius_norm": "norm(A)",
-    "vector_norm": "norm(x)",
-    "matrix_norm": "norm(A)",
-    "T": "x.T",
-    "t": "x.T or transpose(x)",
-    "mT": "transpose(x)",
-    "item": "nothing: values stay tensors",
-}
-
-_KEYWORD_ALIASES: dict[str, str] = {
-    "axis": "dim",
-    "keepdims": "keepdim",
-    "p": "ord",
-    "a_min": "min",
-    "a_max": "max",
-    "ddof": "correction",
-    "unbiased": "correction",
-    "num": "steps",
-    "stop": "end",
-}
-
 # Every accepted operator type -> its symbol, for messages and for constant folding.
 _SYMBOLS: dict[type[ast.AST], str] = {}
 for _table in (BINARY_OPERATORS, UNARY_OPERATORS, COMPARE_OPERATORS):
     _SYMBOLS.update((op, symbol) for op, symbol in _table.items())
-
-_MARKER_NODES = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
-
-_BRACKET_MESSAGES = ("never closed", "unmatched", "does not match")
-
-
-def _suggest(name: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
-    if not matches:
-        return ""
-    return "did you mean " + " or ".join(f"`{m}`" for m in matches) + "?"
-
-
-def _parse(source: str, lines: SourceLines, limits: Limits) -> ast.Module:
-    try:
-        with warnings.catch_warnings():
-            # The parser warns about things like `1if` on stderr; the language
-            # reports what matters itself, and server logs need no noise.
-            warnings.simplefilter("ignore", SyntaxWarning)
-            return ast.parse(source, mode="exec")
-    except SyntaxError as exc:
-        line = exc.lineno or 1
-        column = max(exc.offset or 1, 1)
-        source_line = lines.line(line)
-        msg = exc.msg or "invalid syntax"
-        if "too many nested" in msg or "too many statically nested" in msg:
-            raise LimitExceededError(
-                f"the source is nested too deeply ({msg})",
-                limit="max_depth",
-                line=line,
-                column=column,
-                source_line=source_line,
-                hint="split the expression into several assignments",
-            ) from None
-        if "Exceeds the limit" in msg:
-            raise LimitExceededError(
-                "integer literal is too long",
-                limit="max_int",
-                line=line,
-                column=column,
-                source_line=source_line,
-                hint="write large numbers as floats, e.g. 1e30",
-            ) from None
-        if "indent" in msg and "unexpected indent" not in msg and "expected an indented" not in msg:
-            hint = "indent this line like the lines of the block it belongs to"
-        elif any(m in msg for m in _BRACKET_MESSAGES):
-            hint = "check that every ( and [ is closed by the matching ) or ], in the right order"
-        elif "unexpected indent" in msg:
-            hint = "remove the extra indentation at the start of this line"
-        elif "expected an indented block" in msg:
-            hint = "indent the body of the def, if, while or for by 4 spaces"
-        else:
-            hint = "the language is a small subset of Python; see docs/language.md"
-        raise SpecError(f"syntax error: {msg}", line, column, source_line, hint) from None
-    except (RecursionError, MemoryError):
-        # CPython's parser gives up on very deep nesting like -(-(-(...))) this way.
-        raise LimitExceededError(
-            "the source is nested too deeply to parse",
-            limit="max_depth",
-            line=1,
-            column=1,
-            source_line=lines.line(1),
-            hint="split the expression into several assignments",
-        ) from None
-    except ValueError as exc:
-        raise SpecError(f"the source cannot be parsed: {exc}", 1, 1, lines.line(1)) from None
-
-
-def _check_size(tree: ast.Module, lines: SourceLines, limits: Limits) -> None:
-    """Bound node count and nesting depth without recursion (the tree may be deep)."""
-    count = 0
-    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, _MARKER_NODES):
-            continue
-        count += 1
-        if count > limits.max_nodes:
-            line, column, text = lines.position(node)
-            raise LimitExceededError(
-                f"the function has more than {limits.max_nodes} syntax nodes",
-                limit="max_nodes",
-                line=line,
-                column=column,
-                source_line=text,
-                hint="write it shorter, e.g. with vectorised functions or loops",
-            )
-        if depth > limits.max_depth:
-            line, column, text = lines.position(node)
-            raise LimitExceededError(
-                f"the function is nested more than {limits.max_depth} levels deep",
-                limit="max_depth",
-                line=line,
-                column=column,
-                source_line=text,
-                hint="split the expression into several assignments",
-            )
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -685,7 +517,7 @@ class _Validator:
                     node,
                     f"undefined name `{name}`: it is not one of the inputs "
                     f"({', '.join(self.known) or 'none'})",
-                    _suggest(name, (*self.known, *FUNCTIONS, *CONSTANTS)),
+                    suggest(name, (*self.known, *FUNCTIONS, *CONSTANTS)),
                 )
             position = (node.lineno, node.col_offset)
             if name not in self.free or position < self.free[name]:
@@ -708,7 +540,7 @@ class _Validator:
         raise self.error(
             node,
             f"undefined name `{name}`",
-            _suggest(name, (*self.possible, *FUNCTIONS, *CONSTANTS))
+            suggest(name, (*self.possible, *FUNCTIONS, *CONSTANTS))
             or "inputs are the parameters of the def; assign other names before using them",
         )
 
@@ -786,6 +618,8 @@ class _Validator:
         index = node.slice
         elements = index.elts if isinstance(index, ast.Tuple) else [index]
         for element in elements:
+            if isinstance(element, ast.Constant) and element.value is None:
+                continue  # x[:, None] inserts a dim of size 1, as in NumPy
             if isinstance(element, ast.Slice):
                 for part in (element.lower, element.upper, element.step):
                     if part is not None:
@@ -814,7 +648,7 @@ class _Validator:
                 f"attribute access is not allowed (`.{attr}`); the only attribute is x.T",
                 "the language has no access to Python internals",
             )
-        if root is not None and (root in _MODULE_NAMES) and root not in self.possible:
+        if root is not None and (root in MODULE_NAMES) and root not in self.possible:
             if attr in FUNCTIONS:
                 return self.error_at(
                     node.lineno,
@@ -829,12 +663,12 @@ class _Validator:
                     f"`{dotted}.{attr}` is not available: constants are built in",
                     f"write {attr}",
                 )
-            alias = _ALIASES.get(attr)
+            alias = ALIASES.get(attr)
             return self.error_at(
                 node.lineno,
                 node.col_offset,
                 f"attribute access is not allowed (`{dotted}.{attr}`); functions are built in",
-                f"write {alias}" if alias else _suggest(attr, FUNCTIONS),
+                f"write {alias}" if alias else suggest(attr, FUNCTIONS),
             )
         value_text = self.text(node.value, 30)
         if attr in FUNCTIONS:
@@ -846,7 +680,7 @@ class _Validator:
             return self.error_at(
                 line, col_offset, f"methods and attributes are not allowed (`.{attr}`)", hint
             )
-        alias = _ALIASES.get(attr)
+        alias = ALIASES.get(attr)
         hint = f"write {alias}" if alias else "the only attribute is x.T (transpose)"
         return self.error_at(line, col_offset, f"attribute access is not allowed (`.{attr}`)", hint)
 
@@ -890,10 +724,8 @@ class _Validator:
             if kw.arg not in spec.keywords:
                 if kw.arg in given or any(p.name == kw.arg for p in spec.params):
                     hint = f"pass `{kw.arg}` by position; the signature is {spec.signature}"
-                elif kw.arg in _KEYWORD_ALIASES and _KEYWORD_ALIASES[kw.arg] in spec.keywords:
-                    hint = (
-                        f"write {_KEYWORD_ALIASES[kw.arg]}=...; the signature is {spec.signature}"
-                    )
+                elif kw.arg in KEYWORD_ALIASES and KEYWORD_ALIASES[kw.arg] in spec.keywords:
+                    hint = f"write {KEYWORD_ALIASES[kw.arg]}=...; the signature is {spec.signature}"
                 else:
                     hint = f"the signature is {spec.signature}"
                 raise self.error(kw, f"{name}() has no keyword argument `{kw.arg}`", hint)
@@ -961,14 +793,13 @@ class _Validator:
                 f"`{name}` is a value, not a function; only built-in functions can be called",
                 "to multiply, write the operator: 2 * (x + 1)",
             )
-        alias = _ALIASES.get(name)
+        alias = ALIASES.get(name)
         if alias is not None:
             return self.error(func, f"unknown function `{name}`", f"write {alias}")
         return self.error(
             func,
             f"unknown function `{name}`",
-            _suggest(name, FUNCTIONS)
-            or "the functions you can call are listed in docs/language.md",
+            suggest(name, FUNCTIONS) or "the functions you can call are listed in docs/language.md",
         )
 
 
@@ -998,8 +829,8 @@ def parse_and_validate(
             "the function is empty",
             hint="write an expression such as sum(x ** 2), or a def f(x): ... with a return",
         )
-    tree = _parse(source, lines, limits)
-    _check_size(tree, lines, limits)
+    tree = parse_source(source, lines, limits)
+    check_size(tree, lines, limits)
     validator = _Validator(source, lines, limits, known_inputs)
     validator._check_known()
     kind, inputs, name = validator.program(tree)

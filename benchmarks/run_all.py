@@ -1,0 +1,98 @@
+"""`make bench`: all four benchmarks against a real server with an embedded Ray.
+
+1. throughput: batched grad/hessian, service vs in-process torch.func
+2. checks: gradserve check vs torch.autograd.gradcheck (slow and fast mode)
+3. latency: unary grad vs a bare gRPC health round trip
+4. scaling: 1 and 2 workers
+
+Prints the four tables and writes the raw numbers (every repetition) to
+``bench-results/<time>.json`` (or ``--out``). ``--quick`` is a smoke run.
+``make bench ARGS="--quick --only latency"`` passes flags through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import checks
+import latency
+import scaling
+import throughput
+import torch
+from _harness import ROOT, start_server
+
+NAMES = ("throughput", "checks", "latency", "scaling")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="gradserve benchmarks: ratios measured in one run")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (smoke run)")
+    p.add_argument("--out", help="where to write the raw JSON (default bench-results/<time>.json)")
+    p.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    only = set(args.only or NAMES)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "quick": args.quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "workers": args.workers,
+    }
+    tables: list[str] = []
+    print(f"starting a server with {args.workers} workers (embedded Ray) ...", flush=True)
+    with start_server(args.workers) as server:
+        results["server_start_lines"] = server.lines[-3:]
+        if "throughput" in only:
+            print("1. throughput", flush=True)
+            rows = throughput.run(server.address, args.workers, args.quick)
+            results["throughput"] = rows
+            tables.append(throughput.render(rows, args.workers))
+        if "checks" in only:
+            print("2. checks", flush=True)
+            rows = checks.run(server.address, args.quick)
+            results["checks"] = rows
+            tables.append(checks.render(rows))
+        if "latency" in only:
+            print("3. latency", flush=True)
+            lat = latency.run(server.address, args.quick)
+            results["latency"] = lat
+            tables.append(latency.render(lat))
+        if "scaling" in only:
+            print("4. scaling (2 workers)", flush=True)
+            two = scaling.run_one(server.address, args.workers, args.quick)
+    if "scaling" in only:
+        print("4. scaling (1 worker: a second server)", flush=True)
+        with start_server(1) as server:
+            one = scaling.run_one(server.address, 1, args.quick)
+        results["scaling"] = two + one
+        tables.append(scaling.render(two + one))
+    results["total_seconds"] = time.perf_counter() - started
+
+    print()
+    print("\n\n".join(tables))
+    out = Path(args.out) if args.out else ROOT / "bench-results" / (
+        time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".json"
+    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nraw numbers: {out}  (total {results['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Handles on batch jobs: :class:`Job` for :class:`gradserve.Client`, :class:`AsyncJob`
+for :class:`gradserve.AsyncClient`.
+
+>>> job = client.submit("grading.yaml")                 # doctest: +SKIP
+>>> job.wait(progress=True).state                       # doctest: +SKIP
+'succeeded'
+>>> for result in job.results():                        # doctest: +SKIP
+...     print(result.task_id, result.error or result.check.passed)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import IO, TYPE_CHECKING
+
+import grpc
+
+from gradserve._base import BaseClient
+from gradserve.errors import DeadlineExceededError, UnavailableError, from_rpc_error
+from gradserve.results import JobStatus, TaskResult
+from gradserve.v1 import gradserve_pb2 as pb
+
+if TYPE_CHECKING:
+    from gradserve._async_client import AsyncClient
+    from gradserve._client import Client
+
+# A wait or a results stream rides out a server restart for this long.
+RECONNECT_SECONDS = 60.0
+_RETRY_PAUSE = 0.5
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place on a terminal, else a line per change."""
+
+    def __init__(self, stream: IO[str] | None = None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+
+    def update(self, status: JobStatus) -> None:
+        total = status.points_total or status.tasks_total or 1
+        done = status.points_done if status.points_total else status.tasks_done
+        filled = int(self.width * min(1.0, done / total))
+        failed = f", {status.tasks_failed} failed" if status.tasks_failed else ""
+        line = (
+            f"{status.id} [{'#' * filled}{'.' * (self.width - filled)}] "
+            f"{status.tasks_done}/{status.tasks_total} tasks{failed}, "
+            f"{status.points_done}/{status.points_total} points  {status.state}"
+        )
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if status.done else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _group(parts: Iterable[pb.TaskResultPart]) -> Iterator[TaskResult]:
+    header: pb.TaskResult | None = None
+    pieces: list[pb.TensorPiece] = []
+    for part in parts:
+        if part.HasField("header"):
+            if header is not None:
+                yield BaseClient._task_result(header, pieces)
+            header, pieces = part.header, []
+        else:
+            pieces.append(part.piece)
+    if header is not None:
+        yield BaseClient._task_result(header, pieces)
+
+
+def _retryable(error: grpc.RpcError) -> bool:
+    return error.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+class Job:
+    """A submitted job. Cheap to create: it holds the client and the id."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self._client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def status(self, *, timeout: float | None = None) -> JobStatus:
+        """The job's state and progress now."""
+        c = self._client
+        msg = c._call(c._stub.GetJob, pb.GetJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg)
+
+    def cancel(self, *, timeout: float | None = None) -> JobStatus:
+        """Stop the job: no more chunks start and those running are cancelled."""
+        c = self._client
+        msg = c._call(c._stub.CancelJob, pb.CancelJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg)
+
+    def wait(self, timeout: float | None = None, progress: bool = False) -> JobStatus:
+        """Block until the job ends (following WatchJob); its final status.
+
+        ``progress=True`` draws a progress bar on stderr. Raises
+        :class:`gradserve.DeadlineExceededError` (a ``TimeoutError``) after ``timeout``
+        seconds; rides out a server restart of up to a minute.
+        """
+        bar = ProgressBar() if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unavailable_since: float | None = None
+        c = self._client
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                for event in c._stub.WatchJob(
+                    pb.WatchJobRequest(job_id=self.id), timeout=left, metadata=c._metadata
+                ):
+                    unavailable_since = None
+                    status = JobStatus._from_proto(event.job)
+                    if bar is not None:
+                        bar.update(status)
+                    if status.done:
+                        return status
+            except grpc.RpcError as error:
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                    raise DeadlineExceededError(
+                        f"job {self.id} did not finish within {timeout:g} s"
+                    ) from None
+                if not _retryable(error):
+                    raise from_rpc_error(error) from None
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
+                    raise from_rpc_error(error) from None
+            time.sleep(_RETRY_PAUSE)
+
+    def results(self, start_task: int = 0) -> Iterator[TaskResult]:
+        """Each task's result in task order, as tasks finish (waits for running ones).
+
+        Arrays stream in pieces; a dropped connection resumes at the next task.
+        """
+        c = self._client
+        next_task = start_task
+        unavailable_since: float | None = None
+        while True:
+            call = c._stub.GetJobResults(
+                pb.GetJobResultsRequest(job_id=self.id, start_task=next_task),
+                metadata=c._metadata,
+            )
+            try:
+                for result in _group(call):
+                    unavailable_since = None
+                    next_task = result.task_index + 1
+                    yield result
+                return
+            except grpc.RpcError as error:
+                if not _retryable(error):
+                    raise from_rpc_error(error) from None
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
+                    raise UnavailableError(f"job {self.id}: {error.details()}") from None  # type: ignore[attr-defined]
+            finally:
+                call.cancel()
+            time.sleep(_RETRY_PAUSE)
+
+
+class AsyncJob:
+    """A submitted job, for :class:`gradserve.AsyncClient`: the same methods, awaited."""
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self._client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"AsyncJob({self.id!r})"
+
+    async def status(self, *, timeout: float | None = None) -> JobStatus:
+        c = self._client
+        msg = await c._call(c._stub.GetJob, pb.GetJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg)
+
+    async def cancel(self, *, timeout: float | None = None) -> JobStatus:
+        c = self._client
+        msg = await c._call(c._stub.CancelJob, pb.CancelJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg)
+
+    async def wait(self, timeout: float | None = None, progress: bool = False) -> JobStatus:
+        import asyncio
+
+        bar = ProgressBar() if progress else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unavailable_since: float | None = None
+        c = self._client
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = c._stub.WatchJob(
+                pb.WatchJobRequest(job_id=self.id), timeout=left, metadata=c._metadata
+            )
+            try:
+                async for event in call:
+                    unavailable_since = None
+                    status = JobStatus._from_proto(event.job)
+                    if bar is not None:
+                        bar.update(status)
+                    if status.done:
+                        return status
+            except grpc.RpcError as error:
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                    raise DeadlineExceededError(
+                        f"job {self.id} did not finish within {timeout:g} s"
+                    ) from None
+                if not _retryable(error):
+                    raise from_rpc_error(error) from None
+                unavailable_since = unavailable_since or time.monotonic()
+                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
+                    raise from_rpc_error(error) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(_RETRY_PAUSE)
+
+    async def results(self, start_task: int = 0) -> AsyncIterator[TaskResult]:
+        """Each task's result in task order, as tasks finish (``async for``)."""
+        c = self._client
+        call = c._stub.GetJobResults(
+            pb.GetJobResultsRequest(job_id=self.id, start_task=start_task), metadata=c._metadata
+        )
+        header: pb.TaskResult | None = None
+        pieces: list[pb.TensorPiece] = []
+        try:
+            async for part in call:
+                if part.HasField("header"):
+                    if header is not None:
+                        yield BaseClient._task_result(header, pieces)
+                    header, pieces = part.header, []
+                else:
+                    pieces.append(part.piece)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+        if header is not None:
+            yield BaseClient._task_result(header, pieces)
+
+
+def job_states(states: Iterable[str] | str | None) -> list[pb.JobState]:
+    """Job state names -> proto numbers, for ListJobs."""
+    from gradserve.errors import InvalidArgumentError
+    from gradserve.results import JOB_STATE_NUMBERS
+
+    if states is None:
+        return []
+    names = [states] if isinstance(states, str) else list(states)
+    out: list[pb.JobState] = []
+    for name in names:
+        if name not in JOB_STATE_NUMBERS or name == "unspecified":
+            known = [n for n in JOB_STATE_NUMBERS if n != "unspecified"]
+            raise InvalidArgumentError(f"jobs(states=...): unknown state {name!r}; use {known}")
+        out.append(JOB_STATE_NUMBERS[name])
+    return out
