@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import psutil
+from support.cluster import ServerProcess
 
 import gradserve
-from support.cluster import ServerProcess
 
 FN = "sum(x ** 3) / 3 + sum(sin(x))"  # grad = x**2 + cos(x)
 

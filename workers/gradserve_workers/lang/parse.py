@@ -16,8 +16,11 @@ from .limits import Limits
 
 __all__ = ["check_size", "parse_source"]
 
+# Operator and load/store marker nodes carry no code of their own; counting them
+# would make the node limit depend on how Python happens to model operators.
 _MARKER_NODES = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
 
+# Fragments of CPython's messages for unbalanced brackets, which get a hint.
 _BRACKET_MESSAGES = ("never closed", "unmatched", "does not match")
 
 

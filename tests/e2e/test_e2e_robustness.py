@@ -1,0 +1,117 @@
+"""Runaway functions, deadlines and tokens: the right status, and the server keeps serving.
+
+One extra real server (joined to the session's Ray cluster) with a short chunk
+timeout and a token serves this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.cluster import RayNode, ServerProcess, start_server
+
+import gradserve
+
+TOKEN = "s3cret-token"
+# ~50 ms of matmul per iteration within every language limit: minutes in all
+RUNAWAY = """
+def f(x):
+    for i in range(10000):
+        x = sin(x @ x)
+    return sum(x)
+"""
+
+
+@pytest.fixture(scope="module")
+def strict(ray_head: RayNode) -> Iterator[ServerProcess]:
+    proc = start_server(ray_head, extra=["--chunk-timeout", "3", "--auth-token", TOKEN])
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def strict_client(strict: ServerProcess) -> Iterator[gradserve.Client]:
+    with gradserve.Client(strict.address, token=TOKEN, timeout=60) as c:
+        yield c
+
+
+def _still_serving(client: gradserve.Client) -> None:
+    np.testing.assert_allclose(client.grad("2 * dot(x, x)", {"x": [1.0, 2.0]}), [4.0, 8.0])
+
+
+def test_runaway_function_is_stopped_and_its_worker_replaced(
+    strict_client: gradserve.Client, strict: ServerProcess
+) -> None:
+    x = np.random.default_rng(0).normal(size=(400, 400)) / 40
+    with pytest.raises(gradserve.ResourceExhaustedError, match="chunk-timeout"):
+        strict_client.value(RUNAWAY, {"x": x})
+    assert "replacing worker" in strict.output
+    _still_serving(strict_client)
+    # the replaced worker counts: the pool is back to full strength
+    assert strict_client.server_info().workers == 2
+
+
+def test_client_deadline_cancels_the_work(
+    strict_client: gradserve.Client, strict: ServerProcess
+) -> None:
+    x = np.random.default_rng(1).normal(size=(400, 400)) / 40
+    before = strict.output.count("replacing worker")
+    with pytest.raises(gradserve.DeadlineExceededError):
+        strict_client.value(RUNAWAY, {"x": x}, timeout=0.7)
+    _still_serving(strict_client)
+    assert strict.output.count("replacing worker") == before + 1  # the running chunk was stopped
+
+
+def test_missing_or_wrong_token_is_unauthenticated(strict: ServerProcess) -> None:
+    for token in (None, "wrong"):
+        with gradserve.Client(strict.address, token=token or "") as c:
+            with pytest.raises(gradserve.UnauthenticatedError, match="token"):
+                c.grad("sum(x)", {"x": [1.0]})
+            with pytest.raises(gradserve.UnauthenticatedError):
+                c.server_info()
+
+
+def test_health_and_reflection_need_no_token(strict: ServerProcess) -> None:
+    with grpc.insecure_channel(strict.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="gradserve.v1.GradientService"), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(address: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = list(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+        )
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"gradserve.v1.GradientService", "grpc.health.v1.Health"} <= names
+
+
+def test_bad_request_carries_a_field_violation(address: str) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from gradserve.v1 import gradserve_pb2 as pb
+    from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GradientServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Compute(pb.ComputeRequest(function="sin(", ops=[pb.OP_VALUE]), timeout=30)
+    status = rpc_status.from_call(info.value)
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    detail = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(detail)
+    assert detail.field_violations[0].field == "function"
