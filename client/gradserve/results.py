@@ -125,12 +125,44 @@ class WorstElement:
 
 
 @dataclass(frozen=True)
+class Kink:
+    """Where one-sided differences disagree: the function is not differentiable there.
+
+    ``right`` and ``left`` are the forward and backward differences, ``autograd``
+    what autograd returns there (a subgradient at best), ``at`` the input value.
+    """
+
+    point: int
+    input: str
+    output_index: tuple[int, ...]
+    input_index: tuple[int, ...]
+    at: float | None
+    right: float
+    left: float
+    autograd: float
+
+    @classmethod
+    def _from_proto(cls, msg: pb.Kink) -> Kink:
+        return cls(
+            point=int(msg.point),
+            input=msg.input,
+            output_index=tuple(int(i) for i in msg.output_index),
+            input_index=tuple(int(i) for i in msg.input_index),
+            at=msg.at if msg.HasField("at") else None,
+            right=msg.right,
+            left=msg.left,
+            autograd=msg.autograd,
+        )
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """The verdict of a derivative check.
 
     ``worst`` names the element with the largest error (``numeric`` holds the
     finite difference, or the claimed value for claimed-derivative checks);
-    ``non_differentiable`` says the worst element sits at a kink.
+    ``non_differentiable`` says the function has a kink at a checked point, and
+    ``kink`` says where, with the one-sided derivatives side by side.
     """
 
     passed: bool
@@ -149,6 +181,8 @@ class CheckReport:
     eps: float
     num_points: int
     execution_path: str = ""
+    kink: Kink | None = None
+    max_asymmetry: float = 0.0
 
     @property
     def worst_point(self) -> int | None:
@@ -176,6 +210,8 @@ class CheckReport:
             eps=msg.eps,
             num_points=int(msg.num_points),
             execution_path=_PATHS.get(msg.execution_path, ""),
+            kink=Kink._from_proto(msg.kink) if msg.HasField("kink") else None,
+            max_asymmetry=msg.max_asymmetry,
         )
 
 

@@ -363,6 +363,22 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
     )
     if report.symmetric is not None:
         msg.symmetric = report.symmetric
+    msg.max_asymmetry = report.max_asymmetry
+    kink = report.kink
+    if kink is not None:
+        msg.kink.CopyFrom(
+            pb.Kink(
+                point=kink.point,
+                input=kink.input,
+                output_index=list(kink.output_index),
+                input_index=list(kink.input_index),
+                right=kink.right,
+                left=kink.left,
+                autograd=kink.autograd,
+            )
+        )
+        if kink.at is not None:
+            msg.kink.at = kink.at
     if report.worst is not None:
         w = report.worst
         msg.worst.CopyFrom(

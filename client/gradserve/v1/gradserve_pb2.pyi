@@ -333,8 +333,28 @@ class WorstElement(_message.Message):
     rel_error: float
     def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ...) -> None: ...
 
+class Kink(_message.Message):
+    __slots__ = ("point", "input", "output_index", "input_index", "at", "right", "left", "autograd")
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    AUTOGRAD_FIELD_NUMBER: _ClassVar[int]
+    point: int
+    input: str
+    output_index: _containers.RepeatedScalarFieldContainer[int]
+    input_index: _containers.RepeatedScalarFieldContainer[int]
+    at: float
+    right: float
+    left: float
+    autograd: float
+    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., at: _Optional[float] = ..., right: _Optional[float] = ..., left: _Optional[float] = ..., autograd: _Optional[float] = ...) -> None: ...
+
 class CheckReport(_message.Message):
-    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path")
+    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +371,8 @@ class CheckReport(_message.Message):
     EPS_FIELD_NUMBER: _ClassVar[int]
     NUM_POINTS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
+    KINK_FIELD_NUMBER: _ClassVar[int]
+    MAX_ASYMMETRY_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     kind: CheckKind
     order: int
@@ -367,7 +389,9 @@ class CheckReport(_message.Message):
     eps: float
     num_points: int
     execution_path: ExecutionPath
-    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ...) -> None: ...
+    kink: Kink
+    max_asymmetry: float
+    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("report", "metadata")

@@ -1,0 +1,121 @@
+"""Gradient checks end to end: finite differences, claimed derivatives, kinks, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradserve
+
+
+def test_correct_function_passes_with_a_readable_report(client: gradserve.Client) -> None:
+    report = client.check("sum(sin(x) * x)", {"x": [0.3, -1.2, 2.0]})
+    assert report.passed, report.message
+    assert report.kind == "finite_difference"
+    assert report.max_abs_error < 1e-6
+    assert report.worst is not None and report.worst.input == "x"
+    assert (report.atol, report.rtol, report.eps) == (1e-5, 1e-3, 1e-6)
+    assert "pass" in report.message.lower()
+
+
+def test_vector_output_checks_the_whole_jacobian(client: gradserve.Client) -> None:
+    report = client.check("x * y[0] + sin(x)", {"x": [0.1, 0.2], "y": [3.0, 4.0]})
+    assert report.passed, report.message
+
+
+@pytest.mark.parametrize(
+    ("claim", "bad_index"),
+    [
+        ("4 * x", None),  # right
+        ("3 * x", (3,)),  # wrong everywhere: worst where |x| is largest
+        ("4 * x + where(x > 2.5, 1, 0)", (3,)),  # wrong at one element
+    ],
+)
+def test_claimed_gradient(client: gradserve.Client, claim: str, bad_index: tuple | None) -> None:
+    x = [0.5, -1.0, 2.0, 3.0]
+    report = client.check("2 * dot(x, x)", {"x": x}, grad=claim)
+    assert report.kind == "claimed_grad"
+    if bad_index is None:
+        assert report.passed, report.message
+        return
+    assert not report.passed
+    assert report.worst is not None
+    assert report.worst.input_index == bad_index
+    assert report.worst.analytic == pytest.approx(4 * x[bad_index[0]])
+    assert str(report.worst.numeric)[:3] in report.message or "claimed" in report.message
+
+
+def test_claims_for_several_inputs(client: gradserve.Client) -> None:
+    inputs = {"x": [1.0, 2.0], "y": [3.0, -1.0]}
+    ok = client.check("dot(x, y)", inputs, grad={"x": "y", "y": "x"})
+    assert ok.passed, ok.message
+    bad = client.check("dot(x, y)", inputs, grad={"x": "y", "y": "2 * x"})
+    assert not bad.passed and bad.worst is not None and bad.worst.input == "y"
+
+
+def test_claim_with_wrt(client: gradserve.Client) -> None:
+    report = client.check("dot(x, y)", {"x": [1.0, 2.0], "y": [3.0, 4.0]}, grad="x", wrt="y")
+    assert report.passed, report.message
+
+
+@pytest.mark.parametrize("fn", ["sum(relu(x))", "sum(abs(x))"])
+def test_kink_is_reported_as_not_differentiable(client: gradserve.Client, fn: str) -> None:
+    report = client.check(fn, {"x": [0.0, 1.0]})
+    assert report.non_differentiable
+    assert not report.passed
+    assert "differentiable" in report.message
+    assert report.kink is not None and report.kink.input_index == (0,)
+    assert report.kink.at == 0.0 and report.kink.right != report.kink.left
+
+
+def test_float32_inputs_do_not_fail_falsely(client: gradserve.Client) -> None:
+    x = np.random.default_rng(0).normal(size=50).astype(np.float32)
+    report = client.check("sum(exp(x) * sin(x)) + dot(x, x)", {"x": x})
+    assert report.passed, report.message
+
+
+def test_second_order_check(client: gradserve.Client) -> None:
+    report = client.check("sum(x ** 4) + x[0] * x[1]", {"x": [0.5, -0.3, 1.1]}, order=2)
+    assert report.passed, report.message
+    assert report.order == 2 and report.symmetric is True
+
+
+def test_claimed_hessian(client: gradserve.Client) -> None:
+    good = client.check("2 * dot(x, x)", {"x": [1.0, 2.0]}, hessian="4 * eye(2)")
+    bad = client.check("2 * dot(x, x)", {"x": [1.0, 2.0]}, hessian="3 * eye(2)")
+    assert good.passed, good.message
+    assert not bad.passed
+
+
+def test_sampled_points_give_per_point_verdicts(client: gradserve.Client) -> None:
+    sample = gradserve.uniform(-2.0, 2.0, shape=(3,), count=40, seed=11)
+    right = client.check("sum(x ** 3)", sample=sample, grad="3 * x ** 2")
+    assert right.passed and right.num_points == 40 and len(right.point_passed) == 40
+    # wrong only where x[0] > 1: a subset of the points fails, and the worst is one of them
+    wrong = client.check("sum(x ** 3)", sample=sample, grad="3 * x ** 2 + where(x > 1, 1, 0)")
+    assert not wrong.passed
+    assert 0 < sum(wrong.point_passed) < 40
+    assert wrong.worst is not None and not wrong.point_passed[wrong.worst.point]
+
+
+def test_batched_check_names_the_failing_point(client: gradserve.Client) -> None:
+    x = np.zeros((5, 2)) + 1.0
+    x[3] = [0.0, 1.0]  # relu's kink at point 3 only
+    report = client.check("sum(relu(x))", {"x": x}, batched=True)
+    assert report.point_passed == (True, True, True, False, True)
+    assert report.worst is not None and report.worst.point == 3
+
+
+def test_fast_mode_on_a_large_input(client: gradserve.Client) -> None:
+    x = np.random.default_rng(2).normal(size=3000)
+    report = client.check("sum(sin(x) * x)", {"x": x}, fast=True)
+    assert report.mode == "fast" and report.passed, report.message
+    wrong = client.check("sum(sin(x) * x)", {"x": x}, grad="cos(x) * x", fast=True)
+    assert not wrong.passed
+
+
+def test_bad_claim_is_a_spec_error_with_position(client: gradserve.Client) -> None:
+    with pytest.raises(gradserve.InvalidSpecError):
+        client.check("sum(x)", {"x": [1.0]}, grad="ones(")
+    with pytest.raises(gradserve.InvalidArgumentError, match="order"):
+        client.check("sum(x)", {"x": [1.0]}, order=3)
