@@ -12,13 +12,14 @@ Run alone: ``python benchmarks/throughput.py [--quick]`` (starts its own server)
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from _harness import fmt_rate, fmt_time, median, spread, start_server, table, timed
+from _harness import fmt_rate, fmt_time, median, spread, start_server, table
 
 import gradserve
 
@@ -94,6 +95,26 @@ def in_process(op: str, f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[.
     return torch.func.vmap(inner)
 
 
+def _interleaved(
+    service: Callable[[], Any], local: Callable[[], Any], reps: int, warmup: int
+) -> tuple[list[float], list[float], Any]:
+    """Alternate service and in-process calls, so drift on a shared machine hits both."""
+    last = None
+    for _ in range(warmup):
+        last = service()
+        local()
+    svc: list[float] = []
+    loc: list[float] = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        last = service()
+        svc.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        local()
+        loc.append(time.perf_counter() - t0)
+    return svc, loc, last
+
+
 def run(
     address: str,
     threads: int,
@@ -116,14 +137,17 @@ def run(
                     x = rng.uniform(-1.5, 1.5, size=(n, dim))
                     xt = torch.from_numpy(x)
                     reps = reps_for(n, quick)
-                    call = getattr(client, op)
-                    svc = timed(lambda: call(src, {"x": x}, batched=True), reps)  # noqa: B023
-                    loc = timed(lambda: batched_f(xt), reps)  # noqa: B023
+                    svc, loc, last = _interleaved(
+                        lambda: client.compute(src, {"x": x}, [op], batched=True),  # noqa: B023
+                        lambda: batched_f(xt),  # noqa: B023
+                        reps,
+                        warmup=1 if n == (points or sizes(quick))[0] else 0,
+                    )
                     # the service's answer agrees with the in-process one (a spot check)
                     head = min(n, 2000)
-                    got = call(src, {"x": x[:head]}, batched=True)
+                    got = last[op][:head]
                     want = batched_f(xt[:head]).numpy()
-                    meta = client.compute(src, {"x": x}, [op], batched=True).metadata
+                    meta = last.metadata
                     s, m = median(svc), median(loc)
                     rows.append({
                         "function": case.name, "op": op, "dim": dim, "points": n,

@@ -63,8 +63,28 @@ def encode(arr: np.ndarray, *, with_data: bool = True) -> pb.Tensor:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     msg = pb.Tensor(dtype=_TO_PROTO[dtype], shape=list(arr.shape))
     if with_data:
-        msg.data = arr.tobytes()
+        msg.data = _as_bytes(arr)
     return msg
+
+
+def _as_bytes(arr: np.ndarray) -> bytes:
+    """The array's bytes; without a copy when it already views a whole bytes object
+    (decoded from the wire, or joined by :func:`join_arrays`)."""
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if type(base) is bytes and arr.flags.c_contiguous and arr.nbytes == len(base):
+        return base
+    return arr.tobytes()
+
+
+def join_arrays(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` along the first axis, backed by one ``bytes`` object, so that
+    :func:`encode` can send it without another copy (read-only, like decoded arrays)."""
+    first = arrays[0]
+    blob = b"".join(np.ascontiguousarray(a, dtype=first.dtype).data for a in arrays)
+    shape = (sum(int(a.shape[0]) for a in arrays), *first.shape[1:])
+    return np.frombuffer(blob, dtype=first.dtype).reshape(shape)
 
 
 def expected_bytes(msg: pb.Tensor, where: str = "tensor") -> int:
@@ -93,6 +113,10 @@ def decode(msg: pb.Tensor, where: str = "tensor", data: bytes | None = None) -> 
 def split_pieces(blobs: Sequence[bytes | memoryview]) -> Iterator[pb.TensorPiece]:
     """Cut each slot's bytes into pieces of at most PIECE_BYTES."""
     for slot, blob in enumerate(blobs):
+        if type(blob) is bytes and len(blob) <= PIECE_BYTES:
+            if blob:
+                yield pb.TensorPiece(slot=slot, offset=0, data=blob)  # no slice copy
+            continue
         view = memoryview(blob)
         for offset in range(0, len(view), PIECE_BYTES):
             yield pb.TensorPiece(
@@ -149,8 +173,30 @@ def strip_for_stream(slots: Sequence[pb.Tensor]) -> list[bytes]:
 
 
 def fill_from_stream(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece]) -> None:
-    """Put streamed pieces back into the header's tensors (checked against their shapes)."""
-    assembler = PieceAssembler([expected_bytes(t, f"slot {i}") for i, t in enumerate(slots)])
+    """Put streamed pieces back into the header's tensors (checked against their shapes).
+
+    Pieces that arrive in order (what every sender here does) are joined with one
+    copy per slot; anything else goes through :class:`PieceAssembler`.
+    """
+    sizes = [expected_bytes(t, f"slot {i}") for i, t in enumerate(slots)]
+    pieces = list(pieces)
+    chunks: list[list[bytes]] = [[] for _ in sizes]
+    filled = [0] * len(sizes)
+    for piece in pieces:
+        slot = piece.slot
+        if not 0 <= slot < len(sizes) or piece.offset != filled[slot]:
+            break
+        data = piece.data
+        if filled[slot] + len(data) > sizes[slot]:
+            break
+        chunks[slot].append(data)
+        filled[slot] += len(data)
+    else:
+        if filled == sizes:
+            for tensor, parts in zip(slots, chunks, strict=True):
+                tensor.data = b"".join(parts)
+            return
+    assembler = PieceAssembler(sizes)
     for piece in pieces:
         assembler.add(piece)
     for tensor, blob in zip(slots, assembler.finish(), strict=True):

@@ -18,6 +18,9 @@ from typing import Any
 
 log = logging.getLogger("gradserve.pool")
 
+# A replacement actor that fails to start is tried again after this long.
+REPLACE_RETRY_SECONDS = 5.0
+
 
 @dataclass(eq=False)
 class Worker:
@@ -40,6 +43,7 @@ class ActorPool:
         self._waiters: OrderedDict[str, deque[asyncio.Future[Worker]]] = OrderedDict()
         self.size = size
         self.replaced = 0
+        self._starting: set[asyncio.Task[None]] = set()
 
     def _spawn(self) -> Worker:
         worker = Worker(self._make_actor(), next(self._numbers))
@@ -119,4 +123,41 @@ class ActorPool:
         except Exception as error:  # already gone is fine
             log.debug("kill of worker %s: %s", worker.number, error)
         self._workers.remove(worker)
-        self.release(self._spawn())
+        self._replace()
+
+    def _replace(self) -> None:
+        """A fresh actor in a retired one's place, handed out once it answers.
+
+        After a node is lost the cluster may have no room for the new actor until
+        another node joins: it stays pending in Ray, and the pool runs smaller
+        meanwhile instead of giving chunks to an actor that cannot run them.
+        """
+        fresh = self._spawn()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): hand it out now
+            self.release(fresh)
+            return
+        task = loop.create_task(self._when_ready(fresh))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    @property
+    def starting(self) -> int:
+        """Replacement actors not yet ready (e.g. waiting for a node with room)."""
+        return len(self._starting)
+
+    async def _when_ready(self, worker: Worker) -> None:
+        try:
+            info = await worker.handle.info.remote()
+        except Exception as error:  # it died while starting: try again shortly
+            log.warning("replacement worker %s did not start: %s", worker.number, error)
+            worker.retired = True
+            if worker in self._workers:
+                self._workers.remove(worker)
+            await asyncio.sleep(REPLACE_RETRY_SECONDS)
+            self._replace()
+            return
+        worker.name = info["name"]
+        log.info("replacement worker %s (%s) is ready", worker.number, worker.name)
+        self.release(worker)

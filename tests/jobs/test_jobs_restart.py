@@ -3,6 +3,7 @@ chunks it had stored and delivering every task's results exactly once."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -34,8 +35,6 @@ def _chunks(data_dir: Path, job_id: str) -> dict[tuple[int, int], tuple[str, int
         ).fetchall()
     finally:
         db.close()
-    import json
-
     return {
         (t, c): (state, execs, [f["file"] for f in json.loads(files or "[]")])
         for t, c, state, execs, files in rows
@@ -69,6 +68,7 @@ def test_sigkill_mid_job_then_restart_resumes_without_recomputing(
         before = _chunks(data_dir, job.id)
         stored = {k: v for k, v in before.items() if v[0] == "done"}
         assert stored and len(stored) < len(before)
+        print(f"stored before the kill: {len(stored)} of {len(before)} chunks")
         mtimes = {
             (k, name): (data_dir / "results" / job.id / f"t{k[0]:06d}" / name).stat().st_mtime_ns
             for k, (_, _, names) in stored.items()
@@ -107,6 +107,8 @@ def test_sigkill_mid_job_then_restart_resumes_without_recomputing(
             path = data_dir / "results" / job.id / f"t{key[0]:06d}" / name
             assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
         assert "resuming 1 unfinished jobs" in servers[1].output
+        runs = sum(e for _, e, _ in after.values())
+        print(f"chunk executions: {runs} for {len(after)} chunks")
     finally:
         for server in servers:
             server.kill()

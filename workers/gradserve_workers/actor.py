@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -77,9 +78,18 @@ class GradActor:
             self._cache.move_to_end(key)
         return fn
 
-    def _tensor(self, arr: np.ndarray, dtype: str, start: int, stop: int, batched: bool) -> Any:
+    def _tensor(
+        self, arr: np.ndarray, dtype: str, start: int, stop: int, batched: bool, copy: bool = True
+    ) -> Any:
         torch = self._torch
         part = arr[start:stop] if batched else arr
+        if not copy and part.dtype == np.dtype(dtype) and part.flags.c_contiguous:
+            # read-only (the object store's buffer) but never written: the language has
+            # no in-place operations and the ops do not mutate their inputs
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(part)
+            return t.to(self._device) if self._device.type != "cpu" else t
         # the object store hands out read-only buffers; torch wants writable ones
         t = torch.from_numpy(np.array(part, dtype=dtype, copy=True))
         return t.to(self._device) if self._device.type != "cpu" else t
@@ -114,12 +124,14 @@ class GradActor:
 
         def tensors(prefix: str) -> dict[str, Any]:
             return {
-                k[len(prefix) :]: self._tensor(v, spec.dtype, start, stop, spec.batched)
+                k[len(prefix) :]: self._tensor(v, spec.dtype, start, stop, spec.batched, False)
                 for k, v in arrays.items()
                 if k.startswith(prefix)
             }
 
-        inputs = {n: self._tensor(arrays[n], spec.dtype, start, stop, spec.batched) for n in names}
+        inputs = {
+            n: self._tensor(arrays[n], spec.dtype, start, stop, spec.batched, False) for n in names
+        }
         cot = tensors(COTANGENT)
         request = OpsRequest(
             ops=spec.ops,

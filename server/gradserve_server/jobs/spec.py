@@ -91,8 +91,8 @@ def has_sample(task: pb.Task) -> bool:
     return any(s.WhichOneof("source") == "sample" for s in task.inputs.values())
 
 
-def compute_request(task: pb.Task, sampled: dict[str, pb.Tensor]) -> pb.ComputeRequest:
-    """The unary request a task's ops amount to (sampled inputs drawn into ``sampled``)."""
+def compute_request(task: pb.Task) -> pb.ComputeRequest:
+    """The unary request a task's ops amount to, less its sampled inputs (drawn apart)."""
     req = pb.ComputeRequest(
         function=task.function,
         ops=list(task.ops),
@@ -104,8 +104,6 @@ def compute_request(task: pb.Task, sampled: dict[str, pb.Tensor]) -> pb.ComputeR
     for name, spec in task.inputs.items():
         if spec.WhichOneof("source") == "tensor":
             req.inputs[name].CopyFrom(spec.tensor)
-        else:
-            req.inputs[name].CopyFrom(sampled[name])
     if task.HasField("cotangent"):
         req.cotangent.CopyFrom(task.cotangent)
     for name, tensor in task.tangents.items():
