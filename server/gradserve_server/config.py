@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-timeout", type=float, default=float(_env("CHUNK_TIMEOUT", "120") or 120)
     )
     p.add_argument("--max-points", type=int, default=int(_env("MAX_POINTS", "10000000") or 0))
+    p.add_argument(
+        "--max-inflight-chunks-per-job",
+        type=int,
+        default=int(_env("MAX_INFLIGHT_CHUNKS_PER_JOB", "0") or 0),
+        help="chunks of one job running or being stored at once (default: 2 x workers)",
+    )
     p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
     p.add_argument("--object-store-bytes", type=int, default=None)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
@@ -98,6 +104,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         chunk_timeout_s=args.chunk_timeout,
         max_points=args.max_points,
+        max_inflight_chunks_per_job=max(0, args.max_inflight_chunks_per_job),
         auth_token=args.auth_token or None,
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
