@@ -28,7 +28,7 @@ def f(x):
 
 @pytest.fixture(scope="module")
 def strict(ray_head: RayNode) -> Iterator[ServerProcess]:
-    proc = start_server(ray_head, extra=["--chunk-timeout", "3", "--auth-token", TOKEN])
+    proc = start_server(ray_head, extra=["--chunk-timeout", "5", "--auth-token", TOKEN])
     try:
         yield proc
     finally:
@@ -115,3 +115,32 @@ def test_bad_request_carries_a_field_violation(address: str) -> None:
     detail = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(detail)
     assert detail.field_violations[0].field == "function"
+
+
+def test_sigterm_drains_in_flight_calls_then_exits(strict: ServerProcess) -> None:
+    """Runs last in this module: it stops the module's server."""
+    import signal
+    import threading
+
+    x = np.random.default_rng(2).normal(size=(150_000, 10))
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        with gradserve.Client(strict.address, token=TOKEN, timeout=120) as c:
+            try:
+                outcome["grad"] = c.grad("sum(sin(x) * x)", {"x": x}, batched=True)
+            except gradserve.GradserveError as exc:  # pragma: no cover - the failure shown
+                outcome["error"] = exc
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    # wait until the call is on the server (the streamed request takes a moment)
+    import time
+
+    time.sleep(1.0)
+    strict.proc.send_signal(signal.SIGTERM)
+    worker.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    np.testing.assert_allclose(outcome["grad"], np.sin(x) + x * np.cos(x), rtol=1e-12, atol=1e-14)
+    assert strict.proc.wait(60) == 0
+    assert "gradserve: stopped" in strict.output
