@@ -1,0 +1,54 @@
+"""Server pieces that need no cluster: chunk planning, config, the torch-free request path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gradserve_server.config import LIMIT_DEFAULTS, parse_config
+from gradserve_server.planner import elements_per_point, plan_chunks
+
+
+@pytest.mark.parametrize(
+    ("points", "per_point", "workers"),
+    [(1, 3, 2), (10, 4, 2), (3_000, 11, 2), (1_000_000, 11, 2), (123_457, 400, 3), (7, 10**7, 2)],
+)
+def test_chunks_tile_the_points_in_order(points: int, per_point: int, workers: int) -> None:
+    ranges = plan_chunks(points, per_point, workers)
+    assert ranges[0][0] == 0 and ranges[-1][1] == points
+    assert all(a < b for a, b in ranges)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False))
+
+
+def test_big_batches_use_every_worker_and_bounded_chunks() -> None:
+    ranges = plan_chunks(1_000_000, elements_per_point(10, ("grad",)), 2)
+    assert len(ranges) >= 4
+    assert max(b - a for a, b in ranges) * 21 <= 4_000_000
+
+
+def test_hessian_weighs_more_than_grad() -> None:
+    assert elements_per_point(10, ("hessian",)) > elements_per_point(10, ("grad",))
+
+
+def test_config_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADSERVE_PORT", "6000")
+    monkeypatch.setenv("GRADSERVE_MAX_LOOP_ITERATIONS", "77")
+    config = parse_config(["--num-workers", "3"])
+    assert config.port == 6000 and config.num_workers == 3
+    assert config.limits["max_loop_iterations"] == 77
+    assert set(config.limits) == set(LIMIT_DEFAULTS)
+    assert parse_config(["--port", "7000"]).port == 7000  # a flag beats the variable
+
+
+def test_request_path_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "import gradserve_server.main, gradserve_server.servicer, gradserve_server.service\n"
+        "from gradserve_server import binding\n"
+        "binding.validate_program('sum(sin(x))', dict(" + repr(LIMIT_DEFAULTS) + "))\n"
+        "assert 'torch' not in sys.modules, 'torch imported on the request path'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
