@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ def test_chunks_tile_the_points_in_order(points: int, per_point: int, workers: i
     ranges = plan_chunks(points, per_point, workers)
     assert ranges[0][0] == 0 and ranges[-1][1] == points
     assert all(a < b for a, b in ranges)
-    assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False))
+    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
 
 
 def test_big_batches_use_every_worker_and_bounded_chunks() -> None:
