@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -160,9 +161,7 @@ def _ray_status(error: BaseException) -> Status | None:
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     status = to_status(error)
-    if status.code is grpc.StatusCode.INTERNAL:
-        pass  # already logged with its incident id
-    else:
+    if status.code is not grpc.StatusCode.INTERNAL:  # internal ones are logged in full
         log.info("%s: %s", status.code.name, status.message.splitlines()[0])
     context.set_trailing_metadata(status.trailing_metadata() + _rich_metadata(status))
     await context.abort(status.code, status.message)
@@ -217,4 +216,4 @@ def guard_stream(handler: H) -> H:
 
 def _is_abort(error: BaseException) -> bool:
     # context.abort raises this to unwind the handler; it must pass through
-    return type(error).__name__ == "AbortError"
+    return isinstance(error, grpc.aio.AbortError)
