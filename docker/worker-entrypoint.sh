@@ -37,6 +37,7 @@ gs_ray_resource_args ray_args
 ray_args+=("$@")
 
 ray_pid=""
+# shellcheck disable=SC2317  # invoked by the trap
 forward() {
     trap '' TERM INT
     gs_log "stopping the Ray node (pid $ray_pid)"

@@ -39,7 +39,7 @@ def run(client: gradserve.Client) -> None:
             continue
         assert result.check is not None
         verdicts[result.task_id] = "pass" if result.check.passed else "fail"
-        print(f"{result.task_id:14s} {result.check.message.split('.')[0]}")
+        print(f"{result.task_id:14s} {result.check.message.split(': ')[0]}")
         if result.task_id == "hessian-sweep":
             x = np.random.default_rng(11).uniform(-2, 2, size=(1000, 3))
             expected = np.stack([hessian(p) for p in x])

@@ -39,8 +39,16 @@ def normal(count: int, shape: list[int], seed: int) -> np.ndarray:
 
 
 def sample(count: int, shape: list[int], seed: int) -> dict[str, object]:
-    return {"sample": {"dist": "normal", "mean": 0, "std": 1, "shape": shape, "count": count,
-                       "seed": seed}}  # fmt: skip
+    return {
+        "sample": {
+            "dist": "normal",
+            "mean": 0,
+            "std": 1,
+            "shape": shape,
+            "count": count,
+            "seed": seed,
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +68,23 @@ def test_a_failing_task_fails_alone_and_the_job_succeeds(client: gradserve.Clien
         {
             "name": "mixed",
             "tasks": [
-                {"id": "quad", "function": "2 * dot(x, x)", "inputs": {"x": sample(300, [4], 7)},
-                 "ops": ["grad", "hessian"], "check": {"grad": "4 * x"}},
+                {
+                    "id": "quad",
+                    "function": "2 * dot(x, x)",
+                    "inputs": {"x": sample(300, [4], 7)},
+                    "ops": ["grad", "hessian"],
+                    "check": {"grad": "4 * x"},
+                },
                 {"function": "sum(sin(x))", "inputs": {"x": [0.0, 0.5, 1.0]}, "ops": ["grad"]},
                 {"id": "typo", "function": "sum(sin(x)", "inputs": {"x": [1.0]}, "ops": ["grad"]},
-                {"id": "wrong", "function": "sum(x * x)", "inputs": {"x": [1.0, 2.0]},
-                 "check": {"grad": "x"}},
+                {
+                    "id": "wrong",
+                    "function": "sum(x * x)",
+                    "inputs": {"x": [1.0, 2.0]},
+                    "check": {"grad": "x"},
+                },
             ],
-        }  # fmt: skip
+        }
     )
     status = job.wait(timeout=120)
     assert status.state == "succeeded"
@@ -94,8 +111,12 @@ def test_a_failing_task_fails_alone_and_the_job_succeeds(client: gradserve.Clien
 
 def test_a_job_whose_every_task_fails_is_failed(client: gradserve.Client) -> None:
     job = client.submit(
-        {"tasks": [{"function": "sum(x) +", "inputs": {"x": [1.0]}, "ops": ["value"]},
-                   {"function": "y", "inputs": {"x": [1.0]}, "ops": ["value"]}]}  # fmt: skip
+        {
+            "tasks": [
+                {"function": "sum(x) +", "inputs": {"x": [1.0]}, "ops": ["value"]},
+                {"function": "y", "inputs": {"x": [1.0]}, "ops": ["value"]},
+            ]
+        }
     )
     status = job.wait(timeout=60)
     assert status.state == "failed" and status.tasks_failed == 2
@@ -127,11 +148,18 @@ def test_malformed_jobs_are_refused_and_unknown_jobs_not_found(
 
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     assert _code(lambda: stub.SubmitJob(pb.SubmitJobRequest())) == invalid
-    assert _code(lambda: stub.SubmitJob(pb.SubmitJobRequest(tasks=[task(id="a"), task(id="a")])))
+    duplicate = pb.SubmitJobRequest(tasks=[task(id="a"), task(id="a")])
+    assert _code(lambda: stub.SubmitJob(duplicate)) == invalid
     assert _code(lambda: stub.SubmitJob(pb.SubmitJobRequest(tasks=[task(ops=[99])]))) == invalid
-    with pytest.raises(gradserve.InvalidArgumentError, match="task 1.*already used by task 0"):
-        client.submit({"tasks": [{"id": "a", "function": "x", "inputs": {"x": 1}, "ops": "value"},
-                                 {"id": "a", "function": "x", "inputs": {"x": 1}, "ops": "value"}]})  # fmt: skip
+    with pytest.raises(gradserve.InvalidArgumentError, match=r"task 1.*already used by task 0"):
+        client.submit(
+            {
+                "tasks": [
+                    {"id": "a", "function": "x", "inputs": {"x": 1}, "ops": "value"},
+                    {"id": "a", "function": "x", "inputs": {"x": 1}, "ops": "value"},
+                ]
+            }
+        )
     # the SDK refuses what it can see is wrong before any call, naming task and key
     with pytest.raises(gradserve.InvalidArgumentError, match=r"task 0 \('t'\): ops: unknown"):
         client.submit({"tasks": [{"id": "t", "function": "x", "inputs": {"x": 1}, "ops": ["grd"]}]})
@@ -178,8 +206,12 @@ def test_watch_job_streams_progress_until_the_end(
     client: gradserve.Client, stub: pb_grpc.GradientServiceStub
 ) -> None:
     job = client.submit(
-        {"tasks": [{"function": SLOW, "inputs": {"x": sample(1024, [3], i)}, "ops": ["grad"]}
-                   for i in range(3)]}  # fmt: skip
+        {
+            "tasks": [
+                {"function": SLOW, "inputs": {"x": sample(1024, [3], i)}, "ops": ["grad"]}
+                for i in range(3)
+            ]
+        }
     )
     events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.id), timeout=120))
     states = [e.job.state for e in events]
@@ -196,9 +228,18 @@ def test_watch_job_streams_progress_until_the_end(
 
 def test_results_resume_from_a_task_index(client: gradserve.Client) -> None:
     job = client.submit(
-        {"tasks": [{"id": f"t{i}", "function": "sum(x * x) * c", "inputs":
-                    {"x": [1.0, float(i)], "c": float(i)}, "ops": ["grad"], "wrt": "x"}
-                   for i in range(4)]}  # fmt: skip
+        {
+            "tasks": [
+                {
+                    "id": f"t{i}",
+                    "function": "sum(x * x) * c",
+                    "inputs": {"x": [1.0, float(i)], "c": float(i)},
+                    "ops": ["grad"],
+                    "wrt": "x",
+                }
+                for i in range(4)
+            ]
+        }
     )
     # results() waits for running tasks in order, so it can be called at once
     assert [r.task_id for r in job.results()] == ["t0", "t1", "t2", "t3"]
@@ -212,8 +253,12 @@ def test_cancel_mid_run_stops_the_job_and_unary_calls_still_get_turns(
     client: gradserve.Client,
 ) -> None:
     job = client.submit(
-        {"tasks": [{"function": SLOW, "inputs": {"x": sample(4096, [3], i)}, "ops": ["grad"]}
-                   for i in range(6)]}  # fmt: skip
+        {
+            "tasks": [
+                {"function": SLOW, "inputs": {"x": sample(4096, [3], i)}, "ops": ["grad"]}
+                for i in range(6)
+            ]
+        }
     )
     deadline = time.monotonic() + 60
     while job.status().points_done == 0:
@@ -275,21 +320,35 @@ tasks:
 def test_cli_submit_wait_and_jobs_commands(address: str, tmp_path: Path) -> None:
     (tmp_path / "job.json").write_text(
         json.dumps(
-            {"name": "cli-job", "tasks": [
-                {"id": "good", "function": "2 * dot(x, x)", "inputs": {"x": [1.0, 2.0]},
-                 "ops": ["grad", "hessian"], "check": {"grad": "4 * x"}},
-                {"id": "bad", "function": "2 * dot(x, x)", "inputs": {"x": [1.0, 2.0]},
-                 "check": {"grad": "2 * x"}},
-                {"id": "broken", "function": "dot(x)", "inputs": {"x": [1.0]}, "ops": ["grad"]},
-            ]}  # fmt: skip
+            {
+                "name": "cli-job",
+                "tasks": [
+                    {
+                        "id": "good",
+                        "function": "2 * dot(x, x)",
+                        "inputs": {"x": [1.0, 2.0]},
+                        "ops": ["grad", "hessian"],
+                        "check": {"grad": "4 * x"},
+                    },
+                    {
+                        "id": "bad",
+                        "function": "2 * dot(x, x)",
+                        "inputs": {"x": [1.0, 2.0]},
+                        "check": {"grad": "2 * x"},
+                    },
+                    {"id": "broken", "function": "dot(x)", "inputs": {"x": [1.0]}, "ops": ["grad"]},
+                ],
+            }
         )
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "gradserve.cli", "--address", address, *args],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = tmp_path / "out"
     run = cli("submit", str(tmp_path / "job.json"), "--wait", "--output", str(out))
@@ -325,8 +384,15 @@ def test_async_client_jobs(address: str) -> None:
     async def run() -> None:
         async with gradserve.AsyncClient(address) as client:
             job = await client.submit(
-                {"tasks": [{"function": "sum(exp(x))", "inputs": {"x": [0.0, 1.0]},
-                            "ops": ["value", "grad"]}]}  # fmt: skip
+                {
+                    "tasks": [
+                        {
+                            "function": "sum(exp(x))",
+                            "inputs": {"x": [0.0, 1.0]},
+                            "ops": ["value", "grad"],
+                        }
+                    ]
+                }
             )
             assert isinstance(job, gradserve.AsyncJob)
             assert (await job.wait(timeout=60)).state == "succeeded"
@@ -342,10 +408,15 @@ def test_async_client_jobs(address: str) -> None:
 
 def test_a_job_of_1000_tasks_completes(client: gradserve.Client) -> None:
     tasks = [
-        {"id": f"s{i}", "function": "sum(x * x) * c", "wrt": "x",
-         "inputs": {"x": [float(i), 1.0, -1.0], "c": 0.5}, "ops": ["grad"]}
+        {
+            "id": f"s{i}",
+            "function": "sum(x * x) * c",
+            "wrt": "x",
+            "inputs": {"x": [float(i), 1.0, -1.0], "c": 0.5},
+            "ops": ["grad"],
+        }
         for i in range(1000)
-    ]  # fmt: skip
+    ]
     started = time.monotonic()
     job = client.submit({"name": "thousand", "tasks": tasks})
     status = job.wait(timeout=240)

@@ -23,6 +23,20 @@ SLOW = """def f(x):
         return sum(sin(x))
 """
 TASKS, POINTS = 4, 2048
+JOB = {
+    "name": "restart",
+    "tasks": [
+        {
+            "id": f"t{i}",
+            "function": SLOW,
+            "ops": ["grad"],
+            "inputs": {
+                "x": {"sample": {"dist": "normal", "shape": [3], "count": POINTS, "seed": 100 + i}}
+            },
+        }
+        for i in range(TASKS)
+    ],
+}
 
 
 def _chunks(data_dir: Path, job_id: str) -> dict[tuple[int, int], tuple[str, int, list[str]]]:
@@ -49,10 +63,7 @@ def test_sigkill_mid_job_then_restart_resumes_without_recomputing(
     try:
         with gradserve.Client(servers[0].address, timeout=60) as client:
             job = client.submit(
-                {"name": "restart", "tasks": [
-                    {"id": f"t{i}", "function": SLOW, "ops": ["grad"], "inputs": {"x": {"sample": {
-                        "dist": "normal", "shape": [3], "count": POINTS, "seed": 100 + i}}}}
-                    for i in range(TASKS)]},  # fmt: skip
+                JOB,
                 idempotency_key="restart-test",
             )
             deadline = time.monotonic() + 120
@@ -79,10 +90,7 @@ def test_sigkill_mid_job_then_restart_resumes_without_recomputing(
         with gradserve.Client(servers[1].address, timeout=60) as client:
             # the key still names the same job after the restart
             same = client.submit(
-                {"name": "restart", "tasks": [
-                    {"id": f"t{i}", "function": SLOW, "ops": ["grad"], "inputs": {"x": {"sample": {
-                        "dist": "normal", "shape": [3], "count": POINTS, "seed": 100 + i}}}}
-                    for i in range(TASKS)]},  # fmt: skip
+                JOB,
                 idempotency_key="restart-test",
             )
             assert same.id == job.id

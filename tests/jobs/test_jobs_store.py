@@ -87,8 +87,11 @@ def test_list_jobs_newest_first_with_paging_and_filter(tmp_path: Path) -> None:
     assert [r.id for r in store.list_jobs([], first[-1].seq, 2)] == ["j2", "j1"]
     assert [r.id for r in store.list_jobs(["cancelled"], None, 10)] == ["j1"]
     assert [r.id for r in store.list_jobs(["queued", "running"], None, 10)] == [
-        "j4", "j3", "j2", "j0",
-    ]  # fmt: skip
+        "j4",
+        "j3",
+        "j2",
+        "j0",
+    ]
 
 
 def test_chunk_files_are_atomic_and_stream_back_in_pieces(tmp_path: Path) -> None:
@@ -121,8 +124,13 @@ def test_output_manifest_stacks_chunks_along_points() -> None:
     from gradserve_server.jobs.store import ChunkRow
 
     def chunk(i: int, rows: int) -> ChunkRow:
-        entry = {"op": "grad", "key": "", "file": f"c{i}.npy", "dtype": "float64",
-                 "shape": [rows, 3]}  # fmt: skip
+        entry = {
+            "op": "grad",
+            "key": "",
+            "file": f"c{i}.npy",
+            "dtype": "float64",
+            "shape": [rows, 3],
+        }
         return ChunkRow(0, "compute", i, 0, rows, "done", 1, [entry], {})
 
     (out,) = build_outputs([chunk(0, 4), chunk(1, 2)])
@@ -131,12 +139,24 @@ def test_output_manifest_stacks_chunks_along_points() -> None:
 
 def test_check_report_round_trips_through_json() -> None:
     report = CheckReport(
-        passed=False, kind="claimed_grad", order=1, mode="full", max_abs_error=1.0,
-        max_rel_error=0.5, worst=WorstElement(3, "x", (), (1,), 2.0, 3.0, 1.0, 0.5),
-        non_differentiable=True, symmetric=None, point_passed=(True, False), message="m",
-        atol=1e-5, rtol=1e-3, eps=1e-6, num_points=2, vmapped=True,
+        passed=False,
+        kind="claimed_grad",
+        order=1,
+        mode="full",
+        max_abs_error=1.0,
+        max_rel_error=0.5,
+        worst=WorstElement(3, "x", (), (1,), 2.0, 3.0, 1.0, 0.5),
+        non_differentiable=True,
+        symmetric=None,
+        point_passed=(True, False),
+        message="m",
+        atol=1e-5,
+        rtol=1e-3,
+        eps=1e-6,
+        num_points=2,
+        vmapped=True,
         kink=Kink(1, "x", (), (0,), 0.0, 1.0, -1.0, 0.0),
-    )  # fmt: skip
+    )
     assert codec.report_from_json(codec.report_to_json(report)) == report
 
 

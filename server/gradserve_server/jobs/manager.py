@@ -26,7 +26,7 @@ import grpc
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.config import ServerConfig
-from gradserve_server.errors import ServiceError, invalid, not_found
+from gradserve_server.errors import ServiceError, invalid, not_found, unavailable
 from gradserve_server.jobs import codec, files, results, spec, store
 from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.runner import TaskRunner
@@ -130,6 +130,9 @@ class JobManager:
     # ------------------------------------------------------------- RPCs
 
     def _job(self, job_id: str) -> JobRow:
+        if self._stopping:
+            # clients retry UNAVAILABLE: the SDK's wait() and results() ride out a restart
+            raise unavailable("the server is shutting down; jobs resume when it restarts")
         row = self.store.get_job(job_id)
         if row is None:
             raise not_found(f"no job {job_id!r}")
@@ -141,16 +144,26 @@ class JobManager:
 
     async def submit(self, req: pb.SubmitJobRequest) -> pb.Job:
         tasks = spec.validate(req)
-        job_id = f"job-{uuid.uuid4().hex[:16]}"
-        try:
+        if self._stopping:
+            raise unavailable("the server is shutting down; submit again when it is back")
+
+        async def store_and_launch() -> str:
             job_id, created = await asyncio.to_thread(
                 self.store.create_job,
-                job_id,
+                f"job-{uuid.uuid4().hex[:16]}",
                 req.name,
                 req.idempotency_key,
                 spec.spec_hash(req),
                 tasks,
             )
+            if created:
+                self._launch(job_id)
+            return job_id
+
+        try:
+            # shielded: a caller that goes away mid-submit must not leave a stored job
+            # that nothing runs
+            job_id = await asyncio.shield(store_and_launch())
         except KeyConflict as conflict:
             raise ServiceError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -158,14 +171,14 @@ class JobManager:
                 f"{conflict.job_id}, which was submitted with a different spec",
                 field="idempotency_key",
             ) from None
-        if created:
-            self._launch(job_id)
         return self._proto(self._job(job_id))
 
     def get(self, job_id: str) -> pb.Job:
         return self._proto(self._job(job_id))
 
     def list(self, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        if self._stopping:
+            raise unavailable("the server is shutting down")
         size = req.page_size or DEFAULT_PAGE_SIZE
         if size < 0:
             raise invalid("ListJobs: page_size must be positive", "page_size")

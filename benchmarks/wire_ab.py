@@ -1,0 +1,64 @@
+"""A/B of the wire-path changes, interleaved in one process (robust to a noisy machine).
+
+A: the previous code (PieceAssembler reassembly; np.concatenate + tobytes for replies).
+B: the current ``_wire.fill_from_stream`` and ``_wire.join_arrays`` + ``encode``.
+
+Run: ``python benchmarks/wire_ab.py [POINTS]`` (default 1,000,000 points x 10 float64).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradserve import _wire
+from gradserve.v1 import gradserve_pb2 as pb
+
+
+def _old_fill(slots: Sequence[pb.Tensor], pieces: Sequence[pb.TensorPiece]) -> None:
+    assembler = _wire.PieceAssembler([_wire.expected_bytes(t) for t in slots])
+    for piece in pieces:
+        assembler.add(piece)
+    for tensor, blob in zip(slots, assembler.finish(), strict=True):
+        tensor.data = blob
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    x = np.random.default_rng(0).standard_normal((n, 10))
+    pieces = list(_wire.split_pieces(_wire.strip_for_stream([_wire.encode(x)])))
+    chunks = np.array_split(x, 6)
+
+    def fill(old: bool) -> Any:
+        header = _wire.encode(x, with_data=False)
+        (_old_fill if old else _wire.fill_from_stream)([header], pieces)
+        return _wire.decode(header)
+
+    cases: dict[str, Callable[[], Any]] = {
+        "A reassemble": lambda: fill(True),
+        "B reassemble": lambda: fill(False),
+        "A reply": lambda: _wire.encode(np.concatenate(chunks)),
+        "B reply": lambda: _wire.encode(_wire.join_arrays(chunks)),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(7):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:14s} {v * 1e3:8.1f} ms")
+    print(
+        f"{n:,} x 10 float64: reassembly {med['A reassemble'] / med['B reassemble']:.2f}x, "
+        f"reply encode {med['A reply'] / med['B reply']:.2f}x faster"
+    )
+
+
+if __name__ == "__main__":
+    main()
