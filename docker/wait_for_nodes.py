@@ -6,6 +6,7 @@ in the environment, as for any Ray driver.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -14,7 +15,7 @@ def main(argv: list[str]) -> int:
     address, wanted, timeout = argv[0], int(argv[1]), float(argv[2])
     import ray
 
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         deadline = time.monotonic() + timeout
         while True:

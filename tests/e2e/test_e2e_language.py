@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import gradserve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lang"))
-from test_lang_fuzz_hypothesis import mutated, token_soup  # noqa: E402
+from test_lang_fuzz_hypothesis import mutated, token_soup
 
 CONTROL_FLOW = """
 def f(a):
@@ -57,7 +57,7 @@ MISTAKES = [
 def test_an_expression_with_an_extra_free_name_asks_for_that_input(
     client: gradserve.Client,
 ) -> None:
-    with pytest.raises(gradserve.InvalidArgumentError, match="'z' is missing.*takes \\(x, z\\)"):
+    with pytest.raises(gradserve.InvalidArgumentError, match=r"'z' is missing.*takes \(x, z\)"):
         client.value("sum(x) + z", {"x": [1.0]})
 
 

@@ -8,6 +8,7 @@ node's marker), never by name and never with `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
 from support.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,10 +61,8 @@ def kill_matching(marker: str) -> int:
     """SIGKILL every process whose command line contains ``marker``; how many."""
     victims = processes_matching(marker)
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=10)
     return len(victims)
 
