@@ -100,8 +100,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             functions=[
                 pb.FunctionInfo(
                     name=name,
-                    signature=getattr(spec, "signature", name),
-                    example=getattr(spec, "example", ""),
+                    signature=spec.signature,
+                    example=spec.example,
                 )
                 for name, spec in sorted(FUNCTIONS.items())
             ],
