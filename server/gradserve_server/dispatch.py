@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import ray
 from ray import exceptions as rex
@@ -20,6 +20,7 @@ log = logging.getLogger("gradserve.dispatch")
 MAX_ATTEMPTS = 3
 
 Submit = Callable[[Any], Any]  # actor handle -> ObjectRef of a ChunkResult
+T = TypeVar("T")
 
 
 async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float) -> ChunkResult:
@@ -77,11 +78,10 @@ def _done(ref: Any) -> bool:
     return bool(ready)
 
 
-async def run_chunks(
-    pool: ActorPool, tenant: str, submits: Sequence[Submit], timeout: float
-) -> list[ChunkResult]:
-    """All chunks in parallel, results in order; the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(run_chunk(pool, tenant, s, timeout)) for s in submits]
+async def gather_or_cancel(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """All in parallel, results in order; the first failure (or the caller's
+    cancellation) cancels the rest, which dispatch turns into stopped Ray work."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

@@ -3,7 +3,6 @@ assemble. Jobs run their tasks through the same two methods."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -192,18 +191,9 @@ class ComputeService:
     ) -> list[ChunkResult]:
         ranges = self.plan(bound, per_point)
         payload = self.payload(bound, len(ranges))
-        tasks = [
-            asyncio.ensure_future(self._run_range_or_raise(spec, tenant, method, payload, a, b))
-            for a, b in ranges
-        ]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            # the first failure (or the caller's cancellation) stops the other chunks
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await dispatch.gather_or_cancel(
+            self._run_range_or_raise(spec, tenant, method, payload, a, b) for a, b in ranges
+        )
 
     async def _run_range_or_raise(
         self, spec: ComputeSpec | CheckSpec, tenant: str, method: str, payload: Any,

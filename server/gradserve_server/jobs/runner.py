@@ -14,13 +14,13 @@ import asyncio
 import logging
 import math
 import shutil
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, sampling
+from gradserve_server import binding, dispatch, sampling
 from gradserve_server.errors import from_chunk_error, invalid, to_status
 from gradserve_server.jobs import codec, files, spec
 from gradserve_server.jobs.results import build_metadata, build_outputs
@@ -40,18 +40,6 @@ PHASE_METHODS = {"compute": "compute", "check": "check"}
 
 def phases(task: pb.Task) -> list[str]:
     return (["compute"] if task.ops else []) + (["check"] if task.HasField("check") else [])
-
-
-async def gather_or_cancel(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run all; the first failure cancels the others and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 class TaskRunner:
@@ -126,7 +114,7 @@ class TaskRunner:
         pending = [c for c in chunks if c.state != "done"]
         payload = self.service.payload(bound, len(pending))
         del bound  # the payload holds what the chunks need
-        await gather_or_cancel(
+        await dispatch.gather_or_cancel(
             [self._run_chunk(row.idx, phase, chunk_spec, payload, c) for c in pending]
         )
 
