@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, BaseClient
+from gradserve._base import RETRY_STREAM_KEY, BaseClient, OutgoingCompute
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import AsyncJob, job_states
 from gradserve.jobspec import JobSpec
@@ -53,10 +53,10 @@ class AsyncClient(BaseClient):
             raise from_rpc_error(error) from None
 
     async def _stream_compute(
-        self, req: pb.ComputeRequest, timeout: float | None
+        self, req: OutgoingCompute, timeout: float | None
     ) -> pb.ComputeResponse:
         async def parts() -> AsyncIterator[pb.ComputeRequestPart]:
-            for part in self._stream_parts(req):
+            for part in req.parts():
                 yield part
 
         call = self._stub.ComputeStream(
@@ -68,15 +68,13 @@ class AsyncClient(BaseClient):
             raise from_rpc_error(error) from None
         return self._join_stream(received)
 
-    async def _compute(
-        self, req: pb.ComputeRequest, pick: str | None, timeout: float | None
-    ) -> Any:
-        if self._wants_stream(req):
+    async def _compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
+        if req.wants_stream:
             resp = await self._stream_compute(req, timeout)
         else:
             try:
                 resp = await self._stub.Compute(
-                    req, timeout=self._deadline(timeout), metadata=self._metadata
+                    req.unary(), timeout=self._deadline(timeout), metadata=self._metadata
                 )
             except grpc.RpcError as error:
                 trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
@@ -86,7 +84,7 @@ class AsyncClient(BaseClient):
         result: ComputeResult = self._decode_compute(resp)
         return result if pick is None else result[pick]
 
-    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+    def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         return self._compute(req, pick, timeout)
 
     async def _check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:

@@ -6,7 +6,8 @@ Nothing here does I/O; the two clients differ only in how they move messages.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,32 @@ def _wrt(wrt: str | Sequence[str] | None) -> list[str]:
     return list(wrt)
 
 
+@dataclass(frozen=True)
+class OutgoingCompute:
+    """A compute request as headers plus its arrays in slot order (see the .proto),
+    so each transport copies the bytes once: into the unary message, or into pieces."""
+
+    header: pb.ComputeRequest
+    arrays: list[np.ndarray]
+
+    @property
+    def wants_stream(self) -> bool:
+        return sum(a.nbytes for a in self.arrays) > STREAM_THRESHOLD_BYTES
+
+    def unary(self) -> pb.ComputeRequest:
+        req = pb.ComputeRequest()
+        req.CopyFrom(self.header)
+        for tensor, arr in zip(_wire.request_slots(req), self.arrays, strict=True):
+            tensor.data = arr.tobytes()
+        return req
+
+    def parts(self) -> Iterator[pb.ComputeRequestPart]:
+        yield pb.ComputeRequestPart(header=self.header)
+        blobs = [arr.data.cast("B") for arr in self.arrays]
+        for piece in _wire.split_pieces(blobs):
+            yield pb.ComputeRequestPart(piece=piece)
+
+
 class BaseClient:
     """Configuration and pure request/response logic."""
 
@@ -121,7 +148,7 @@ class BaseClient:
         cotangent: Any = None,
         tangents: Inputs | None = None,
         vector: Inputs | None = None,
-    ) -> pb.ComputeRequest:
+    ) -> OutgoingCompute:
         op = ops[0] if len(ops) == 1 else "compute"
         if not isinstance(fn, str):
             raise InvalidArgumentError(f"{_call_form(op)}: fn must be source text, e.g. 'sin(x)'")
@@ -143,31 +170,25 @@ class BaseClient:
             jacobian_mode=_JACOBIAN_MODES[mode],
             chunk_size=chunk_size or 0,
         )
+        # headers only: the bytes stay in the arrays until the transport is chosen
+        arrays: dict[tuple[str, str], np.ndarray] = {}
         for name, arr in _named_arrays(inputs, "input", op, dtype).items():
-            req.inputs[name].CopyFrom(_wire.encode(arr))
+            req.inputs[name].CopyFrom(_wire.encode(arr, with_data=False))
+            arrays["inputs", name] = arr
         if cotangent is not None:
             (arr,) = _named_arrays(cotangent, "cotangent", op, dtype).values()
-            req.cotangent.CopyFrom(_wire.encode(arr))
-        if tangents is not None:
-            for name, arr in _named_arrays(tangents, "tangent", op, dtype).items():
-                req.tangents[name].CopyFrom(_wire.encode(arr))
-        if vector is not None:
-            for name, arr in _named_arrays(vector, "vector", op, dtype).items():
-                req.vector[name].CopyFrom(_wire.encode(arr))
-        return req
-
-    @staticmethod
-    def _wants_stream(req: pb.ComputeRequest) -> bool:
-        return sum(len(t.data) for t in _wire.request_slots(req)) > STREAM_THRESHOLD_BYTES
-
-    @staticmethod
-    def _stream_parts(req: pb.ComputeRequest) -> list[pb.ComputeRequestPart]:
-        header = pb.ComputeRequest()
-        header.CopyFrom(req)
-        blobs = _wire.strip_for_stream(_wire.request_slots(header))
-        parts = [pb.ComputeRequestPart(header=header)]
-        parts += [pb.ComputeRequestPart(piece=p) for p in _wire.split_pieces(blobs)]
-        return parts
+            req.cotangent.CopyFrom(_wire.encode(arr, with_data=False))
+            arrays["cotangent", ""] = arr
+        for field, given in (("tangents", tangents), ("vector", vector)):
+            if given is not None:
+                for name, arr in _named_arrays(given, field, op, dtype).items():
+                    getattr(req, field)[name].CopyFrom(_wire.encode(arr, with_data=False))
+                    arrays[field, name] = arr
+        order = [("inputs", n) for n in sorted(req.inputs)]
+        order += [("cotangent", "")] if req.HasField("cotangent") else []
+        order += [("tangents", n) for n in sorted(req.tangents)]
+        order += [("vector", n) for n in sorted(req.vector)]
+        return OutgoingCompute(req, [arrays[key] for key in order])
 
     @staticmethod
     def _join_stream(parts: Sequence[pb.ComputeResponsePart]) -> pb.ComputeResponse:
@@ -317,7 +338,7 @@ class BaseClient:
     # logic above and hands it to ``_run_compute`` / ``_run_check``; the sync
     # Client returns the result, the AsyncClient an awaitable of it.
 
-    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
+    def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         raise NotImplementedError
 
     def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> Any:

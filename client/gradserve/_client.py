@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, BaseClient
+from gradserve._base import RETRY_STREAM_KEY, BaseClient, OutgoingCompute
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import Job, job_states
 from gradserve.jobspec import JobSpec
@@ -58,11 +58,11 @@ class Client(BaseClient):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def _stream_compute(self, req: pb.ComputeRequest, timeout: float | None) -> pb.ComputeResponse:
+    def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> pb.ComputeResponse:
         def collect() -> list[pb.ComputeResponsePart]:
             return list(
                 self._stub.ComputeStream(
-                    iter(self._stream_parts(req)),
+                    req.parts(),
                     timeout=self._deadline(timeout),
                     metadata=self._metadata,
                 )
@@ -73,13 +73,13 @@ class Client(BaseClient):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def _run_compute(self, req: pb.ComputeRequest, pick: str | None, timeout: float | None) -> Any:
-        if self._wants_stream(req):
+    def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
+        if req.wants_stream:
             resp = self._stream_compute(req, timeout)
         else:
             try:
                 resp = self._stub.Compute(
-                    req, timeout=self._deadline(timeout), metadata=self._metadata
+                    req.unary(), timeout=self._deadline(timeout), metadata=self._metadata
                 )
             except grpc.RpcError as error:
                 if not _wants_retry_as_stream(error):

@@ -9,6 +9,7 @@ the field it concerns.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,20 @@ class Bound:
 def validate_program(
     source: str, limits: Mapping[str, int], known_inputs: Sequence[str] | None = None
 ) -> lang.Program:
-    return lang.parse_and_validate(source, lang.Limits(**limits), known_inputs=known_inputs)
+    """The validated program (cached: a Program is immutable, and repeat calls of the
+    same function are the common case; refusals are not cached, they are cheap)."""
+    return _validated(
+        source,
+        tuple(sorted(limits.items())),
+        None if known_inputs is None else tuple(known_inputs),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _validated(
+    source: str, limits: tuple[tuple[str, int], ...], known_inputs: tuple[str, ...] | None
+) -> lang.Program:
+    return lang.parse_and_validate(source, lang.Limits(**dict(limits)), known_inputs=known_inputs)
 
 
 def _suggest(name: str, options: Sequence[str]) -> str:

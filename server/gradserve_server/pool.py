@@ -43,7 +43,6 @@ class ActorPool:
         self._waiters: OrderedDict[str, deque[asyncio.Future[Worker]]] = OrderedDict()
         self.size = size
         self.replaced = 0
-        self._warming: set[asyncio.Future[None]] = set()
         self._starting: set[asyncio.Task[None]] = set()
 
     def _spawn(self) -> Worker:
@@ -162,7 +161,3 @@ class ActorPool:
         worker.name = info["name"]
         log.info("replacement worker %s (%s) is ready", worker.number, worker.name)
         self.release(worker)
-
-
-async def _await(ref: Any) -> Any:
-    return await ref

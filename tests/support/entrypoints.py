@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,7 @@ class LoopbackCluster:
             worker.stop()
         if self.server is not None:
             self.server.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def new_cluster() -> LoopbackCluster:
