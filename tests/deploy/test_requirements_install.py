@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -31,9 +32,12 @@ def make_venv(path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 400) -> str:
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT.parent
-    )
+    # an empty working directory: `python -c` puts it first on sys.path, and a folder
+    # like /tmp holds Ray's session dir `ray`, which would import as a namespace package
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+        )
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

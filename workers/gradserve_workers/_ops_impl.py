@@ -6,6 +6,9 @@ Everything here is pure torch: no Ray, no gRPC. The public names are re-exported
 
 from __future__ import annotations
 
+import math
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -84,7 +87,12 @@ def _fmt_index(idx: Sequence[int]) -> str:
 
 
 def _first_non_finite(t: torch.Tensor) -> tuple[tuple[int, ...], str] | None:
-    if not (t.is_floating_point() or t.is_complex()):
+    if t.is_floating_point():
+        # one reduction: a finite sum has no NaN/Inf term (a sum that overflows is
+        # looked at element by element below)
+        if math.isfinite(float(t.sum())):
+            return None
+    elif not t.is_complex():
         return None
     bad = ~torch.isfinite(t)
     if not bool(bad.any()):
@@ -500,11 +508,83 @@ def _unconnected(
 
     An input is unconnected when autograd finds no path from it to the output, or its
     derivative (along a random cotangent) is exactly zero at every point and at a
-    random probe point near the first one: no dependence detected.
+    random probe point near the first one: no dependence detected. An input seen
+    with a nonzero derivative by an earlier call (same function, wrt, input shapes
+    and dtypes) is connected without probing again.
     """
     cand = [w for w, flag in zip(plan.wrt, flags0, strict=True) if flag]
     if not cand:
         return ()
+    key = _witness_key(fn, plan, first)
+    seen = _witnessed(key)
+    if seen is not None:
+        cand = [w for w in cand if w not in seen]
+        if not cand:
+            return ()
+    found = _probe_unconnected(fn, plan, inputs, first, cand, out_shape, out_dtype, allow_vmap)
+    if key is not None:
+        _witness(key, [w for w in plan.wrt if w not in found])
+    return found
+
+
+# Inputs seen to influence the output (a nonzero derivative at some point), per
+# function, wrt, input shapes and dtypes: such an input is connected wherever the
+# next call evaluates it, so the probe is not run for it again. Compiled functions
+# are keyed by their source hash (bounded), other callables weakly by identity.
+_WITNESS_SIZE = 1024
+_witness_by_hash: OrderedDict[tuple[Any, ...], frozenset[str]] = OrderedDict()
+_witness_by_fn: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _witness_key(fn: Fn, plan: _Plan, first: Sequence[torch.Tensor]) -> tuple[Any, ...] | None:
+    sig = (plan.names, plan.wrt, tuple((tuple(t.shape), t.dtype, t.device) for t in first))
+    source_hash = getattr(getattr(fn, "program", None), "source_hash", None)
+    if isinstance(source_hash, str):
+        return ("hash", source_hash, sig)
+    try:
+        weakref.ref(fn)
+    except TypeError:
+        return None
+    return ("fn", fn, sig)
+
+
+def _witnessed(key: tuple[Any, ...] | None) -> frozenset[str] | None:
+    if key is None:
+        return None
+    if key[0] == "hash":
+        return _witness_by_hash.get(key[1:])
+    per_fn = _witness_by_fn.get(key[1])
+    return None if per_fn is None else per_fn.get(key[2])
+
+
+def _witness(key: tuple[Any, ...], connected: Sequence[str]) -> None:
+    if not connected:
+        return
+    if key[0] == "hash":
+        k = key[1:]
+        _witness_by_hash[k] = _witness_by_hash.get(k, frozenset()) | frozenset(connected)
+        _witness_by_hash.move_to_end(k)
+        if len(_witness_by_hash) > _WITNESS_SIZE:
+            _witness_by_hash.popitem(last=False)
+        return
+    per_fn = _witness_by_fn.setdefault(key[1], {})
+    per_fn[key[2]] = per_fn.get(key[2], frozenset()) | frozenset(connected)
+
+
+def _probe_unconnected(
+    fn: Fn,
+    plan: _Plan,
+    inputs: Mapping[str, torch.Tensor],
+    first: Sequence[torch.Tensor],
+    cand: list[str],
+    out_shape: tuple[int, ...],
+    out_dtype: torch.dtype,
+    allow_vmap: bool,
+) -> tuple[str, ...]:
+    """Which of the candidates ``cand`` (zero derivative at the first point) are
+    unconnected: zero at a random probe point near the first one and at every point."""
     gen = torch.Generator().manual_seed(1)
     probe = list(first)
     for i in plan.wrt_idx:
@@ -550,6 +630,62 @@ def _check_extra(
     return tensor.to(dtype)
 
 
+def _check_output(plan: _Plan, out0: torch.Tensor, needs_grad: bool) -> None:
+    """Refuse a non-scalar output for grad/hessian/hvp and a non-float one for derivatives."""
+    for op in _SCALAR_OPS:
+        if op in plan.ops and out0.numel() != 1:
+            raise OpsError(_scalar_message(op, tuple(int(s) for s in out0.shape)))
+    if needs_grad and not out0.is_floating_point():
+        raise OpsError(
+            f"{plan.call}: f returns dtype {out0.dtype}; derivatives need a floating-point output"
+        )
+
+
+_GRAD_ONLY = frozenset({"value", "grad"})
+
+
+def _unbatched_grad(
+    fn: Fn,
+    plan: _Plan,
+    first: Sequence[torch.Tensor],
+    request: OpsRequest,
+    detect_unconnected: bool,
+) -> OpsResult:
+    """``grad`` (and ``value``) at one point: one forward and one backward pass with
+    plain autograd, whose result also says which inputs have a zero derivative."""
+    with torch.enable_grad():
+        leaves = [first[i].detach().requires_grad_(True) for i in plan.wrt_idx]
+        out = _bind(fn, first, plan.wrt_idx)(*leaves)
+        _check_output(plan, out, True)
+        found: Sequence[torch.Tensor | None] = (None,) * len(leaves)
+        if out.requires_grad:
+            found = torch.autograd.grad(out.reshape(()), leaves, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(found, leaves, strict=True)]
+    value = out.detach()
+    out_shape = tuple(int(s) for s in value.shape)
+    unconnected: tuple[str, ...] = ()
+    if detect_unconnected:
+        flags0 = [g is None or not bool(g.any()) for g in found]
+        if any(flags0):
+            inputs = dict(zip(plan.names, first, strict=True))
+            unconnected = _unconnected(
+                fn, plan, inputs, first, flags0, out_shape, value.dtype, request.allow_vmap
+            )
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for op in plan.ops:
+        if op == "value":
+            outputs[op] = {"": value}
+        else:
+            outputs[op] = {w: g.detach() for w, g in zip(plan.wrt, grads, strict=True)}
+    return OpsResult(
+        outputs=outputs,
+        vmapped=request.allow_vmap,
+        unconnected=unconnected,
+        jacobian_mode=None,
+        out_shape=out_shape,
+    )
+
+
 def compute_impl(
     fn: Fn,
     input_names: Sequence[str],
@@ -563,23 +699,21 @@ def compute_impl(
     plan = _plan(input_names, inputs, request)
     check_finite(plan.call, plan.names, inputs, plan.batched)
     ops = plan.ops
-    gen = torch.Generator().manual_seed(0)
     first = [_point(inputs[n], plan.batched) for n in plan.names]
+    if not plan.batched and "grad" in ops and _GRAD_ONLY.issuperset(ops):
+        return _unbatched_grad(fn, plan, first, request, detect_unconnected)
     needs_grad = any(op in _DERIVATIVE_OPS for op in ops)
-    if needs_grad and detect_unconnected:
-        out0, flags0 = _zero_or_unused(fn, plan, first, gen)
+    # grad and jacobian say themselves whether an input's derivative vanishes at the
+    # first point; other ops need the probe's extra backward pass for that
+    probe = needs_grad and detect_unconnected and "grad" not in ops and "jacobian" not in ops
+    if probe:
+        out0, flags0 = _zero_or_unused(fn, plan, first, torch.Generator().manual_seed(0))
     else:
         with torch.no_grad():
             out0 = _bind(fn, first, ())()
         flags0 = []
     out_shape = tuple(int(s) for s in out0.shape)
-    for op in _SCALAR_OPS:
-        if op in ops and out0.numel() != 1:
-            raise OpsError(_scalar_message(op, out_shape))
-    if needs_grad and not out0.is_floating_point():
-        raise OpsError(
-            f"{plan.call}: f returns dtype {out0.dtype}; derivatives need a floating-point output"
-        )
+    _check_output(plan, out0, needs_grad)
 
     in_numel = sum(first[i].numel() for i in plan.wrt_idx)
     jac_mode = (
@@ -682,6 +816,9 @@ def compute_impl(
 
     unconnected: tuple[str, ...] = ()
     if needs_grad and detect_unconnected:
+        if not probe:
+            derived = res["grad"] if "grad" in ops else res["jacobian"]
+            flags0 = [not bool(_point(t, plan.batched).any()) for t in derived]
         unconnected = _unconnected(
             fn, plan, inputs, first, flags0, out_shape, out0.dtype, request.allow_vmap and vmapped
         )
