@@ -52,9 +52,7 @@ class AsyncClient(BaseClient):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    async def _stream_compute(
-        self, req: OutgoingCompute, timeout: float | None
-    ) -> pb.ComputeResponse:
+    async def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
         async def parts() -> AsyncIterator[pb.ComputeRequestPart]:
             for part in req.parts():
                 yield part
@@ -70,18 +68,18 @@ class AsyncClient(BaseClient):
 
     async def _compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         if req.wants_stream:
-            resp = await self._stream_compute(req, timeout)
+            result = await self._stream_compute(req, timeout)
         else:
             try:
                 resp = await self._stub.Compute(
                     req.unary(), timeout=self._deadline(timeout), metadata=self._metadata
                 )
+                result = self._decode_compute(resp)
             except grpc.RpcError as error:
                 trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
                 if RETRY_STREAM_KEY not in trailing:
                     raise from_rpc_error(error) from None
-                resp = await self._stream_compute(req, timeout)
-        result: ComputeResult = self._decode_compute(resp)
+                result = await self._stream_compute(req, timeout)
         return result if pick is None else result[pick]
 
     def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:

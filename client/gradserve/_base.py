@@ -191,17 +191,21 @@ class BaseClient:
         return OutgoingCompute(req, [arrays[key] for key in order])
 
     @staticmethod
-    def _join_stream(parts: Sequence[pb.ComputeResponsePart]) -> pb.ComputeResponse:
+    def _join_stream(parts: Sequence[pb.ComputeResponsePart]) -> ComputeResult:
         if not parts or not parts[0].HasField("header"):
             raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
         header = parts[0].header
-        _wire.fill_from_stream(_wire.result_slots(header.results), (p.piece for p in parts[1:]))
-        return header
+        blobs = _wire.join_pieces(_wire.result_slots(header.results), [p.piece for p in parts[1:]])
+        return BaseClient._decode_compute(header, blobs)
 
     @staticmethod
-    def _decode_compute(resp: pb.ComputeResponse) -> ComputeResult:
+    def _decode_compute(
+        resp: pb.ComputeResponse, blobs: Sequence[bytes] | None = None
+    ) -> ComputeResult:
+        """Arrays zero-copy over the reply's bytes (or over a streamed reply's blobs)."""
         arrays = [
-            _wire.decode(t, f"result {i}") for i, t in enumerate(_wire.result_slots(resp.results))
+            _wire.decode(t, f"result {i}", None if blobs is None else blobs[i])
+            for i, t in enumerate(_wire.result_slots(resp.results))
         ]
         return ComputeResult(
             outputs=shape_outputs(resp.results, arrays),
@@ -321,8 +325,9 @@ class BaseClient:
     @staticmethod
     def _task_result(header: pb.TaskResult, pieces: Sequence[pb.TensorPiece]) -> TaskResult:
         slots = _wire.result_slots(header.results)
-        _wire.fill_from_stream(slots, pieces)
-        arrays = [_wire.decode(t, f"task {header.task_id} result") for t in slots]
+        blobs = _wire.join_pieces(slots, pieces)
+        where = f"task {header.task_id} result"
+        arrays = [_wire.decode(t, where, blob) for t, blob in zip(slots, blobs, strict=True)]
         return TaskResult(
             task_index=header.task_index,
             task_id=header.task_id,

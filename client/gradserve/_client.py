@@ -58,7 +58,7 @@ class Client(BaseClient):
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> pb.ComputeResponse:
+    def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
         def collect() -> list[pb.ComputeResponsePart]:
             return list(
                 self._stub.ComputeStream(
@@ -75,17 +75,17 @@ class Client(BaseClient):
 
     def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         if req.wants_stream:
-            resp = self._stream_compute(req, timeout)
+            result = self._stream_compute(req, timeout)
         else:
             try:
                 resp = self._stub.Compute(
                     req.unary(), timeout=self._deadline(timeout), metadata=self._metadata
                 )
+                result = self._decode_compute(resp)
             except grpc.RpcError as error:
                 if not _wants_retry_as_stream(error):
                     raise from_rpc_error(error) from None
-                resp = self._stream_compute(req, timeout)
-        result: ComputeResult = self._decode_compute(resp)
+                result = self._stream_compute(req, timeout)
         return result if pick is None else result[pick]
 
     def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:

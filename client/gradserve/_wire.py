@@ -55,16 +55,26 @@ def as_float_array(value: Any, *, dtype: str | None = None, where: str = "input"
 
 def encode(arr: np.ndarray, *, with_data: bool = True) -> pb.Tensor:
     """A float32/float64 array as a Tensor message (bytes omitted for stream headers)."""
+    msg = pb.Tensor()
+    fill(msg, arr, with_data=with_data)
+    return msg
+
+
+def fill(msg: pb.Tensor, arr: np.ndarray, *, with_data: bool = True) -> np.ndarray:
+    """Write an array into a Tensor message in place (a message built and then
+    appended to another is copied whole); returns the little-endian C-order array
+    whose bytes the message holds, or would hold."""
     arr = np.ascontiguousarray(arr)
     dtype = np.dtype(arr.dtype).newbyteorder("=")
     if dtype not in _TO_PROTO:
         raise WireError(f"unsupported dtype {arr.dtype}; use float32 or float64")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    msg = pb.Tensor(dtype=_TO_PROTO[dtype], shape=list(arr.shape))
+    msg.dtype = _TO_PROTO[dtype]
+    msg.shape[:] = arr.shape
     if with_data:
         msg.data = _as_bytes(arr)
-    return msg
+    return arr
 
 
 def _as_bytes(arr: np.ndarray) -> bytes:
@@ -163,17 +173,9 @@ def result_slots(results: Iterable[pb.OpResult]) -> list[pb.Tensor]:
     return [out.tensor for result in results for out in result.outputs]
 
 
-def strip_for_stream(slots: Sequence[pb.Tensor]) -> list[bytes]:
-    """Move each slot's bytes out of its message (for a stream header); returns them."""
-    blobs = []
-    for tensor in slots:
-        blobs.append(tensor.data)
-        tensor.data = b""
-    return blobs
-
-
-def fill_from_stream(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece]) -> None:
-    """Put streamed pieces back into the header's tensors (checked against their shapes).
+def join_pieces(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece]) -> list[bytes]:
+    """Each slot's bytes from streamed pieces, checked against the slot's dtype and shape
+    (decode them with ``decode(slot, data=blob)``: no copy into the message and out).
 
     Pieces that arrive in order (what every sender here does) are joined with one
     copy per slot; anything else goes through :class:`PieceAssembler`.
@@ -193,11 +195,8 @@ def fill_from_stream(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece
         filled[slot] += len(data)
     else:
         if filled == sizes:
-            for tensor, parts in zip(slots, chunks, strict=True):
-                tensor.data = b"".join(parts)
-            return
+            return [b"".join(parts) for parts in chunks]
     assembler = PieceAssembler(sizes)
     for piece in pieces:
         assembler.add(piece)
-    for tensor, blob in zip(slots, assembler.finish(), strict=True):
-        tensor.data = blob
+    return assembler.finish()

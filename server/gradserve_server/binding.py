@@ -106,6 +106,29 @@ def decode_map(tensors: Mapping[str, pb.Tensor], what: str) -> dict[str, np.ndar
     return out
 
 
+def request_arrays(
+    req: pb.ComputeRequest, blobs: Sequence[bytes] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every tensor of a compute request, decoded zero-copy: field -> name -> array.
+
+    Fields are "input", "cotangent" (name ""), "tangent" and "vector". ``blobs``
+    are the bytes of a streamed request's slots, in slot order.
+    """
+    keys = [("input", n) for n in sorted(req.inputs)]
+    keys += [("cotangent", "")] if req.HasField("cotangent") else []
+    keys += [("tangent", n) for n in sorted(req.tangents)]
+    keys += [("vector", n) for n in sorted(req.vector)]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for index, ((what, name), msg) in enumerate(zip(keys, _wire.request_slots(req), strict=True)):
+        where = f"{what} {name!r}" if name else what
+        try:
+            arr = _wire.decode(msg, where, None if blobs is None else blobs[index])
+        except _wire.WireError as exc:
+            raise invalid(str(exc), what) from None
+        out.setdefault(what, {})[name] = arr
+    return out
+
+
 def resolve_dtype(requested: Any, arrays: Mapping[str, np.ndarray], default: str) -> str:
     if requested in DTYPES:
         return DTYPES[requested]

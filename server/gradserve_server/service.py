@@ -4,7 +4,7 @@ assemble. Jobs run their tasks through the same two methods."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,19 +57,24 @@ class ComputeService:
     # ------------------------------------------------------------- compute
 
     def bind_compute(
-        self, req: pb.ComputeRequest, given: Mapping[str, np.ndarray] | None = None
+        self,
+        req: pb.ComputeRequest,
+        given: Mapping[str, np.ndarray] | None = None,
+        blobs: Sequence[bytes] | None = None,
     ) -> tuple[binding.Bound, ComputeSpec]:
         """Validate everything about a request that can be known before running it.
 
-        ``given`` supplies input arrays directly (a job's sampled inputs), sparing a
-        round trip of large arrays through the request's bytes.
+        ``given`` supplies input arrays directly (a job's sampled inputs), and
+        ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
+        round trip through the request's bytes.
         """
         call = "compute(fn, inputs)"
         program = binding.validate_program(req.function, self.limits)
         ops = binding.op_names(req.ops, call)
         call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else call
+        decoded = binding.request_arrays(req, blobs)
         arrays = binding.bind_names(
-            {**binding.decode_map(req.inputs, "input"), **(given or {})},
+            {**decoded.get("input", {}), **(given or {})},
             program.inputs,
             "input",
             call,
@@ -88,15 +93,15 @@ class ComputeService:
         if "vjp" in ops:
             if not req.HasField("cotangent"):
                 raise invalid("vjp(fn, inputs, cotangent): the cotangent is missing", "cotangent")
-            extra[actor_keys.COTANGENT] = binding.decode_map({"": req.cotangent}, "cotangent")[""]
-        for op, field, prefix, what in (
-            ("jvp", req.tangents, actor_keys.TANGENT, "tangent"),
-            ("hvp", req.vector, actor_keys.VECTOR, "vector"),
+            extra[actor_keys.COTANGENT] = decoded["cotangent"][""]
+        for op, prefix, what in (
+            ("jvp", actor_keys.TANGENT, "tangent"),
+            ("hvp", actor_keys.VECTOR, "vector"),
         ):
             if op not in ops:
                 continue
-            given = binding.bind_names(binding.decode_map(field, what), wrt, what, f"{op}(...)")
-            for name, arr in given.items():
+            named = binding.bind_names(decoded.get(what, {}), wrt, what, f"{op}(...)")
+            for name, arr in named.items():
                 if arr.shape != arrays[name].shape:
                     raise invalid(
                         f"{op}(fn, inputs, {what}): the {what} for {name!r} has shape "
@@ -124,9 +129,11 @@ class ComputeService:
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
 
-    async def compute(self, req: pb.ComputeRequest, tenant: str) -> Computed:
+    async def compute(
+        self, req: pb.ComputeRequest, tenant: str, blobs: Sequence[bytes] | None = None
+    ) -> Computed:
         started = time.perf_counter()
-        bound, spec = self.bind_compute(req)
+        bound, spec = self.bind_compute(req, blobs=blobs)
         results = await self._dispatch(
             bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
         )
@@ -398,15 +405,19 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
     return msg
 
 
-def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]]) -> list[pb.OpResult]:
-    results = []
+def outputs_to_proto(
+    outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any, *, with_data: bool = True
+) -> list[np.ndarray]:
+    """Op results built in place in the repeated field ``into`` (each array's bytes
+    copied at most once); returns the arrays in slot order, for streaming their bytes."""
+    arrays = []
     for op, by_key in outputs.items():
-        result = pb.OpResult(op=_OP_NUMBERS[op])
+        result = into.add(op=_OP_NUMBERS[op])
         for key, arr in by_key.items():
             first, _, second = key.partition(",")
-            result.outputs.append(pb.Output(input=first, input2=second, tensor=_wire.encode(arr)))
-        results.append(result)
-    return results
+            out = result.outputs.add(input=first, input2=second)
+            arrays.append(_wire.fill(out.tensor, arr, with_data=with_data))
+    return arrays
 
 
 def check_response_size(resp: pb.ComputeResponse, limit: int) -> None:

@@ -40,7 +40,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.ComputeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ComputeResponse:
         done = await self.service.compute(request, _tenant(context))
-        resp = pb.ComputeResponse(results=outputs_to_proto(done.outputs), metadata=done.metadata)
+        resp = pb.ComputeResponse(metadata=done.metadata)
+        outputs_to_proto(done.outputs, resp.results)
         limit = self.service.config.max_message_bytes
         if resp.ByteSize() > limit:
             raise ServiceError(
@@ -69,15 +70,15 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         if header is None:
             raise invalid("ComputeStream: the request stream was empty")
         try:
-            _wire.fill_from_stream(_wire.request_slots(header), pieces)
+            blobs = _wire.join_pieces(_wire.request_slots(header), pieces)
         except _wire.WireError as exc:
             raise invalid(f"ComputeStream: {exc}") from None
         del pieces
-        done = await self.service.compute(header, _tenant(context))
-        resp = pb.ComputeResponse(results=outputs_to_proto(done.outputs), metadata=done.metadata)
-        blobs = _wire.strip_for_stream(_wire.result_slots(resp.results))
+        done = await self.service.compute(header, _tenant(context), blobs)
+        resp = pb.ComputeResponse(metadata=done.metadata)
+        arrays = outputs_to_proto(done.outputs, resp.results, with_data=False)
         yield pb.ComputeResponsePart(header=resp)
-        for piece in _wire.split_pieces(blobs):
+        for piece in _wire.split_pieces([a.data.cast("B") for a in arrays]):
             yield pb.ComputeResponsePart(piece=piece)
 
     @guard

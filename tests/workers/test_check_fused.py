@@ -1,0 +1,171 @@
+"""The fused, blocked comparison and kink screen agree with the element-wise originals."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from gradserve_workers import _check_impl as ci
+from gradserve_workers import lang
+from gradserve_workers.check import claimed_check, finite_difference_check
+from gradserve_workers.ops import OpsRequest, compute
+
+F64 = torch.float64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def generic_fd(
+    at: torch.Tensor, plus: torch.Tensor, minus: torch.Tensor, eps: float, atol: float, rtol: float
+) -> ci._Comparison:
+    a = at.transpose(1, 2)
+    numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)
+    return ci._compare_generic(a, numeric, a, atol, rtol)
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 15])
+@pytest.mark.parametrize("shape", [(1, 30, 20), (4, 9, 1), (3, 1, 12), (5, 8, 6)])
+def test_fused_fd_compare_matches_generic(
+    monkeypatch: pytest.MonkeyPatch, block: int, shape: tuple[int, int, int]
+) -> None:
+    monkeypatch.setattr(ci, "BLOCK", block)
+    eps = 1e-6
+    at = torch.randn(shape, generator=gen(1), dtype=F64)
+    noise = 1e-6 * torch.randn(shape, generator=gen(2), dtype=F64)
+    noise[0, 0, 0] = 0.5  # one bad element at point 0
+    plus = at * eps + noise * eps
+    minus = -at * eps - noise * eps
+    f0 = torch.zeros(shape[0], shape[2], dtype=F64)
+    ops = ci._Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
+    fused = ci._fused_compare(ops, 1e-5, 1e-3)
+    assert fused is not None
+    assert dataclasses.asdict(fused[0]) == dataclasses.asdict(
+        generic_fd(at, plus, minus, eps, 1e-5, 1e-3)
+    )
+
+
+@pytest.mark.parametrize("block", [5, 1 << 15])
+def test_fused_ties_pick_the_first_in_report_order(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(ci, "BLOCK", block)
+    eps = 0.5
+    at = torch.zeros(2, 4, 3, dtype=F64)
+    at[1, 3, 0] = 1.0  # equal errors at (point 1, out 0, in 3) and (1, out 2, in 1)
+    at[1, 1, 2] = 1.0
+    zeros = torch.zeros_like(at)
+    ops = ci._Operands(at, None, at, zeros, zeros, None, eps, True)
+    fused = ci._fused_compare(ops, 1e-5, 1e-3)
+    assert fused is not None
+    assert fused[0].worst_flat == (1, 0, 3)
+    assert dataclasses.asdict(fused[0]) == dataclasses.asdict(
+        generic_fd(at, zeros, zeros, eps, 1e-5, 1e-3)
+    )
+    # all ratios zero: the first element
+    ops = ci._Operands(zeros, None, zeros, zeros, zeros, None, eps, True)
+    fused = ci._fused_compare(ops, 1e-5, 1e-3)
+    assert fused is not None and fused[0].worst_flat == (0, 0, 0)
+
+
+def test_ratio_of_exactly_one_is_decided_by_the_rule() -> None:
+    ref = torch.tensor([[[1.0, 2.0]]], dtype=F64)
+    allowed = 1e-5 + 1e-3 * ref.abs()
+    other = ref + allowed  # err == allowed (to rounding): passes iff err <= allowed
+    got = ci._compare(ref, ref, other, 1e-5, 1e-3)
+    assert dataclasses.asdict(got) == dataclasses.asdict(
+        ci._compare_generic(ref, ref, other, 1e-5, 1e-3)
+    )
+
+
+def test_non_finite_and_zero_atol_use_the_generic_rules() -> None:
+    ref = torch.tensor([[[1.0, 2.0, 0.0]]], dtype=F64)
+    other = torch.tensor([[[1.0, math.inf, 0.0]]], dtype=F64)
+    assert (
+        ci._fused_compare(ci._Operands(ref, ref, other, None, None, None, 0, False), 1e-5, 0)
+        is None
+    )
+    ok = ref.clone()
+    assert (
+        ci._fused_compare(ci._Operands(ref, ref, ok, None, None, None, 0, False), 0.0, 1e-3) is None
+    )
+    got = ci._compare(ref, ref, other, 1e-5, 1e-3)
+    assert dataclasses.asdict(got) == dataclasses.asdict(
+        ci._compare_generic(ref, ref, other, 1e-5, 1e-3)
+    )
+
+
+@pytest.mark.parametrize("block", [16, 1 << 15])
+def test_screened_kink_search_matches_the_full_one(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(ci, "BLOCK", block)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(torch.abs(x) + torch.relu(x - 0.5), 0)
+
+    x = torch.linspace(-1, 1, 9, dtype=F64)  # abs kink at 0 (x[4])
+    x[7] = 0.5  # relu kink
+    s = ci._setup(f, ["x"], {"x": x}, None, False, "check(f)")
+    at, f0, _ = ci._analytic_full(f, s, 1, True)
+    ev = ci._Evaluator(ci._flat_fn(f, s.layout, 1), s.consts, True)
+    eps = 1e-6
+    plus, minus = ev.along(s.x, None, [eps, -eps])
+    fused = ci._fused_compare(
+        ci._Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True), 1e-5, 1e-3
+    )
+    assert fused is not None
+    new = ci._find_kink_rows(ev, s.x, f0, plus, minus, at, fused[1], eps, 1e-5, 1e-3)
+    old = ci._find_kink(ev, s.x, f0, plus, minus, None, at, eps, 1e-5, 1e-3)
+    assert new is not None and old is not None
+    assert new[1:] == old[1:]
+    assert torch.equal(new[0], old[0].any(-1))
+    r = finite_difference_check(f, ["x"], {"x": x})
+    assert r.non_differentiable and r.kink is not None and r.kink.input_index in ((4,), (7,))
+
+
+def test_compiled_functions_vector_check_and_wrong_jacobian() -> None:
+    fn = lang.compile_function("cumsum(sin(x))")
+    x = torch.linspace(-2, 2, 300, dtype=F64)
+    r = finite_difference_check(fn, ["x"], {"x": x})
+    assert r.passed and r.worst is not None
+    wrong = lang.compile_function("diag(cos(x))")
+    r = claimed_check(fn, {"x": wrong}, ["x"], {"x": x}, kind="jacobian")
+    assert not r.passed and r.worst is not None
+    # the worst element is below the diagonal, where the claim says 0
+    assert r.worst.output_index[0] > r.worst.input_index[0] and r.worst.numeric == 0.0
+
+
+# ---------------------------------------------------------------------------
+# the unbatched grad path
+
+
+def test_unbatched_grad_matches_torch_func() -> None:
+    fn = lang.compile_function("sum(x ** 3) / 3 + sum(y) * 0")
+    x = torch.linspace(-1, 1, 10, dtype=F64)
+    y = torch.ones(3, dtype=F64)
+    r = compute(fn, ["x", "y"], {"x": x, "y": y}, OpsRequest(ops=("value", "grad")))
+    gx, gy = torch.func.grad(fn, argnums=(0, 1))(x, y)
+    assert torch.equal(r.outputs["grad"]["x"], gx)
+    assert torch.equal(r.outputs["grad"]["y"], gy)
+    assert float(r.outputs["value"][""]) == float(fn(x, y))
+    assert r.unconnected == ("y",) and r.vmapped and r.out_shape == ()
+
+
+def test_a_witnessed_input_stays_connected_without_probing() -> None:
+    fn = lang.compile_function("sum(relu(x * 1.0)) * 1.0  # witness test")
+    pos = torch.ones(3, dtype=F64)
+    neg = -torch.ones(3, dtype=F64) * 100  # zero gradient, and at the probe point too
+    first = compute(fn, ["x"], {"x": neg}, OpsRequest(ops=("grad",)))
+    assert first.unconnected == ("x",)
+    # a batch with a point where the derivative is nonzero witnesses the connection
+    both = torch.stack([neg, pos])
+    r = compute(fn, ["x"], {"x": both}, OpsRequest(ops=("grad",), batched=True))
+    assert r.unconnected == ()
+    again = compute(fn, ["x"], {"x": neg}, OpsRequest(ops=("grad",)))
+    assert again.unconnected == ()
+    assert torch.equal(again.outputs["grad"]["x"], torch.zeros(3, dtype=F64))
