@@ -4,7 +4,7 @@ assemble. Jobs run their tasks through the same two methods."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -173,19 +173,9 @@ class ComputeService:
             jacobian_mode=results[0].jacobian_mode or "",
             points=bound.points,
         )
-        if bound.batched:
-            vmapped = all(r.vmapped for r in results)
-            meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
-            if not vmapped:
-                meta.warnings.append(
-                    "the function has data-dependent control flow, so points ran one at a "
-                    "time instead of vectorised"
-                )
-        if unconnected:
-            meta.warnings.append(
-                f"the output does not depend on {', '.join(sorted(unconnected))}: "
-                "its derivatives are zeros"
-            )
+        describe_execution(
+            meta, all(r.vmapped for r in results) if bound.batched else None, unconnected
+        )
         return meta
 
     async def _dispatch(
@@ -351,6 +341,25 @@ class ComputeService:
         report = merge_reports([r.report for r in results], [int(s) for s in ranges_start])
         meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
         return report, Computed({}, meta)
+
+
+def describe_execution(
+    meta: pb.ComputeMetadata, vmapped: bool | None, unconnected: Iterable[str]
+) -> None:
+    """The execution path and the warnings a user should read (``vmapped`` is None
+    when nothing was mapped over points)."""
+    if vmapped is not None:
+        meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
+        if not vmapped:
+            meta.warnings.append(
+                "the function has data-dependent control flow, so points ran one at a "
+                "time instead of vectorised"
+            )
+    names = sorted(unconnected)
+    if names:
+        meta.warnings.append(
+            f"the output does not depend on {', '.join(names)}: its derivatives are zeros"
+        )
 
 
 def report_to_proto(report: CheckReport) -> pb.CheckReport:

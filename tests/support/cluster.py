@@ -34,19 +34,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _kill_tree_matching(marker: str) -> None:
-    victims = []
+def processes_matching(marker: str) -> list[psutil.Process]:
+    """Every process (but this one) whose command line contains ``marker``."""
+    found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or ())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if marker in cmdline and proc.pid != os.getpid():
-            victims.append(proc)
+            found.append(proc)
+    return found
+
+
+def kill_matching(marker: str) -> int:
+    """SIGKILL every process whose command line contains ``marker``; how many."""
+    victims = processes_matching(marker)
     for proc in victims:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(victims, timeout=10)
+    return len(victims)
 
 
 def ray_env(token: str) -> dict[str, str]:
@@ -73,7 +81,7 @@ class RayNode:
         return ray_env(self.token)
 
     def stop(self) -> None:
-        _kill_tree_matching(self.temp_dir)
+        kill_matching(self.temp_dir)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

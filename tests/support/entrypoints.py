@@ -8,7 +8,6 @@ node's marker), never by name and never with `ray stop`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,9 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from support.cluster import free_port
+from support.cluster import free_port, kill_matching
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -44,28 +41,6 @@ def base_env(**overrides: str) -> dict[str, str]:
     env["GRADSERVE_NODE_IP"] = "127.0.0.1"
     env.update(overrides)
     return env
-
-
-def processes_matching(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or ())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if marker in cmdline and proc.pid != os.getpid():
-            found.append(proc)
-    return found
-
-
-def kill_matching(marker: str) -> int:
-    """SIGKILL every process whose command line contains ``marker``; how many."""
-    victims = processes_matching(marker)
-    for proc in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(victims, timeout=10)
-    return len(victims)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.store import ChunkRow, TaskRow
+from gradserve_server.service import describe_execution
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
@@ -61,19 +62,8 @@ def build_metadata(
         jacobian_mode=first.get("jacobian_mode") or "",
         points=row.points,
     )
-    if batched and infos:
-        vmapped = all(i.get("vmapped", True) for i in infos)
-        meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
-        if not vmapped:
-            meta.warnings.append(
-                "the function has data-dependent control flow, so points ran one at a "
-                "time instead of vectorised"
-            )
-    if unconnected:
-        meta.warnings.append(
-            f"the output does not depend on {', '.join(sorted(unconnected))}: "
-            "its derivatives are zeros"
-        )
+    vmapped = all(i.get("vmapped", True) for i in infos) if batched and infos else None
+    describe_execution(meta, vmapped, unconnected)
     return meta
 
 
