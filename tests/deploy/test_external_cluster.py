@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from support.entrypoints import LoopbackCluster, kill_matching, new_cluster
+from support.cluster import kill_matching
+from support.entrypoints import LoopbackCluster, new_cluster
 
 import gradserve
 
@@ -119,6 +120,6 @@ def test_stops_cleanly_on_sigterm(cluster: LoopbackCluster) -> None:
     assert c.server.stop(timeout=90) == 0, c.logs()
     assert time.monotonic() - started < 60
     assert "gradserve: stopped" in c.server.output
-    from support.entrypoints import processes_matching
+    from support.cluster import processes_matching
 
     assert not processes_matching(str(c.server.temp_dir)), "Ray processes left behind"
