@@ -15,17 +15,9 @@ import gradserve
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lang"))
 from test_lang_fuzz_hypothesis import mutated, token_soup
 
-CONTROL_FLOW = """
-def f(a):
-    b = a * 2
-    while norm(b) < 1000:
-        b = b * 2
-    if sum(b) > 0:
-        c = b
-    else:
-        c = 100 * b
-    return c
-"""
+# the issue's control-flow function, as the example states it
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from example_05_control_flow import F as CONTROL_FLOW
 
 
 def test_control_flow_gradient_is_f_over_a(client: gradserve.Client) -> None:
