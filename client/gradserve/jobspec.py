@@ -30,6 +30,7 @@ import numpy as np
 
 from gradserve import _wire
 from gradserve._base import BaseClient
+from gradserve._suggest import unknown_key
 from gradserve.errors import InvalidArgumentError
 from gradserve.results import OP_NAMES
 from gradserve.sampling import sample_from_mapping
@@ -94,7 +95,7 @@ def _parse(
 ) -> pb.SubmitJobRequest:
     unknown = sorted(set(data) - _JOB_KEYS)
     if unknown:
-        raise JobSpecError(f"{where}: unknown key {unknown[0]!r}; allowed: {sorted(_JOB_KEYS)}")
+        raise JobSpecError(f"{where}: {unknown_key(unknown[0], _JOB_KEYS)}")
     tasks = data.get("tasks")
     if not isinstance(tasks, Sequence) or isinstance(tasks, str) or not tasks:
         raise JobSpecError(f"{where}: 'tasks' must be a non-empty list")
@@ -114,7 +115,7 @@ def _task(task: Any, index: int, base: Path, where: str) -> pb.Task:
 
     unknown = sorted(set(task) - _TASK_KEYS)
     if unknown:
-        raise fail(unknown[0], f"unknown key; allowed: {sorted(_TASK_KEYS)}")
+        raise fail(unknown[0], unknown_key(unknown[0], _TASK_KEYS))
     function = task.get("function")
     if not isinstance(function, str) or not function.strip():
         raise fail("function", "give the function's source, e.g. 'sum(sin(x))'")
@@ -215,7 +216,7 @@ def _check(check: Any, wrt: list[str], fail: Any) -> pb.CheckSpec:
     allowed = set(_CLAIM_KINDS) | _CHECK_OPTIONS
     unknown = sorted(set(check) - allowed)
     if unknown:
-        raise fail(f"check.{unknown[0]}", f"unknown key; allowed: {sorted(allowed)}")
+        raise fail(f"check.{unknown[0]}", unknown_key(unknown[0], allowed))
     claimed = [k for k in _CLAIM_KINDS if k in check]
     if len(claimed) > 1:
         raise fail("check", f"give one claim kind, not {claimed}")

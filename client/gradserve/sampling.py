@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gradserve._suggest import unknown_key
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -63,7 +64,7 @@ def sample_from_mapping(spec: Mapping[str, Any], where: str = "sample") -> Sampl
     known = {"dist", "low", "high", "mean", "std", "shape", "count", "seed", "dtype"}
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+        raise ValueError(f"{where}: {unknown_key(unknown[0], known)}")
     dist = spec.get("dist", "uniform")
     shape = tuple(int(d) for d in spec.get("shape", ()))
     count = int(spec.get("count", 1))
