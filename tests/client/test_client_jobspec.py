@@ -9,6 +9,9 @@ import pytest
 from gradserve import jobspec
 
 
+TASK = 'tasks:\n  - function: "sum(x)"\n    inputs: {x: %s}\n    %s: [grad]\n'
+
+
 def _load(tmp_path: Path, text: str) -> object:
     path = tmp_path / "job.yaml"
     path.write_text(text)
@@ -23,7 +26,7 @@ def test_misspelt_key_suggests_the_right_one(tmp_path: Path) -> None:
 
 
 def test_unknown_distribution_is_named(tmp_path: Path) -> None:
-    text = 'tasks:\n  - function: "sum(x)"\n    inputs: {x: {sample: {dist: gauss}}}\n    ops: [grad]\n'
+    text = TASK % ("{sample: {dist: gauss}}", "ops")
     with pytest.raises(jobspec.JobSpecError, match="uniform or normal, not 'gauss'"):
         _load(tmp_path, text)
 
