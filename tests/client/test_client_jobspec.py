@@ -8,7 +8,6 @@ import pytest
 
 from gradserve import jobspec
 
-
 TASK = 'tasks:\n  - function: "sum(x)"\n    inputs: {x: %s}\n    %s: [grad]\n'
 
 
