@@ -54,3 +54,15 @@ def test_million_point_batched_grad(client: gradserve.Client, server: ServerProc
     )
     # input and output are 80 MB each; the server may hold a few copies, not dozens
     assert grown < 1200
+
+
+def test_a_reply_over_the_message_limit_comes_back_through_the_stream(
+    client: gradserve.Client,
+) -> None:
+    # a 12 KB request whose 18 MB Hessian is over the server's 16 MiB message limit:
+    # the unary reply is refused with a retry hint, and the SDK retries by streaming
+    x = np.random.default_rng(1).normal(size=1500)
+    h = client.hessian("sum(x ** 3)", {"x": x}, timeout=300)
+    assert h.shape == (1500, 1500)
+    np.testing.assert_allclose(np.diag(h), 6 * x, rtol=1e-12)
+    assert np.count_nonzero(h - np.diag(np.diag(h))) == 0
