@@ -30,6 +30,8 @@ log = logging.getLogger("gradserve.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradientService"].full_name
 DRAIN_SECONDS = 30.0
+# How often the pool compares itself with the cluster's CPUs.
+FOLLOW_SECONDS = 5.0
 
 
 def _start_ray(config: ServerConfig) -> str:
@@ -120,6 +122,9 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     print(f"gradserve: serving on {config.host}:{port} with {size} workers", flush=True)
     if jobs is not None:
         await jobs.start()
+    follow = None
+    if config.num_workers is None:  # one actor per CPU: nodes that join get actors too
+        follow = asyncio.ensure_future(_follow_cluster(pool))
     if started is not None:
         started.set()
 
@@ -131,11 +136,32 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     log.info("stopping: draining in-flight calls for up to %.0f s", DRAIN_SECONDS)
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if follow is not None:
+        follow.cancel()
     if jobs is not None:
         await jobs.stop()
     await server.stop(DRAIN_SECONDS)
     ray.shutdown()
     print("gradserve: stopped", flush=True)
+
+
+async def _follow_cluster(pool: ActorPool) -> None:
+    """Grow the pool to the cluster's CPUs as Ray nodes join (``--scale worker=N``).
+
+    A lost node needs nothing here: its actors' replacements wait in Ray for room.
+    """
+    import ray
+
+    while True:
+        await asyncio.sleep(FOLLOW_SECONDS)
+        try:
+            resources = await asyncio.to_thread(ray.cluster_resources)
+        except Exception as error:  # the GCS is briefly unreachable: look again later
+            log.warning("cannot read the cluster's resources: %s", error)
+            continue
+        started = pool.grow(int(resources.get("CPU", 0)))
+        if started:
+            log.info("the cluster grew: starting %d more workers", started)
 
 
 def _start_jobs(config: ServerConfig, service: ComputeService) -> JobManager:

@@ -125,6 +125,15 @@ class ActorPool:
         self._workers.remove(worker)
         self._replace()
 
+    def grow(self, target: int) -> int:
+        """Start actors until the pool holds ``target`` (counting those still starting,
+        e.g. replacements waiting for room); returns how many were started."""
+        missing = target - len(self._workers)
+        for _ in range(missing):
+            self._replace()
+        self.size = max(self.size, target)
+        return max(0, missing)
+
     def _replace(self) -> None:
         """A fresh actor in a retired one's place, handed out once it answers.
 

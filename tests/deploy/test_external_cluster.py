@@ -113,6 +113,30 @@ def test_a_job_survives_losing_the_second_node(cluster: LoopbackCluster) -> None
     assert c.server is not None and c.server.alive()
 
 
+def test_a_node_that_joins_gets_workers(cluster: LoopbackCluster) -> None:
+    """`--scale worker=N` after start: without --num-workers the pool follows the
+    cluster's CPUs, so a node that joins gets actors (here also the replacements of
+    the node lost above, which waited in Ray for room)."""
+    c = cluster
+    node = c.start_worker(num_cpus=3)
+    deadline = time.monotonic() + 120
+    while True:
+        placement = c.actor_placement()
+        actors = placement["actors"]
+        assert isinstance(actors, dict)
+        on_new = sum(n for node_id, n in actors.items() if node_id != placement["head"])
+        if on_new >= 3:
+            break
+        assert time.monotonic() < deadline, f"no workers on the new node: {placement}"
+        time.sleep(1.0)
+    assert node.alive()
+    with gradserve.Client(c.address, timeout=120) as client:
+        assert client.server_info().workers >= 5
+        x = np.random.default_rng(3).uniform(-3, 3, size=(4000, WIDTH))
+        result = client.compute(FUNCTION, {"x": x}, ["grad"], batched=True)
+        np.testing.assert_allclose(result["grad"], expected_grad(x), rtol=1e-6, atol=1e-9)
+
+
 def test_stops_cleanly_on_sigterm(cluster: LoopbackCluster) -> None:
     c = cluster
     assert c.server is not None

@@ -105,3 +105,16 @@ def test_retired_worker_is_replaced_and_never_handed_out_again() -> None:
         assert len(pool.workers) == 2 and pool.replaced == 1
 
     asyncio.run(run())
+
+
+def test_grow_counts_workers_still_starting() -> None:
+    async def run() -> None:
+        pool = _pool(2)
+        await pool.start()
+        assert pool.grow(2) == 0
+        assert pool.grow(4) == 2 and pool.size == 4
+        assert pool.grow(4) == 0  # the two are counted while they start
+        await asyncio.sleep(0.01)
+        assert pool.idle == 4
+
+    asyncio.run(run())
