@@ -119,3 +119,18 @@ def test_bad_claim_is_a_spec_error_with_position(client: gradserve.Client) -> No
         client.check("sum(x)", {"x": [1.0]}, grad="ones(")
     with pytest.raises(gradserve.InvalidArgumentError, match="order"):
         client.check("sum(x)", {"x": [1.0]}, order=3)
+
+
+def test_async_client_checks_too(address: str) -> None:
+    import asyncio
+
+    async def run() -> tuple[gradserve.CheckReport, gradserve.CheckReport]:
+        async with gradserve.AsyncClient(address, timeout=120) as client:
+            return await asyncio.gather(
+                client.check("2 * dot(x, x)", {"x": [1.0, 2.0]}, grad="4 * x"),
+                client.check("2 * dot(x, x)", {"x": [1.0, 2.0]}, grad="3 * x"),
+            )
+
+    right, wrong = asyncio.run(run())
+    assert right.passed and not wrong.passed
+    assert wrong.worst is not None and wrong.worst.input_index == (1,)
