@@ -121,26 +121,31 @@ def test_sigterm_drains_in_flight_calls_then_exits(strict: ServerProcess) -> Non
     """Runs last in this module: it stops the module's server."""
     import signal
     import threading
+    import time
 
-    x = np.random.default_rng(2).normal(size=(150_000, 10))
+    # data-dependent control flow runs point by point: ~1 s of work for a request
+    # small enough to go unary, so it is on the server at once
+    branchy = "def f(x):\n    if sum(x) > 0:\n        return sum(sin(x))\n    return sum(cos(x))"
+    x = np.random.default_rng(2).normal(size=(8_000, 10))
+    expected = np.where(x.sum(axis=1, keepdims=True) > 0, np.cos(x), -np.sin(x))
     outcome: dict[str, object] = {}
 
     def call() -> None:
         with gradserve.Client(strict.address, token=TOKEN, timeout=120) as c:
             try:
-                outcome["grad"] = c.grad("sum(sin(x) * x)", {"x": x}, batched=True)
+                outcome["grad"] = c.grad(branchy, {"x": x}, batched=True)
+                outcome["done_at"] = time.monotonic()
             except gradserve.GradserveError as exc:  # pragma: no cover - the failure shown
                 outcome["error"] = exc
 
     worker = threading.Thread(target=call)
     worker.start()
-    # wait until the call is on the server (the streamed request takes a moment)
-    import time
-
-    time.sleep(1.0)
+    time.sleep(0.3)
+    signalled_at = time.monotonic()
     strict.proc.send_signal(signal.SIGTERM)
     worker.join(120)
     assert "error" not in outcome, outcome.get("error")
-    np.testing.assert_allclose(outcome["grad"], np.sin(x) + x * np.cos(x), rtol=1e-12, atol=1e-14)
+    assert outcome["done_at"] > signalled_at  # the call was in flight: it was drained
+    np.testing.assert_allclose(outcome["grad"], expected, rtol=1e-12, atol=1e-14)
     assert strict.proc.wait(60) == 0
     assert "gradserve: stopped" in strict.output
