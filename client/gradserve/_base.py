@@ -306,23 +306,6 @@ class BaseClient:
     # ------------------------------------------------------------- jobs
 
     @staticmethod
-    def _decode_task_results(
-        parts: Sequence[pb.TaskResultPart],
-    ) -> list[TaskResult]:
-        """Group a results stream (header, pieces, header, pieces, ...) into TaskResults."""
-        out: list[TaskResult] = []
-        index = 0
-        while index < len(parts):
-            header = parts[index].header
-            index += 1
-            pieces = []
-            while index < len(parts) and parts[index].HasField("piece"):
-                pieces.append(parts[index].piece)
-                index += 1
-            out.append(BaseClient._task_result(header, pieces))
-        return out
-
-    @staticmethod
     def _task_result(header: pb.TaskResult, pieces: Sequence[pb.TensorPiece]) -> TaskResult:
         slots = _wire.result_slots(header.results)
         blobs = _wire.join_pieces(slots, pieces)

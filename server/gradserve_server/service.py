@@ -15,7 +15,7 @@ from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
 from gradserve_server.config import ServerConfig
-from gradserve_server.errors import exhausted, from_chunk_error, invalid
+from gradserve_server.errors import from_chunk_error, invalid
 from gradserve_server.planner import elements_per_point, plan_chunks
 from gradserve_server.pool import ActorPool
 from gradserve_workers import actor as actor_keys
@@ -427,9 +427,3 @@ def outputs_to_proto(
             out = result.outputs.add(input=first, input2=second)
             arrays.append(_wire.fill(out.tensor, arr, with_data=with_data))
     return arrays
-
-
-def check_response_size(resp: pb.ComputeResponse, limit: int) -> None:
-    size = resp.ByteSize()
-    if size > limit:
-        raise exhausted(f"the reply is {size} bytes, over the server's message limit of {limit}")

@@ -494,12 +494,3 @@ class JobStore:
                 ),
             ]
         )
-
-    def chunk_stats(self, job_id: str) -> list[ChunkRow]:
-        """Every chunk of a job (tests and operators: executions per chunk)."""
-        rows = self._read(
-            f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE job_id = ? "
-            "ORDER BY task_idx, phase, chunk_idx",
-            (job_id,),
-        )
-        return [_chunk(r) for r in rows]
