@@ -60,22 +60,68 @@ class ProgressBar:
         self.stream.flush()
 
 
+class _Grouper:
+    """Turns a results stream (header, its pieces, header, ...) into TaskResults; the
+    same for the sync and the async stream."""
+
+    def __init__(self) -> None:
+        self._header: pb.TaskResult | None = None
+        self._pieces: list[pb.TensorPiece] = []
+
+    def add(self, part: pb.TaskResultPart) -> TaskResult | None:
+        """The previous task's result once the next header arrives."""
+        if not part.HasField("header"):
+            self._pieces.append(part.piece)
+            return None
+        done = self.finish()
+        self._header, self._pieces = part.header, []
+        return done
+
+    def finish(self) -> TaskResult | None:
+        if self._header is None:
+            return None
+        done = BaseClient._task_result(self._header, self._pieces)
+        self._header, self._pieces = None, []
+        return done
+
+
 def _group(parts: Iterable[pb.TaskResultPart]) -> Iterator[TaskResult]:
-    header: pb.TaskResult | None = None
-    pieces: list[pb.TensorPiece] = []
+    grouper = _Grouper()
     for part in parts:
-        if part.HasField("header"):
-            if header is not None:
-                yield BaseClient._task_result(header, pieces)
-            header, pieces = part.header, []
-        else:
-            pieces.append(part.piece)
-    if header is not None:
-        yield BaseClient._task_result(header, pieces)
+        done = grouper.add(part)
+        if done is not None:
+            yield done
+    last = grouper.finish()
+    if last is not None:
+        yield last
 
 
-def _retryable(error: grpc.RpcError) -> bool:
-    return error.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+class _Reconnect:
+    """What to do when a job's stream breaks: ride out a server restart (UNAVAILABLE)
+    for up to RECONNECT_SECONDS, raise anything else as the SDK's error. Shared by the
+    sync and the async handles, which differ only in how they wait before retrying."""
+
+    def __init__(self, job_id: str, timeout: float | None = None) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self._since: float | None = None
+
+    def delivered(self) -> None:
+        """The stream is working again: a later outage gets the whole window."""
+        self._since = None
+
+    def check(self, error: grpc.RpcError) -> None:
+        """Raise, or return to have the caller retry after a pause."""
+        code = error.code()  # type: ignore[attr-defined]
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout is not None:
+            raise DeadlineExceededError(
+                f"job {self.job_id} did not finish within {self.timeout:g} s"
+            ) from None
+        if code is not grpc.StatusCode.UNAVAILABLE:
+            raise from_rpc_error(error) from None
+        self._since = self._since or time.monotonic()
+        if time.monotonic() - self._since > RECONNECT_SECONDS:
+            raise UnavailableError(f"job {self.job_id}: {error.details()}") from None  # type: ignore[attr-defined]
 
 
 class Job:
@@ -109,7 +155,7 @@ class Job:
         """
         bar = ProgressBar() if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        unavailable_since: float | None = None
+        reconnect = _Reconnect(self.id, timeout)
         c = self._client
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -117,22 +163,14 @@ class Job:
                 for event in c._stub.WatchJob(
                     pb.WatchJobRequest(job_id=self.id), timeout=left, metadata=c._metadata
                 ):
-                    unavailable_since = None
+                    reconnect.delivered()
                     status = JobStatus._from_proto(event.job)
                     if bar is not None:
                         bar.update(status)
                     if status.done:
                         return status
             except grpc.RpcError as error:
-                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                    raise DeadlineExceededError(
-                        f"job {self.id} did not finish within {timeout:g} s"
-                    ) from None
-                if not _retryable(error):
-                    raise from_rpc_error(error) from None
-                unavailable_since = unavailable_since or time.monotonic()
-                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
-                    raise from_rpc_error(error) from None
+                reconnect.check(error)
             time.sleep(_RETRY_PAUSE)
 
     def results(self, start_task: int = 0) -> Iterator[TaskResult]:
@@ -142,7 +180,7 @@ class Job:
         """
         c = self._client
         next_task = start_task
-        unavailable_since: float | None = None
+        reconnect = _Reconnect(self.id)
         while True:
             call = c._stub.GetJobResults(
                 pb.GetJobResultsRequest(job_id=self.id, start_task=next_task),
@@ -150,16 +188,12 @@ class Job:
             )
             try:
                 for result in _group(call):
-                    unavailable_since = None
+                    reconnect.delivered()
                     next_task = result.task_index + 1
                     yield result
                 return
             except grpc.RpcError as error:
-                if not _retryable(error):
-                    raise from_rpc_error(error) from None
-                unavailable_since = unavailable_since or time.monotonic()
-                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
-                    raise UnavailableError(f"job {self.id}: {error.details()}") from None  # type: ignore[attr-defined]
+                reconnect.check(error)
             finally:
                 call.cancel()
             time.sleep(_RETRY_PAUSE)
@@ -190,7 +224,7 @@ class AsyncJob:
 
         bar = ProgressBar() if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        unavailable_since: float | None = None
+        reconnect = _Reconnect(self.id, timeout)
         c = self._client
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -199,22 +233,14 @@ class AsyncJob:
             )
             try:
                 async for event in call:
-                    unavailable_since = None
+                    reconnect.delivered()
                     status = JobStatus._from_proto(event.job)
                     if bar is not None:
                         bar.update(status)
                     if status.done:
                         return status
             except grpc.RpcError as error:
-                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                    raise DeadlineExceededError(
-                        f"job {self.id} did not finish within {timeout:g} s"
-                    ) from None
-                if not _retryable(error):
-                    raise from_rpc_error(error) from None
-                unavailable_since = unavailable_since or time.monotonic()
-                if time.monotonic() - unavailable_since > RECONNECT_SECONDS:
-                    raise from_rpc_error(error) from None
+                reconnect.check(error)
             finally:
                 call.cancel()
             await asyncio.sleep(_RETRY_PAUSE)
@@ -225,22 +251,19 @@ class AsyncJob:
         call = c._stub.GetJobResults(
             pb.GetJobResultsRequest(job_id=self.id, start_task=start_task), metadata=c._metadata
         )
-        header: pb.TaskResult | None = None
-        pieces: list[pb.TensorPiece] = []
+        grouper = _Grouper()
         try:
             async for part in call:
-                if part.HasField("header"):
-                    if header is not None:
-                        yield BaseClient._task_result(header, pieces)
-                    header, pieces = part.header, []
-                else:
-                    pieces.append(part.piece)
+                done = grouper.add(part)
+                if done is not None:
+                    yield done
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         finally:
             call.cancel()
-        if header is not None:
-            yield BaseClient._task_result(header, pieces)
+        last = grouper.finish()
+        if last is not None:
+            yield last
 
 
 def job_states(states: Iterable[str] | str | None) -> list[pb.JobState]:

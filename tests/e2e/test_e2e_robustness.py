@@ -75,9 +75,14 @@ def test_missing_or_wrong_token_is_unauthenticated(strict: ServerProcess) -> Non
                 c.grad("sum(x)", {"x": [1.0]})
             with pytest.raises(gradserve.UnauthenticatedError):
                 c.server_info()
+            # the streaming calls are refused the same way (request and response streams)
+            with pytest.raises(gradserve.UnauthenticatedError):
+                c.grad("sum(x)", {"x": np.ones(200_000)})  # over 1 MiB: ComputeStream
+            with pytest.raises(gradserve.UnauthenticatedError):
+                c.job("job-0").wait(timeout=10)  # WatchJob
 
 
-def test_health_and_reflection_need_no_token(strict: ServerProcess) -> None:
+def test_health_needs_no_token(strict: ServerProcess) -> None:
     with grpc.insecure_channel(strict.address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="gradserve.v1.GradientService"), timeout=10
@@ -85,10 +90,10 @@ def test_health_and_reflection_need_no_token(strict: ServerProcess) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_the_service(address: str) -> None:
+def test_reflection_lists_the_service_and_needs_no_token(strict: ServerProcess) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(strict.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = list(
             stub.ServerReflectionInfo(
