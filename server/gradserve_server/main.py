@@ -39,7 +39,7 @@ def _start_ray(config: ServerConfig) -> str:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if config.ray_address:
-        _adopt_ray_token(config.ray_address)
+        _adopt_ray_token()
         ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         return config.ray_address
     kwargs: dict[str, Any] = {}
@@ -55,7 +55,7 @@ def _start_ray(config: ServerConfig) -> str:
     return "embedded"
 
 
-def _adopt_ray_token(address: str) -> None:
+def _adopt_ray_token() -> None:
     """Ray clusters started with token auth need the token in the driver's environment."""
     token_file = os.environ.get("GRADSERVE_RAY_TOKEN_FILE")
     if token_file and Path(token_file).exists() and "RAY_AUTH_TOKEN" not in os.environ:

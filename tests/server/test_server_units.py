@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,21 @@ def test_request_path_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_ray_token_file_is_adopted_for_the_driver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradserve_server.main import _adopt_ray_token
+
+    token = tmp_path / "ray_token"
+    token.write_text("abc123\n")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("GRADSERVE_RAY_TOKEN_FILE", str(token))
+    _adopt_ray_token()
+    assert os.environ["RAY_AUTH_TOKEN"] == "abc123"
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "given")  # an explicit token wins over the file
+    _adopt_ray_token()
+    assert os.environ["RAY_AUTH_TOKEN"] == "given"
