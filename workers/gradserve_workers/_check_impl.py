@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import _perturb
 from ._ops_impl import (
     Fn,
     OpsError,
@@ -34,6 +35,9 @@ EVAL_BUDGET = 1 << 22
 FULL_FALLBACK_LIMIT = 1 << 22
 # at most this many failing points are re-checked element-wise after a fast failure
 FULL_FALLBACK_POINTS = 16
+# coordinate perturbations of at least this many input elements are evaluated
+# one-hot (see _perturb): below it the dense vmapped batch is as fast
+ONE_HOT_MIN_INPUTS = 64
 KINK_STEP_RATIO = 0.25
 UNIT_ROUNDOFF = 2.0**-52
 
@@ -179,15 +183,32 @@ class _Evaluator:
 
     Uses nested ``vmap`` (points outside, perturbations inside) in chunks bounded by
     :data:`EVAL_BUDGET`, and falls back to a Python loop on data-dependent control flow
-    (remembered for the following calls).
+    (remembered for the following calls). With ``one_hot``, perturbations along the
+    coordinate axes are first tried as one-hot batches (:mod:`._perturb`), which share
+    the work of the unperturbed elements; whatever that cannot run goes dense.
     """
 
     def __init__(
-        self, g: Callable[..., torch.Tensor], consts: Sequence[torch.Tensor], allow_vmap: bool
+        self,
+        g: Callable[..., torch.Tensor],
+        consts: Sequence[torch.Tensor],
+        allow_vmap: bool,
+        one_hot: bool = False,
     ):
         self.g = g
         self.consts = list(consts)
         self.vmapped = allow_vmap
+        self.one_hot = one_hot
+
+    def _along_axes_one_hot(self, x: torch.Tensor, steps: Sequence[float]) -> list[torch.Tensor]:
+        """:meth:`along` for the coordinate axes, one point at a time, one-hot."""
+        n_pts, n = x.shape
+        per_point = []
+        for p in range(n_pts):
+            consts = [c[p] for c in self.consts]
+            per_point.append(_perturb.evaluate(self.g, x[p], consts, steps))  # (S*n, m)
+        out = torch.stack(per_point) if n_pts > 1 else per_point[0].unsqueeze(0)
+        return list(out.split(n, dim=1))
 
     def _run(self, xs: torch.Tensor, consts: list[torch.Tensor]) -> torch.Tensor:
         """``xs``: (P, D, n) perturbed points of P points; ``consts``: (P, ...) each."""
@@ -224,6 +245,11 @@ class _Evaluator:
         Returns one (N, D, m) tensor per step; all steps are evaluated in one batch.
         """
         n_pts, n = x.shape
+        if dirs is None and self.one_hot and n >= ONE_HOT_MIN_INPUTS:
+            try:
+                return self._along_axes_one_hot(x, steps)
+            except Exception:
+                self.one_hot = False
         n_dirs = n if dirs is None else dirs.shape[0]
         per_dir = len(steps) * n
         d_chunk = max(1, min(n_dirs, EVAL_BUDGET // max(per_dir, 1)))
@@ -369,7 +395,7 @@ def _compare_generic(
 
 # elements per block of the fused comparison: a handful of float64 blocks stay in a
 # core's L2 cache, so the dozen element-wise steps per element run from cache
-BLOCK = 1 << 15
+BLOCK = 1 << 17
 
 
 @dataclass
@@ -917,7 +943,7 @@ def _full_check(
 ) -> CheckReport:
     at, f0, vm1 = _analytic_full(fn, s, order, allow_vmap)  # at: (N, n, m)
     g = _flat_fn(fn, s.layout, order)
-    ev = _Evaluator(g, s.consts, allow_vmap and vm1)
+    ev = _Evaluator(g, s.consts, allow_vmap and vm1, one_hot=order == 1)
     plus, minus = ev.along(s.x, None, [eps, -eps])  # (N, n, m)
     fused = None
     if rtol <= 1:  # the kink screen's bound needs rtol <= 1
