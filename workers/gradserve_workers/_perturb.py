@@ -19,6 +19,7 @@ any error) makes the caller fall back to the dense evaluation.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,27 @@ __all__ = ["Unsupported", "evaluate", "one_hot_rows"]
 class Unsupported(RuntimeError):
     """The one-hot evaluation cannot run this (data-dependent control flow, in-place
     writes): evaluate densely instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        state = _SAVINGS.get()
+        if state is not None and state.refused is None:
+            state.refused = message  # the function language re-raises it as its own
+
+
+class _Savings:
+    """Whether this evaluation has run a one-hot rule yet (see :func:`evaluate`)."""
+
+    __slots__ = ("refused", "shared")
+
+    def __init__(self) -> None:
+        self.shared = False
+        self.refused: str | None = None
+
+
+_SAVINGS: contextvars.ContextVar[_Savings | None] = contextvars.ContextVar(
+    "gradserve_one_hot_savings", default=None
+)
 
 
 def _functions(names: str) -> set[Any]:
@@ -176,10 +198,20 @@ class _Batch(torch.Tensor):
         batches = [a for a in flat if isinstance(a, _Batch)]
         if any(b.rows != batches[0].rows for b in batches):
             raise Unsupported("batches of different sizes")
-        if all(b.dense is None for b in batches):
+        one_hot = [b for b in batches if b.dense is None]
+        if len(one_hot) == len(batches):
             out = _one_hot_op(func, args, kwargs, batches)
-        else:
-            out = _dense_rule(func, args, kwargs, batches)
+            if out is not None:
+                _note_saving(func)
+                return out
+        if one_hot:
+            # materialising: worth it only once one-hot rules have saved work (an
+            # element-wise head before a cumsum); otherwise the dense batch from
+            # the start is cheaper
+            savings = _SAVINGS.get()
+            if savings is not None and not savings.shared:
+                raise Unsupported(f"{getattr(func, '__name__', func)} needs every row")
+        out = _dense_rule(func, args, kwargs, batches)
         return out if out is not None else _dense_op(func, flat, spec)
 
     @classmethod
@@ -187,6 +219,13 @@ class _Batch(torch.Tensor):
         cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         raise Unsupported(f"{func} reached the batch itself")
+
+
+def _note_saving(func: Any) -> None:
+    """Reshapes, slices and casts share nothing worth keeping; the other rules do."""
+    savings = _SAVINGS.get()
+    if savings is not None and func not in _RESHAPES and func not in _CASTS:
+        savings.shared = savings.shared or func is not torch.Tensor.__getitem__
 
 
 def _flat_gather(t: torch.Tensor, shape: torch.Size, idx: torch.Tensor) -> torch.Tensor:
@@ -448,11 +487,22 @@ def evaluate(
     """``g(x + s·e_i, *consts)`` for every step and coordinate: ``(len(steps)·n, m)``.
 
     ``g`` maps a 1-D ``x`` to a 1-D output. Raises (:class:`Unsupported` or the
-    function's own error) when the one-hot evaluation cannot run it.
+    function's own error) when the one-hot evaluation cannot run it, or when it would
+    have to materialise every row before any one-hot rule saved work (the dense
+    evaluation is then at least as fast).
     """
     batch = one_hot_rows(x, steps)
-    with torch.no_grad():
-        out = g(batch, *consts)
+    state = _Savings()
+    token = _SAVINGS.set(state)
+    try:
+        with torch.no_grad():
+            out = g(batch, *consts)
+    except Exception as exc:
+        if state.refused is not None and not isinstance(exc, Unsupported):
+            raise Unsupported(state.refused) from exc
+        raise
+    finally:
+        _SAVINGS.reset(token)
     if isinstance(out, _Batch):
         return out.materialise().reshape(batch.rows, -1)
     if not isinstance(out, torch.Tensor):
