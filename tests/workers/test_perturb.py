@@ -243,3 +243,42 @@ def test_no_materialising_before_anything_was_shared() -> None:
         _perturb.evaluate(g, x, consts, STEPS)
     g, x, consts = flat_function("cumsum(sin(x))")
     assert_same(_perturb.evaluate(g, x, consts, STEPS), dense(g, x, consts))
+
+
+def test_chunks_of_coordinates_agree_with_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large inputs are evaluated a chunk of coordinates at a time (bounded memory)."""
+    fn = compile_function("cumsum(sin(x)) * x[0]")
+    x = torch.linspace(-1.0, 1.0, 300, dtype=F64)
+    ev = _check_impl._Evaluator(lambda v: fn(v).reshape(-1), [], True, one_hot=True)
+    whole = ev.along(x[None], None, list(STEPS))
+    monkeypatch.setattr(_check_impl, "EVAL_BUDGET", 2 * 300 * 7)  # 7 coordinates a chunk
+    ev_small = _check_impl._Evaluator(lambda v: fn(v).reshape(-1), [], True, one_hot=True)
+    calls: list[tuple[int, int]] = []
+    real = _perturb.evaluate
+
+    def spy(*args: Any) -> torch.Tensor:
+        calls.append(args[-2:])
+        return real(*args)
+
+    monkeypatch.setattr(_perturb, "evaluate", spy)
+    chunked = ev_small.along(x[None], None, list(STEPS))
+    assert len(calls) == math.ceil(300 / 7) and calls[-1] == (294, 300)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape == (1, 300, 300)
+        assert torch.equal(a, b)
+
+
+def test_batched_points_with_a_constant_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several points, each with its own constant, one-hot point by point."""
+    fn = compile_function("def f(x, w):\n    return sum(w * sin(x)) + relu(x[3])")
+    x = torch.linspace(-1.0, 1.0, 2 * 300, dtype=F64).reshape(2, 300)
+    x[1, 3] = 0.0  # a kink at the second point only
+    w = torch.stack([torch.ones(300, dtype=F64), torch.linspace(0, 2, 300, dtype=F64)])
+    inputs = {"x": x, "w": w}
+    one_hot = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
+    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS", math.inf)
+    plain = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
+    assert one_hot.point_passed == plain.point_passed == (True, False)
+    assert one_hot.kink is not None and plain.kink is not None
+    assert (one_hot.kink.point, one_hot.kink.input_index) == (1, (3,))
+    assert (plain.kink.point, plain.kink.input_index) == (1, (3,))

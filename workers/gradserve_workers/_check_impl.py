@@ -202,14 +202,23 @@ class _Evaluator:
         self.one_hot = one_hot
 
     def _along_axes_one_hot(self, x: torch.Tensor, steps: Sequence[float]) -> list[torch.Tensor]:
-        """:meth:`along` for the coordinate axes, one point at a time, one-hot."""
+        """:meth:`along` for the coordinate axes, one point at a time, one-hot, in
+        chunks of coordinates whose dense rows stay within :data:`EVAL_BUDGET` (as the
+        dense batch's do) should the function materialise them."""
         n_pts, n = x.shape
-        per_point = []
+        chunk = max(1, EVAL_BUDGET // max(len(steps) * n, 1))
+        outs: list[list[torch.Tensor]] = [[] for _ in steps]  # per step: (D, m) per point
         for p in range(n_pts):
             consts = [c[p] for c in self.consts]
-            per_point.append(_perturb.evaluate(self.g, x[p], consts, steps))  # (S*n, m)
-        out = torch.stack(per_point) if n_pts > 1 else per_point[0].unsqueeze(0)
-        return list(out.split(n, dim=1))
+            parts: list[list[torch.Tensor]] = [[] for _ in steps]
+            for d0 in range(0, n, chunk):
+                d1 = min(n, d0 + chunk)
+                rows = _perturb.evaluate(self.g, x[p], consts, steps, d0, d1)  # (S*k, m)
+                for i, piece in enumerate(rows.split(d1 - d0)):
+                    parts[i].append(piece)
+            for i in range(len(steps)):
+                outs[i].append(_cat(parts[i], dim=0))
+        return [torch.stack(o) if n_pts > 1 else o[0].unsqueeze(0) for o in outs]
 
     def _run(self, xs: torch.Tensor, consts: list[torch.Tensor]) -> torch.Tensor:
         """``xs``: (P, D, n) perturbed points of P points; ``consts``: (P, ...) each."""

@@ -469,12 +469,15 @@ def _dense_op(func: Any, flat: list[Any], spec: Any) -> Any:
     return pytree.tree_map(lambda t: _Batch.of_dense(t) if isinstance(t, torch.Tensor) else t, out)
 
 
-def one_hot_rows(x: torch.Tensor, steps: Sequence[float]) -> _Batch:
-    """``x + s·e_i`` for each step ``s`` and coordinate ``i`` of the 1-D ``x``, as one
-    one-hot batch (row ``k·n + i`` is step ``k``, coordinate ``i``)."""
-    n = x.shape[0]
-    idx = torch.arange(n, device=x.device).repeat(len(steps))
-    val = torch.cat([x + s for s in steps])
+def one_hot_rows(
+    x: torch.Tensor, steps: Sequence[float], start: int = 0, stop: int | None = None
+) -> _Batch:
+    """``x + s·e_i`` for each step ``s`` and coordinate ``start <= i < stop`` of the
+    1-D ``x``, as one one-hot batch (row ``k·(stop - start) + i - start`` is step
+    ``k``, coordinate ``i``)."""
+    stop = x.shape[0] if stop is None else stop
+    idx = torch.arange(start, stop, device=x.device).repeat(len(steps))
+    val = torch.cat([x[start:stop] + s for s in steps])
     return _Batch.one_hot(x, idx, val)
 
 
@@ -483,15 +486,18 @@ def evaluate(
     x: torch.Tensor,
     consts: Sequence[torch.Tensor],
     steps: Sequence[float],
+    start: int = 0,
+    stop: int | None = None,
 ) -> torch.Tensor:
-    """``g(x + s·e_i, *consts)`` for every step and coordinate: ``(len(steps)·n, m)``.
+    """``g(x + s·e_i, *consts)`` for every step and coordinate (those from ``start``
+    to ``stop``): ``(len(steps)·(stop - start), m)``.
 
     ``g`` maps a 1-D ``x`` to a 1-D output. Raises (:class:`Unsupported` or the
     function's own error) when the one-hot evaluation cannot run it, or when it would
     have to materialise every row before any one-hot rule saved work (the dense
     evaluation is then at least as fast).
     """
-    batch = one_hot_rows(x, steps)
+    batch = one_hot_rows(x, steps, start, stop)
     state = _Savings()
     token = _SAVINGS.set(state)
     try:
