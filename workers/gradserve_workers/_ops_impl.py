@@ -240,6 +240,34 @@ def _scalar_message(op: str, out_shape: tuple[int, ...]) -> str:
 # per-point computations
 
 
+# elements one vmapped batch may hold in one intermediate: points (and Jacobian
+# columns) are mapped in chunks below it, so a function with large intermediates
+# cannot make a batch allocate points x intermediate at once
+BATCH_ELEMENTS = 1 << 26
+
+
+def measure(fn: Fn, point_args: Sequence[Any]) -> tuple[torch.Tensor, int]:
+    """``fn`` at one point, and the most elements of any tensor it made: the function
+    language measures its intermediates; for other callables the inputs and the
+    output stand in."""
+    run = getattr(fn, "measure", None)
+    if run is not None:
+        out, peak = run(*point_args)
+    else:
+        out, peak = fn(*point_args), 0
+    if not isinstance(out, torch.Tensor):
+        out = torch.as_tensor(out)
+    sizes = [a.numel() for a in point_args if isinstance(a, torch.Tensor)]
+    return out, max([int(peak), out.numel(), *sizes])
+
+
+def chunk_for(per_item: int, items: int) -> int | None:
+    """How many items to map at once so that ``per_item`` elements each stay within
+    :data:`BATCH_ELEMENTS`; ``None`` when all of them fit."""
+    chunk = BATCH_ELEMENTS // max(per_item, 1)
+    return None if chunk >= items else max(1, chunk)
+
+
 def _bind(fn: Fn, point_args: Sequence[Any], wrt_idx: Sequence[int]) -> Fn:
     """``g(*wrt_tensors)``: ``fn`` with every input not in ``wrt`` held fixed."""
 
@@ -686,6 +714,37 @@ def _unbatched_grad(
     )
 
 
+def _chunks(
+    ops: tuple[str, ...],
+    request: OpsRequest,
+    peak: int,
+    in_numel: int,
+    out_numel: int,
+    jac_mode: str | None,
+    plan: _Plan,
+) -> tuple[int | None, int | None]:
+    """(Jacobian/Hessian columns, points) to map at once, from the function's largest
+    intermediate ``peak``: derivatives hold a few copies of it, and a Jacobian or
+    Hessian one per column mapped together."""
+    columns = 0
+    if "jacobian" in ops:
+        columns = in_numel if jac_mode == "forward" else out_numel
+    if "hessian" in ops:
+        columns = max(columns, in_numel)
+    inner = request.chunk_size
+    if inner is None and columns:
+        inner = chunk_for(3 * peak, columns)
+    factor = 1
+    if any(op in ops for op in ("grad", "vjp", "jvp")):
+        factor = 3
+    if "hvp" in ops:
+        factor = 6
+    if columns:
+        factor = max(factor, 3 * min(columns, inner or columns))
+    outer = chunk_for(peak * factor, plan.n_points) if plan.batched else None
+    return inner, outer
+
+
 def compute_impl(
     fn: Fn,
     input_names: Sequence[str],
@@ -708,9 +767,11 @@ def compute_impl(
     probe = needs_grad and detect_unconnected and "grad" not in ops and "jacobian" not in ops
     if probe:
         out0, flags0 = _zero_or_unused(fn, plan, first, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            peak = measure(fn, first)[1] if plan.batched or "hessian" in ops else 0
     else:
         with torch.no_grad():
-            out0 = _bind(fn, first, ())()
+            out0, peak = measure(fn, first)
         flags0 = []
     out_shape = tuple(int(s) for s in out0.shape)
     _check_output(plan, out0, needs_grad)
@@ -721,6 +782,7 @@ def compute_impl(
         if "jacobian" in ops
         else None
     )
+    inner, outer = _chunks(ops, request, peak, in_numel, out0.numel(), jac_mode, plan)
 
     # extra per-point arguments (cotangent, tangents, vector)
     extras: list[torch.Tensor] = []
@@ -777,7 +839,7 @@ def compute_impl(
             primals,
             ops,
             jac_mode=jac_mode or "reverse",
-            chunk_size=request.chunk_size,
+            chunk_size=inner,
             cotangent=cot,
             tangents=tan,
             vector=vec,
@@ -795,7 +857,9 @@ def compute_impl(
         in_dims = [0] * len(all_args)
         if request.allow_vmap:
             try:
-                res = torch.func.vmap(per_point, in_dims=tuple(in_dims))(*all_args)
+                res = torch.func.vmap(per_point, in_dims=tuple(in_dims), chunk_size=outer)(
+                    *all_args
+                )
             except Exception as exc:
                 if not is_data_dependent_error(exc):
                     raise

@@ -704,6 +704,11 @@ class CompiledFunction:
         return f"CompiledFunction(inputs={self.inputs!r}, source_hash={digest!r})"
 
     def __call__(self, *args: Any) -> torch.Tensor:
+        return self.measure(*args)[0]
+
+    def measure(self, *args: Any) -> tuple[torch.Tensor, int]:
+        """The result and the most elements of any tensor the call made or checked
+        (per point when called under ``vmap``): what one more point costs in memory."""
         if len(args) != len(self.inputs):
             raise TypeError(
                 f"the function takes {len(self.inputs)} input(s) {self.inputs}, got {len(args)}"
@@ -724,8 +729,8 @@ class CompiledFunction:
         if isinstance(result, torch.Tensor):
             if not result.is_floating_point():
                 result = result.to(ctx.dtype)
-            return result
-        return torch.as_tensor(result, dtype=ctx.dtype, device=ctx.device)
+            return result, max(ctx.peak, result.numel())
+        return torch.as_tensor(result, dtype=ctx.dtype, device=ctx.device), ctx.peak
 
 
 def compile_program(

@@ -75,17 +75,21 @@ def transpose_last(value: torch.Tensor) -> torch.Tensor:
 class Context:
     """State of one call of a compiled function."""
 
-    __slots__ = ("budget", "device", "dtype", "limits")
+    __slots__ = ("budget", "device", "dtype", "limits", "peak")
 
     def __init__(self, dtype: torch.dtype, device: torch.device, limits: Limits) -> None:
         self.dtype = dtype
         self.device = device
         self.limits = limits
         self.budget = limits.max_loop_iterations
+        # the most elements any checked tensor of this call has (per point under vmap):
+        # callers size their batches by it
+        self.peak = 0
 
     # -- limits -----------------------------------------------------------------------
 
     def check_numel(self, numel: int, what: str) -> None:
+        self.peak = max(self.peak, numel)
         if numel > self.limits.max_tensor_elements:
             raise LimitExceededError(
                 f"{what} would have {numel} elements, more than the limit of "
