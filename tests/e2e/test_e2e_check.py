@@ -134,3 +134,31 @@ def test_async_client_checks_too(address: str) -> None:
     right, wrong = asyncio.run(run())
     assert right.passed and not wrong.passed
     assert wrong.worst is not None and wrong.worst.input_index == (1,)
+
+
+def test_large_full_check_in_a_worker(client: gradserve.Client) -> None:
+    """From 256 inputs the worker evaluates the perturbations one-hot (in the Ray
+    actor, not only in-process): a correct function passes, a kink is found at its
+    element, and data-dependent control flow still works (the dense fallback)."""
+    x = np.linspace(-1.0, 1.0, 301)  # x[150] == 0
+    ok = client.check("sum(sin(x) * x) + 2 * dot(x, x)", {"x": x}, fast=False)
+    assert ok.passed and ok.mode == "full", ok.message
+    assert ok.max_abs_error < 1e-6
+    kinked = client.check("sum(relu(x)) + sum(x ** 2)", {"x": x}, fast=False)
+    assert not kinked.passed and kinked.non_differentiable
+    assert kinked.kink is not None and kinked.kink.input_index == (150,)
+    branchy = "def f(x):\n    if sum(x) > 100:\n        return sum(x)\n    return sum(x * x)"
+    report = client.check(branchy, {"x": x}, fast=False)
+    assert report.passed, report.message
+
+
+def test_function_with_a_large_intermediate_is_served_in_bounded_chunks(
+    client: gradserve.Client,
+) -> None:
+    """A small request whose function builds a 4M-element tensor per point: served
+    (chunked by the measured intermediate), not an out-of-memory worker."""
+    x = np.linspace(-1.0, 1.0, 24 * 2000).reshape(24, 2000)
+    g = client.grad("sum(outer(x, x))", {"x": x}, batched=True)
+    np.testing.assert_allclose(g, 2 * x.sum(axis=1, keepdims=True).repeat(2000, axis=1))
+    report = client.check("sum(outer(x, x))", {"x": x[0, :400]}, fast=False)
+    assert report.passed, report.message
