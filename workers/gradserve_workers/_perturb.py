@@ -194,8 +194,7 @@ class _Batch(torch.Tensor):
             raise Unsupported(f"{name} needs a value")
         if _writes(name):
             raise Unsupported(f"{name} writes in place")
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        batches = [a for a in flat if isinstance(a, _Batch)]
+        batches = _batches_in(args, kwargs)
         if any(b.rows != batches[0].rows for b in batches):
             raise Unsupported("batches of different sizes")
         one_hot = [b for b in batches if b.dense is None]
@@ -212,13 +211,35 @@ class _Batch(torch.Tensor):
             if savings is not None and not savings.shared:
                 raise Unsupported(f"{getattr(func, '__name__', func)} needs every row")
         out = _dense_rule(func, args, kwargs, batches)
-        return out if out is not None else _dense_op(func, flat, spec)
+        if out is not None:
+            return out
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        return _dense_op(func, flat, spec)
 
     @classmethod
     def __torch_dispatch__(  # type: ignore[override]
         cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         raise Unsupported(f"{func} reached the batch itself")
+
+
+def _batches_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[_Batch]:
+    """The batches among the arguments (one level of lists and tuples, as torch's
+    functions take them; deeper nesting goes through pytree)."""
+    found: list[_Batch] = []
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, _Batch):
+            found.append(a)
+        elif isinstance(a, list | tuple):
+            found.extend(b for b in pytree.tree_leaves(a) if isinstance(b, _Batch))
+    return found
+
+
+def _map_args(
+    f: Callable[[Any], Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``f`` applied to every argument (element-wise ops take no nested ones)."""
+    return tuple(f(a) for a in args), {k: f(v) for k, v in kwargs.items()}
 
 
 def _note_saving(func: Any) -> None:
@@ -303,7 +324,10 @@ def _pointwise(
     def at_base(a: Any) -> Any:
         return a.base if isinstance(a, _Batch) else a
 
-    base = func(*pytree.tree_map(at_base, args), **pytree.tree_map(at_base, kwargs))
+    if any(isinstance(a, list | tuple | dict) for a in (*args, *kwargs.values())):
+        return None
+    base_args, base_kwargs = _map_args(at_base, args, kwargs)
+    base = func(*base_args, **base_kwargs)
     if not isinstance(base, torch.Tensor) or base.shape != shape:
         return None  # a plain argument broadcasts the result beyond the batch's shape
 
@@ -314,7 +338,8 @@ def _pointwise(
             return _flat_gather(a, shape, idx)
         return a
 
-    val = func(*pytree.tree_map(at_rows, args), **pytree.tree_map(at_rows, kwargs))
+    row_args, row_kwargs = _map_args(at_rows, args, kwargs)
+    val = func(*row_args, **row_kwargs)
     return _Batch.one_hot(base, idx, val)
 
 
