@@ -181,6 +181,12 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("full_huge", "full((10**5, 10**5), 1)", LIMIT),
     ("zeros_runtime_size", "def f(x):\n    n = 10**5\n    return zeros((n, n))", LIMIT),
     ("outer_huge", "def f(x):\n    y = ones(10**6)\n    return outer(y, y)", LIMIT),
+    # each part of a chained comparison is small; combined they broadcast to 16M
+    (
+        "chained_compare_broadcast",
+        "sum(unsqueeze(ones(4000), 1) < 0.5 < unsqueeze(ones(4000), 0))",
+        LIMIT,
+    ),
     (
         "matmul_huge",
         "def f(x):\n    y = reshape(ones(10**6), (10**6, 1))\n    return y @ y.T",

@@ -119,3 +119,11 @@ def test_check_batches_shrink_with_the_intermediate(monkeypatch: pytest.MonkeyPa
     )  # fmt: skip
     assert r.passed
     assert seen and max(seen) * 100 * 100 <= 50_000 * 2  # rows x intermediate within budget
+
+
+def test_chained_comparisons_count_their_combined_size() -> None:
+    """``a < b < c`` combines two comparisons that may broadcast to more than either."""
+    fn = compile_function("sum(unsqueeze(x, 1) < 0 < unsqueeze(x, 0))")
+    out, peak = _ops_impl.measure(fn, [torch.linspace(-1, 1, 300, dtype=torch.float64)])
+    assert peak >= 300 * 300
+    assert float(out) == 150 * 150  # negatives (rows) times positives (columns)

@@ -275,10 +275,83 @@ def test_batched_points_with_a_constant_input(monkeypatch: pytest.MonkeyPatch) -
     x[1, 3] = 0.0  # a kink at the second point only
     w = torch.stack([torch.ones(300, dtype=F64), torch.linspace(0, 2, 300, dtype=F64)])
     inputs = {"x": x, "w": w}
+    used: list[int] = []
+    real = _perturb.evaluate
+
+    def counting(*args: Any) -> torch.Tensor:
+        used.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_perturb, "evaluate", counting)
+    # several points go one-hot only from ONE_HOT_MIN_INPUTS_BATCHED on: lower it here
+    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS_BATCHED", 256)
     one_hot = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
-    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS", math.inf)
+    assert used, "one-hot evaluation was not used"
+    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS_BATCHED", math.inf)
+    used.clear()
     plain = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
+    assert not used, "below the batched threshold several points go dense"
     assert one_hot.point_passed == plain.point_passed == (True, False)
     assert one_hot.kink is not None and plain.kink is not None
     assert (one_hot.kink.point, one_hot.kink.input_index) == (1, (3,))
     assert (plain.kink.point, plain.kink.input_index) == (1, (3,))
+
+
+# -- non-finite values, empty slices and bad dims: the dense evaluation's results ----
+
+NON_FINITE = [
+    # (source, x): an inf or nan in the base, or a total that overflows
+    ("sum(1 / x)", [0.5, -1.0, 0.0]),
+    ("dot(x, 1 / x)", [0.5, -1.0, 0.0]),
+    ("mean(log(abs(x)))", [0.5, -1.0, 0.0]),
+    ("sum(exp(1000 * x))", [0.5, -1.0, 0.8]),
+    ("sum(x * 1e308) + sum(x)", [1.5, 1.0, -0.5]),
+    ("def f(x, A):\n    return A @ x[:2]", [0.5, -1.0, 0.25]),
+    ("sum(sin(x)[2:2]) + sum(x)", [0.5, -1.0, 0.25]),
+    ("sum(sin(x)[3:1]) * 2 + x[0]", [0.5, -1.0, 0.25]),
+]
+
+
+@pytest.mark.parametrize(("source", "values"), NON_FINITE)
+def test_non_finite_and_empty_cases_equal_dense(source: str, values: list[float]) -> None:
+    fn = compile_function(source)
+    x = torch.tensor(values, dtype=F64)
+    consts = []
+    if "A" in fn.inputs:
+        consts = [torch.tensor([[math.inf, 1.0], [0.0, 1.0]], dtype=F64)]
+
+    def g(v: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
+        return fn(v, *c).reshape(-1)
+
+    reference = dense(g, x, consts)
+    try:
+        got = _perturb.evaluate(g, x, consts, STEPS)
+    except _perturb.Unsupported:
+        return  # refused: the check evaluates densely, as the contract allows
+    torch.testing.assert_close(got, reference, equal_nan=True, rtol=1e-12, atol=0.0)
+
+
+def test_out_of_range_dims_are_not_summed() -> None:
+    fn = compile_function("sum(x, dim=1)")
+
+    def g(v: torch.Tensor) -> torch.Tensor:
+        return fn(v).reshape(-1)
+
+    with pytest.raises(Exception, match="ut of range"):
+        dense(g, SAMPLES["x"], [])
+    with pytest.raises(Exception):  # noqa: B017 - refused or the same error, never a sum
+        _perturb.evaluate(g, SAMPLES["x"], [], STEPS)
+
+
+def test_a_check_with_an_inf_in_the_base_reports_what_dense_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fn = compile_function("sum(x) + 1 / (1 + sum(1 / x ** 2))")
+    x = torch.linspace(-1.0, 1.0, 257, dtype=F64)  # x[128] == 0: 1/x**2 is inf
+    one_hot = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS", math.inf)
+    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    assert one_hot.passed == plain.passed
+    assert one_hot.worst is not None and plain.worst is not None
+    assert one_hot.worst.input_index == plain.worst.input_index
+    assert one_hot.worst.numeric == pytest.approx(plain.worst.numeric, nan_ok=True)

@@ -17,6 +17,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
+from .lang.compile import CompiledFunction
 
 Fn = Callable[..., torch.Tensor]
 
@@ -250,9 +251,8 @@ def measure(fn: Fn, point_args: Sequence[Any]) -> tuple[torch.Tensor, int]:
     """``fn`` at one point, and the most elements of any tensor it made: the function
     language measures its intermediates; for other callables the inputs and the
     output stand in."""
-    run = getattr(fn, "measure", None)
-    if run is not None:
-        out, peak = run(*point_args)
+    if isinstance(fn, CompiledFunction):
+        out, peak = fn.measure(*point_args)
     else:
         out, peak = fn(*point_args), 0
     if not isinstance(out, torch.Tensor):
@@ -728,7 +728,8 @@ def _chunks(
     Hessian one per column mapped together."""
     columns = 0
     if "jacobian" in ops:
-        columns = in_numel if jac_mode == "forward" else out_numel
+        # forward mode falls back to reverse without forward AD: size for the larger
+        columns = max(in_numel, out_numel) if jac_mode == "forward" else out_numel
     if "hessian" in ops:
         columns = max(columns, in_numel)
     inner = request.chunk_size

@@ -33,12 +33,6 @@ class Unsupported(RuntimeError):
     """The one-hot evaluation cannot run this (data-dependent control flow, in-place
     writes): evaluate densely instead."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        state = _SAVINGS.get()
-        if state is not None and state.refused is None:
-            state.refused = message  # the function language re-raises it as its own
-
 
 class _Savings:
     """Whether this evaluation has run a one-hot rule yet (see :func:`evaluate`)."""
@@ -53,6 +47,15 @@ class _Savings:
 _SAVINGS: contextvars.ContextVar[_Savings | None] = contextvars.ContextVar(
     "gradserve_one_hot_savings", default=None
 )
+
+
+def _refuse(message: str) -> Unsupported:
+    """:class:`Unsupported`, remembered for :func:`evaluate` (the function language
+    re-raises every error as its own, without the cause)."""
+    state = _SAVINGS.get()
+    if state is not None and state.refused is None:
+        state.refused = message
+    return Unsupported(message)
 
 
 def _functions(names: str) -> set[Any]:
@@ -91,7 +94,7 @@ _RESHAPES = _functions("reshape view flatten squeeze unsqueeze contiguous clone 
 _SUMS = _functions("sum mean")
 _MEANS = _functions("mean")
 _DOT = _functions("dot inner vdot")
-_MATMUL = _functions("matmul mv mm __matmul__ __rmatmul__")
+_MATMUL = _functions("matmul __matmul__ __rmatmul__")
 _CASTS = _functions("to double float as_tensor")
 # reading a value into Python: the control flow depends on the data
 _SCALAR_READS = _functions(
@@ -114,12 +117,15 @@ def _is_property(func: Any) -> bool:
     )
 
 
+_IN_PLACE_OPERATORS = {
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+    "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+    "__irshift__", "__setitem__",
+}  # fmt: skip
+
+
 def _writes(name: str) -> bool:
-    return (
-        (name.endswith("_") and not name.endswith("__"))
-        or name.startswith("__i")
-        or (name == "__setitem__")
-    )
+    return (name.endswith("_") and not name.endswith("__")) or name in _IN_PLACE_OPERATORS
 
 
 class _Batch(torch.Tensor):
@@ -191,12 +197,12 @@ class _Batch(torch.Tensor):
                 return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if func in _SCALAR_READS:
-            raise Unsupported(f"{name} needs a value")
+            raise _refuse(f"{name} needs a value")
         if _writes(name):
-            raise Unsupported(f"{name} writes in place")
+            raise _refuse(f"{name} writes in place")
         batches = _batches_in(args, kwargs)
         if any(b.rows != batches[0].rows for b in batches):
-            raise Unsupported("batches of different sizes")
+            raise _refuse("batches of different sizes")
         one_hot = [b for b in batches if b.dense is None]
         if len(one_hot) == len(batches):
             out = _one_hot_op(func, args, kwargs, batches)
@@ -209,7 +215,7 @@ class _Batch(torch.Tensor):
             # the start is cheaper
             savings = _SAVINGS.get()
             if savings is not None and not savings.shared:
-                raise Unsupported(f"{getattr(func, '__name__', func)} needs every row")
+                raise _refuse(f"{getattr(func, '__name__', func)} needs every row")
         out = _dense_rule(func, args, kwargs, batches)
         if out is not None:
             return out
@@ -220,7 +226,7 @@ class _Batch(torch.Tensor):
     def __torch_dispatch__(  # type: ignore[override]
         cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
-        raise Unsupported(f"{func} reached the batch itself")
+        raise _refuse(f"{func} reached the batch itself")
 
 
 def _batches_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[_Batch]:
@@ -260,10 +266,12 @@ def _one_hot_op(
     """The op on one-hot batches, staying one-hot or reducing to dense rows; ``None``
     when it has no one-hot rule (the caller materialises)."""
     b = batches[0]
+    if any(x.base is None or x.base.numel() == 0 for x in batches):
+        return None  # nothing to gather from: the dense route handles empty tensors
     alone = len(batches) == 1 and bool(args) and args[0] is b
     if alone:
         assert b.base is not None and b.idx is not None and b.val is not None
-        if func in _RESHAPES and not kwargs:
+        if func in _RESHAPES and not kwargs and all(_shape_arg(a) for a in args[1:]):
             base = func(b.base, *args[1:])
             if not isinstance(base, torch.Tensor) or base.numel() != b.base.numel():
                 return None
@@ -347,6 +355,15 @@ def _plain_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _shape_arg(v: object) -> bool:
+    """An int or a sequence of ints (not ``view(dtype)``, which reinterprets bits)."""
+    return _plain_int(v) or (isinstance(v, list | tuple | torch.Size) and all(map(_plain_int, v)))
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _getitem(b: _Batch, key: Any) -> _Batch | None:
     """``b[i]`` and ``b[lo:hi]`` of a 1-D batch; anything else goes dense."""
     assert b.base is not None and b.idx is not None and b.val is not None
@@ -378,9 +395,15 @@ def _full_sum(func: Any, b: _Batch, rest: tuple[Any, ...], kwargs: dict[str, Any
     nd = b.base.dim()
     if dims is not None:
         listed = [dims] if _plain_int(dims) else list(dims)
-        if nd == 0 or sorted(d % nd for d in listed) != list(range(nd)):
+        if nd == 0 or not all(_plain_int(d) and -nd <= d < nd for d in listed):
+            return None
+        if sorted(d % nd for d in listed) != list(range(nd)):
             return None
     total = b.base.sum()
+    # with a non-finite base or total, total + change would turn inf - inf into nan
+    # where the dense sum gives inf or a number: the dense route keeps torch's rules
+    if not _finite(b.base, total):
+        return None
     change = b.val - _flat_gather(b.base, b.base.shape, b.idx)
     rows = total + torch.where(b.idx >= 0, change, torch.zeros_like(change))
     if func in _MEANS:
@@ -400,12 +423,15 @@ def _dot(a: Any, b: Any) -> _Batch | None:
         return None
     if base_a.shape != base_b.shape or base_a.dim() != 1 or base_a.dtype != base_b.dtype:
         return None
+    product = torch.dot(base_a, base_b)
+    if not _finite(base_a, base_b, product):
+        return None
     ra = _row_values(a, idx) if isinstance(a, _Batch) else _flat_gather(a, a.shape, idx)
     rb = _row_values(b, idx) if isinstance(b, _Batch) else _flat_gather(b, b.shape, idx)
     change = ra * rb - _flat_gather(base_a, base_a.shape, idx) * _flat_gather(
         base_b, base_b.shape, idx
     )
-    rows = torch.dot(base_a, base_b) + torch.where(idx >= 0, change, torch.zeros_like(change))
+    rows = product + torch.where(idx >= 0, change, torch.zeros_like(change))
     return _Batch.of_dense(rows)
 
 
@@ -422,11 +448,14 @@ def _matmul(left: Any, right: Any) -> _Batch | None:
     if vec.base.dim() != 1 or mat.dtype != vec.base.dtype:
         return None
     base = mat @ vec.base if cols else vec.base @ mat
+    if not _finite(mat, vec.base, base):
+        return None  # inf * 0 and inf - inf would differ from the dense product
     at = vec.idx.clamp_min(0)
     change = vec.val - vec.base[at]
-    change = torch.where(vec.idx >= 0, change, torch.zeros_like(change))
     lines = mat[:, at].T if cols else mat[at, :]  # (rows, m)
-    return _Batch.of_dense(base[None, :] + lines * change[:, None])
+    # rows that change nothing get exactly the base product
+    delta = torch.where((vec.idx >= 0)[:, None], lines * change[:, None], 0.0)
+    return _Batch.of_dense(base[None, :] + delta)
 
 
 def _dense_rule(
@@ -435,7 +464,8 @@ def _dense_rule(
     """Reshapes and element-wise ops on dense batches, with the row dimension in
     front instead of a ``vmap`` per op; ``None`` for the rest."""
     b = batches[0]
-    if func in _RESHAPES and len(batches) == 1 and args and args[0] is b and not kwargs:
+    reshape = func in _RESHAPES and len(batches) == 1 and args and args[0] is b
+    if reshape and not kwargs and all(_shape_arg(a) for a in args[1:]):
         shape = func(torch.empty(b.shape, dtype=b.dtype, device="meta"), *args[1:]).shape
         return _Batch.of_dense(b.materialise().reshape(b.rows, *shape))
     if func in _SUMS and len(batches) == 1 and args and args[0] is b:
@@ -465,7 +495,7 @@ def _dense_sum(func: Any, b: _Batch, rest: tuple[Any, ...], kw: dict[str, Any]) 
     d = b.materialise()
     if dims is None or (not _plain_int(dims) and len(dims) == 0):
         if keepdim or b.dim() == 0:
-            return None if keepdim else _Batch.of_dense(d)
+            return None  # a 0-dim sum's dtype rules (bool -> int64): vmap keeps torch's
         listed = list(range(b.dim()))
     else:
         listed = [dims] if _plain_int(dims) else list(dims)
@@ -490,7 +520,7 @@ def _dense_op(func: Any, flat: list[Any], spec: Any) -> Any:
     try:
         out = torch.func.vmap(per_row)(*dense)
     except (RuntimeError, ValueError) as exc:
-        raise Unsupported(str(exc)) from exc
+        raise _refuse(str(exc)) from exc
     return pytree.tree_map(lambda t: _Batch.of_dense(t) if isinstance(t, torch.Tensor) else t, out)
 
 

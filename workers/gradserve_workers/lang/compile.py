@@ -571,6 +571,8 @@ class _Compiler:
                 if result is True:
                     result = part
                 elif isinstance(result, torch.Tensor) or isinstance(part, torch.Tensor):
+                    # the parts can broadcast to more than either: size it before combining
+                    frame.ctx.broadcast((result, part), what)
                     result = torch.logical_and(torch.as_tensor(result), torch.as_tensor(part))
                 else:
                     result = result and part
