@@ -58,8 +58,9 @@ def finite_difference_check(
     element); ``order=2`` compares the Hessian of a scalar ``fn`` with central
     differences of its gradient and checks its symmetry. All perturbed points are
     evaluated as one vmapped batch (a per-point loop for data-dependent control flow);
-    from 256 input elements on, first-order checks evaluate them one-hot, sharing the
-    work of the elements a perturbation does not touch (see ``_perturb``).
+    from 256 input elements on (1,024 with several points), first-order checks
+    evaluate them one-hot, sharing the work of the elements a perturbation does not
+    touch (see ``_perturb``).
     ``fast`` (automatic above ``fast_threshold`` input elements per point) compares
     ``num_projections`` random projections vᵀJu instead, and on a failure re-checks
     the failing points element by element to name the worst element.
