@@ -7,77 +7,25 @@ after a warm-up call (compile caches filled, actors warm, pages touched).
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from support.cluster import ServerProcess  # noqa: E402 - the tests' server launcher
+from support.cluster import start_server as _start_server  # noqa: E402
 
 
-@dataclass
-class Server:
-    """A `gradserve_server.main` subprocess with its own embedded Ray."""
-
-    address: str
-    workers: int
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_server(workers: int, *, timeout: float = 180.0, extra: Sequence[str] = ()) -> Server:
-    """Start the server on a free loopback port (embedded Ray) and wait until it serves."""
-    data_dir = tempfile.mkdtemp(prefix="gsbench")
-    cmd = [
-        sys.executable, "-m", "gradserve_server.main", "--host", "127.0.0.1", "--port", "0",
-        "--data-dir", data_dir, "--num-workers", str(workers), *extra,
-    ]  # fmt: skip
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)  # always embedded: the benchmark owns the whole machine
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
-    )
-    server = Server("", workers, proc)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            server.lines.append(line)
-            if "serving on" in line and not ready.is_set():
-                server.address = line.split("serving on", 1)[1].split()[0]
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError("server did not start:\n" + "".join(server.lines)[-4000:])
-    return server
+def start_server(
+    workers: int, *, timeout: float = 180.0, extra: Sequence[str] = ()
+) -> ServerProcess:
+    """Start the server on a free loopback port (embedded Ray: the benchmark owns the
+    whole machine) and wait until it serves; a context manager that stops it."""
+    return _start_server(None, num_workers=workers, extra=extra, timeout=timeout)
 
 
 def timed(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:

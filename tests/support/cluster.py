@@ -134,6 +134,12 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def start_server(
     ray: RayNode | None,
@@ -153,6 +159,8 @@ def start_server(
     if ray is not None:
         cmd += ["--ray-address", ray.address]
     run_env = dict(ray.env() if ray else os.environ)
+    if ray is None:
+        run_env.pop("RAY_ADDRESS", None)  # embedded: never join a cluster named outside
     run_env.update(env or {})
     run_env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(

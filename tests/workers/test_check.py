@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from support.autograd import with_backward
 
 from gradserve_workers import _check_impl, check, report
 from gradserve_workers.check import (
@@ -30,39 +31,6 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def rand(*shape: int, seed: int = 0, low: float = -1.0, high: float = 1.0) -> Tensor:
     return low + (high - low) * torch.rand(shape, generator=gen(seed), dtype=torch.float64)
-
-
-def with_backward(
-    f: Callable[[Tensor], Tensor],
-    backward: Callable[[Tensor, Tensor], Tensor],
-    jvp: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> Callable[[Tensor], Tensor]:
-    """``f`` with a hand-written (possibly wrong) backward ``backward(x, grad_out)``."""
-
-    class F(torch.autograd.Function):
-        generate_vmap_rule = True
-
-        @staticmethod
-        def forward(x: Tensor) -> Tensor:
-            return f(x)
-
-        @staticmethod
-        def setup_context(ctx: object, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            ctx.save_for_backward(inputs[0])  # type: ignore[attr-defined]
-            ctx.save_for_forward(inputs[0])  # type: ignore[attr-defined]
-
-        @staticmethod
-        def backward(ctx: object, g: Tensor) -> Tensor:
-            (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-            return backward(x, g)
-
-        @staticmethod
-        def jvp(ctx: object, t: Tensor) -> Tensor:
-            (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-            assert jvp is not None
-            return jvp(x, t)
-
-    return F.apply  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from support.autograd import with_backward
 
 from gradserve_workers.check import claimed_check, finite_difference_check
 
@@ -193,24 +194,7 @@ CORPUS: list[tuple[str, Callable[[Tensor], Tensor], Claim, Claim, float, float]]
 
 def as_function(f: Callable[[Tensor], Tensor], claim: Claim) -> Callable[[Tensor], Tensor]:
     """``f`` as an autograd.Function whose backward is ``claim`` (what gradcheck sees)."""
-
-    class F(torch.autograd.Function):
-        generate_vmap_rule = True
-
-        @staticmethod
-        def forward(x: Tensor) -> Tensor:
-            return f(x)
-
-        @staticmethod
-        def setup_context(ctx: object, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            ctx.save_for_backward(inputs[0])  # type: ignore[attr-defined]
-
-        @staticmethod
-        def backward(ctx: object, g: Tensor) -> Tensor:
-            (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-            return g * claim(x)
-
-    return F.apply  # type: ignore[no-any-return]
+    return with_backward(f, lambda x, g: g * claim(x))
 
 
 CASES = [

@@ -444,7 +444,7 @@ def _compare_generic(
 
 # elements per block of the fused comparison: a handful of float64 blocks stay in a
 # core's L2 cache, so the dozen element-wise steps per element run from cache
-BLOCK = 1 << 17
+BLOCK = 1 << 15
 
 
 @dataclass
@@ -695,6 +695,45 @@ def _worst_element(
 # kinks
 
 
+def _one_sided(
+    plus: torch.Tensor,
+    minus: torch.Tensor,
+    base: torch.Tensor,
+    h: float,
+    atol: float,
+    rtol: float,
+    proj: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(right, left, gap, tol) of the one-sided differences at step ``h``: ``gap =
+    |right - left|`` is a kink candidate where it exceeds ``tol = atol + rtol·max(|right|,
+    |left|)`` plus a round-off allowance of ``80 u S / h`` (``S`` the largest value
+    involved). ``proj`` (broadcast against the outputs) projects them (fast mode).
+    Every kink test runs these same operations, so screened and unscreened searches
+    agree."""
+
+    def project(t: torch.Tensor) -> torch.Tensor:
+        return t if proj is None else (t * proj).sum(-1)
+
+    right = project((plus - base) / h)
+    left = project((base - minus) / h)
+    scale = torch.maximum(torch.maximum(plus.abs(), minus.abs()), base.abs())
+    noise = (
+        8 * UNIT_ROUNDOFF * scale / h
+        if proj is None
+        else (8 * UNIT_ROUNDOFF * (scale * proj.abs()).sum(-1) / h)
+    )
+    gap = (right - left).abs()
+    tol = atol + rtol * torch.maximum(right.abs(), left.abs()) + 10 * noise
+    return right, left, gap, tol
+
+
+def _axis_rows(ds: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The coordinate directions ``e_d`` for ``d`` in ``ds``: (len(ds), n) like ``like``."""
+    rows = torch.zeros(ds.shape[0], like.shape[1], dtype=like.dtype, device=like.device)
+    rows[torch.arange(ds.shape[0], device=like.device), ds] = 1
+    return rows
+
+
 def _find_kink(
     ev: _Evaluator,
     x: torch.Tensor,
@@ -718,21 +757,7 @@ def _find_kink(
     Returns (kink mask over (N, D[, m])), the chosen (point, dir, out) and right, left,
     autograd at it, or ``None``.
     """
-
-    def project(t: torch.Tensor) -> torch.Tensor:
-        return t if proj is None else (t * proj).sum(-1)
-
-    base = f0[:, None, :]
-    right = project((plus - base) / eps)
-    left = project((base - minus) / eps)
-    scale = torch.maximum(torch.maximum(plus.abs(), minus.abs()), base.abs())
-    noise = (
-        project(8 * UNIT_ROUNDOFF * scale / eps)
-        if proj is None
-        else (8 * UNIT_ROUNDOFF * (scale * proj.abs()).sum(-1) / eps)
-    )
-    gap = (right - left).abs()
-    tol = atol + rtol * torch.maximum(right.abs(), left.abs()) + 10 * noise
+    right, left, gap, tol = _one_sided(plus, minus, f0[:, None, :], eps, atol, rtol, proj)
     cand = gap > tol
     if not bool(cand.any()):
         return None
@@ -744,29 +769,11 @@ def _find_kink(
         order = torch.argsort(pair_gap[idx[:, 0], idx[:, 1]], descending=True)[:4096]
         idx = idx[order]
     pts, ds = idx[:, 0], idx[:, 1]
-    if dirs is None:
-        dvec = torch.zeros(idx.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-        dvec[torch.arange(idx.shape[0], device=x.device), ds] = 1
-    else:
-        dvec = dirs[ds]
+    dvec = _axis_rows(ds, x) if dirs is None else dirs[ds]
     h2 = eps * KINK_STEP_RATIO
     p2, m2 = ev.pairs(x, pts, dvec, [h2, -h2])
-    b2 = f0[pts]
     pr = None if proj is None else proj[ds]
-
-    def project2(t: torch.Tensor) -> torch.Tensor:
-        return t if pr is None else (t * pr).sum(-1)
-
-    right2 = project2((p2 - b2) / h2)
-    left2 = project2((b2 - m2) / h2)
-    scale2 = torch.maximum(torch.maximum(p2.abs(), m2.abs()), b2.abs())
-    noise2 = (
-        project2(8 * UNIT_ROUNDOFF * scale2 / h2)
-        if pr is None
-        else (8 * UNIT_ROUNDOFF * (scale2 * pr.abs()).sum(-1) / h2)
-    )
-    gap2 = (right2 - left2).abs()
-    tol2 = atol + rtol * torch.maximum(right2.abs(), left2.abs()) + 10 * noise2
+    _, _, gap2, tol2 = _one_sided(p2, m2, f0[pts], h2, atol, rtol, pr)
     g1 = gap[pts, ds]
     confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[pts, ds]
     if not bool(confirmed.any()):
@@ -809,22 +816,17 @@ def _find_kink_rows(
     ``80 u S / eps``; so ``gap > tol`` implies ``|plus + minus - 2 f0| > eps *
     allowed`` (``rtol <= 1``), four times the screen's threshold. For ``rtol > 1``
     every row is tested. On the screened rows every quantity is computed with the
-    same element-wise operations as :func:`_find_kink`, so the result is the same.
+    same element-wise operations as :func:`_find_kink` (:func:`_one_sided`), so the
+    result is the same.
     The returned mask is (N, D): the (point, direction) pairs with a kink.
     """
     if not screened:
         return None
     rows = torch.cat(screened)
     pts_all, ds_all = rows[:, 0], rows[:, 1]
-    pl = plus[pts_all, ds_all]
-    mi = minus[pts_all, ds_all]
-    base = f0[pts_all]
-    right = (pl - base) / eps
-    left = (base - mi) / eps
-    scale = torch.maximum(torch.maximum(pl.abs(), mi.abs()), base.abs())
-    noise = 8 * UNIT_ROUNDOFF * scale / eps
-    gap = (right - left).abs()
-    tol = atol + rtol * torch.maximum(right.abs(), left.abs()) + 10 * noise
+    right, left, gap, tol = _one_sided(
+        plus[pts_all, ds_all], minus[pts_all, ds_all], f0[pts_all], eps, atol, rtol
+    )
     cand = gap > tol
     keep = cand.any(-1)
     if not bool(keep.any()):
@@ -835,17 +837,9 @@ def _find_kink_rows(
         order = torch.argsort(pair_gap, descending=True)[:4096]
         sel_rows = sel_rows[order]
     pts, ds = pts_all[sel_rows], ds_all[sel_rows]
-    dvec = torch.zeros(sel_rows.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-    dvec[torch.arange(sel_rows.shape[0], device=x.device), ds] = 1
     h2 = eps * KINK_STEP_RATIO
-    p2, m2 = ev.pairs(x, pts, dvec, [h2, -h2])
-    b2 = f0[pts]
-    right2 = (p2 - b2) / h2
-    left2 = (b2 - m2) / h2
-    scale2 = torch.maximum(torch.maximum(p2.abs(), m2.abs()), b2.abs())
-    noise2 = 8 * UNIT_ROUNDOFF * scale2 / h2
-    gap2 = (right2 - left2).abs()
-    tol2 = atol + rtol * torch.maximum(right2.abs(), left2.abs()) + 10 * noise2
+    p2, m2 = ev.pairs(x, pts, _axis_rows(ds, x), [h2, -h2])
+    _, _, gap2, tol2 = _one_sided(p2, m2, f0[pts], h2, atol, rtol)
     g1 = gap[sel_rows]
     confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[sel_rows]
     if not bool(confirmed.any()):

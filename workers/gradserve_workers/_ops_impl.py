@@ -503,18 +503,22 @@ def _zero_or_unused(
     plan: _Plan,
     point: Sequence[torch.Tensor],
     gen: torch.Generator,
-) -> tuple[torch.Tensor, list[bool]]:
-    """Evaluate ``fn`` at ``point`` with autograd; per wrt input: is its derivative
-    (along a random cotangent) absent or exactly zero?"""
+) -> tuple[torch.Tensor, list[bool], int]:
+    """Evaluate ``fn`` at ``point`` with autograd: the output; per wrt input, is its
+    derivative (along a random cotangent) absent or exactly zero; and the call's
+    largest intermediate (see :func:`measure`)."""
     with torch.enable_grad():
-        leaves = [point[i].detach().clone().requires_grad_(True) for i in plan.wrt_idx]
-        out = _bind(fn, point, plan.wrt_idx)(*leaves)
+        args = list(point)
+        for i in plan.wrt_idx:
+            args[i] = point[i].detach().clone().requires_grad_(True)
+        leaves = [args[i] for i in plan.wrt_idx]
+        out, peak = measure(fn, args)
         if not (out.requires_grad and out.is_floating_point()):
-            return out.detach(), [True] * len(leaves)
+            return out.detach(), [True] * len(leaves), peak
         v = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
         grads = torch.autograd.grad(out, leaves, grad_outputs=v, allow_unused=True)
     flags = [gr is None or not bool((gr != 0).any()) for gr in grads]
-    return out.detach(), flags
+    return out.detach(), flags, peak
 
 
 def _perturbed(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -617,7 +621,7 @@ def _probe_unconnected(
     probe = list(first)
     for i in plan.wrt_idx:
         probe[i] = _perturbed(probe[i], gen)
-    _, flags1 = _zero_or_unused(fn, plan, probe, gen)
+    _, flags1, _ = _zero_or_unused(fn, plan, probe, gen)
     cand = [w for w, flag in zip(plan.wrt, flags1, strict=True) if flag and w in cand]
     if not cand or not plan.batched or plan.n_points == 1:
         return tuple(cand)
@@ -767,9 +771,7 @@ def compute_impl(
     # first point; other ops need the probe's extra backward pass for that
     probe = needs_grad and detect_unconnected and "grad" not in ops and "jacobian" not in ops
     if probe:
-        out0, flags0 = _zero_or_unused(fn, plan, first, torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            peak = measure(fn, first)[1] if plan.batched or "hessian" in ops else 0
+        out0, flags0, peak = _zero_or_unused(fn, plan, first, torch.Generator().manual_seed(0))
     else:
         with torch.no_grad():
             out0, peak = measure(fn, first)

@@ -215,7 +215,7 @@ class _Batch(torch.Tensor):
             # the start is cheaper
             savings = _SAVINGS.get()
             if savings is not None and not savings.shared:
-                raise _refuse(f"{getattr(func, '__name__', func)} needs every row")
+                raise _refuse(f"{name or func} needs every row")
         out = _dense_rule(func, args, kwargs, batches)
         if out is not None:
             return out
