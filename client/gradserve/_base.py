@@ -301,7 +301,7 @@ class BaseClient:
 
     @staticmethod
     def _decode_check(resp: pb.CheckResponse) -> CheckReport:
-        return CheckReport._from_proto(resp.report)
+        return CheckReport._from_proto(resp.report, resp.metadata)
 
     # ------------------------------------------------------------- jobs
 

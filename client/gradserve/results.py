@@ -162,7 +162,9 @@ class CheckReport:
     ``worst`` names the element with the largest error (``numeric`` holds the
     finite difference, or the claimed value for claimed-derivative checks);
     ``non_differentiable`` says the function has a kink at a checked point, and
-    ``kink`` says where, with the one-sided derivatives side by side.
+    ``kink`` says where, with the one-sided derivatives side by side. ``metadata``
+    says how the check ran (chunks, workers, seconds); a check in a job's task
+    result carries it on the task instead.
     """
 
     passed: bool
@@ -183,6 +185,7 @@ class CheckReport:
     execution_path: str = ""
     kink: Kink | None = None
     max_asymmetry: float = 0.0
+    metadata: Metadata = field(default_factory=Metadata)
 
     @property
     def worst_point(self) -> int | None:
@@ -192,7 +195,9 @@ class CheckReport:
         return self.message
 
     @classmethod
-    def _from_proto(cls, msg: pb.CheckReport) -> CheckReport:
+    def _from_proto(
+        cls, msg: pb.CheckReport, metadata: pb.ComputeMetadata | None = None
+    ) -> CheckReport:
         return cls(
             passed=msg.passed,
             kind=CHECK_KINDS.get(msg.kind, ""),
@@ -212,6 +217,7 @@ class CheckReport:
             execution_path=_PATHS.get(msg.execution_path, ""),
             kink=Kink._from_proto(msg.kink) if msg.HasField("kink") else None,
             max_asymmetry=msg.max_asymmetry,
+            metadata=Metadata() if metadata is None else Metadata._from_proto(metadata),
         )
 
 

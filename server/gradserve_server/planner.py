@@ -3,7 +3,10 @@ keep per-chunk overhead (a Ray hop, about a millisecond) negligible."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import OrderedDict
+from collections.abc import Hashable
 
 # Elements (input + output, per chunk) above which a chunk is split further,
 # to bound worker memory and let chunks of other callers interleave.
@@ -42,3 +45,51 @@ def plan_chunks(points: int, per_point: int, workers: int) -> list[tuple[int, in
     count = math.ceil(points / size)
     size = math.ceil(points / count)
     return [(start, min(start + size, points)) for start in range(0, points, size)]
+
+
+# A shard of a check split by input elements holds at least this many of them,
+# and only a check whose last run took this long on its worker is split: a shard
+# repeats the check's fixed costs (a worker call, the function's setup), about a
+# millisecond or two, which a cheap check (a scalar function's, a few ms) would lose.
+SHARD_MIN_INPUTS = 256
+SHARD_MIN_SECONDS = 0.010
+
+
+def plan_shards(inputs: int, workers: int) -> list[tuple[int, int]]:
+    """Half-open ranges of a check's input elements, one per worker that will share
+    it, at least :data:`SHARD_MIN_INPUTS` each; one range when it is not worth it.
+
+    >>> plan_shards(1000, 2)
+    [(0, 500), (500, 1000)]
+    >>> plan_shards(1000, 8)
+    [(0, 333), (333, 667), (667, 1000)]
+    >>> plan_shards(300, 4)
+    [(0, 300)]
+    """
+    count = max(1, min(workers, inputs // SHARD_MIN_INPUTS))
+    cuts = [round(i * inputs / count) for i in range(count + 1)]
+    return list(itertools.pairwise(cuts))
+
+
+class WorkLog:
+    """How long the last run of each recent kind of request took on the workers: a
+    bounded memory that lets the planner split only work that is worth splitting.
+
+    >>> log = WorkLog(capacity=2)
+    >>> log.record("a", 0.5); log.record("b", 0.1); log.record("c", 0.2)
+    >>> log.seconds("a") is None, log.seconds("c")
+    (True, 0.2)
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._seconds: OrderedDict[Hashable, float] = OrderedDict()
+        self._capacity = capacity
+
+    def record(self, key: Hashable, seconds: float) -> None:
+        self._seconds[key] = seconds
+        self._seconds.move_to_end(key)
+        while len(self._seconds) > self._capacity:
+            self._seconds.popitem(last=False)
+
+    def seconds(self, key: Hashable) -> float | None:
+        return self._seconds.get(key)

@@ -16,11 +16,17 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error, invalid
-from gradserve_server.planner import elements_per_point, plan_chunks
+from gradserve_server.planner import (
+    SHARD_MIN_SECONDS,
+    WorkLog,
+    elements_per_point,
+    plan_chunks,
+    plan_shards,
+)
 from gradserve_server.pool import ActorPool
 from gradserve_workers import actor as actor_keys
-from gradserve_workers.report import CheckReport, merge_reports
-from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
+from gradserve_workers.report import CheckReport, merge_reports, merge_shards
+from gradserve_workers.tasks import FULL_CHECK_MAX_INPUTS, CheckSpec, ChunkResult, ComputeSpec
 
 # Arrays above this size go to the object store once instead of with every chunk.
 OBJECT_STORE_BYTES = 256 * 1024
@@ -53,6 +59,8 @@ class ComputeService:
         self.config = config
         self.pool = pool
         self.limits = dict(config.limits)
+        # worker seconds of recent element-wise checks, by function and shapes
+        self._check_log = WorkLog()
 
     # ------------------------------------------------------------- compute
 
@@ -336,11 +344,48 @@ class ComputeService:
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
         bound, spec = self.bind_check(req)
-        results = await self._dispatch(bound, spec, tenant, "check", self.per_point(bound, spec))
-        ranges_start = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
-        report = merge_reports([r.report for r in results], [int(s) for s in ranges_start])
+        shards, key = self.shards(bound, spec)
+        if len(shards) > 1:
+            payload = self.payload(bound, len(shards))
+            results = await dispatch.gather_or_cancel(
+                self._run_range_or_raise(
+                    replace(spec, columns=cols), tenant, "check", payload, 0, bound.points
+                )
+                for cols in shards
+            )
+            report = merge_shards([r.report for r in results])
+        else:
+            per_point = self.per_point(bound, spec)
+            results = await self._dispatch(bound, spec, tenant, "check", per_point)
+            starts = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
+            report = merge_reports([r.report for r in results], [int(s) for s in starts])
+        if key is not None:
+            self._check_log.record(key, sum(r.seconds for r in results))
         meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
         return report, Computed({}, meta)
+
+    def shards(
+        self, bound: binding.Bound, spec: CheckSpec
+    ) -> tuple[list[tuple[int, int]], tuple[Any, ...] | None]:
+        """How one large element-wise check at one point is split by input elements
+        across the workers idle now (see :func:`plan_shards`), and the key under which
+        its cost is remembered. Each shard evaluates, differentiates and compares its
+        own elements. Only a check of a function whose last such check took at least
+        :data:`SHARD_MIN_SECONDS` of worker time is split; a busy pool, several points
+        (split by point instead), fast mode and second order keep one range."""
+        inputs = sum(
+            int(np.prod(bound.arrays[w].shape[1:] if bound.batched else bound.arrays[w].shape))
+            for w in bound.wrt
+        )
+        full = spec.fast is False or (spec.fast is None and inputs <= FULL_CHECK_MAX_INPUTS)
+        if spec.kind != "finite_difference" or spec.order != 1 or bound.points != 1 or not full:
+            return [(0, inputs)], None
+        shapes = tuple((k, v.shape) for k, v in sorted(bound.arrays.items()))
+        key = (spec.source_hash, spec.wrt, shapes, spec.dtype)
+        last = self._check_log.seconds(key)
+        if last is None or last < SHARD_MIN_SECONDS:
+            return [(0, inputs)], key
+        return plan_shards(inputs, self.pool.idle), key
 
 
 def describe_execution(

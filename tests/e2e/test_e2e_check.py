@@ -162,3 +162,24 @@ def test_function_with_a_large_intermediate_is_served_in_bounded_chunks(
     np.testing.assert_allclose(g, 2 * x.sum(axis=1, keepdims=True).repeat(2000, axis=1))
     report = client.check("sum(outer(x, x))", {"x": x[0, :400]}, fast=False)
     assert report.passed, report.message
+
+
+def test_a_large_check_is_shared_by_the_idle_workers(client: gradserve.Client) -> None:
+    """A check that took long enough on one worker is split by input elements across
+    the idle workers the next time (two here), and says so in its metadata; the
+    merged report is the one the whole check gave, kink included."""
+    x = np.random.default_rng(5).uniform(-2.0, 2.0, 1200)
+    x[700] = 0.0
+    for source in ("cumsum(sin(x))", "cumsum(abs(x))"):
+        whole = client.check(source, {"x": x})
+        shared = client.check(source, {"x": x})
+        assert whole.metadata.chunks == 1 and whole.metadata.workers == 1
+        assert shared.metadata.chunks == 2 and shared.metadata.workers == 2, shared.metadata
+        assert shared.mode == whole.mode == "full"
+        assert shared.passed == whole.passed and shared.point_passed == whole.point_passed
+        assert shared.worst == whole.worst
+        assert shared.max_abs_error == whole.max_abs_error
+        assert shared.max_rel_error == whole.max_rel_error
+        assert shared.kink == whole.kink and shared.message == whole.message
+    assert not whole.passed and whole.kink is not None and whole.kink.input_index == (700,)
+    assert shared.metadata.compute_seconds > 0 and shared.metadata.wall_seconds > 0

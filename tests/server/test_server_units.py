@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from gradserve_server.config import LIMIT_DEFAULTS, parse_config
-from gradserve_server.planner import elements_per_point, plan_chunks
+from gradserve_server.planner import (
+    SHARD_MIN_INPUTS,
+    WorkLog,
+    elements_per_point,
+    plan_chunks,
+    plan_shards,
+)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +35,31 @@ def test_big_batches_use_every_worker_and_bounded_chunks() -> None:
     ranges = plan_chunks(1_000_000, elements_per_point(10, ("grad",)), 2)
     assert len(ranges) >= 4
     assert max(b - a for a, b in ranges) * 21 <= 4_000_000
+
+
+@pytest.mark.parametrize(
+    ("inputs", "workers", "count"),
+    [(1, 4, 1), (255, 8, 1), (511, 2, 1), (512, 2, 2), (1000, 2, 2), (1000, 16, 3),
+     (2000, 0, 1), (2000, 3, 3), (7919, 64, 30)],
+)  # fmt: skip
+def test_shards_tile_the_inputs_and_are_never_small(inputs: int, workers: int, count: int) -> None:
+    ranges = plan_shards(inputs, workers)
+    assert len(ranges) == count
+    assert ranges[0][0] == 0 and ranges[-1][1] == inputs
+    assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
+    if count > 1:
+        assert min(b - a for a, b in ranges) >= SHARD_MIN_INPUTS
+
+
+def test_work_log_remembers_the_latest_run_of_recent_keys() -> None:
+    log = WorkLog(capacity=3)
+    for i, key in enumerate("abcd"):
+        log.record(key, float(i))
+    assert log.seconds("a") is None  # the oldest went
+    log.record("b", 9.0)  # updated and now the newest
+    log.record("e", 1.0)
+    assert log.seconds("b") == 9.0 and log.seconds("c") is None
+    assert [log.seconds(k) for k in "bde"] == [9.0, 3.0, 1.0]
 
 
 def test_hessian_weighs_more_than_grad() -> None:

@@ -208,19 +208,22 @@ class _Evaluator:
         # sized by it as well as by the input's length
         self.width = width
 
-    def _along_axes_one_hot(self, x: torch.Tensor, steps: Sequence[float]) -> list[torch.Tensor]:
-        """:meth:`along` for the coordinate axes, one point at a time, one-hot, in
-        chunks of coordinates whose dense rows stay within :data:`EVAL_BUDGET` (as the
-        dense batch's do) should the function materialise them."""
+    def _along_axes_one_hot(
+        self, x: torch.Tensor, steps: Sequence[float], start: int, stop: int
+    ) -> list[torch.Tensor]:
+        """:meth:`along` for the coordinate axes ``start..stop``, one point at a time,
+        one-hot, in chunks of coordinates whose dense rows stay within
+        :data:`EVAL_BUDGET` (as the dense batch's do) should the function materialise
+        them."""
         n_pts, n = x.shape
         chunk = max(1, EVAL_BUDGET // max(len(steps) * max(n, self.width), 1))
-        out = _Filler(len(steps), n_pts, n)
+        out = _Filler(len(steps), n_pts, stop - start)
         for p in range(n_pts):
             consts = [c[p] for c in self.consts]
-            for d0 in range(0, n, chunk):
-                d1 = min(n, d0 + chunk)
+            for d0 in range(start, stop, chunk):
+                d1 = min(stop, d0 + chunk)
                 rows = _perturb.evaluate(self.g, x[p], consts, steps, d0, d1)  # (S*k, m)
-                out.put(rows.reshape(len(steps), 1, d1 - d0, -1), p, p + 1, d0, d1)
+                out.put(rows.reshape(len(steps), 1, d1 - d0, -1), p, p + 1, d0 - start, d1 - start)
         return out.result()
 
     def _run(self, xs: torch.Tensor, consts: list[torch.Tensor]) -> torch.Tensor:
@@ -250,21 +253,28 @@ class _Evaluator:
         return torch.stack(rows)
 
     def along(
-        self, x: torch.Tensor, dirs: torch.Tensor | None, steps: Sequence[float]
+        self,
+        x: torch.Tensor,
+        dirs: torch.Tensor | None,
+        steps: Sequence[float],
+        start: int = 0,
+        stop: int | None = None,
     ) -> list[torch.Tensor]:
         """``G(x_p + s * d)`` for every point p, direction d and step s.
 
-        ``x``: (N, n); ``dirs``: (D, n), or ``None`` for the coordinate basis (D = n).
-        Returns one (N, D, m) tensor per step; all steps are evaluated in one batch.
+        ``x``: (N, n); ``dirs``: (D, n), or ``None`` for the coordinate axes ``e_start``
+        to ``e_(stop-1)`` (all n by default). Returns one (N, D, m) tensor per step; all
+        steps are evaluated in one batch.
         """
         n_pts, n = x.shape
+        stop = n if stop is None else stop
         least = ONE_HOT_MIN_INPUTS if n_pts == 1 else ONE_HOT_MIN_INPUTS_BATCHED
         if dirs is None and self.one_hot and n >= least:
             try:
-                return self._along_axes_one_hot(x, steps)
+                return self._along_axes_one_hot(x, steps, start, stop)
             except Exception:
                 self.one_hot = False
-        n_dirs = n if dirs is None else dirs.shape[0]
+        n_dirs = stop - start if dirs is None else dirs.shape[0]
         per_dir = len(steps) * max(n, self.width)
         d_chunk = max(1, min(n_dirs, EVAL_BUDGET // max(per_dir, 1)))
         p_chunk = max(1, min(n_pts, EVAL_BUDGET // max(per_dir * d_chunk, 1)))
@@ -281,7 +291,7 @@ class _Evaluator:
                     xs = x[p0:p1, None, :].expand(p1 - p0, len(steps) * nd, n).clone()
                     for i, step in enumerate(steps):
                         block = xs[:, i * nd : (i + 1) * nd, :]
-                        block.diagonal(offset=d0, dim1=1, dim2=2).add_(step)
+                        block.diagonal(offset=start + d0, dim1=1, dim2=2).add_(step)
                 else:
                     block = dirs[d0:d1]
                     pert = torch.cat([s * block for s in steps])  # (S*Dc, n)
@@ -746,6 +756,7 @@ def _find_kink(
     atol: float,
     rtol: float,
     proj: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, tuple[int, int, int], float, float, float] | None:
     """Find where one-sided differences disagree and do not shrink with the step.
 
@@ -755,7 +766,8 @@ def _find_kink(
     allowance) are re-evaluated at ``eps / 4`` and kept when the gap stays above half.
     ``proj`` (D, m) projects outputs (fast mode). ``analytic_dir``: (N, D, m) or (N, D).
     Returns (kink mask over (N, D[, m])), the chosen (point, dir, out) and right, left,
-    autograd at it, or ``None``.
+    autograd at it, or ``None``. With ``dirs=None`` direction ``d`` is the axis
+    ``e_(offset+d)``, and the chosen dir is that axis.
     """
     right, left, gap, tol = _one_sided(plus, minus, f0[:, None, :], eps, atol, rtol, proj)
     cand = gap > tol
@@ -769,7 +781,7 @@ def _find_kink(
         order = torch.argsort(pair_gap[idx[:, 0], idx[:, 1]], descending=True)[:4096]
         idx = idx[order]
     pts, ds = idx[:, 0], idx[:, 1]
-    dvec = _axis_rows(ds, x) if dirs is None else dirs[ds]
+    dvec = _axis_rows(ds + offset, x) if dirs is None else dirs[ds]
     h2 = eps * KINK_STEP_RATIO
     p2, m2 = ev.pairs(x, pts, dvec, [h2, -h2])
     pr = None if proj is None else proj[ds]
@@ -778,7 +790,9 @@ def _find_kink(
     confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[pts, ds]
     if not bool(confirmed.any()):
         return None
-    score = torch.where(confirmed, gap2, -1.0)
+    # the largest jump between the one-sided derivatives (at eps) names the kink: the
+    # rule merge_reports and merge_shards apply across chunks and shards
+    score = torch.where(confirmed, g1, -1.0)
     flat = int(torch.argmax(score.reshape(-1)))
     if score.ndim == 1:
         k, o = flat, 0
@@ -791,7 +805,8 @@ def _find_kink(
     kp = pts[confirmed.any(-1)] if confirmed.ndim == 2 else pts[confirmed]
     kd = ds[confirmed.any(-1)] if confirmed.ndim == 2 else ds[confirmed]
     mask[kp, kd] = True
-    return mask, (p, d, o), float(right[sel]), float(left[sel]), a_val
+    axis = d + offset if dirs is None else d
+    return mask, (p, axis, o), float(right[sel]), float(left[sel]), a_val
 
 
 def _find_kink_rows(
@@ -805,6 +820,7 @@ def _find_kink_rows(
     eps: float,
     atol: float,
     rtol: float,
+    offset: int = 0,
 ) -> tuple[torch.Tensor, tuple[int, int, int], float, float, float] | None:
     """:func:`_find_kink` for coordinate directions (full mode), testing only the
     (point, direction) rows that passed the screen of :func:`_fused_compare`.
@@ -838,13 +854,15 @@ def _find_kink_rows(
         sel_rows = sel_rows[order]
     pts, ds = pts_all[sel_rows], ds_all[sel_rows]
     h2 = eps * KINK_STEP_RATIO
-    p2, m2 = ev.pairs(x, pts, _axis_rows(ds, x), [h2, -h2])
+    p2, m2 = ev.pairs(x, pts, _axis_rows(ds + offset, x), [h2, -h2])
     _, _, gap2, tol2 = _one_sided(p2, m2, f0[pts], h2, atol, rtol)
     g1 = gap[sel_rows]
     confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[sel_rows]
     if not bool(confirmed.any()):
         return None
-    score = torch.where(confirmed, gap2, -1.0)
+    # the largest jump between the one-sided derivatives (at eps) names the kink: the
+    # rule merge_reports and merge_shards apply across chunks and shards
+    score = torch.where(confirmed, g1, -1.0)
     flat = int(torch.argmax(score.reshape(-1)))
     k, o = divmod(flat, score.shape[1])
     p, d = int(pts[k]), int(ds[k])
@@ -853,7 +871,7 @@ def _find_kink_rows(
     hit = confirmed.any(-1)
     mask[pts[hit], ds[hit]] = True
     r_val, l_val = float(right[sel_rows[k], o]), float(left[sel_rows[k], o])
-    return mask, (p, d, o), r_val, l_val, a_val
+    return mask, (p, d + offset, o), r_val, l_val, a_val
 
 
 # ---------------------------------------------------------------------------
@@ -919,27 +937,48 @@ def _setup(
 
 
 def _analytic_full(
-    fn: Fn, s: _Setup, order: int, allow_vmap: bool
+    fn: Fn, s: _Setup, order: int, allow_vmap: bool, columns: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(Aᵀ (N, n, m), F0 (N, m), vmapped): autograd's Jacobian or Hessian, transposed
     (one row per input element, like the finite differences), and the base values.
 
-    The Jacobian's mode is the ops' ``auto`` rule (reverse mode, i.e. the backward
-    that gradcheck checks, unless there are more outputs than inputs). For a single
-    ``wrt`` input no copy is made: the transposed view is returned as it is.
+    The Jacobian is reverse mode's (the backward, which gradcheck checks) when there
+    are fewer outputs than inputs. With at least as many outputs it is built by
+    forward mode, which is cheaper there and yields Aᵀ contiguous, and reverse mode
+    is held to it by :func:`_reverse_agrees`; should they disagree, reverse mode's
+    own Jacobian is built and compared instead. For a single ``wrt`` input of a
+    reverse-mode Jacobian no copy is made: the transposed view is returned as it is.
+
+    ``columns`` (order 1): only the input elements ``c0 <= i < c1`` (Aᵀ's rows), for
+    one shard of a check split across workers: forward mode builds just those.
     """
     lay = s.layout
     n_pts = s.n_points
     if order == 1:
         m = math.prod(s.out_shape)
+        c0, c1 = columns if columns is not None else (0, lay.n)
+        if m > 1 and lay.n <= m and allow_vmap:
+            g = _flat_fn(fn, lay, 1)
+            full = columns is None
+            forward = _forward_full(fn, s) if full else _forward_columns(g, s, c0, c1)
+            if forward is not None and _reverse_agrees(g, s, forward[0], c0):
+                return forward
         # one output: the Jacobian is the gradient (the same backward pass)
         op = "grad" if m == 1 else "jacobian"
-        req = OpsRequest(ops=("value", op), wrt=lay.wrt, batched=True, allow_vmap=allow_vmap)
+        req = OpsRequest(
+            ops=("value", op),
+            wrt=lay.wrt,
+            batched=True,
+            allow_vmap=allow_vmap,
+            jacobian_mode="reverse",
+        )
         r = _compute(fn, lay.names, s.inputs64, req, s.call)
         parts = [r.outputs[op][w].reshape(n_pts, m, -1).transpose(1, 2) for w in lay.wrt]
         at = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         f0 = r.outputs["value"][""].reshape(n_pts, m)
-        return at, f0, r.vmapped
+        return at[:, c0:c1], f0, r.vmapped
+    if columns is not None:
+        raise CheckError(f"{s.call}: a check split by input elements must be of order 1")
     req = OpsRequest(ops=("grad", "hessian"), wrt=lay.wrt, batched=True, allow_vmap=allow_vmap)
     r = _compute(fn, lay.names, s.inputs64, req, s.call)
     # row block b (perturbed input), column block a (gradient component): H[a, b]ᵀ
@@ -953,6 +992,105 @@ def _analytic_full(
     at = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
     f0 = torch.cat([r.outputs["grad"][w].reshape(n_pts, -1) for w in lay.wrt], dim=1)
     return at, f0, r.vmapped
+
+
+def _forward_full(fn: Fn, s: _Setup) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """:func:`_analytic_full`'s order-1 result by forward mode, or ``None`` when forward
+    mode cannot run the function (the reverse-mode path then reports any error)."""
+    lay = s.layout
+    n_pts = s.n_points
+    m = math.prod(s.out_shape)
+    req = OpsRequest(ops=("value", "jacobian"), wrt=lay.wrt, batched=True, jacobian_mode="forward")
+    try:
+        r = _compute(fn, lay.names, s.inputs64, req, s.call)
+    except Exception:
+        return None
+    # forward mode builds the Jacobian column by column: transposed, it is contiguous
+    parts = [r.outputs["jacobian"][w].reshape(n_pts, m, -1).transpose(1, 2) for w in lay.wrt]
+    at = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)
+    return at, r.outputs["value"][""].reshape(n_pts, m), r.vmapped
+
+
+def _forward_columns(
+    g: Callable[..., torch.Tensor], s: _Setup, c0: int, c1: int
+) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """:func:`_forward_full` for the input elements ``c0..c1`` only: one forward-mode
+    pass (``jvp``) per element, vmapped over elements in chunks within
+    :data:`EVAL_BUDGET` (a loop for data-dependent control flow), one point at a time.
+    ``None`` when forward mode cannot run the function."""
+    n_pts, n = s.x.shape
+    chunk = max(1, EVAL_BUDGET // max(n, s.peak, 1))
+    vmapped = True
+    cols: list[torch.Tensor] = []
+    f0s: list[torch.Tensor] = []
+    try:
+        for p in range(n_pts):
+            xp, cp = s.x[p], [c[p] for c in s.consts]
+
+            def tangent(t: torch.Tensor, xp: torch.Tensor = xp, cp: list[Any] = cp) -> Any:
+                return torch.func.jvp(lambda xv: g(xv, *cp), (xp,), (t,))[1]
+
+            with torch.no_grad():
+                f0s.append(g(xp, *cp))
+            pieces = []
+            for a in range(c0, c1, chunk):
+                basis = _axis_rows(torch.arange(a, min(c1, a + chunk), device=xp.device), s.x)
+                piece, vm = vmap_or_loop(tangent, [basis], [0], allow_vmap=vmapped)
+                vmapped = vmapped and vm
+                pieces.append(piece)
+            cols.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+    except Exception:
+        return None
+    if n_pts == 1:  # no copies
+        return cols[0][None], f0s[0][None], vmapped
+    return torch.stack(cols), torch.stack(f0s), vmapped
+
+
+# random cotangents that hold reverse mode to a forward-mode Jacobian
+AGREEMENT_PROJECTIONS = 4
+# allowed round-off of a projection, in units of (n + m) u ||J[:, i]||: measured
+# differences between the modes on the language's functions stay below 0.04 of it;
+# a false disagreement only costs building reverse mode's Jacobian
+AGREEMENT_ROUNDOFF = 64.0
+
+
+def _reverse_agrees(
+    g: Callable[..., torch.Tensor], s: _Setup, at: torch.Tensor, c0: int = 0
+) -> bool:
+    """Whether reverse mode (``vᵀJ`` by one backward pass per cotangent ``v``) agrees
+    with the forward-mode Jacobian ``at`` (Aᵀ, (N, k, m): input elements ``c0`` to
+    ``c0 + k``) on random unit cotangents, to round-off: ``|vᵀJ_rev - vᵀJ_fwd| <=
+    c (n + m) u ||J[:, i]||`` in every input element ``i``.
+
+    An element ``J[j, i]`` where the two modes differ by ``δ`` moves entry ``i`` by
+    ``v_j δ``, so it escapes only if ``|v_j| < c (n + m) u ||J[:, i]|| / δ`` for every
+    one of the :data:`AGREEMENT_PROJECTIONS` independent cotangents. For a difference
+    the finite differences could notice (``δ >= atol = 1e-5``) at n = m = 1000 and
+    ``||J[:, i]|| = 30``, that bound is 9e-5 against a typical ``|v_j|`` of 0.03: a
+    0.2% chance per cotangent, 2e-11 for all four. Any failure to run says no.
+    """
+    n_pts, k, m = at.shape
+    n = s.x.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    v = _unit_rows(AGREEMENT_PROJECTIONS, m, gen).to(at.device)  # (P, m)
+
+    def per_point(xf: torch.Tensor, *consts: torch.Tensor) -> torch.Tensor:
+        vjp_fn = torch.func.vjp(lambda xv: g(xv, *consts), xf)[1]
+        return torch.func.vmap(vjp_fn)(v)[0]  # (P, n)
+
+    try:
+        if n_pts == 1:
+            vj = per_point(s.x[0], *[c[0] for c in s.consts])[None]
+        else:
+            vj, _ = vmap_or_loop(per_point, [s.x, *s.consts], [0] * (1 + len(s.consts)))
+    except Exception:
+        return False
+    vj = vj[:, :, c0 : c0 + k]
+    expected = torch.matmul(at, v.T)  # (N, k, P)
+    # |v|ᵀ|J| <= ||J[:, i]|| for a unit v (Cauchy-Schwarz): one pass instead of a product
+    bound = torch.linalg.vector_norm(at, dim=2, keepdim=True)
+    tol = (AGREEMENT_ROUNDOFF * (n + m) * UNIT_ROUNDOFF) * bound
+    return bool(((vj.transpose(1, 2) - expected).abs() <= tol).all())
 
 
 def _symmetry(a: torch.Tensor, atol: float, rtol: float) -> tuple[bool, list[bool], float]:
@@ -984,25 +1122,38 @@ def _kink_record(
 
 
 def _full_check(
-    fn: Fn, s: _Setup, order: int, atol: float, rtol: float, eps: float, allow_vmap: bool
+    fn: Fn,
+    s: _Setup,
+    order: int,
+    atol: float,
+    rtol: float,
+    eps: float,
+    allow_vmap: bool,
+    columns: tuple[int, int] | None = None,
 ) -> CheckReport:
-    at, f0, vm1 = _analytic_full(fn, s, order, allow_vmap)  # at: (N, n, m)
+    """The element-wise check; ``columns`` ``(c0, c1)`` checks only the input elements
+    ``c0 <= i < c1`` (one shard of a check split across workers, order 1)."""
+    c0, c1 = columns if columns is not None else (0, s.layout.n)
+    at, f0, vm1 = _analytic_full(fn, s, order, allow_vmap, columns)  # at: (N, c1 - c0, m)
     g = _flat_fn(fn, s.layout, order)
     vmapped = allow_vmap and vm1
     ev = _Evaluator(g, s.consts, vmapped, one_hot=vmapped and order == 1, width=_width(s, order))
-    plus, minus = ev.along(s.x, None, [eps, -eps])  # (N, n, m)
+    plus, minus = ev.along(s.x, None, [eps, -eps], c0, c1)  # (N, c1 - c0, m)
     fused = None
     if rtol <= 1:  # the kink screen's bound needs rtol <= 1
         ops = _Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
         fused = _fused_compare(ops, atol, rtol)
     if fused is not None:
         cmp, screened = fused
-        found = _find_kink_rows(ev, s.x, f0, plus, minus, at, screened, eps, atol, rtol)
+        found = _find_kink_rows(ev, s.x, f0, plus, minus, at, screened, eps, atol, rtol, c0)
     else:
-        a = at.transpose(1, 2)  # (N, m, n)
-        numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)  # (N, m, n)
+        a = at.transpose(1, 2)  # (N, m, c1 - c0)
+        numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)
         cmp = _compare_generic(a, numeric, a, atol, rtol)
-        found = _find_kink(ev, s.x, f0, plus, minus, None, at, eps, atol, rtol)
+        found = _find_kink(ev, s.x, f0, plus, minus, None, at, eps, atol, rtol, offset=c0)
+    if cmp.worst_flat is not None and c0:
+        p, r, c = cmp.worst_flat
+        cmp = replace(cmp, worst_flat=(p, r, c + c0))
     worst = _worst_element(cmp, s.layout, s.out_shape, order)
     kink = None
     point_passed = list(cmp.point_passed)
@@ -1251,6 +1402,7 @@ def finite_difference_check_impl(
     num_projections: int,
     seed: int,
     allow_vmap: bool,
+    columns: tuple[int, int] | None = None,
 ) -> CheckReport:
     call = f"check(f, order={order})" if order != 1 else "check(f)"
     if order not in (1, 2):
@@ -1270,6 +1422,14 @@ def finite_difference_check_impl(
             f"{call}: f returns shape {shape}, not a scalar; second-order checks compare "
             "the Hessian of a scalar function (write sum(...) in the function)"
         )
+    if columns is not None:
+        c0, c1 = columns
+        if order != 1 or fast or not 0 <= c0 < c1 <= s.layout.n:
+            raise CheckError(
+                f"{call}: columns={columns!r} needs order=1, the full check and "
+                f"0 <= start < stop <= {s.layout.n} (the input elements)"
+            )
+        return _full_check(fn, s, order, atol, rtol, eps, allow_vmap, (c0, c1))
     use_fast = fast if fast is not None else s.layout.n > fast_threshold
     if use_fast:
         return _fast_check(fn, s, order, atol, rtol, eps, num_projections, seed, allow_vmap)

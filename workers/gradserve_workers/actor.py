@@ -186,6 +186,7 @@ class GradActor:
                 fast=spec.fast,
                 seed=spec.seed,
                 allow_vmap=allow_vmap,
+                columns=spec.columns,
             )
         else:
             claims = {

@@ -20,7 +20,8 @@ import torch
 
 from ._check_impl import CheckError, claimed_check_impl, finite_difference_check_impl
 from ._ops_impl import Fn
-from .report import CheckReport, Kink, WorstElement, merge_reports
+from .report import CheckReport, Kink, WorstElement, merge_reports, merge_shards
+from .tasks import FULL_CHECK_MAX_INPUTS
 
 CheckError.__module__ = __name__
 
@@ -32,6 +33,7 @@ __all__ = [
     "claimed_check",
     "finite_difference_check",
     "merge_reports",
+    "merge_shards",
 ]
 
 
@@ -47,10 +49,11 @@ def finite_difference_check(
     rtol: float = 1e-3,
     eps: float = 1e-6,
     fast: bool | None = None,
-    fast_threshold: int = 2000,
+    fast_threshold: int = FULL_CHECK_MAX_INPUTS,
     num_projections: int = 4,
     seed: int = 0,
     allow_vmap: bool = True,
+    columns: tuple[int, int] | None = None,
 ) -> CheckReport:
     """Check autograd's derivatives of ``fn`` against central differences in float64.
 
@@ -68,6 +71,13 @@ def finite_difference_check(
     Where one-sided differences disagree and keep disagreeing at a smaller step (a
     kink: ``relu`` or ``abs`` at 0), the report says ``non_differentiable`` and fails.
 
+    With at least as many outputs as input elements, autograd's Jacobian is built by
+    forward mode and reverse mode is held to it on random projections (to round-off);
+    otherwise it is reverse mode's. ``columns=(start, stop)`` checks only the input
+    elements ``start <= i < stop`` of the flattened ``wrt`` inputs (order 1, full
+    check): one shard of a check that the server splits across workers, merged by
+    :func:`merge_shards`.
+
     >>> x = torch.tensor([0.5, -1.0, 2.0])
     >>> r = finite_difference_check(lambda x: torch.sin(x) * x.sum(), ["x"], {"x": x})
     >>> r.passed, r.kind, r.order, r.mode, r.max_abs_error < 1e-8
@@ -80,6 +90,11 @@ def finite_difference_check(
     (1.0, -1.0, 0.0)
     >>> r = finite_difference_check(lambda x: (x ** 4).sum(), ["x"], {"x": x}, order=2)
     >>> r.passed, r.symmetric
+    (True, True)
+    >>> f = lambda x: torch.cumsum(x ** 2, 0)  # d f_i / d x_j = 2 x_j for j <= i
+    >>> halves = [finite_difference_check(f, ["x"], {"x": x}, columns=c) for c in [(0, 2), (2, 3)]]
+    >>> whole = merge_shards(halves)
+    >>> whole.passed, whole.max_abs_error < 1e-8
     (True, True)
     """
     return finite_difference_check_impl(
@@ -97,6 +112,7 @@ def finite_difference_check(
         num_projections=num_projections,
         seed=seed,
         allow_vmap=allow_vmap,
+        columns=columns,
     )
 
 

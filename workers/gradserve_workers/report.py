@@ -112,11 +112,14 @@ def violation(worst: WorstElement, kind: str, atol: float, rtol: float) -> float
     """
     ref = worst.numeric if kind == "finite_difference" else worst.analytic
     allowed = atol + rtol * abs(ref)
+    if not math.isfinite(allowed):  # as the comparison treats a non-finite reference
+        allowed = math.inf
     if math.isnan(worst.abs_error):
         return math.inf
     if allowed == 0:
         return math.inf if worst.abs_error > 0 else 0.0
-    return worst.abs_error / allowed
+    ratio = worst.abs_error / allowed
+    return math.inf if math.isnan(ratio) else ratio
 
 
 def _idx(index: Sequence[int]) -> str:
@@ -289,6 +292,61 @@ def merge_reports(reports: Sequence[CheckReport], point_offsets: Sequence[int]) 
         vmapped=all(r.vmapped for r in reports),
         kink=kink,
         max_asymmetry=max(r.max_asymmetry for r in reports),
+        message="",
+    )
+    return replace(merged, message=describe(merged))
+
+
+def merge_shards(reports: Sequence[CheckReport]) -> CheckReport:
+    """Combine the reports of one check split by input elements (``columns``) into one.
+
+    The shards cover the same points and disjoint input elements, in order. A point
+    passes when it passes in every shard; the worst element is the one furthest
+    outside its tolerance (:func:`violation`), the first in (point, output, input)
+    order among equals, as the whole check would name it; the kink is the one with
+    the largest jump between its one-sided derivatives, the first in (point, input)
+    order among equals, again as the whole check chooses.
+
+    >>> w = WorstElement(0, "x", (1,), (0,), 4.0, 3.0, 1.0, 1 / 3)
+    >>> a = CheckReport(False, "finite_difference", 1, "full", 1.0, 1 / 3, w, False, None,
+    ...                 (False,), "", 1e-5, 1e-3, 1e-6, 1, True)
+    >>> b = replace(a, passed=True, max_abs_error=1e-9, max_rel_error=1e-7,
+    ...             worst=replace(w, input_index=(5,), abs_error=1e-9), point_passed=(True,))
+    >>> m = merge_shards([a, b])
+    >>> m.passed, m.worst.input_index, m.max_abs_error, m.point_passed
+    (False, (0,), 1.0, (False,))
+    """
+    if not reports:
+        raise ValueError("merge_shards: no reports")
+    first = reports[0]
+    for r in reports[1:]:
+        if (r.kind, r.order, r.num_points) != (first.kind, first.order, first.num_points):
+            raise ValueError("merge_shards: the shards are not of one check")
+    point_passed = [all(ps) for ps in zip(*(r.point_passed for r in reports), strict=True)]
+    worst: WorstElement | None = None
+    worst_key: tuple[float, int, tuple[int, ...], int] | None = None
+    kink: Kink | None = None
+    kink_key: tuple[float, int, int] | None = None
+    for shard, r in enumerate(reports):
+        if r.worst is not None:
+            w = r.worst
+            key = (-violation(w, r.kind, r.atol, r.rtol), w.point, w.output_index, shard)
+            if worst_key is None or key < worst_key:
+                worst, worst_key = w, key
+        if r.kink is not None:
+            k_key = (-abs(r.kink.right - r.kink.left), r.kink.point, shard)
+            if kink_key is None or k_key < kink_key:
+                kink, kink_key = r.kink, k_key
+    merged = replace(
+        first,
+        passed=all(point_passed) and kink is None,
+        max_abs_error=max(r.max_abs_error for r in reports),
+        max_rel_error=max(r.max_rel_error for r in reports),
+        worst=worst,
+        non_differentiable=kink is not None,
+        point_passed=tuple(point_passed),
+        vmapped=all(r.vmapped for r in reports),
+        kink=kink,
         message="",
     )
     return replace(merged, message=describe(merged))

@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+# a first-order check with more input elements per point than this compares random
+# projections (fast mode) unless told otherwise
+FULL_CHECK_MAX_INPUTS = 2000
+
 
 @dataclass(frozen=True)
 class ComputeSpec:
@@ -41,6 +45,9 @@ class CheckSpec:
     fast: bool | None = None
     seed: int = 0
     limits: dict[str, int] = field(default_factory=dict)
+    # input elements [start, stop) of the flattened wrt inputs: one shard of a
+    # finite-difference check split across workers (None: all of them)
+    columns: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

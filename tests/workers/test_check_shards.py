@@ -1,0 +1,209 @@
+"""Checks split by input elements (``columns``) and the forward-mode Jacobian.
+
+A check the server splits across workers runs one shard per worker, each over its
+own input elements; :func:`merge_shards` puts the reports back together. The merged
+report must be the one the whole check gives. Functions with at least as many
+outputs as inputs build autograd's Jacobian by forward mode and hold reverse mode to
+it by projections: a wrong reverse mode must still be caught, element by element.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+import torch
+from support.autograd import with_backward
+
+from gradserve_workers import _check_impl
+from gradserve_workers.check import CheckError, finite_difference_check, merge_shards
+from gradserve_workers.lang import compile_function
+
+Tensor = torch.Tensor
+
+
+def uniform(n: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return -2 + 4 * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def split(n: int, cuts: list[int]) -> list[tuple[int, int]]:
+    edges = [0, *cuts, n]
+    return list(itertools.pairwise(edges))
+
+
+# (source, input sizes, wrt or None, zeros to plant in x for kinks)
+CORPUS = [
+    ("cumsum(sin(x))", {"x": 300}, None, ()),  # m = n: forward mode
+    ("sum(sin(x) * x)", {"x": 300}, None, ()),  # m = 1: reverse mode
+    ("softmax(x, 0)", {"x": 280}, None, ()),  # dense Jacobian, goes dense one-hot
+    ("x[:10] * sum(x)", {"x": 260}, None, ()),  # m < n: reverse mode, sliced
+    ("x * y", {"x": 140, "y": 140}, None, ()),  # two inputs, shards across them
+    ("cumsum(x * y)", {"x": 150, "y": 150}, ("x",), ()),  # y a constant
+    ("relu(x) * 2", {"x": 270}, None, (7, 200)),  # two kinks of equal jump
+    ("cumsum(abs(x)) + sum(y)", {"x": 260, "y": 40}, None, (7, 250)),
+    ("log(x + 2.5) * 0 + where(x > 0, x, 0) ** 2", {"x": 270}, None, ()),
+]
+
+
+def _inputs(sizes: dict[str, int], zeros: tuple[int, ...]) -> dict[str, Tensor]:
+    inputs = {k: uniform(n, seed=i) for i, (k, n) in enumerate(sizes.items())}
+    for z in zeros:
+        inputs["x"][z] = 0.0
+    return inputs
+
+
+@pytest.mark.parametrize(("source", "sizes", "wrt", "zeros"), CORPUS)
+def test_merged_shards_are_the_whole_check(
+    source: str, sizes: dict[str, int], wrt: tuple[str, ...] | None, zeros: tuple[int, ...]
+) -> None:
+    fn = compile_function(source)
+    names = list(fn.inputs)
+    inputs = _inputs(sizes, zeros)
+    whole = finite_difference_check(fn, names, inputs, wrt=wrt)
+    n = sum(sizes[w] for w in (wrt or names))
+    for cuts in ([n // 2], [17, n // 3, n - 1]):
+        shards = [
+            finite_difference_check(fn, names, inputs, wrt=wrt, columns=c) for c in split(n, cuts)
+        ]
+        merged = merge_shards(shards)
+        assert merged.passed == whole.passed
+        assert merged.point_passed == whole.point_passed
+        assert merged.worst == whole.worst
+        assert merged.max_abs_error == whole.max_abs_error
+        assert merged.max_rel_error == whole.max_rel_error
+        assert merged.kink == whole.kink
+        assert merged.message == whole.message
+    if zeros:
+        assert not whole.passed and whole.kink is not None
+        assert whole.kink.input == "x" and whole.kink.input_index == (zeros[0],)
+
+
+def test_a_shard_reports_its_own_elements_under_their_global_names() -> None:
+    fn = compile_function("x * y")
+    x, y = uniform(300, 1), uniform(300, 2)
+    y_bad = y.clone()
+    shard = finite_difference_check(fn, ["x", "y"], {"x": x, "y": y}, columns=(300, 600))
+    assert shard.passed and shard.worst is not None and shard.worst.input == "y"
+    # a kink at y[40], which only the shard holding the y elements can see
+    kinked = compile_function("x * abs(y)")
+    y_bad[40] = 0.0
+    inputs = {"x": x, "y": y_bad}
+    first = finite_difference_check(kinked, ["x", "y"], inputs, columns=(0, 300))
+    second = finite_difference_check(kinked, ["x", "y"], inputs, columns=(300, 600))
+    assert first.passed and first.kink is None
+    assert not second.passed and second.kink is not None
+    assert (second.kink.input, second.kink.input_index) == ("y", (40,))
+
+
+def test_shards_of_non_finite_outputs_take_the_generic_comparison() -> None:
+    """log at 0 is -inf: the fused comparison steps aside, the generic one runs with the
+    shard's offset, and the worst element keeps its global index."""
+    fn = compile_function("log(abs(x))")
+    x = uniform(300, 3)
+    x[210] = 0.0
+    whole = finite_difference_check(fn, ["x"], {"x": x})
+    merged = merge_shards(
+        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(300, [150])]
+    )
+    assert not whole.passed and whole.worst is not None
+    assert whole.worst.input_index == (210,)
+    assert repr(merged.worst) == repr(whole.worst)  # NaN analytic: compared as text
+    assert merged.passed == whole.passed and merged.message == whole.message
+
+
+def test_shards_with_data_dependent_control_flow() -> None:
+    source = "def f(x):\n    if sum(x) > 1000:\n        return x\n    return cumsum(x * x)"
+    fn = compile_function(source)
+    x = uniform(260, 4)
+    whole = finite_difference_check(fn, ["x"], {"x": x})
+    merged = merge_shards(
+        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(260, [100])]
+    )
+    assert whole.passed and not whole.vmapped
+    assert merged.worst == whole.worst and merged.max_abs_error == whole.max_abs_error
+
+
+@pytest.mark.parametrize(
+    ("columns", "kwargs"),
+    [((0, 0), {}), ((5, 3), {}), ((0, 11), {}), ((-1, 4), {}), ((0, 5), {"order": 2}),
+     ((0, 5), {"fast": True})],
+)  # fmt: skip
+def test_bad_columns_are_refused(columns: tuple[int, int], kwargs: dict[str, object]) -> None:
+    x = uniform(10, 5)
+    with pytest.raises(CheckError, match=r"^check\(f.*columns="):
+        finite_difference_check(lambda v: (v**4).sum(), ["x"], {"x": x}, columns=columns, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# forward mode, with reverse mode held to it
+
+
+def _cumsum_cos(x: Tensor) -> Tensor:
+    return torch.cumsum(torch.sin(x), 0)
+
+
+def _true_vjp(x: Tensor, g: Tensor) -> Tensor:
+    return torch.cos(x) * g.flip(0).cumsum(0).flip(0)
+
+
+def _true_jvp(x: Tensor, t: Tensor) -> Tensor:
+    return torch.cumsum(torch.cos(x) * t, 0)
+
+
+def _wrong_at(vjp: Callable[[Tensor, Tensor], Tensor], i: int) -> Callable[..., Tensor]:
+    """``vjp`` wrong in the derivative with respect to input ``i`` only (by 1e-3)."""
+
+    def wrong(x: Tensor, g: Tensor) -> Tensor:
+        out = vjp(x, g).clone()
+        out[..., i] += 1e-3 * g.sum(-1)
+        return out
+
+    return wrong
+
+
+@pytest.mark.parametrize("columns", [None, (100, 300)])
+def test_a_wrong_reverse_mode_is_caught_though_forward_mode_is_right(
+    columns: tuple[int, int] | None,
+) -> None:
+    """The forward-mode Jacobian is right, so only the projections can see that the
+    backward is wrong (in one input's column, by 1e-3, far below a typical entry);
+    the check then compares reverse mode's own Jacobian and names that column."""
+    f = with_backward(_cumsum_cos, _wrong_at(_true_vjp, 123), jvp=_true_jvp)
+    x = uniform(300, 6)
+    r = finite_difference_check(f, ["x"], {"x": x}, columns=columns)
+    assert not r.passed and r.worst is not None
+    assert r.worst.input_index == (123,)
+    assert abs(r.worst.analytic - r.worst.numeric) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_wrong_forward_mode_falls_back_to_reverse_mode() -> None:
+    """gradcheck's verdict is about the backward: a right backward passes even when the
+    forward-mode rule is wrong (the modes disagree, so reverse mode's Jacobian is
+    the one compared)."""
+
+    def wrong_jvp(x: Tensor, t: Tensor) -> Tensor:
+        return _true_jvp(x, t) * 1.01
+
+    f = with_backward(_cumsum_cos, _true_vjp, jvp=wrong_jvp)
+    r = finite_difference_check(f, ["x"], {"x": uniform(300, 7)})
+    assert r.passed, r.message
+
+
+def test_forward_mode_is_used_and_reverse_mode_agrees_on_language_functions() -> None:
+    for source in ("cumsum(sin(x))", "softmax(x, 0) * 3", "outer(x, x)[0] + x ** 3"):
+        fn = compile_function(source)
+        s = _check_impl._setup(fn, ["x"], {"x": uniform(200, 8)}, None, False, "check(f)")
+        g = _check_impl._flat_fn(fn, s.layout, 1)
+        forward = _check_impl._forward_full(fn, s)
+        assert forward is not None
+        assert _check_impl._reverse_agrees(g, s, forward[0]), source
+        cols = _check_impl._forward_columns(g, s, 50, 120)
+        assert cols is not None
+        torch.testing.assert_close(cols[0], forward[0][:, 50:120], rtol=0, atol=0)
+        assert _check_impl._reverse_agrees(g, s, cols[0], 50)
+        # a reverse mode wrong in one element, by 1e-7 of a unit entry: seen
+        wrong = forward[0].clone()
+        wrong[0, 77, 150] += 1e-7
+        assert not _check_impl._reverse_agrees(g, s, wrong), source
