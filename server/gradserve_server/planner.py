@@ -48,9 +48,9 @@ def plan_chunks(points: int, per_point: int, workers: int) -> list[tuple[int, in
 
 
 # A shard of a check split by input elements holds at least this many of them,
-# and only a check whose last run took this long on its worker is split: a shard
-# repeats the check's fixed costs (a worker call, the function's setup), about a
-# millisecond or two, which a cheap check (a scalar function's, a few ms) would lose.
+# and a check whose last run took less than this on the workers is not split: a
+# shard repeats the check's fixed costs (a worker call, the function's setup), about
+# a millisecond or two, which a cheap check (a scalar function's, a few ms) would lose.
 SHARD_MIN_INPUTS = 256
 SHARD_MIN_SECONDS = 0.010
 

@@ -367,24 +367,38 @@ class ComputeService:
     def shards(
         self, bound: binding.Bound, spec: CheckSpec
     ) -> tuple[list[tuple[int, int]], tuple[Any, ...] | None]:
-        """How one large element-wise check at one point is split by input elements
-        across the workers idle now (see :func:`plan_shards`), and the key under which
-        its cost is remembered. Each shard evaluates, differentiates and compares its
-        own elements. Only a check of a function whose last such check took at least
-        :data:`SHARD_MIN_SECONDS` of worker time is split; a busy pool, several points
-        (split by point instead), fast mode and second order keep one range."""
+        """How one large element-wise check at one point (finite differences, or a
+        claimed Jacobian) is split by input elements across the workers idle now (see
+        :func:`plan_shards`; one range or none: not split), and the key under which
+        its cost is remembered (``None``: not a kind that is split). Each
+        shard differentiates and compares its own elements (and evaluates their
+        perturbations, or the whole claim). A check of a function whose last such
+        check took less than :data:`SHARD_MIN_SECONDS` of worker time is not split
+        (the first one is: a one-off large check gains most); nor are busy pools,
+        several points (split by point instead), fast mode and second order."""
+        if spec.kind not in ("finite_difference", "jacobian") or bound.points != 1:
+            return [], None
+        # the elements split: the wrt inputs', or a claimed Jacobian's inputs' (its keys)
+        split = bound.wrt if spec.kind == "finite_difference" else tuple(spec.claims)
         inputs = sum(
             int(np.prod(bound.arrays[w].shape[1:] if bound.batched else bound.arrays[w].shape))
-            for w in bound.wrt
+            for w in split
         )
         full = spec.fast is False or (spec.fast is None and inputs <= FULL_CHECK_MAX_INPUTS)
-        if spec.kind != "finite_difference" or spec.order != 1 or bound.points != 1 or not full:
-            return [(0, inputs)], None
+        if spec.kind == "finite_difference" and (spec.order != 1 or not full):
+            return [], None
         shapes = tuple((k, v.shape) for k, v in sorted(bound.arrays.items()))
-        key = (spec.source_hash, spec.wrt, shapes, spec.dtype)
+        key = (
+            spec.source_hash,
+            spec.wrt,
+            shapes,
+            spec.dtype,
+            spec.kind,
+            tuple(spec.claims.items()),
+        )
         last = self._check_log.seconds(key)
-        if last is None or last < SHARD_MIN_SECONDS:
-            return [(0, inputs)], key
+        if last is not None and last < SHARD_MIN_SECONDS:
+            return [], key
         return plan_shards(inputs, self.pool.idle), key
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import gradserve
+from gradserve_workers.check import finite_difference_check
+from gradserve_workers.lang import compile_function
 
 
 def test_correct_function_passes_with_a_readable_report(client: gradserve.Client) -> None:
@@ -165,21 +168,55 @@ def test_function_with_a_large_intermediate_is_served_in_bounded_chunks(
 
 
 def test_a_large_check_is_shared_by_the_idle_workers(client: gradserve.Client) -> None:
-    """A check that took long enough on one worker is split by input elements across
-    the idle workers the next time (two here), and says so in its metadata; the
-    merged report is the one the whole check gave, kink included."""
+    """A large check at one point is split by input elements across the idle workers
+    (two here) and says so in its metadata; the merged report is the one the worker's
+    whole check gives in-process (the oracle), kink included."""
     x = np.random.default_rng(5).uniform(-2.0, 2.0, 1200)
     x[700] = 0.0
     for source in ("cumsum(sin(x))", "cumsum(abs(x))"):
-        whole = client.check(source, {"x": x})
         shared = client.check(source, {"x": x})
-        assert whole.metadata.chunks == 1 and whole.metadata.workers == 1
         assert shared.metadata.chunks == 2 and shared.metadata.workers == 2, shared.metadata
+        whole = finite_difference_check(compile_function(source), ["x"], {"x": torch.tensor(x)})
         assert shared.mode == whole.mode == "full"
         assert shared.passed == whole.passed and shared.point_passed == whole.point_passed
-        assert shared.worst == whole.worst
+        assert shared.worst is not None and whole.worst is not None
+        assert (shared.worst.output_index, shared.worst.input_index) == (
+            whole.worst.output_index, whole.worst.input_index,
+        )  # fmt: skip
+        assert (shared.worst.analytic, shared.worst.numeric) == (
+            whole.worst.analytic, whole.worst.numeric,
+        )  # fmt: skip
         assert shared.max_abs_error == whole.max_abs_error
         assert shared.max_rel_error == whole.max_rel_error
-        assert shared.kink == whole.kink and shared.message == whole.message
-    assert not whole.passed and whole.kink is not None and whole.kink.input_index == (700,)
+        assert shared.message == whole.message
+    assert not shared.passed and shared.kink is not None and shared.kink.input_index == (700,)
     assert shared.metadata.compute_seconds > 0 and shared.metadata.wall_seconds > 0
+
+
+def test_a_cheap_check_is_split_once_then_kept_whole(client: gradserve.Client) -> None:
+    """The server does not know a function's cost before its first check: that one is
+    split; once it has taken less than 10 ms of worker time (a scalar function's
+    check usually does), the next one runs on one worker."""
+    x = np.random.default_rng(6).uniform(-2.0, 2.0, 1000)
+    first = client.check("sum(sin(x) * x) + 1", {"x": x})
+    second = client.check("sum(sin(x) * x) + 1", {"x": x})
+    assert first.metadata.chunks == 2
+    assert second.metadata.chunks == (1 if first.metadata.compute_seconds < 0.010 else 2)
+    assert first.passed and second.passed and first.worst == second.worst
+    assert first.max_abs_error == second.max_abs_error
+
+
+def test_a_large_claimed_jacobian_is_shared_by_the_idle_workers(client: gradserve.Client) -> None:
+    """The autograder's large case: a wrong claimed Jacobian at one point, split by
+    input elements; the worst element is where the claim misses the most (closed
+    form: the largest |cos(x_i)| below the diagonal), as the whole check names it."""
+    x = np.random.default_rng(7).uniform(-2.0, 2.0, 1000)
+    wrong = client.check("cumsum(sin(x))", {"x": x}, jacobian="diag(cos(x))")
+    right = client.check("cumsum(sin(x))", {"x": x}, jacobian="tril(outer(ones(1000), cos(x)))")
+    assert wrong.metadata.chunks == 2 and wrong.metadata.workers == 2, wrong.metadata
+    assert right.passed and not wrong.passed and wrong.kind == "claimed_jacobian"
+    i = int(np.argmax(np.abs(np.cos(x[:-1]))))
+    assert wrong.worst is not None
+    assert (wrong.worst.output_index, wrong.worst.input_index) == ((i + 1,), (i,))
+    assert wrong.worst.numeric == 0.0
+    assert wrong.worst.analytic == pytest.approx(np.cos(x[i]), rel=1e-12)

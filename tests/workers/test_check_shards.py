@@ -10,6 +10,7 @@ it by projections: a wrong reverse mode must still be caught, element by element
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import pytest
@@ -47,6 +48,14 @@ CORPUS = [
 ]
 
 
+@pytest.fixture
+def forward_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole checks build Jacobians the way shards do (forward mode first whenever
+    outputs >= inputs), as they do at the sizes the server splits, so that the two
+    reports can be compared bit for bit at these small sizes."""
+    monkeypatch.setattr(_check_impl, "FORWARD_MIN_ELEMENTS", 0)
+
+
 def _inputs(sizes: dict[str, int], zeros: tuple[int, ...]) -> dict[str, Tensor]:
     inputs = {k: uniform(n, seed=i) for i, (k, n) in enumerate(sizes.items())}
     for z in zeros:
@@ -56,7 +65,11 @@ def _inputs(sizes: dict[str, int], zeros: tuple[int, ...]) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize(("source", "sizes", "wrt", "zeros"), CORPUS)
 def test_merged_shards_are_the_whole_check(
-    source: str, sizes: dict[str, int], wrt: tuple[str, ...] | None, zeros: tuple[int, ...]
+    source: str,
+    sizes: dict[str, int],
+    wrt: tuple[str, ...] | None,
+    zeros: tuple[int, ...],
+    forward_always: None,
 ) -> None:
     fn = compile_function(source)
     names = list(fn.inputs)
@@ -97,7 +110,7 @@ def test_a_shard_reports_its_own_elements_under_their_global_names() -> None:
     assert (second.kink.input, second.kink.input_index) == ("y", (40,))
 
 
-def test_shards_of_non_finite_outputs_take_the_generic_comparison() -> None:
+def test_shards_of_non_finite_outputs_take_the_generic_comparison(forward_always: None) -> None:
     """log at 0 is -inf: the fused comparison steps aside, the generic one runs with the
     shard's offset, and the worst element keeps its global index."""
     fn = compile_function("log(abs(x))")
@@ -113,7 +126,7 @@ def test_shards_of_non_finite_outputs_take_the_generic_comparison() -> None:
     assert merged.passed == whole.passed and merged.message == whole.message
 
 
-def test_shards_with_data_dependent_control_flow() -> None:
+def test_shards_with_data_dependent_control_flow(forward_always: None) -> None:
     source = "def f(x):\n    if sum(x) > 1000:\n        return x\n    return cumsum(x * x)"
     fn = compile_function(source)
     x = uniform(260, 4)
@@ -207,3 +220,99 @@ def test_forward_mode_is_used_and_reverse_mode_agrees_on_language_functions() ->
         wrong = forward[0].clone()
         wrong[0, 77, 150] += 1e-7
         assert not _check_impl._reverse_agrees(g, s, wrong), source
+
+
+# ---------------------------------------------------------------------------
+# claimed Jacobians, split the same way
+
+
+def _claim(source: str, names: list[str]) -> Callable[..., Tensor]:
+    from gradserve_workers import lang
+
+    program = lang.parse_and_validate(source, lang.Limits(), known_inputs=names)
+    claim = lang.compile_program(program, lang.Limits())
+    order = [names.index(n) for n in claim.inputs]
+    return lambda *t: claim(*(t[i] for i in order))
+
+
+# (function, inputs, claims by input, the worst element a wrong claim must name)
+CLAIMS = [
+    ("cumsum(sin(x))", {"x": 300}, {"x": "tril(outer(ones(300), cos(x)))"}, None),
+    ("cumsum(sin(x))", {"x": 300}, {"x": "diag(cos(x))"}, "below the diagonal"),
+    ("x * y", {"x": 150, "y": 150}, {"x": "diag(y)", "y": "diag(x)"}, None),
+    ("x * y", {"x": 150, "y": 150}, {"x": "diag(y)", "y": "diag(x) + where(x > 1.9, 1, 0)"},
+     "y"),
+    ("x[:20] * sum(x)", {"x": 260},
+     {"x": "outer(x[:20], ones(260)) + diag(sum(x) * ones(260))[:20]"}, None),  # m < n
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("source", "sizes", "claims", "bad"), CLAIMS)
+def test_merged_claimed_jacobian_shards_are_the_whole_check(
+    source: str, sizes: dict[str, int], claims: dict[str, str], bad: object, forward_always: None
+) -> None:
+    from gradserve_workers.check import claimed_check
+
+    fn = compile_function(source)
+    names = list(fn.inputs)
+    inputs = _inputs(sizes, ())
+    claim_fns = {k: _claim(v, names) for k, v in claims.items()}
+    whole = claimed_check(fn, claim_fns, names, inputs, kind="jacobian")
+    assert whole.passed == (bad is None), whole.message
+    if bad == "below the diagonal":
+        # the claim misses d f_j / d x_i = cos(x_i) for j > i: worst where |cos(x_i)| is
+        # largest (i < n - 1), first in output order there
+        i = int(torch.argmax(torch.cos(inputs["x"][:-1]).abs()))
+        assert whole.worst is not None
+        assert (whole.worst.output_index, whole.worst.input_index) == ((i + 1,), (i,))
+        assert whole.worst.numeric == 0.0
+        assert whole.worst.analytic == pytest.approx(math.cos(float(inputs["x"][i])))
+    elif bad is not None:
+        assert whole.worst is not None and whole.worst.input == bad
+    n = sum(sizes[k] for k in claims)
+    for cuts in ([n // 2], [17, n // 3, n - 1]):
+        shards = [
+            claimed_check(fn, claim_fns, names, inputs, kind="jacobian", columns=c)
+            for c in split(n, cuts)
+        ]
+        merged = merge_shards(shards)
+        assert merged.passed == whole.passed and merged.kind == "claimed_jacobian"
+        assert merged.worst == whole.worst
+        assert merged.max_abs_error == whole.max_abs_error
+        assert merged.max_rel_error == whole.max_rel_error
+        assert merged.message == whole.message
+
+
+def test_claimed_columns_need_a_claimed_jacobian() -> None:
+    from gradserve_workers.check import claimed_check
+
+    x = uniform(10, 9)
+    with pytest.raises(CheckError, match=r"columns=.*claimed Jacobian"):
+        claimed_check(
+            lambda v: (v**2).sum(), {"x": lambda v: 2 * v}, ["x"], {"x": x}, kind="grad",
+            columns=(0, 5),
+        )  # fmt: skip
+    with pytest.raises(CheckError, match=r"columns="):
+        claimed_check(lambda v: v**2, {"x": lambda v: torch.diag(2 * v)}, ["x"], {"x": x},
+                      kind="jacobian", columns=(4, 11))  # fmt: skip
+
+
+def test_small_whole_checks_use_reverse_mode_and_agree_with_forward_shards() -> None:
+    """Below FORWARD_MIN_ELEMENTS a whole check compares reverse mode's Jacobian; its
+    shards (forward mode) give the same verdict and worst element, and errors equal
+    to round-off."""
+    fn = compile_function("softmax(x, 0)")
+    x = uniform(300, 10)
+    assert _check_impl.FORWARD_MIN_ELEMENTS > 300 * 300
+    s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    at, _, _ = _check_impl._analytic_full(fn, s, 1, True)
+    assert not at.is_contiguous()  # the transposed view of reverse mode's Jacobian
+    whole = finite_difference_check(fn, ["x"], {"x": x})
+    merged = merge_shards(
+        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(300, [150])]
+    )
+    assert merged.passed == whole.passed and merged.worst is not None and whole.worst is not None
+    assert merged.worst.input_index == whole.worst.input_index
+    assert merged.worst.output_index == whole.worst.output_index
+    assert merged.max_abs_error == pytest.approx(whole.max_abs_error, rel=1e-6)
+    assert merged.max_rel_error == pytest.approx(whole.max_rel_error, rel=1e-6)

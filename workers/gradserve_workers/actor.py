@@ -202,6 +202,7 @@ class GradActor:
                 atol=spec.atol,
                 rtol=spec.rtol,
                 allow_vmap=allow_vmap,
+                columns=spec.columns,
             )
         if spec.batched and not report.vmapped:
             self._per_point.add(spec.source_hash)

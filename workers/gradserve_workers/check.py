@@ -71,12 +71,12 @@ def finite_difference_check(
     Where one-sided differences disagree and keep disagreeing at a smaller step (a
     kink: ``relu`` or ``abs`` at 0), the report says ``non_differentiable`` and fails.
 
-    With at least as many outputs as input elements, autograd's Jacobian is built by
-    forward mode and reverse mode is held to it on random projections (to round-off);
-    otherwise it is reverse mode's. ``columns=(start, stop)`` checks only the input
-    elements ``start <= i < stop`` of the flattened ``wrt`` inputs (order 1, full
-    check): one shard of a check that the server splits across workers, merged by
-    :func:`merge_shards`.
+    A large Jacobian (2^18 elements) with at least as many outputs as input elements
+    is built by forward mode, and reverse mode is held to it on random projections
+    (to round-off); otherwise autograd's Jacobian is reverse mode's.
+    ``columns=(start, stop)`` checks only the input elements ``start <= i < stop`` of
+    the flattened ``wrt`` inputs (order 1, full check): one shard of a check that the
+    server splits across workers, merged by :func:`merge_shards`.
 
     >>> x = torch.tensor([0.5, -1.0, 2.0])
     >>> r = finite_difference_check(lambda x: torch.sin(x) * x.sum(), ["x"], {"x": x})
@@ -127,6 +127,7 @@ def claimed_check(
     atol: float = 1e-5,
     rtol: float = 1e-3,
     allow_vmap: bool = True,
+    columns: tuple[int, int] | None = None,
 ) -> CheckReport:
     """Compare claimed derivatives with autograd's, at the given points.
 
@@ -136,7 +137,10 @@ def claimed_check(
     for ``"hessian"`` the key ``"x"`` means d²f/dx² and ``"a,b"`` a cross term
     (``in_shape_a + in_shape_b``). A claim that returns a broadcastable value (a
     constant) is broadcast. In the report's worst element, ``analytic`` is autograd's
-    value and ``numeric`` the claimed one.
+    value and ``numeric`` the claimed one. A large claimed Jacobian with at least as
+    many outputs as inputs is compared with forward mode's (reverse mode held to
+    it, as in :func:`finite_difference_check`); ``columns=(start, stop)`` compares
+    only those elements of the claimed inputs (a shard, see :func:`merge_shards`).
 
     The gradient of ``2 * dot(x, x)`` is ``4 * x``, not ``2 * x``:
 
@@ -164,4 +168,5 @@ def claimed_check(
         atol=atol,
         rtol=rtol,
         allow_vmap=allow_vmap,
+        columns=columns,
     )

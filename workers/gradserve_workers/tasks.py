@@ -45,8 +45,8 @@ class CheckSpec:
     fast: bool | None = None
     seed: int = 0
     limits: dict[str, int] = field(default_factory=dict)
-    # input elements [start, stop) of the flattened wrt inputs: one shard of a
-    # finite-difference check split across workers (None: all of them)
+    # input elements [start, stop) of the flattened wrt (or claimed) inputs: one shard
+    # of a finite-difference or claimed-Jacobian check split across workers
     columns: tuple[int, int] | None = None
 
 
