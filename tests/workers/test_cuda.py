@@ -130,3 +130,37 @@ def test_actor_on_cuda_matches_cpu_actor() -> None:
     check = CheckSpec(src, digest, None, False, "float64", "finite_difference")
     r = gpu.check(check, {"x": points(1, 300)[0].numpy()}, 0, 1)
     assert r.error is None and r.report is not None and r.report.passed
+
+
+@pytest.mark.parametrize("source", ["cumsum(sin(x))", "softmax(x, 0) * 3", "x * sum(x ** 2)"])
+def test_forward_mode_and_shards_on_cuda(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward-mode Jacobians (reverse mode held to them) and checks split by input
+    elements run on the device and merge into the CPU's whole report."""
+    from gradserve_workers.check import merge_shards
+
+    monkeypatch.setattr(_check_impl, "FORWARD_MIN_ELEMENTS", 0)
+    fn = compile_function(source)
+    x = points(1, 400, seed=3)[0]
+    x[17] = 0.0
+    cpu = finite_difference_check(fn, ["x"], {"x": x})
+    xg = x.to(CUDA)
+    whole = finite_difference_check(fn, ["x"], {"x": xg})
+    shards = [
+        finite_difference_check(fn, ["x"], {"x": xg}, columns=c) for c in [(0, 150), (150, 400)]
+    ]
+    merged = merge_shards(shards)
+    for r in (whole, merged):
+        assert r.passed == cpu.passed and r.passed, r.message
+        assert r.worst is not None and cpu.worst is not None
+        assert r.max_abs_error == pytest.approx(cpu.max_abs_error, rel=1e-3, abs=1e-12)
+    claim = compile_function("diag(cos(x))")  # wrong below the diagonal for cumsum(sin(x))
+    if source.startswith("cumsum"):
+        parts = [
+            claimed_check(fn, {"x": claim}, ["x"], {"x": xg}, kind="jacobian", columns=c)
+            for c in [(0, 200), (200, 400)]
+        ]
+        on_cpu = claimed_check(fn, {"x": claim}, ["x"], {"x": x}, kind="jacobian")
+        got = merge_shards(parts)
+        assert not got.passed and got.worst is not None and on_cpu.worst is not None
+        assert got.worst.input_index == on_cpu.worst.input_index
+        assert got.worst.output_index == on_cpu.worst.output_index
