@@ -240,6 +240,14 @@ CLAIMS = [
     ("cumsum(sin(x))", {"x": 300}, {"x": "tril(outer(ones(300), cos(x)))"}, None),
     ("cumsum(sin(x))", {"x": 300}, {"x": "diag(cos(x))"}, "below the diagonal"),
     ("x * y", {"x": 150, "y": 150}, {"x": "diag(y)", "y": "diag(x)"}, None),
+    ("x * y", {"x": 150, "y": 150}, {"y": "diag(x)", "x": "diag(y)"}, None),  # dict order
+    # m < n (reverse mode); equal errors in both inputs: the first in output order wins
+    ("x[:20] * y[:20]", {"x": 150, "y": 150},
+     {"x": "diag(y)[:20] + outer(where(arange(20) == 5, 1.0, 0.0), "
+           "where(arange(150) == 9, 1.0, 0.0))",
+      "y": "diag(x)[:20] + outer(where(arange(20) == 2, 1.0, 0.0), "
+           "where(arange(150) == 9, 1.0, 0.0))"},
+     "y"),
     ("x * y", {"x": 150, "y": 150}, {"x": "diag(y)", "y": "diag(x) + where(x > 1.9, 1, 0)"},
      "y"),
     ("x[:20] * sum(x)", {"x": 260},
@@ -316,3 +324,62 @@ def test_small_whole_checks_use_reverse_mode_and_agree_with_forward_shards() -> 
     assert merged.worst.output_index == whole.worst.output_index
     assert merged.max_abs_error == pytest.approx(whole.max_abs_error, rel=1e-6)
     assert merged.max_rel_error == pytest.approx(whole.max_rel_error, rel=1e-6)
+
+
+def test_a_nan_in_one_shard_is_the_merged_maximum(forward_always: None) -> None:
+    """sqrt at 0: one shard's relative error is NaN; the merged maximum is NaN too,
+    whichever shard holds it (max() would keep or drop it by position)."""
+    fn = compile_function("sqrt(x) * 2")
+    x = uniform(40, 11).abs()
+    x[30] = 0.0
+    whole = finite_difference_check(fn, ["x"], {"x": x})
+    for cut in (20, 35):
+        merged = merge_shards(
+            [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(40, [cut])]
+        )
+        assert math.isnan(whole.max_rel_error) and math.isnan(merged.max_rel_error)
+        assert repr(merged.worst) == repr(whole.worst) and merged.passed == whole.passed
+
+
+def test_a_wrong_backward_is_seen_next_to_entries_1e8_times_larger() -> None:
+    """A column holds 1e8 (from 1e8 * x) and cos(x_i) (from sin(x)): reverse mode's
+    projections must still see a 1e-2 error in the small entry, element by element
+    (the tolerance scales with |v|ᵀ|J|, not with the column's norm)."""
+    n, bad = 300, 123
+
+    def f(x: Tensor) -> Tensor:
+        return torch.cat([1e8 * x, torch.sin(x)])
+
+    def vjp(x: Tensor, g: Tensor) -> Tensor:
+        out = 1e8 * g[..., :n] + torch.cos(x) * g[..., n:]
+        out[..., bad] += 1e-2 * g[..., n + bad]
+        return out
+
+    def jvp(x: Tensor, t: Tensor) -> Tensor:
+        return torch.cat([1e8 * t, torch.cos(x) * t], -1)
+
+    fn = with_backward(f, vjp, jvp=jvp)
+    x = uniform(n, 12)
+    for columns in (None, (100, 200)):
+        if columns is None:  # the whole check, by forward mode first
+            s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+            forward = _check_impl._forward_full(fn, s)
+            assert forward is not None
+            g = _check_impl._flat_fn(fn, s.layout, 1)
+            assert not _check_impl._reverse_agrees(g, s, forward[0])
+        r = finite_difference_check(fn, ["x"], {"x": x}, columns=columns, atol=1e-5, rtol=1e-3)
+        assert not r.passed and r.worst is not None
+        assert (r.worst.output_index, r.worst.input_index) == ((n + bad,), (bad,))
+
+
+def test_more_kink_candidates_than_are_retested_pick_the_same_kink() -> None:
+    """5,000 kinks of equal jump (abs at 0 everywhere): the whole check retests the
+    first 4,096 by a stable order and names the first; so do the shards."""
+    fn = compile_function("sum(abs(x))")
+    x = torch.zeros(5000, dtype=torch.float64)
+    whole = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    merged = merge_shards(
+        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(5000, [2500])]
+    )
+    assert whole.kink is not None and whole.kink.input_index == (0,)
+    assert merged.kink == whole.kink and not merged.passed

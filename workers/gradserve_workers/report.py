@@ -8,7 +8,7 @@ the points and rewrites the message from the fields.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 __all__ = [
@@ -98,6 +98,17 @@ class CheckReport:
     kink: Kink | None = None
     dtype: str = "float64"
     max_asymmetry: float = 0.0
+
+
+def largest(values: Iterable[float]) -> float:
+    """The largest of ``values``, NaN if any is (as a maximum over the elements is),
+    whatever the order: ``max`` keeps or drops a NaN depending on where it stands.
+
+    >>> largest([1.0, math.nan, 3.0]), largest([2.0, 0.5])
+    (nan, 2.0)
+    """
+    vals = list(values)
+    return math.nan if any(math.isnan(v) for v in vals) else max(vals)
 
 
 def violation(worst: WorstElement, kind: str, atol: float, rtol: float) -> float:
@@ -282,8 +293,8 @@ def merge_reports(reports: Sequence[CheckReport], point_offsets: Sequence[int]) 
         first,
         passed=all(r.passed for r in reports),
         mode="fast" if any(r.mode == "fast" for r in reports) else first.mode,
-        max_abs_error=max(r.max_abs_error for r in reports),
-        max_rel_error=max(r.max_rel_error for r in reports),
+        max_abs_error=largest(r.max_abs_error for r in reports),
+        max_rel_error=largest(r.max_rel_error for r in reports),
         worst=worst,
         non_differentiable=any(r.non_differentiable for r in reports),
         symmetric=all(symmetric_values) if symmetric_values else None,
@@ -340,8 +351,8 @@ def merge_shards(reports: Sequence[CheckReport]) -> CheckReport:
     merged = replace(
         first,
         passed=all(point_passed) and kink is None,
-        max_abs_error=max(r.max_abs_error for r in reports),
-        max_rel_error=max(r.max_rel_error for r in reports),
+        max_abs_error=largest(r.max_abs_error for r in reports),
+        max_rel_error=largest(r.max_rel_error for r in reports),
         worst=worst,
         non_differentiable=kink is not None,
         point_passed=tuple(point_passed),
