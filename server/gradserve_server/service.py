@@ -370,8 +370,9 @@ class ComputeService:
         """How one large element-wise check at one point (finite differences, or a
         claimed Jacobian) is split by input elements across the workers idle now (see
         :func:`plan_shards`; one range or none: not split), and the key under which
-        its cost is remembered (``None``: not a kind that is split). Each
-        shard differentiates and compares its own elements (and evaluates their
+        its cost is remembered (``None``: not a kind that is split).
+
+        Each shard differentiates and compares its own elements (and evaluates their
         perturbations, or the whole claim). A check of a function whose last such
         check took less than :data:`SHARD_MIN_SECONDS` of worker time is not split
         (the first one is: a one-off large check gains most); nor are busy pools,
