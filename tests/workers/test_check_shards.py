@@ -209,8 +209,10 @@ def test_forward_mode_is_used_and_reverse_mode_agrees_on_language_functions() ->
         fn = compile_function(source)
         s = _check_impl._setup(fn, ["x"], {"x": uniform(200, 8)}, None, False, "check(f)")
         g = _check_impl._flat_fn(fn, s.layout, 1)
-        forward = _check_impl._forward_full(fn, s)
+        forward = _check_impl._forward_columns(g, s, 0, s.layout.n)
         assert forward is not None
+        # the oracle: torch.func's own forward-mode Jacobian, transposed
+        torch.testing.assert_close(forward[0][0], torch.func.jacfwd(g)(s.x[0]).T)
         assert _check_impl._reverse_agrees(g, s, forward[0]), source
         cols = _check_impl._forward_columns(g, s, 50, 120)
         assert cols is not None
@@ -363,9 +365,9 @@ def test_a_wrong_backward_is_seen_next_to_entries_1e8_times_larger() -> None:
     for columns in (None, (100, 200)):
         if columns is None:  # the whole check, by forward mode first
             s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
-            forward = _check_impl._forward_full(fn, s)
-            assert forward is not None
             g = _check_impl._flat_fn(fn, s.layout, 1)
+            forward = _check_impl._forward_columns(g, s, 0, n)
+            assert forward is not None
             assert not _check_impl._reverse_agrees(g, s, forward[0])
         r = finite_difference_check(fn, ["x"], {"x": x}, columns=columns, atol=1e-5, rtol=1e-3)
         assert not r.passed and r.worst is not None
@@ -383,3 +385,20 @@ def test_more_kink_candidates_than_are_retested_pick_the_same_kink() -> None:
     )
     assert whole.kink is not None and whole.kink.input_index == (0,)
     assert merged.kink == whole.kink and not merged.passed
+
+
+def test_a_function_without_forward_mode_is_checked_by_reverse_mode(
+    forward_always: None,
+) -> None:
+    """A backward but no forward-mode rule: building columns by forward mode fails, so
+    whole checks and shards fall back to reverse mode's Jacobian and still agree."""
+    fn = with_backward(_cumsum_cos, _true_vjp)  # no jvp: torch raises on forward mode
+    x = uniform(300, 13)
+    s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    assert _check_impl._forward_columns(_check_impl._flat_fn(fn, s.layout, 1), s, 0, 10) is None
+    whole = finite_difference_check(fn, ["x"], {"x": x})
+    merged = merge_shards(
+        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(300, [120])]
+    )
+    assert whole.passed and merged.passed, whole.message
+    assert merged.worst == whole.worst and merged.max_abs_error == whole.max_abs_error

@@ -699,6 +699,15 @@ def _row_label(
     return None, _unravel(row, out_shape)
 
 
+def _from_input(cmp: _Comparison, c0: int) -> _Comparison:
+    """``cmp`` of a shard (input elements from ``c0`` on), its worst element's input
+    index made global."""
+    if cmp.worst_flat is None or not c0:
+        return cmp
+    p, r, c = cmp.worst_flat
+    return replace(cmp, worst_flat=(p, r, c0 + c))
+
+
 def _worst_element(
     cmp: _Comparison, layout: _Layout, out_shape: tuple[int, ...], order: int
 ) -> WorstElement | None:
@@ -978,8 +987,7 @@ def _analytic_full(
         c0, c1 = columns if columns is not None else (0, lay.n)
         if _forward_first(m, lay.n, columns) and allow_vmap:
             g = _flat_fn(fn, lay, 1)
-            full = columns is None
-            forward = _forward_full(fn, s) if full else _forward_columns(g, s, c0, c1)
+            forward = _forward_columns(g, s, c0, c1)
             if forward is not None and _reverse_agrees(g, s, forward[0], c0):
                 return forward
         # one output: the Jacobian is the gradient (the same backward pass)
@@ -996,8 +1004,7 @@ def _analytic_full(
         at = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         f0 = r.outputs["value"][""].reshape(n_pts, m)
         return at[:, c0:c1], f0, r.vmapped
-    if columns is not None:
-        raise CheckError(f"{s.call}: a check split by input elements must be of order 1")
+    assert columns is None, "only first-order checks are split (see the public entry points)"
     req = OpsRequest(ops=("grad", "hessian"), wrt=lay.wrt, batched=True, allow_vmap=allow_vmap)
     r = _compute(fn, lay.names, s.inputs64, req, s.call)
     # row block b (perturbed input), column block a (gradient component): H[a, b]ᵀ
@@ -1027,30 +1034,16 @@ def _forward_first(m: int, n: int, columns: tuple[int, int] | None) -> bool:
     return m > 1 and n <= m and (columns is not None or n * m >= FORWARD_MIN_ELEMENTS)
 
 
-def _forward_full(fn: Fn, s: _Setup) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """:func:`_analytic_full`'s order-1 result by forward mode, or ``None`` when forward
-    mode cannot run the function (the reverse-mode path then reports any error)."""
-    lay = s.layout
-    n_pts = s.n_points
-    m = math.prod(s.out_shape)
-    req = OpsRequest(ops=("value", "jacobian"), wrt=lay.wrt, batched=True, jacobian_mode="forward")
-    try:
-        r = _compute(fn, lay.names, s.inputs64, req, s.call)
-    except Exception:
-        return None
-    # forward mode builds the Jacobian column by column: transposed, it is contiguous
-    parts = [r.outputs["jacobian"][w].reshape(n_pts, m, -1).transpose(1, 2) for w in lay.wrt]
-    at = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1)
-    return at, r.outputs["value"][""].reshape(n_pts, m), r.vmapped
-
-
 def _forward_columns(
     g: Callable[..., torch.Tensor], s: _Setup, c0: int, c1: int
 ) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-    """:func:`_forward_full` for the input elements ``c0..c1`` only: one forward-mode
-    pass (``jvp``) per element, vmapped over elements in chunks within
-    :data:`EVAL_BUDGET` (a loop for data-dependent control flow), one point at a time.
-    ``None`` when forward mode cannot run the function."""
+    """:func:`_analytic_full`'s order-1 result by forward mode for the input elements
+    ``c0..c1`` (all of them for a whole check, so that a whole check and its shards
+    build the same numbers): one ``jvp`` per element, vmapped over elements in chunks
+    within :data:`EVAL_BUDGET` (a loop for data-dependent control flow), one point at
+    a time; each column comes out contiguous, as the perturbations are laid out.
+    ``None`` when forward mode cannot run the function (the reverse-mode path then
+    reports any error)."""
     n_pts, n = s.x.shape
     chunk = max(1, EVAL_BUDGET // max(n, s.peak, 1))
     vmapped = True
@@ -1188,10 +1181,7 @@ def _full_check(
         numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)
         cmp = _compare_generic(a, numeric, a, atol, rtol)
         found = _find_kink(ev, s.x, f0, plus, minus, None, at, eps, atol, rtol, offset=c0)
-    if cmp.worst_flat is not None and c0:
-        p, r, c = cmp.worst_flat
-        cmp = replace(cmp, worst_flat=(p, r, c + c0))
-    worst = _worst_element(cmp, s.layout, s.out_shape, order)
+    worst = _worst_element(_from_input(cmp, c0), s.layout, s.out_shape, order)
     kink = None
     point_passed = list(cmp.point_passed)
     if found is not None:
@@ -1588,10 +1578,7 @@ def _claimed_jacobian(
     else:
         auto = at.transpose(1, 2)  # (N, m, k)
         cmp = _compare(auto, auto, claimed, atol, rtol)
-    if cmp.worst_flat is not None and c0:
-        p, row, col = cmp.worst_flat
-        cmp = replace(cmp, worst_flat=(p, row, c0 + col))
-    worst = _worst_element(cmp, lay, s.out_shape, 1)
+    worst = _worst_element(_from_input(cmp, c0), lay, s.out_shape, 1)
     return _report(
         kind="claimed_jacobian",
         order=1,

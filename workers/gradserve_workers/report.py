@@ -334,20 +334,13 @@ def merge_shards(reports: Sequence[CheckReport]) -> CheckReport:
         if (r.kind, r.order, r.num_points) != (first.kind, first.order, first.num_points):
             raise ValueError("merge_shards: the shards are not of one check")
     point_passed = [all(ps) for ps in zip(*(r.point_passed for r in reports), strict=True)]
-    worst: WorstElement | None = None
-    worst_key: tuple[float, int, tuple[int, ...], int] | None = None
-    kink: Kink | None = None
-    kink_key: tuple[float, int, int] | None = None
-    for shard, r in enumerate(reports):
-        if r.worst is not None:
-            w = r.worst
-            key = (-violation(w, r.kind, r.atol, r.rtol), w.point, w.output_index, shard)
-            if worst_key is None or key < worst_key:
-                worst, worst_key = w, key
-        if r.kink is not None:
-            k_key = (-abs(r.kink.right - r.kink.left), r.kink.point, shard)
-            if kink_key is None or k_key < kink_key:
-                kink, kink_key = r.kink, k_key
+    # shards are in input order, so their index breaks the remaining ties
+    worsts = [(-violation(w, r.kind, r.atol, r.rtol), w.point, w.output_index, i, w)
+              for i, r in enumerate(reports) if (w := r.worst) is not None]  # fmt: skip
+    kinks = [(-abs(k.right - k.left), k.point, i, k)
+             for i, r in enumerate(reports) if (k := r.kink) is not None]  # fmt: skip
+    worst = min(worsts, key=lambda t: t[:4])[-1] if worsts else None
+    kink = min(kinks, key=lambda t: t[:3])[-1] if kinks else None
     merged = replace(
         first,
         passed=all(point_passed) and kink is None,
