@@ -1,15 +1,19 @@
-"""The fused, blocked comparison and kink screen agree with the element-wise originals."""
+"""The fused comparisons (the compiled kernel, and the blocked eager torch code that
+runs where it is not built or on a GPU) and the kink screen agree bit for bit with
+the element-wise originals."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from gradserve_workers import _check_impl as ci
-from gradserve_workers import lang
+from gradserve_workers import _native, lang
 from gradserve_workers.check import claimed_check, finite_difference_check
 from gradserve_workers.ops import OpsRequest, compute
 
@@ -18,6 +22,20 @@ F64 = torch.float64
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(params=["native", "eager"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each fused comparison through the compiled kernel and through the eager code."""
+    if request.param == "eager":
+        monkeypatch.setattr(_native, "AVAILABLE", False)
+    yield request.param
+
+
+def test_the_kernel_is_built_where_a_c_compiler_is() -> None:
+    # a broken build would otherwise pass unnoticed: the eager code gives the same results
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert _native.AVAILABLE, "the comparison kernel did not build (see workers/setup.py)"
 
 
 def generic_fd(
@@ -31,7 +49,7 @@ def generic_fd(
 @pytest.mark.parametrize("block", [7, 64, 1 << 15])
 @pytest.mark.parametrize("shape", [(1, 30, 20), (4, 9, 1), (3, 1, 12), (5, 8, 6)])
 def test_fused_fd_compare_matches_generic(
-    monkeypatch: pytest.MonkeyPatch, block: int, shape: tuple[int, int, int]
+    monkeypatch: pytest.MonkeyPatch, block: int, shape: tuple[int, int, int], impl: str
 ) -> None:
     monkeypatch.setattr(ci, "BLOCK", block)
     eps = 1e-6
@@ -51,7 +69,7 @@ def test_fused_fd_compare_matches_generic(
 
 @pytest.mark.parametrize("block", [5, 1 << 15])
 def test_fused_ties_pick_the_first_in_report_order(
-    monkeypatch: pytest.MonkeyPatch, block: int
+    monkeypatch: pytest.MonkeyPatch, block: int, impl: str
 ) -> None:
     monkeypatch.setattr(ci, "BLOCK", block)
     eps = 0.5
@@ -72,7 +90,7 @@ def test_fused_ties_pick_the_first_in_report_order(
     assert fused is not None and fused[0].worst_flat == (0, 0, 0)
 
 
-def test_ratio_of_exactly_one_is_decided_by_the_rule() -> None:
+def test_ratio_of_exactly_one_is_decided_by_the_rule(impl: str) -> None:
     ref = torch.tensor([[[1.0, 2.0]]], dtype=F64)
     allowed = 1e-5 + 1e-3 * ref.abs()
     other = ref + allowed  # err == allowed (to rounding): passes iff err <= allowed
@@ -82,7 +100,7 @@ def test_ratio_of_exactly_one_is_decided_by_the_rule() -> None:
     )
 
 
-def test_non_finite_and_zero_atol_use_the_generic_rules() -> None:
+def test_non_finite_and_zero_atol_use_the_generic_rules(impl: str) -> None:
     ref = torch.tensor([[[1.0, 2.0, 0.0]]], dtype=F64)
     other = torch.tensor([[[1.0, math.inf, 0.0]]], dtype=F64)
     assert (
@@ -101,7 +119,7 @@ def test_non_finite_and_zero_atol_use_the_generic_rules() -> None:
 
 @pytest.mark.parametrize("block", [16, 1 << 15])
 def test_screened_kink_search_matches_the_full_one(
-    monkeypatch: pytest.MonkeyPatch, block: int
+    monkeypatch: pytest.MonkeyPatch, block: int, impl: str
 ) -> None:
     monkeypatch.setattr(ci, "BLOCK", block)
 
@@ -128,7 +146,7 @@ def test_screened_kink_search_matches_the_full_one(
     assert r.non_differentiable and r.kink is not None and r.kink.input_index in ((4,), (7,))
 
 
-def test_compiled_functions_vector_check_and_wrong_jacobian() -> None:
+def test_compiled_functions_vector_check_and_wrong_jacobian(impl: str) -> None:
     fn = lang.compile_function("cumsum(sin(x))")
     x = torch.linspace(-2, 2, 300, dtype=F64)
     r = finite_difference_check(fn, ["x"], {"x": x})
@@ -169,3 +187,118 @@ def test_a_witnessed_input_stays_connected_without_probing() -> None:
     again = compute(fn, ["x"], {"x": neg}, OpsRequest(ops=("grad",)))
     assert again.unconnected == ()
     assert torch.equal(again.outputs["grad"]["x"], torch.zeros(3, dtype=F64))
+
+
+# ---------------------------------------------------------------------------
+# the compiled kernel against the eager code and the generic rules, bit for bit
+
+
+def _both(ops: ci._Operands, atol: float, rtol: float, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    native = ci._fused_compare(ops, atol, rtol)
+    with monkeypatch.context() as m:
+        m.setattr(_native, "AVAILABLE", False)
+        m.setattr(ci, "BLOCK", 97)  # many uneven blocks
+        eager = ci._fused_compare(ops, atol, rtol)
+    return native, eager
+
+
+def _same(native: tuple | None, eager: tuple | None) -> None:
+    assert (native is None) == (eager is None)
+    if native is None or eager is None:
+        return
+    assert dataclasses.asdict(native[0]) == dataclasses.asdict(eager[0])
+    none = torch.zeros(0, 2, dtype=torch.long)
+    cat = [torch.cat(x[1]) if x[1] else none for x in (native, eager)]
+    assert torch.equal(cat[0], cat[1])
+
+
+def _fd_operands(shape: tuple[int, int, int], seed: int, style: str) -> ci._Operands:
+    n_pts, rows, cols = shape
+    g = gen(seed)
+    eps = 1e-6
+    if style == "ties":  # small integers: many equal errors and ratios
+        at = torch.randint(-2, 3, shape, generator=g).to(F64)
+        num = torch.randint(-2, 3, shape, generator=g).to(F64)
+    else:
+        at = torch.randn(shape, generator=g, dtype=F64)
+        num = at + 1e-4 * torch.randn(shape, generator=g, dtype=F64)
+        if style == "zeros":  # exact zeros on both sides, as above a triangle
+            tri = torch.ones(rows, cols, dtype=torch.bool).tril()
+            at, num = at * tri, num * tri
+        elif style == "wide":  # magnitudes from 1e-12 to 1e12: relative errors overflow
+            scale = 10.0 ** torch.randint(-12, 13, shape, generator=g).to(F64)
+            at, num = at * scale, num * scale
+    f0 = torch.randn(n_pts, 1, cols, generator=g, dtype=F64)
+    curve = (1e-9 if style == "kinks" else 1e-13) * torch.randn(shape, generator=g, dtype=F64)
+    plus = f0 + eps * num + curve
+    minus = f0 - eps * num + curve
+    return ci._Operands(at, None, at, plus, minus, 2 * f0, eps, True)
+
+
+@pytest.mark.parametrize("style", ["random", "ties", "zeros", "wide", "kinks"])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (1, 7, 300), (3, 5, 129), (2, 40, 128), (6, 3, 1), (1, 257, 2)]
+)
+def test_kernel_matches_eager_and_generic_on_finite_differences(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int], style: str
+) -> None:
+    if not _native.AVAILABLE:
+        pytest.skip("the comparison kernel is not built here")
+    ops = _fd_operands(shape, seed=sum(shape), style=style)
+    native, eager = _both(ops, 1e-5, 1e-3, monkeypatch)
+    _same(native, eager)
+    assert native is not None
+    assert dataclasses.asdict(native[0]) == dataclasses.asdict(
+        generic_fd(ops.analytic, ops.plus, ops.minus, ops.eps, 1e-5, 1e-3)  # type: ignore[arg-type]
+    )
+    if style == "kinks":
+        assert native[1], "second differences of 1e-9 pass the kink screen"
+
+
+@pytest.mark.parametrize("which", ["analytic", "other"])
+@pytest.mark.parametrize("style", ["random", "ties", "zeros", "wide"])
+def test_kernel_matches_on_claimed_derivatives(
+    monkeypatch: pytest.MonkeyPatch, which: str, style: str
+) -> None:
+    """Claimed checks: the reference is given (autograd's value or the claim), rows
+    are in the report's order."""
+    if not _native.AVAILABLE:
+        pytest.skip("the comparison kernel is not built here")
+    fd = _fd_operands((3, 9, 150), seed=5, style=style)
+    analytic = fd.analytic
+    claim = (fd.plus - fd.minus) / (2 * fd.eps)  # type: ignore[operator]
+    ref = analytic if which == "analytic" else claim
+    other = claim if which == "analytic" else analytic
+    ops = ci._Operands(analytic, ref, other, None, None, None, 0.0, False)
+    native, eager = _both(ops, 1e-5, 1e-3, monkeypatch)
+    _same(native, eager)
+    assert native is not None
+    generic = ci._compare_generic(analytic, ref, other, 1e-5, 1e-3)
+    assert dataclasses.asdict(native[0]) == dataclasses.asdict(generic)
+
+
+def test_kernel_takes_strided_points_and_defers_non_finite_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not _native.AVAILABLE:
+        pytest.skip("the comparison kernel is not built here")
+    whole = _fd_operands((4, 30, 200), seed=9, style="random")
+    assert whole.plus is not None and whole.minus is not None
+    # a shard's rows of every point: rows contiguous, points 30 rows apart
+    at, plus, minus = (t[:, 10:25] for t in (whole.analytic, whole.plus, whole.minus))
+    cut = ci._Operands(at, None, at, plus, minus, whole.twice_f0, whole.eps, True)
+    assert not at.is_contiguous() and _native.supports(at, plus, minus)
+    native, eager = _both(cut, 1e-5, 1e-3, monkeypatch)
+    _same(native, eager)
+    assert native is not None
+    assert dataclasses.asdict(native[0]) == dataclasses.asdict(
+        generic_fd(at, plus, minus, whole.eps, 1e-5, 1e-3)
+    )
+    for bad in (math.nan, math.inf):
+        bad_plus = whole.plus.clone()
+        bad_plus[2, 17, 150] = bad
+        ops = dataclasses.replace(whole, plus=bad_plus)
+        native, eager = _both(ops, 1e-5, 1e-3, monkeypatch)
+        assert native is None and eager is None  # the generic rules take over
+        got = generic_fd(whole.analytic, bad_plus, whole.minus, whole.eps, 1e-5, 1e-3)
+        assert not got.passed and got.worst_flat == (2, 150, 17)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _perturb
+from . import _native, _perturb
 from ._ops_impl import (
     Fn,
     OpsError,
@@ -554,6 +554,9 @@ def _fused_compare(
     n_pts, rows, cols = a.shape
     if a.numel() == 0:
         return None
+    first = ops.plus if ops.reference is None else ops.reference
+    if _native.supports(first, ops.minus, ops.other, ops.twice_f0):
+        return _native_compare(ops, atol, rtol)
     blocks = _blocks(n_pts, rows, cols, a.device)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
     bufs = [torch.empty(biggest, dtype=F64, device=a.device) for _ in range(4)]
@@ -610,7 +613,51 @@ def _fused_compare(
         if v == 1.0:
             point_passed[p] = _point_ok(ops, p, rows, bufs, atol, rtol)
     p, r, c = _worst_index(ops, blocks, maxima[nb : 2 * nb], worst_ratio, bufs, atol, rtol)
-    # the report's numbers at the worst element, from 0-d tensors (same arithmetic)
+    return _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed), screened
+
+
+def _native_compare(
+    ops: _Operands, atol: float, rtol: float
+) -> tuple[_Comparison, list[torch.Tensor]] | None:
+    """:func:`_fused_compare` by the compiled kernel (:mod:`._native`): one pass over
+    memory yields each row's largest error, relative error, ratio (and its first
+    column), kink screen value and verdict; the rest is decided from those rows."""
+    first = ops.plus if ops.reference is None else ops.reference
+    assert first is not None
+    st = _native.compare_rows(
+        first, ops.minus, ops.other, ops.twice_f0, 2 * ops.eps, atol, rtol, TINY
+    )
+    if st is None:
+        return None
+    n_pts, rows, cols = ops.analytic.shape
+    ratio = st.ratio_max.view(n_pts, rows)
+    tied = torch.nonzero(ratio == ratio.max())  # (point, row) pairs, in order
+    tied_cols = st.ratio_arg.view(n_pts, rows)[tied[:, 0], tied[:, 1]]
+    i = 0  # rows are in the report's order: the first tied row decides
+    if ops.transposed:  # report order: point, output (our column), input (our row)
+        i = int(torch.argmin((tied[:, 0] * cols + tied_cols) * rows + tied[:, 1]))
+    worst = (int(tied[i, 0]), int(tied[i, 1]), int(tied_cols[i]))
+    point_passed = [bool(b) for b in st.row_ok.view(n_pts, rows).all(1)]
+    screened = []
+    if ops.twice_f0 is not None:
+        hits = torch.nonzero(st.screen_max.view(n_pts, rows) >= ops.eps / 4)
+        if hits.numel():
+            screened.append(hits)
+    max_abs, max_rel = float(st.err_max.max()), float(st.rel_max.max())
+    return _comparison_at(ops, worst, max_abs, max_rel, point_passed), screened
+
+
+def _comparison_at(
+    ops: _Operands,
+    worst: tuple[int, int, int],
+    max_abs: float,
+    max_rel: float,
+    point_passed: list[bool],
+) -> _Comparison:
+    """The :class:`_Comparison` with the worst element at ``worst`` (p, r, c) of the
+    operands' layout: its numbers come from 0-d tensors, with the same arithmetic."""
+    a = ops.analytic
+    p, r, c = worst
     a_t = a[p, r, c]
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
@@ -622,7 +669,7 @@ def _fused_compare(
     ref_v = float(ref_t)
     n_v = float(other_t) if ops.reference is a else ref_v
     rp, rr, rc = (p, c, r) if ops.transposed else (p, r, c)
-    cmp = _Comparison(
+    return _Comparison(
         passed=all(point_passed),
         point_passed=point_passed,
         max_abs=max_abs,
@@ -633,7 +680,6 @@ def _fused_compare(
         abs_error=err_v,
         rel_error=err_v / max(abs(ref_v), TINY),
     )
-    return cmp, screened
 
 
 def _point_ok(

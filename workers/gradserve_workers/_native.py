@@ -1,0 +1,123 @@
+"""Private: the compiled comparison kernel (``native/compare_rows.c``), when built.
+
+:func:`compare_rows` reduces an element-wise derivative comparison to a few numbers
+per row in one pass over memory, with exactly the IEEE operations of the eager
+torch code in ``_check_impl`` (the tests compare the two bit for bit). The library
+is plain C loaded with ``ctypes``; where it was not built (no C compiler at install
+time) :data:`AVAILABLE` is false and the eager code runs instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["AVAILABLE", "RowStats", "compare_rows"]
+
+# set to 1 to run the eager comparison even where the kernel is built (the tests
+# compare the two; an operator can rule out the kernel when chasing a difference)
+DISABLE_ENV = "GRADSERVE_NO_NATIVE"
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_F64 = ctypes.c_double
+
+
+def _load() -> ctypes._NamedFuncPointer | None:
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_compare_rows{suffix}"
+        if path.is_file():
+            try:
+                fn = ctypes.CDLL(str(path)).gs_compare_rows
+            except (OSError, AttributeError):
+                return None
+            args: list[Any] = [_I64] * 3 + [_PTR, _I64, _I64] * 3 + [_PTR, _I64] + [_F64] * 4
+            fn.argtypes = args + [_PTR] * 6
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+_KERNEL = _load()
+AVAILABLE = _KERNEL is not None
+
+
+@dataclass
+class RowStats:
+    """Per row of a (points, rows, cols) comparison, each of length points * rows."""
+
+    err_max: torch.Tensor  # largest |other - ref|
+    rel_max: torch.Tensor  # largest |other - ref| / max(|ref|, tiny)
+    ratio_max: torch.Tensor  # largest error / allowed
+    ratio_arg: torch.Tensor  # its first column
+    screen_max: torch.Tensor  # largest |plus + minus - 2 f0| / allowed (0 without f0)
+    row_ok: torch.Tensor  # error <= allowed in every column
+
+
+def _usable(t: torch.Tensor | None) -> bool:
+    return t is None or (
+        t.device.type == "cpu" and t.dtype == torch.float64 and t.ndim == 3 and t.stride(2) == 1
+    )
+
+
+def supports(*tensors: torch.Tensor | None) -> bool:
+    """Whether :func:`compare_rows` can take these (N, R, C) operands as they are:
+    the kernel is built, and each is float64 on the CPU with contiguous columns."""
+    return AVAILABLE and all(_usable(t) for t in tensors)
+
+
+def compare_rows(
+    plus: torch.Tensor,
+    minus: torch.Tensor | None,
+    other: torch.Tensor,
+    twice_f0: torch.Tensor | None,
+    two_eps: float,
+    atol: float,
+    rtol: float,
+    tiny: float,
+) -> RowStats | None:
+    """The comparison's per-row numbers; ``None`` when an error or ratio is not
+    finite (the generic comparison's rules cover those).
+
+    ``plus`` is the reference when ``minus`` is ``None``, else the reference is
+    ``(plus - minus) / two_eps``; ``twice_f0`` (N, 1, C) turns on the kink screen.
+    Call only when :func:`supports` says so.
+    """
+    assert _KERNEL is not None and supports(plus, minus, other, twice_f0)
+    n_pts, rows, cols = other.shape
+    k = n_pts * rows
+    out = [torch.empty(k, dtype=torch.float64) for _ in range(3)]
+    arg = torch.empty(k, dtype=torch.int64)
+    screen = torch.empty(k, dtype=torch.float64)
+    ok = torch.empty(k, dtype=torch.uint8)
+
+    def strided(t: torch.Tensor | None) -> tuple[int | None, int, int]:
+        return (None, 0, 0) if t is None else (t.data_ptr(), t.stride(0), t.stride(1))
+
+    f0 = (None, 0) if twice_f0 is None else (twice_f0.data_ptr(), twice_f0.stride(0))
+    status = _KERNEL(
+        n_pts,
+        rows,
+        cols,
+        *strided(plus),
+        *strided(minus),
+        *strided(other),
+        *f0,
+        two_eps,
+        atol,
+        rtol,
+        tiny,
+        *(t.data_ptr() for t in (*out, arg, screen, ok)),
+    )
+    if status != 0:
+        return None
+    return RowStats(out[0], out[1], out[2], arg, screen, ok.bool())
