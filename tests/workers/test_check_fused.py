@@ -302,3 +302,34 @@ def test_kernel_takes_strided_points_and_defers_non_finite_values(
         assert native is None and eager is None  # the generic rules take over
         got = generic_fd(whole.analytic, bad_plus, whole.minus, whole.eps, 1e-5, 1e-3)
         assert not got.passed and got.worst_flat == (2, 150, 17)
+
+
+@pytest.mark.parametrize("which", ["other", "reference", "plus"])
+def test_kernel_reads_transposed_operands_in_place(
+    monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    """A claimed Jacobian is compared in forward mode's layout, read across its
+    columns without a copy; every operand may come transposed."""
+    if not _native.AVAILABLE:
+        pytest.skip("the comparison kernel is not built here")
+    fd = _fd_operands((2, 37, 300), seed=11, style="ties")
+    assert fd.plus is not None and fd.minus is not None
+
+    def across(t: torch.Tensor) -> torch.Tensor:  # same values, columns 37 apart
+        view = t.transpose(1, 2).contiguous().transpose(1, 2)
+        assert view.stride(2) == t.shape[1] and torch.equal(view, t)
+        return view
+
+    claim = (fd.plus - fd.minus) / (2 * fd.eps)
+    if which == "plus":
+        ops = dataclasses.replace(fd, plus=across(fd.plus), minus=across(fd.minus))
+        generic = generic_fd(fd.analytic, fd.plus, fd.minus, fd.eps, 1e-5, 1e-3)
+    else:  # autograd's value (the reference) against the claim
+        ref = across(fd.analytic) if which == "reference" else fd.analytic
+        other = across(claim) if which == "other" else claim
+        ops = ci._Operands(ref, ref, other, None, None, None, 0.0, False)
+        generic = ci._compare_generic(fd.analytic, fd.analytic, claim, 1e-5, 1e-3)
+    native, eager = _both(ops, 1e-5, 1e-3, monkeypatch)
+    _same(native, eager)
+    assert native is not None
+    assert dataclasses.asdict(native[0]) == dataclasses.asdict(generic)

@@ -1614,10 +1614,19 @@ def _claimed_jacobian(
         )
         vmapped = vmapped and vm
         by_input[a] = got.reshape(s.n_points, m, -1)
-    claimed = torch.cat([by_input[w] for w in lay.wrt], dim=2)[:, :, c0:c1]  # (N, m, k)
+    # the claims of elements c0..c1 only: a view when one input holds them all
+    parts, start = [], 0
+    for w, size in zip(lay.wrt, lay.sizes, strict=True):
+        lo, hi = max(c0, start), min(c1, start + size)
+        if lo < hi:
+            parts.append(by_input[w][:, :, lo - start : hi - start])
+        start += size
+    claimed = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (N, m, k)
     fused = None
-    if at.is_contiguous():  # forward mode: compare in its layout, the claim copied to it
-        got_t = claimed.transpose(1, 2).contiguous()
+    if at.is_contiguous():  # forward mode: compare in its layout, the claim read across
+        got_t = claimed.transpose(1, 2)
+        if not _native.supports(got_t):  # the eager comparison reads it copied, by rows
+            got_t = got_t.contiguous()
         fused = _fused_compare(_Operands(at, at, got_t, None, None, None, 0.0, True), atol, rtol)
     if fused is not None:
         cmp = fused[0]

@@ -40,7 +40,8 @@ def _load() -> ctypes._NamedFuncPointer | None:
                 fn = ctypes.CDLL(str(path)).gs_compare_rows
             except (OSError, AttributeError):
                 return None
-            args: list[Any] = [_I64] * 3 + [_PTR, _I64, _I64] * 3 + [_PTR, _I64] + [_F64] * 4
+            args: list[Any] = [_I64] * 3 + [_PTR, _I64, _I64, _I64] * 3 + [_PTR, _I64, _I64]
+            args += [_F64] * 4
             fn.argtypes = args + [_PTR] * 6
             fn.restype = ctypes.c_int
             return fn
@@ -64,14 +65,13 @@ class RowStats:
 
 
 def _usable(t: torch.Tensor | None) -> bool:
-    return t is None or (
-        t.device.type == "cpu" and t.dtype == torch.float64 and t.ndim == 3 and t.stride(2) == 1
-    )
+    return t is None or (t.device.type == "cpu" and t.dtype == torch.float64 and t.ndim == 3)
 
 
 def supports(*tensors: torch.Tensor | None) -> bool:
     """Whether :func:`compare_rows` can take these (N, R, C) operands as they are:
-    the kernel is built, and each is float64 on the CPU with contiguous columns."""
+    the kernel is built, and each is float64 on the CPU (any strides: a transposed
+    operand is read through a row buffer, without a copy of the whole)."""
     return AVAILABLE and all(_usable(t) for t in tensors)
 
 
@@ -100,10 +100,15 @@ def compare_rows(
     screen = torch.empty(k, dtype=torch.float64)
     ok = torch.empty(k, dtype=torch.uint8)
 
-    def strided(t: torch.Tensor | None) -> tuple[int | None, int, int]:
-        return (None, 0, 0) if t is None else (t.data_ptr(), t.stride(0), t.stride(1))
+    def strided(t: torch.Tensor | None) -> tuple[int | None, int, int, int]:
+        if t is None:
+            return (None, 0, 0, 0)
+        sp, sr, sc = t.stride()
+        return (t.data_ptr(), sp, sr, sc)
 
-    f0 = (None, 0) if twice_f0 is None else (twice_f0.data_ptr(), twice_f0.stride(0))
+    f0: tuple[int | None, int, int] = (None, 0, 0)
+    if twice_f0 is not None:
+        f0 = (twice_f0.data_ptr(), twice_f0.stride(0), twice_f0.stride(2))
     status = _KERNEL(
         n_pts,
         rows,

@@ -23,6 +23,18 @@
 /* columns per inner step: small enough for the row's scratch to stay in L1 */
 #define STEP 128
 
+/* columns c0 .. c0 + n of a row: the row itself when its columns are contiguous,
+ * else gathered into buf */
+static inline const double *step_of(const double *row, int64_t sc, int64_t c0, int64_t n,
+                                    double *buf)
+{
+    if (sc == 1)
+        return row + c0;
+    for (int64_t j = 0; j < n; j++)
+        buf[j] = row[(c0 + j) * sc];
+    return buf;
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define GS_TARGETS __attribute__((target_clones("avx2", "default")))
 #else
@@ -41,17 +53,18 @@
  *
  * and writes err_max, rel_max, ratio_max, ratio_arg (first column of the largest
  * ratio), screen_max (largest |screen|, NaN ignored) and row_ok (err <= allowed
- * everywhere). Strides are in elements: sp between points, sr between rows.
+ * everywhere). Strides are in elements: sp between points, sr between rows, sc
+ * between columns (a transposed operand is read through a small row buffer).
  *
  * Returns 0, or 1 as soon as an error or ratio is not finite (NaN, Inf): the
  * caller then runs the generic comparison, whose rules cover those.
  */
 GS_TARGETS
 int gs_compare_rows(int64_t points, int64_t rows, int64_t cols,
-                    const double *plus, int64_t plus_sp, int64_t plus_sr,
-                    const double *minus, int64_t minus_sp, int64_t minus_sr,
-                    const double *other, int64_t other_sp, int64_t other_sr,
-                    const double *twice_f0, int64_t f0_sp,
+                    const double *plus, int64_t plus_sp, int64_t plus_sr, int64_t plus_sc,
+                    const double *minus, int64_t minus_sp, int64_t minus_sr, int64_t minus_sc,
+                    const double *other, int64_t other_sp, int64_t other_sr, int64_t other_sc,
+                    const double *twice_f0, int64_t f0_sp, int64_t f0_sc,
                     double two_eps, double atol, double rtol, double tiny,
                     double *err_max, double *rel_max, double *ratio_max,
                     int64_t *ratio_arg, double *screen_max, uint8_t *row_ok)
@@ -59,7 +72,7 @@ int gs_compare_rows(int64_t points, int64_t rows, int64_t cols,
     /* per-lane running values over a row's steps, reduced at the row's end: the
      * loops below are then element-wise selects, which vectorize without
      * reassociating anything */
-    double ref[STEP], allowed[STEP];
+    double ref[STEP], allowed[STEP], pbuf[STEP], mbuf[STEP], obuf[STEP], fbuf[STEP];
     double e_l[STEP], q_l[STEP], rl_l[STEP], s_l[STEP], chk_l[STEP];
     int64_t arg_l[STEP], bad_l[STEP];
     for (int64_t p = 0; p < points; p++) {
@@ -80,9 +93,10 @@ int gs_compare_rows(int64_t points, int64_t rows, int64_t cols,
             }
             for (int64_t c0 = 0; c0 < cols; c0 += STEP) {
                 int64_t n = cols - c0 < STEP ? cols - c0 : STEP;
-                const double *plc = pl + c0, *otc = ot + c0;
-                if (mi) {
-                    const double *mic = mi + c0;
+                const double *plc = step_of(pl, plus_sc, c0, n, pbuf);
+                const double *otc = step_of(ot, other_sc, c0, n, obuf);
+                const double *mic = mi ? step_of(mi, minus_sc, c0, n, mbuf) : NULL;
+                if (mic) {
                     for (int64_t j = 0; j < n; j++)
                         ref[j] = (plc[j] - mic[j]) / two_eps;
                 } else {
@@ -105,8 +119,8 @@ int gs_compare_rows(int64_t points, int64_t rows, int64_t cols,
                     q_l[j] = q > q_l[j] ? q : q_l[j];
                     rl_l[j] = rl > rl_l[j] ? rl : rl_l[j];
                 }
-                if (tf) {
-                    const double *mic = mi + c0, *tfc = tf + c0;
+                if (tf && mic) {
+                    const double *tfc = step_of(tf, f0_sc, c0, n, fbuf);
                     for (int64_t j = 0; j < n; j++) {
                         double s = plc[j] + mic[j];
                         s = s - tfc[j];
