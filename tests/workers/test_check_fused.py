@@ -38,6 +38,19 @@ def test_the_kernel_is_built_where_a_c_compiler_is() -> None:
         assert _native.AVAILABLE, "the comparison kernel did not build (see workers/setup.py)"
 
 
+def test_a_library_built_from_another_version_is_not_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not _native.AVAILABLE:
+        pytest.skip("the comparison kernel is not built here")
+    assert _native._load() is not None
+    monkeypatch.setattr(_native, "ABI", _native.ABI + 1)  # its arguments would be misread
+    assert _native._load() is None
+    monkeypatch.setenv(_native.DISABLE_ENV, "1")
+    monkeypatch.setattr(_native, "ABI", _native.ABI - 1)
+    assert _native._load() is None  # and an operator can rule it out
+
+
 def generic_fd(
     at: torch.Tensor, plus: torch.Tensor, minus: torch.Tensor, eps: float, atol: float, rtol: float
 ) -> ci._Comparison:

@@ -24,6 +24,9 @@ __all__ = ["AVAILABLE", "RowStats", "compare_rows"]
 # compare the two; an operator can rule out the kernel when chasing a difference)
 DISABLE_ENV = "GRADSERVE_NO_NATIVE"
 
+# gs_compare_rows_abi() of the C source this module calls
+ABI = 2
+
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F64 = ctypes.c_double
@@ -37,7 +40,10 @@ def _load() -> ctypes._NamedFuncPointer | None:
         path = here / f"_compare_rows{suffix}"
         if path.is_file():
             try:
-                fn = ctypes.CDLL(str(path)).gs_compare_rows
+                lib = ctypes.CDLL(str(path))
+                if lib.gs_compare_rows_abi() != ABI:
+                    return None  # a stale build: `make` (pip install -e) rebuilds it
+                fn = lib.gs_compare_rows
             except (OSError, AttributeError):
                 return None
             args: list[Any] = [_I64] * 3 + [_PTR, _I64, _I64, _I64] * 3 + [_PTR, _I64, _I64]
