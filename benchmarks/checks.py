@@ -100,7 +100,7 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
         for case in CASES:
             for n in sizes:
                 x_np = np.random.default_rng(n).uniform(-2.0, 2.0, n)
-                reps = 2 if quick or n >= 1000 else 3
+                rounds = 2 if quick else 3
                 for situation in ("correct", "wrong claim"):
                     x = torch.from_numpy(x_np.copy()).requires_grad_(True)
                     if situation == "correct":
@@ -116,12 +116,17 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
                             return client.check(case.source, {"x": x_np}, **claim)  # noqa: B023
 
                     verdict = bool(ours().passed)
-                    # ours is cheap: more repetitions for a steadier median
-                    t_ours = timed(ours, reps if quick else 7)
                     slow_verdict = _gradcheck(tfn, x, fast=False)
-                    t_slow = timed(lambda: _gradcheck(tfn, x, False), reps, warmup=0)  # noqa: B023
                     fast_verdict = _gradcheck(tfn, x, fast=True)
-                    t_fast = timed(lambda: _gradcheck(tfn, x, True), reps, warmup=0)  # noqa: B023
+                    # in rounds, so that drift on a busy machine hits both sides alike;
+                    # ours is cheap: three calls a round for a steadier median
+                    t_ours: list[float] = []
+                    t_slow: list[float] = []
+                    t_fast: list[float] = []
+                    for _ in range(rounds):
+                        t_ours += timed(ours, 3, warmup=0)
+                        t_slow += timed(lambda: _gradcheck(tfn, x, False), 1, warmup=0)  # noqa: B023
+                        t_fast += timed(lambda: _gradcheck(tfn, x, True), 1, warmup=0)  # noqa: B023
                     row = {
                         "function": case.name, "n": n, "situation": situation,
                         "gradserve_s": t_ours, "gradcheck_slow_s": t_slow,

@@ -224,6 +224,30 @@ def test_forward_mode_is_used_and_reverse_mode_agrees_on_language_functions() ->
         assert not _check_impl._reverse_agrees(g, s, wrong), source
 
 
+def test_agreement_where_a_projection_cancels_uses_the_columns_bound() -> None:
+    """Most elements pass on ``|vᵀJ[:, i]|`` (a lower bound of ``|v|ᵀ|J[:, i]|``);
+    a column orthogonal to a cotangent has a projection of round-off size, so it is
+    decided by its own bound: round-off between the modes passes, an error fails."""
+    n = 60
+    s0 = _check_impl._setup(lambda x: x, ["x"], {"x": uniform(n, 3)}, None, False, "f")
+    v = _check_impl._unit_rows(_check_impl.AGREEMENT_PROJECTIONS, n,
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a[:, 7] -= (v[0] @ a[:, 7]) * v[0]  # column 7 orthogonal to the first cotangent
+    g = _check_impl._flat_fn(lambda x: a @ torch.sin(x), s0.layout, 1)
+    forward = _check_impl._forward_columns(g, s0, 0, n)
+    assert forward is not None
+    expected = forward[0][0] @ v.T
+    assert abs(float(expected[7, 0])) < 1e-14 < float(forward[0][0, 7].abs().max())
+    assert _check_impl._reverse_agrees(g, s0, forward[0])
+    wrong = forward[0].clone()
+    wrong[0, 7, 20] += 1e-9  # small, but far above round-off in that column
+    assert not _check_impl._reverse_agrees(g, s0, wrong)
+    wrong = forward[0].clone()
+    wrong[0, 7, 20] = float("nan")
+    assert not _check_impl._reverse_agrees(g, s0, wrong)
+
+
 # ---------------------------------------------------------------------------
 # claimed Jacobians, split the same way
 
