@@ -125,6 +125,9 @@ def test_bad_claim_is_a_spec_error_with_position(client: gradserve.Client) -> No
         client.check("sum(x)", {"x": [1.0]}, grad="ones(")
     with pytest.raises(gradserve.InvalidArgumentError, match="order"):
         client.check("sum(x)", {"x": [1.0]}, order=3)
+    with pytest.raises(gradserve.InvalidArgumentError, match=r"nothing to check: x has shape"):
+        client.check("x * 2", {"x": np.zeros(0)})
+    assert client.check("sum(x)", {"x": [1.0]}).passed  # and the server goes on serving
 
 
 def test_async_client_checks_too(address: str) -> None:

@@ -461,6 +461,16 @@ def test_bad_arguments() -> None:
     with pytest.raises(CheckError, match=r"wrt names unknown input\(s\) q"):
         finite_difference_check(lambda x: x.sum(), ["x"], {"x": torch.ones(2)}, wrt=["q"])
     assert issubclass(CheckError, ValueError)
+    # no elements to differentiate with respect to: said, rather than a reshape error
+    empty = torch.zeros(0, dtype=torch.float64)
+    with pytest.raises(CheckError, match=r"nothing to check: x has shape \(0,\)"):
+        finite_difference_check(lambda x: x * 2, ["x"], {"x": empty})
+    with pytest.raises(CheckError, match=r"nothing to check: x has shape \(0,\)"):
+        claimed_check(lambda x: x * 2, {"x": lambda x: 2 * torch.eye(0)}, ["x"], {"x": empty},
+                      kind="jacobian")  # fmt: skip
+    with pytest.raises(CheckError, match=r"nothing to check: y has shape \(2, 0\)"):
+        finite_difference_check(lambda x, y: x.sum() + y.sum(), ["x", "y"],
+                                {"x": torch.ones(2), "y": torch.ones(2, 0)}, wrt=["y"])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

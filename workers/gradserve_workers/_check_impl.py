@@ -989,6 +989,12 @@ def _setup(
     n_points = int(x64[names[0]].shape[0]) if names else 1
     point0 = {k: v[0] for k, v in x64.items()}
     layout = _layout(names, wrt_t, point0)
+    if layout.n == 0:
+        raise CheckError(
+            f"{call}: nothing to check: "
+            + ", ".join(f"{w} has shape {_shape_txt(point0[w].shape)}" for w in wrt_t)
+            + " (no elements to differentiate with respect to)"
+        )
     x = torch.cat([x64[w].reshape(n_points, -1) for w in wrt_t], dim=1)
     consts = [x64[names[i]] for i in layout.const_idx]
     with torch.no_grad():
