@@ -468,6 +468,8 @@ def test_bad_arguments() -> None:
     with pytest.raises(CheckError, match=r"nothing to check: x has shape \(0,\)"):
         claimed_check(lambda x: x * 2, {"x": lambda x: 2 * torch.eye(0)}, ["x"], {"x": empty},
                       kind="jacobian")  # fmt: skip
+    with pytest.raises(CheckError, match=r"nothing to check: f returns shape \(0,\)"):
+        finite_difference_check(lambda x: x[:0], ["x"], {"x": torch.ones(3)})
     with pytest.raises(CheckError, match=r"nothing to check: y has shape \(2, 0\)"):
         finite_difference_check(lambda x, y: x.sum() + y.sum(), ["x", "y"],
                                 {"x": torch.ones(2), "y": torch.ones(2, 0)}, wrt=["y"])  # fmt: skip

@@ -38,17 +38,34 @@ def test_the_kernel_is_built_where_a_c_compiler_is() -> None:
         assert _native.AVAILABLE, "the comparison kernel did not build (see workers/setup.py)"
 
 
-def test_a_library_built_from_another_version_is_not_loaded(
+def test_a_library_built_from_another_source_is_not_loaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not _native.AVAILABLE:
         pytest.skip("the comparison kernel is not built here")
     assert _native._load() is not None
-    monkeypatch.setattr(_native, "ABI", _native.ABI + 1)  # its arguments would be misread
-    assert _native._load() is None
-    monkeypatch.setenv(_native.DISABLE_ENV, "1")
-    monkeypatch.setattr(_native, "ABI", _native.ABI - 1)
-    assert _native._load() is None  # and an operator can rule it out
+    # built from another version of compare_rows.c: its arguments or arithmetic differ
+    assert _native._load(expected=_native.source_id() + 1) is None
+    assert _native.source_id(_native.SOURCE.with_name("missing.c")) == -1
+    for off in ("1", "yes"):  # an operator rules it out
+        monkeypatch.setenv(_native.DISABLE_ENV, off)
+        assert _native._load() is None
+    for on in ("0", "false", ""):
+        monkeypatch.setenv(_native.DISABLE_ENV, on)
+        assert _native._load() is not None
+
+
+def test_tensors_without_readable_memory_take_the_eager_path() -> None:
+    """autograd's zero tensors have no storage (a null data pointer) and sparse ones
+    no strides: the kernel would read address 0, so they never reach it."""
+    zero = torch._efficientzerotensor((1, 2, 3), dtype=F64)
+    assert not _native.supports(zero)
+    assert not _native.supports(torch.zeros(1, 2, 3, dtype=F64).to_sparse())
+    assert _native.supports(torch.zeros(1, 2, 3, dtype=F64)) == _native.AVAILABLE
+    x = torch.randn(4, generator=gen(3), dtype=F64)
+    claim = lambda x: torch._efficientzerotensor((), dtype=F64)  # noqa: E731
+    r = claimed_check(lambda x: torch.floor(x).sum(), {"x": claim}, ["x"], {"x": x}, kind="grad")
+    assert r.passed  # floor's derivative is 0 where defined: the claim is right
 
 
 def generic_fd(

@@ -1003,6 +1003,11 @@ def _setup(
         raise CheckError(
             f"{call}: f returns dtype {out0.dtype}; checks need a floating-point output"
         )
+    if out0.numel() == 0:
+        raise CheckError(
+            f"{call}: nothing to check: f returns shape {_shape_txt(out0.shape)} "
+            "(no elements to differentiate)"
+        )
     return _Setup(
         call=call,
         layout=layout,

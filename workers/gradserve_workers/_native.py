@@ -10,6 +10,7 @@ time) :data:`AVAILABLE` is false and the eager code runs instead.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.machinery
 import os
 from dataclasses import dataclass
@@ -21,27 +22,42 @@ import torch
 __all__ = ["AVAILABLE", "RowStats", "compare_rows"]
 
 # set to 1 to run the eager comparison even where the kernel is built (the tests
-# compare the two; an operator can rule out the kernel when chasing a difference)
+# compare the two; an operator can rule out the kernel when chasing a difference);
+# read when the workers start
 DISABLE_ENV = "GRADSERVE_NO_NATIVE"
+_OFF = ("", "0", "false", "no", "off")
 
-# gs_compare_rows_abi() of the C source this module calls
-ABI = 2
+SOURCE = Path(__file__).resolve().parent / "native" / "compare_rows.c"
+
+
+def source_id(source: Path = SOURCE) -> int:
+    """What ``gs_compare_rows_source()`` returns for a library built from ``source``
+    (``workers/setup.py`` defines it by the same rule); -1 without the source."""
+    try:
+        return int(hashlib.sha256(source.read_bytes()).hexdigest()[:15], 16)
+    except OSError:
+        return -1
+
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _F64 = ctypes.c_double
 
 
-def _load() -> ctypes._NamedFuncPointer | None:
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+def _load(expected: int | None = None) -> ctypes._NamedFuncPointer | None:
+    """The kernel, if built from the source shipped beside it (``expected``: that
+    source's id, computed when not given) and not ruled out by :data:`DISABLE_ENV`."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() not in _OFF:
         return None
+    expected = source_id() if expected is None else expected
     here = Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_compare_rows{suffix}"
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
-                if lib.gs_compare_rows_abi() != ABI:
+                lib.gs_compare_rows_source.restype = ctypes.c_uint64
+                if lib.gs_compare_rows_source() != expected:
                     return None  # a stale build: `make` (pip install -e) rebuilds it
                 fn = lib.gs_compare_rows
             except (OSError, AttributeError):
@@ -71,13 +87,19 @@ class RowStats:
 
 
 def _usable(t: torch.Tensor | None) -> bool:
-    return t is None or (t.device.type == "cpu" and t.dtype == torch.float64 and t.ndim == 3)
+    if t is None:
+        return True
+    if t.device.type != "cpu" or t.dtype != torch.float64 or t.ndim != 3:
+        return False
+    # memory the kernel can read: dense and allocated (not a sparse tensor, nor one of
+    # autograd's storage-free zero tensors, whose data pointer is null)
+    return t.layout == torch.strided and (t.numel() == 0 or t.data_ptr() != 0)
 
 
 def supports(*tensors: torch.Tensor | None) -> bool:
     """Whether :func:`compare_rows` can take these (N, R, C) operands as they are:
-    the kernel is built, and each is float64 on the CPU (any strides: a transposed
-    operand is read through a row buffer, without a copy of the whole)."""
+    the kernel is built, and each is a dense float64 tensor in CPU memory (any
+    strides: a transposed operand is read through a row buffer, without a copy)."""
     return AVAILABLE and all(_usable(t) for t in tensors)
 
 
