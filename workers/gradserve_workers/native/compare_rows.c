@@ -51,7 +51,7 @@ static inline const double *step_of(const double *row, int64_t sc, int64_t c0, i
 #endif
 
 /*
- * Per row (one point's row of an (points, rows, cols) layout, columns contiguous):
+ * Per row (one point's row of a (points, rows, cols) layout):
  *
  *   ref     = minus ? (plus - minus) / two_eps : reference
  *   err     = |other - ref|
@@ -65,8 +65,8 @@ static inline const double *step_of(const double *row, int64_t sc, int64_t c0, i
  * everywhere). Strides are in elements: sp between points, sr between rows, sc
  * between columns (a transposed operand is read through a small row buffer).
  *
- * Returns 0, or 1 as soon as an error or ratio is not finite (NaN, Inf): the
- * caller then runs the generic comparison, whose rules cover those.
+ * Returns 0, or 1 when an error or ratio is not finite (NaN, Inf; found at the end
+ * of its row): the caller then runs the generic comparison, whose rules cover those.
  */
 GS_TARGETS
 int gs_compare_rows(int64_t points, int64_t rows, int64_t cols,
