@@ -12,6 +12,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,19 @@ import numpy as np
 from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec
 
 CACHE_SIZE = 256
+# the name of the one thread an actor computes on
+COMPUTE_THREAD = "gradserve-compute"
 # Keys of the arrays dict that are not function inputs.
 COTANGENT = "cotangent:"
 TANGENT = "tangent:"
 VECTOR = "vector:"
+
+
+def _guarded(work: Callable[[], ChunkResult]) -> ChunkResult:
+    try:
+        return work()
+    except Exception as error:  # user errors come back as data, never as a crash
+        return ChunkResult(error=classify(error))
 
 
 def classify(error: BaseException) -> ChunkError:
@@ -55,6 +65,13 @@ class GradActor:
         # functions that needed the per-point loop: don't try vmap on them again
         self._per_point: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # All work runs on this one thread, so its glibc arena holds nothing but the
+        # computations' memory. Run on Ray's thread, a call's large arrays had to
+        # fit between the small objects Ray left in the heap since the last call: in
+        # some worker processes every call took ~2,000 page faults (8 MB touched
+        # afresh, 3-7 ms of a 12 ms shard) and the heap grew by up to 200 MB over 30
+        # calls; on its own thread, measured: no faults, no growth.
+        self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
 
     def _auto_device(self) -> str:
         return "cuda" if self._torch.cuda.is_available() else "cpu"
@@ -95,11 +112,9 @@ class GradActor:
         return t.to(self._device) if self._device.type != "cpu" else t
 
     def _run(self, work: Callable[[], ChunkResult]) -> ChunkResult:
+        """``work`` on the compute thread; user errors come back as data."""
         started = time.perf_counter()
-        try:
-            result = work()
-        except Exception as error:  # user errors come back as data, never as a crash
-            result = ChunkResult(error=classify(error))
+        result = self._compute_thread.submit(_guarded, work).result()
         result.seconds = time.perf_counter() - started
         result.actor = self.name
         return result
