@@ -555,8 +555,8 @@ def _fused_compare(
     if a.numel() == 0:
         return None
     first = ops.plus if ops.reference is None else ops.reference
-    if _native.supports(first, ops.minus, ops.other, ops.twice_f0):
-        return _native_compare(ops, atol, rtol)
+    if first is not None and _native.supports(first, ops.minus, ops.other, ops.twice_f0):
+        return _native_compare(ops, first, atol, rtol)
     blocks = _blocks(n_pts, rows, cols, a.device)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
     bufs = [torch.empty(biggest, dtype=F64, device=a.device) for _ in range(4)]
@@ -617,13 +617,13 @@ def _fused_compare(
 
 
 def _native_compare(
-    ops: _Operands, atol: float, rtol: float
+    ops: _Operands, first: torch.Tensor, atol: float, rtol: float
 ) -> tuple[_Comparison, list[torch.Tensor]] | None:
     """:func:`_fused_compare` by the compiled kernel (:mod:`._native`): one pass over
     memory yields each row's largest error, relative error, ratio (and its first
-    column), kink screen value and verdict; the rest is decided from those rows."""
-    first = ops.plus if ops.reference is None else ops.reference
-    assert first is not None
+    column), kink screen value and verdict; the rest is decided from those rows.
+    ``first``: the reference, or ``plus`` when the reference is formed from
+    ``plus`` and ``minus``."""
     st = _native.compare_rows(
         first, ops.minus, ops.other, ops.twice_f0, 2 * ops.eps, atol, rtol, TINY
     )
@@ -1634,12 +1634,11 @@ def _claimed_jacobian(
         vmapped = vmapped and vm
         by_input[a] = got.reshape(s.n_points, m, -1)
     # the claims of elements c0..c1 only: a view when one input holds them all
-    parts, start = [], 0
-    for w, size in zip(lay.wrt, lay.sizes, strict=True):
+    parts = []
+    for w, start, size in zip(lay.wrt, lay.offsets, lay.sizes, strict=True):
         lo, hi = max(c0, start), min(c1, start + size)
         if lo < hi:
             parts.append(by_input[w][:, :, lo - start : hi - start])
-        start += size
     claimed = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (N, m, k)
     fused = None
     if at.is_contiguous():  # forward mode: compare in its layout, the claim read across

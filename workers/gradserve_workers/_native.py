@@ -27,7 +27,8 @@ __all__ = ["AVAILABLE", "RowStats", "compare_rows"]
 DISABLE_ENV = "GRADSERVE_NO_NATIVE"
 _OFF = ("", "0", "false", "no", "off")
 
-SOURCE = Path(__file__).resolve().parent / "native" / "compare_rows.c"
+_HERE = Path(__file__).resolve().parent
+SOURCE = _HERE / "native" / "compare_rows.c"
 
 
 def source_id(source: Path = SOURCE) -> int:
@@ -50,9 +51,8 @@ def _load(expected: int | None = None) -> ctypes._NamedFuncPointer | None:
     if os.environ.get(DISABLE_ENV, "").strip().lower() not in _OFF:
         return None
     expected = source_id() if expected is None else expected
-    here = Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_compare_rows{suffix}"
+        path = _HERE / f"_compare_rows{suffix}"
         if path.is_file():
             try:
                 lib = ctypes.CDLL(str(path))
