@@ -85,18 +85,32 @@ class RayNode:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_ray_head(num_cpus: int = 8, object_store_mb: int = 400) -> RayNode:
-    """A Ray head on loopback; CPUs are logical, so several servers' actors fit."""
-    temp_dir = tempfile.mkdtemp(prefix="gsray")  # short: Ray's socket paths are length-bound
-    port = free_port()
-    token = secrets.token_hex(32)
-    cmd = [
-        RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-        f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
-        f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120, env=ray_env(token))
-    return RayNode(f"127.0.0.1:{port}", temp_dir, head=True, token=token)
+def start_ray_head(num_cpus: int = 8, object_store_mb: int = 400, tries: int = 3) -> RayNode:
+    """A Ray head on loopback; CPUs are logical, so several servers' actors fit.
+
+    The port is free when chosen but may be taken before Ray binds it (another
+    process, or one of Ray's own ports on a busy machine): a failed start is tried
+    again on a fresh port, and the last failure says what Ray printed."""
+    for attempt in range(1, tries + 1):
+        temp_dir = tempfile.mkdtemp(prefix="gsray")  # short: Ray's socket paths are length-bound
+        port = free_port()
+        token = secrets.token_hex(32)
+        cmd = [
+            RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+            f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_mb * 1024 * 1024}",
+            f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ray_env(token))
+        if proc.returncode == 0:
+            return RayNode(f"127.0.0.1:{port}", temp_dir, head=True, token=token)
+        # (no `ray stop`: it would stop every cluster on the machine, the session's too)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if attempt == tries:
+            raise RuntimeError(
+                f"ray start --head failed {tries} times; the last said:\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+    raise AssertionError("unreachable")
 
 
 def start_ray_worker_node(head: RayNode, num_cpus: int = 2, object_store_mb: int = 200) -> RayNode:
