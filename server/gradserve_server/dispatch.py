@@ -52,7 +52,10 @@ async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float
 async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: float) -> Any:
     ref = submit(worker.handle)
     try:
-        return await asyncio.wait_for(asyncio.shield(_await_ref(ref)), timeout)
+        # no task of its own for the wait (as wait_for would make): a small chunk's
+        # round trip is a few ms, and each task costs the event loop another turn
+        async with asyncio.timeout(timeout):
+            return await ref
     except TimeoutError:
         # a runaway function: the only sure way to stop it is to end its process
         pool.retire(worker, f"chunk ran past {timeout:g} s")
@@ -69,10 +72,6 @@ async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: f
         raise
 
 
-async def _await_ref(ref: Any) -> Any:
-    return await ref
-
-
 def _done(ref: Any) -> bool:
     ready, _ = ray.wait([ref], timeout=0)
     return bool(ready)
@@ -81,7 +80,10 @@ def _done(ref: Any) -> bool:
 async def gather_or_cancel(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """All in parallel, results in order; the first failure (or the caller's
     cancellation) cancels the rest, which dispatch turns into stopped Ray work."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
+    pending = list(coros)
+    if len(pending) == 1:  # nothing to run beside it: no task needed
+        return [await pending[0]]
+    tasks = [asyncio.ensure_future(c) for c in pending]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

@@ -171,3 +171,21 @@ def test_large_batch_is_split_over_all_actors(client: gradserve.Client) -> None:
     np.testing.assert_allclose(res["grad"], x**2, rtol=1e-12)
     assert res.metadata.chunks >= 2
     assert res.metadata.workers == 2
+
+
+def test_chunks_at_and_over_the_packed_size_agree(client: gradserve.Client) -> None:
+    """A chunk with arrays up to PACKED_CALL_MAX_BYTES reaches its actor as one packed
+    message, a larger one as Ray arguments: both compute the same closed forms, as
+    computations and as checks."""
+    from gradserve_workers.tasks import PACKED_CALL_MAX_BYTES
+
+    rng = np.random.default_rng(21)
+    for n in (PACKED_CALL_MAX_BYTES // 8, PACKED_CALL_MAX_BYTES // 8 + 1):
+        x = rng.uniform(-2, 2, n)
+        res = client.compute("sum(x ** 3) / 3", {"x": x}, ["value", "grad"])
+        np.testing.assert_allclose(res["grad"], x**2, rtol=1e-13)
+        np.testing.assert_allclose(res["value"], np.sum(x**3) / 3, rtol=1e-12)
+        assert client.check("sum(x ** 3) / 3", {"x": x}, grad="x ** 2").passed
+        wrong = client.check("sum(x ** 3) / 3", {"x": x}, grad="x ** 2 + 1e-2 * (x > 1)")
+        assert not wrong.passed and wrong.worst is not None
+        assert x[wrong.worst.input_index[0]] > 1

@@ -104,3 +104,57 @@ def test_a_ray_token_file_is_adopted_for_the_driver(
     monkeypatch.setenv("RAY_AUTH_TOKEN", "given")  # an explicit token wins over the file
     _adopt_ray_token()
     assert os.environ["RAY_AUTH_TOKEN"] == "given"
+
+
+class _Handle:
+    """Stands in for a Ray actor handle: records which method a chunk calls, how."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, method: str) -> object:
+        handle = self
+
+        class _Method:
+            @staticmethod
+            def remote(*args: object) -> str:
+                handle.calls.append((method, args))
+                return "ref"
+
+        return _Method
+
+
+def test_small_chunks_travel_packed_and_large_ones_as_arguments() -> None:
+    import numpy as np
+
+    from gradserve_server.service import chunk_submitter
+    from gradserve_workers.tasks import PACKED_CALL_MAX_BYTES, ComputeSpec, unpack_call
+
+    spec = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
+                       batched=True, dtype="float64")  # fmt: skip
+    points = np.arange(24.0).reshape(8, 3)
+    handle = _Handle()
+    assert chunk_submitter(spec, "compute", {"x": points}, 2, 5)(handle) == "ref"
+    ((method, args),) = handle.calls
+    assert method == "run"  # one message, with only this chunk's points
+    call = unpack_call(args[0])  # type: ignore[arg-type]
+    assert call.spec == spec and (call.start, call.stop) == (0, 3)
+    np.testing.assert_array_equal(call.arrays["x"], points[2:5])
+
+    # one point's arrays just over the limit: Ray arguments, not copied into a message
+    big = np.zeros(PACKED_CALL_MAX_BYTES // 8 + 1)
+    single = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
+                         batched=False, dtype="float64")  # fmt: skip
+    handle = _Handle()
+    chunk_submitter(single, "compute", {"x": big}, 0, 1)(handle)
+    ((method, args),) = handle.calls
+    assert method == "compute" and args[0] == single and args[2:] == (0, 1)
+    assert args[1]["x"] is big  # type: ignore[index]
+    handle = _Handle()
+    chunk_submitter(single, "compute", {"x": big[:-1]}, 0, 1)(handle)  # at the limit
+    assert handle.calls[0][0] == "run"
+
+    # an object-store ref (several chunks of large arrays): the typed call, with the range
+    handle = _Handle()
+    chunk_submitter(spec, "check", "an-object-ref", 4, 8)(handle)
+    assert handle.calls == [("check", (spec, "an-object-ref", 4, 8))]

@@ -6,15 +6,24 @@ Through Ray the same class runs in every end-to-end test; here its own rules."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import threading
 
 import numpy as np
+import pytest
 import torch
 
 from gradserve_workers.actor import COMPUTE_THREAD, GradActor
 from gradserve_workers.check import finite_difference_check
 from gradserve_workers.lang import compile_function
-from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
+from gradserve_workers.tasks import (
+    CheckSpec,
+    ChunkCall,
+    ChunkResult,
+    ComputeSpec,
+    pack_call,
+    unpack_call,
+)
 
 
 def test_every_call_runs_on_the_same_compute_thread() -> None:
@@ -67,3 +76,33 @@ def test_checks_and_shards_equal_the_worker_modules() -> None:
         assert got.error is None
         want = finite_difference_check(fn, ["x"], {"x": torch.from_numpy(x)}, columns=columns)
         assert dataclasses.asdict(got.report) == dataclasses.asdict(want)
+
+
+def test_a_packed_call_runs_as_its_typed_method() -> None:
+    """Small chunks reach the actor as one packed message (``run``); what comes back
+    is what the typed methods return for the same spec, arrays and range."""
+    actor = GradActor()
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-2, 2, 40)
+    check = CheckSpec(source="cumsum(sin(x))", source_hash="h-pk", wrt=None, batched=False,
+                      dtype="float64", kind="finite_difference", columns=(5, 30))  # fmt: skip
+    packed = actor.run(pack_call(ChunkCall(check, {"x": x}, 0, 1)))
+    typed = actor.check(check, {"x": x}, 0, 1)
+    assert packed.error is None and packed.report.num_points == 1
+    assert dataclasses.asdict(packed.report) == dataclasses.asdict(typed.report)
+    points = rng.normal(size=(6, 3))
+    compute = ComputeSpec(source="sum(x * x)", source_hash="h-pk2", ops=("value", "grad"),
+                          wrt=None, batched=True, dtype="float64")  # fmt: skip
+    packed = actor.run(pack_call(ChunkCall(compute, {"x": points}, 2, 5)))
+    assert packed.error is None
+    np.testing.assert_array_equal(packed.outputs["grad"]["x"], 2 * points[2:5])
+    np.testing.assert_allclose(packed.outputs["value"][""], (points[2:5] ** 2).sum(1), rtol=1e-15)
+    # a user error in a packed call still comes back as data, with its position
+    bad = dataclasses.replace(compute, source="sum(x +)", source_hash="h-pk3")
+    result = actor.run(pack_call(ChunkCall(bad, {"x": points}, 0, 6)))
+    assert result.error is not None and result.error.kind == "spec" and result.error.line == 1
+
+
+def test_a_message_that_is_not_a_chunk_call_is_refused() -> None:
+    with pytest.raises(TypeError, match="expected a ChunkCall, got dict"):
+        unpack_call(pickle.dumps({"spec": None}))

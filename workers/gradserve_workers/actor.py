@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec
+from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
 
 CACHE_SIZE = 256
 # the name of the one thread an actor computes on
@@ -123,6 +123,14 @@ class GradActor:
         return t.detach().to("cpu").numpy()
 
     # ------------------------------------------------------------- work
+
+    def run(self, message: bytes) -> ChunkResult:
+        """A packed :class:`~gradserve_workers.tasks.ChunkCall` (small chunks: see
+        :func:`~gradserve_workers.tasks.pack_call`): :meth:`compute` or :meth:`check`."""
+        call = unpack_call(message)
+        if isinstance(call.spec, CheckSpec):
+            return self.check(call.spec, call.arrays, call.start, call.stop)
+        return self.compute(call.spec, call.arrays, call.start, call.stop)
 
     def compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
