@@ -99,9 +99,10 @@ def pack_call(call: ChunkCall) -> bytes:
 
     Ray serialises each argument of a call on its own and hands arrays over out of
     band, so that large ones are never copied; for a small chunk that costs more
-    than the copy (measured: ~0.45 ms a call of a 1,000-element check, against
-    ~0.05 ms for one pickled message). The server and its workers trust each other
-    as Ray's own pickling does; users never reach this.
+    than the copy (a bare actor call with a spec and a 1,000-element array as four
+    arguments: 1.67-1.87 ms; as one pickled message: 1.24-1.36 ms; medians of 300).
+    The server and its workers trust each other as Ray's own pickling does; users
+    never reach this.
     """
     return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
 
