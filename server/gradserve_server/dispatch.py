@@ -57,6 +57,8 @@ async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: f
         async with asyncio.timeout(timeout):
             return await ref
     except TimeoutError:
+        if _done(ref):  # it finished in the very turn the timeout fired: keep the result
+            return await ref
         # a runaway function: the only sure way to stop it is to end its process
         pool.retire(worker, f"chunk ran past {timeout:g} s")
         raise errors.exhausted(
@@ -81,7 +83,7 @@ async def gather_or_cancel(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """All in parallel, results in order; the first failure (or the caller's
     cancellation) cancels the rest, which dispatch turns into stopped Ray work."""
     pending = list(coros)
-    if len(pending) == 1:  # nothing to run beside it: no task needed
+    if len(pending) == 1:  # a task would cost another turn of the event loop per call
         return [await pending[0]]
     tasks = [asyncio.ensure_future(c) for c in pending]
     try:

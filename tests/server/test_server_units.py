@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import subprocess
 import sys
+import types
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,31 +134,119 @@ def test_small_chunks_travel_packed_and_large_ones_as_arguments() -> None:
     from gradserve_server.service import chunk_submitter
     from gradserve_workers.tasks import PACKED_CALL_MAX_BYTES, ComputeSpec, unpack_call
 
-    spec = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
+    spec = ComputeSpec(source="sum(x)", source_hash="h", ops=("vjp",), wrt=None,
                        batched=True, dtype="float64")  # fmt: skip
     points = np.arange(24.0).reshape(8, 3)
+    cot = np.arange(8.0)
     handle = _Handle()
-    assert chunk_submitter(spec, "compute", {"x": points}, 2, 5)(handle) == "ref"
+    payload = {"x": points, "cotangent:": cot}
+    assert chunk_submitter(spec, "compute", payload, 2, 5)(handle) == "ref"
     ((method, args),) = handle.calls
-    assert method == "run"  # one message, with only this chunk's points
+    assert method == "run"  # one message, with only this chunk's points, extras too
     call = unpack_call(args[0])  # type: ignore[arg-type]
     assert call.spec == spec and (call.start, call.stop) == (0, 3)
     np.testing.assert_array_equal(call.arrays["x"], points[2:5])
+    np.testing.assert_array_equal(call.arrays["cotangent:"], cot[2:5])
 
-    # one point's arrays just over the limit: Ray arguments, not copied into a message
-    big = np.zeros(PACKED_CALL_MAX_BYTES // 8 + 1)
+    # one point's arrays at the limit: packed; one element (8 bytes) over: Ray arguments
     single = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
                          batched=False, dtype="float64")  # fmt: skip
+    at_limit = np.random.default_rng(0).normal(size=PACKED_CALL_MAX_BYTES // 8)
+    handle = _Handle()
+    chunk_submitter(single, "compute", {"x": at_limit}, 0, 1)(handle)
+    ((method, args),) = handle.calls
+    call = unpack_call(args[0])  # type: ignore[arg-type]
+    assert method == "run" and (call.start, call.stop) == (0, 1)
+    np.testing.assert_array_equal(call.arrays["x"], at_limit)
+    big = np.zeros(PACKED_CALL_MAX_BYTES // 8 + 1)
     handle = _Handle()
     chunk_submitter(single, "compute", {"x": big}, 0, 1)(handle)
     ((method, args),) = handle.calls
     assert method == "compute" and args[0] == single and args[2:] == (0, 1)
     assert args[1]["x"] is big  # type: ignore[index]
+
+    # a batched chunk over the limit: Ray arguments, still only its own points
+    many = np.zeros((4, PACKED_CALL_MAX_BYTES // 8))
     handle = _Handle()
-    chunk_submitter(single, "compute", {"x": big[:-1]}, 0, 1)(handle)  # at the limit
-    assert handle.calls[0][0] == "run"
+    chunk_submitter(spec, "check", {"x": many}, 1, 3)(handle)
+    ((method, args),) = handle.calls
+    assert method == "check" and args[2:] == (0, 2)
+    assert args[1]["x"].shape == (2, many.shape[1])  # type: ignore[index]
 
     # an object-store ref (several chunks of large arrays): the typed call, with the range
     handle = _Handle()
     chunk_submitter(spec, "check", "an-object-ref", 4, 8)(handle)
     assert handle.calls == [("check", (spec, "an-object-ref", 4, 8))]
+
+
+def test_a_lone_chunk_is_awaited_in_place_and_several_in_tasks() -> None:
+    from gradserve_server.dispatch import gather_or_cancel
+
+    async def current() -> object:
+        await asyncio.sleep(0)
+        return asyncio.current_task()
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def main() -> None:
+        me = asyncio.current_task()
+        assert await gather_or_cancel([current()]) == [me]  # no task of its own
+        with pytest.raises(ValueError, match="boom"):
+            await gather_or_cancel([boom()])
+        tasks = await gather_or_cancel([current(), current()])
+        assert len(set(tasks)) == 2 and me not in tasks  # in parallel, in order
+        with pytest.raises(ValueError, match="boom"):
+            await gather_or_cancel([current(), boom()])
+
+    asyncio.run(main())
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.retired: list[str] = []
+
+    def retire(self, worker: object, reason: str) -> None:
+        self.retired.append(reason)
+
+
+class _Ref:
+    """Like a Ray ObjectRef: each await waits on a future of its own."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.waits: list[asyncio.Future[str]] = []
+
+    def __await__(self) -> Generator[Any, None, str]:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.value is not None:
+            fut.set_result(self.value)
+        self.waits.append(fut)
+        return fut.__await__()
+
+
+def test_a_result_ready_as_the_timeout_fires_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeout and the result can land in one turn of the event loop: the worker
+    finished, so its result stands and it is not retired."""
+    from gradserve_server import dispatch, errors
+
+    async def main() -> None:
+        pool = _Pool()
+        worker = types.SimpleNamespace(handle=None)
+        late = _Ref()
+
+        def done_at_timeout(ref: _Ref) -> bool:
+            ref.value = "result"  # it finished just as the timeout fired
+            return True
+
+        monkeypatch.setattr(dispatch, "_done", done_at_timeout)
+        got = await dispatch._on_worker(pool, worker, lambda h: late, 0.01)  # type: ignore[arg-type]
+        assert got == "result" and pool.retired == []
+        assert late.waits[0].cancelled()  # the first wait was the one the timeout ended
+
+        monkeypatch.setattr(dispatch, "_done", lambda ref: False)
+        with pytest.raises(errors.ServiceError, match=r"more than 0\.01 s"):
+            await dispatch._on_worker(pool, worker, lambda h: _Ref(), 0.01)  # type: ignore[arg-type]
+        assert pool.retired == ["chunk ran past 0.01 s"]
+
+    asyncio.run(main())

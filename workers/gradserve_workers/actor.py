@@ -127,6 +127,8 @@ class GradActor:
     def run(self, message: bytes) -> ChunkResult:
         """A packed :class:`~gradserve_workers.tasks.ChunkCall` (small chunks: see
         :func:`~gradserve_workers.tasks.pack_call`): :meth:`compute` or :meth:`check`."""
+        # outside _run on purpose: a message the server did not pack is the server's
+        # bug, so it fails the Ray call (an internal error), never a user's "invalid"
         call = unpack_call(message)
         if isinstance(call.spec, CheckSpec):
             return self.check(call.spec, call.arrays, call.start, call.stop)

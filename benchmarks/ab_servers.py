@@ -1,0 +1,64 @@
+"""A/B of check round trips: a server from this tree against one from another checkout.
+
+Both servers run at once (embedded Ray each, 2 workers) and the client's calls
+alternate between them, in alternating order, so that the machine's drift hits both
+sides alike; medians per case and their ratio are printed. Use it to measure a change
+whose effect is smaller than the run-to-run noise (e.g. ``git worktree add /tmp/base
+HEAD~1``; copy the built ``workers/gradserve_workers/_compare_rows*.so`` into the
+other checkout, or it runs without the comparison kernel).
+
+Run: ``python benchmarks/ab_servers.py --base /tmp/base [--calls 300]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from _harness import median, start_server
+from support.cluster import start_server as start_server_from
+
+import gradserve
+
+CASES = [
+    ("scalar n=1000", "sum(sin(x) * x)", 1000, {}),
+    ("scalar n=1000, wrong claim", "sum(sin(x) * x)", 1000, {"grad": "cos(x) * x"}),
+    ("scalar n=10", "sum(sin(x) * x)", 10, {}),
+    ("vector n=1000", "cumsum(sin(x))", 1000, {}),
+    ("vector n=1000, wrong claim", "cumsum(sin(x))", 1000, {"jacobian": "diag(cos(x))"}),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", type=Path, required=True, help="the other checkout's root")
+    p.add_argument("--calls", type=int, default=300, help="timed calls per side (scalar)")
+    args = p.parse_args()
+    base = args.base.resolve()
+    env = {"PYTHONPATH": f"{base / 'server'}:{base / 'workers'}"}
+    x = np.random.default_rng(1000).uniform(-2.0, 2.0, 1000)
+    with (
+        start_server(2) as ours,
+        start_server_from(None, num_workers=2, env=env) as theirs,
+        gradserve.Client(ours.address) as a,
+        gradserve.Client(theirs.address) as b,
+    ):
+        for label, source, n, claim in CASES:
+            calls = args.calls if "scalar" in label else max(20, args.calls * 2 // 5)
+            times: dict[str, list[float]] = {"this tree": [], "base": []}
+            for i in range(calls + 20):
+                pair = [("this tree", a), ("base", b)]
+                for side, client in pair if i % 2 else pair[::-1]:
+                    t0 = time.perf_counter()
+                    client.check(source, {"x": x[:n]}, **claim)
+                    if i >= 20:  # warm: compiled functions, shard timings learnt
+                        times[side].append(time.perf_counter() - t0)
+            new, old = median(times["this tree"]), median(times["base"])
+            print(f"{label:28s} base {old * 1e3:7.2f} ms  this tree {new * 1e3:7.2f} ms  "
+                  f"ratio {new / old:.3f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
