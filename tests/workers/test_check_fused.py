@@ -5,9 +5,11 @@ the element-wise originals."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import math
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +55,22 @@ def test_a_library_built_from_another_source_is_not_loaded(
     for on in ("0", "false", ""):
         monkeypatch.setenv(_native.DISABLE_ENV, on)
         assert _native._load() is not None
+
+
+def test_a_library_that_will_not_load_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged file, or a shared library without the kernel's symbols, where the
+    kernel should be: the eager code runs, nothing raises."""
+    import _ctypes
+
+    name = f"_compare_rows{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    monkeypatch.setattr(_native, "_HERE", tmp_path)
+    monkeypatch.delenv(_native.DISABLE_ENV, raising=False)
+    (tmp_path / name).write_bytes(b"\x7fELF, but cut short")
+    assert _native._load() is None  # the loader's OSError
+    shutil.copyfile(_ctypes.__file__, tmp_path / name)  # loads, lacks gs_compare_rows
+    assert _native._load() is None
 
 
 def test_tensors_without_readable_memory_take_the_eager_path() -> None:
