@@ -18,16 +18,18 @@ from pathlib import Path
 
 import numpy as np
 from _harness import median, start_server
+from checks import CASES as CHECKS
 from support.cluster import start_server as start_server_from
 
 import gradserve
 
-CASES = [
-    ("scalar n=1000", "sum(sin(x) * x)", 1000, {}),
-    ("scalar n=1000, wrong claim", "sum(sin(x) * x)", 1000, {"grad": "cos(x) * x"}),
-    ("scalar n=10", "sum(sin(x) * x)", 10, {}),
-    ("vector n=1000", "cumsum(sin(x))", 1000, {}),
-    ("vector n=1000, wrong claim", "cumsum(sin(x))", 1000, {"jacobian": "diag(cos(x))"}),
+SCALAR, VECTOR = CHECKS  # checks.py's functions and wrong claims
+CASES = [  # (label, source, inputs, claim)
+    ("scalar n=1000", SCALAR.source, 1000, {}),
+    ("scalar n=1000, wrong claim", SCALAR.source, 1000, {"grad": SCALAR.wrong_claim}),
+    ("scalar n=10", SCALAR.source, 10, {}),
+    ("vector n=1000", VECTOR.source, 1000, {}),
+    ("vector n=1000, wrong claim", VECTOR.source, 1000, {"jacobian": VECTOR.wrong_claim}),
 ]
 
 

@@ -119,11 +119,10 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
                     slow_verdict = _gradcheck(tfn, x, fast=False)
                     fast_verdict = _gradcheck(tfn, x, fast=True)
                     # in rounds, so that drift on a busy machine hits both sides alike;
-                    # ours is cheap: three calls a round for a steadier median, after
-                    # an untimed one (a call right after gradcheck, which has just used
-                    # both cores and the caches, runs ~25 % slower: measured)
-                    # gradcheck three times a round too: with one, the ratio's median
-                    # rested on three samples of a time that drifts by 2x on this VM
+                    # three calls of each a round (with one gradcheck call, the ratio's
+                    # median rested on three samples of a time that drifts by 2x on
+                    # this VM), ours after an untimed one (a call right after gradcheck,
+                    # which has just used both cores and the caches, runs ~25 % slower)
                     t_ours: list[float] = []
                     t_slow: list[float] = []
                     t_fast: list[float] = []

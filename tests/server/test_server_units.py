@@ -117,15 +117,11 @@ class _Handle:
         self.calls: list[tuple[str, tuple[object, ...]]] = []
 
     def __getattr__(self, method: str) -> object:
-        handle = self
+        def remote(*args: object) -> str:
+            self.calls.append((method, args))
+            return "ref"
 
-        class _Method:
-            @staticmethod
-            def remote(*args: object) -> str:
-                handle.calls.append((method, args))
-                return "ref"
-
-        return _Method
+        return types.SimpleNamespace(remote=remote)
 
 
 def test_small_chunks_travel_packed_and_large_ones_as_arguments() -> None:

@@ -637,7 +637,7 @@ def _native_compare(
     if ops.transposed:  # report order: point, output (our column), input (our row)
         i = int(torch.argmin((tied[:, 0] * cols + tied_cols) * rows + tied[:, 1]))
     worst = (int(tied[i, 0]), int(tied[i, 1]), int(tied_cols[i]))
-    point_passed = [bool(b) for b in st.row_ok.view(n_pts, rows).all(1)]
+    point_passed: list[bool] = st.row_ok.view(n_pts, rows).all(1).tolist()
     screened = []
     if ops.twice_f0 is not None:
         hits = torch.nonzero(st.screen_max.view(n_pts, rows) >= ops.eps / 4)
