@@ -67,19 +67,33 @@ def normal(shape: tuple[int, ...] = (N,)) -> Sampler:
     return lambda rng: rng.normal(size=shape)
 
 
+def _cond(m: np.ndarray) -> float:
+    return float(np.linalg.cond(m))
+
+
+def _eig_condition(m: np.ndarray) -> float:
+    """Eigenvalue derivatives divide by the gaps between eigenvalues."""
+    ev = np.linalg.eigvalsh(m)
+    return float(np.max(np.abs(ev)) / np.min(np.diff(ev)))
+
+
 STEP_POINTS = away((-2.0, -1.0, 0.0, 1.0, 2.0))  # floor, ceil, round, trunc: off integers
 
 
 @dataclass(frozen=True)
 class Case:
-    """``name``: the table function it covers (or ``compose:...``); ``expr`` over the
-    ``inputs`` (name -> sampler, in parameter order); ``wrt`` the differentiated ones."""
+    """``name``: the table function it covers (or ``compose:...``, then ``covers``
+    lists them); ``expr`` over the ``inputs`` (name -> sampler, in parameter order);
+    ``wrt`` the differentiated ones; ``condition`` the condition number of the
+    computation at a point (its matrix's, for linear algebra), which scales the
+    float32 tolerance."""
 
     name: str
     expr: str
     inputs: dict[str, Sampler]
     wrt: tuple[str, ...] = ("x",)
     covers: tuple[str, ...] = field(default=())
+    condition: Callable[[dict[str, np.ndarray]], float] = lambda v: 1.0
 
     @property
     def functions(self) -> tuple[str, ...]:
@@ -197,21 +211,47 @@ CASES: list[Case] = [
     Case("outer", "outer(x, y)", {"x": normal(), "y": normal()}, ("x", "y")),
     Case("kron", "kron(A, B)", {"A": matrix((2, 2)), "B": matrix((2, 2))}, ("A", "B")),
     Case("trace", "trace(A @ A) * x", {"x": normal(), "A": matrix()}, ("x", "A")),
-    Case("det", "det(A + diag(x))", {"x": normal(), "A": matrix(shift=2.0)}, ("x", "A")),
-    Case("logdet", "logdet(A @ A.T + diag(1 + x * x))", {"x": normal(), "A": matrix()}, ("x", "A")),
-    Case("inv", "inv(A + diag(x)) @ x", {"x": normal(), "A": matrix(shift=3.0)}, ("x", "A")),
-    Case("solve", "solve(A + diag(x), x)", {"x": normal(), "A": matrix(shift=3.0)}, ("x", "A")),
+    Case(
+        "det",
+        "det(A + diag(x))",
+        {"x": normal(), "A": matrix(shift=2.0)},
+        ("x", "A"),
+        condition=lambda v: _cond(v["A"] + np.diag(v["x"])),
+    ),
+    Case(
+        "logdet",
+        "logdet(A @ A.T + diag(1 + x * x))",
+        {"x": normal(), "A": matrix()},
+        ("x", "A"),
+        condition=lambda v: _cond(v["A"] @ v["A"].T + np.diag(1 + v["x"] ** 2)),
+    ),
+    Case(
+        "inv",
+        "inv(A + diag(x)) @ x",
+        {"x": normal(), "A": matrix(shift=3.0)},
+        ("x", "A"),
+        condition=lambda v: _cond(v["A"] + np.diag(v["x"])) ** 2,
+    ),
+    Case(
+        "solve",
+        "solve(A + diag(x), x)",
+        {"x": normal(), "A": matrix(shift=3.0)},
+        ("x", "A"),
+        condition=lambda v: _cond(v["A"] + np.diag(v["x"])) ** 2,
+    ),
     Case(
         "cholesky",
         "cholesky(A @ A.T + diag(1 + x * x))",
         {"x": normal(), "A": matrix()},
         ("x", "A"),
+        condition=lambda v: _cond(v["A"] @ v["A"].T + np.diag(1 + v["x"] ** 2)),
     ),
     Case(
         "eigvalsh",
         "eigvalsh(diag(3 * x) + 0.3 * (A + A.T))",
         {"x": spread(gap=0.5), "A": matrix()},
         ("x", "A"),
+        condition=lambda v: _eig_condition(np.diag(3 * v["x"]) + 0.3 * (v["A"] + v["A"].T)),
     ),
     Case("diag", "diag(A) * x + diag(x) @ x", {"x": normal(), "A": matrix()}, ("x", "A")),
     Case("tril", "tril(A) @ x + tril(A, -1) @ x", {"x": normal(), "A": matrix()}, ("x", "A")),
@@ -254,6 +294,7 @@ CASES: list[Case] = [
         {"x": normal((4,)), "A": matrix((4, 4))},
         ("x",),
         covers=("logdet", "diag"),
+        condition=lambda v: _cond(v["A"] @ v["A"].T + np.diag(1 + v["x"] ** 4)),
     ),
     Case(
         "compose:issue15-solve",
@@ -261,6 +302,7 @@ CASES: list[Case] = [
         {"x": normal((4,)), "A": matrix((4, 4))},
         ("x",),
         covers=("erf", "solve", "eye", "cat"),
+        condition=lambda v: _cond(v["A"] @ v["A"].T + 4 * np.eye(4)) ** 2,
     ),
     Case(
         "compose:softmax-attention",
@@ -275,6 +317,7 @@ CASES: list[Case] = [
         {"x": normal(), "A": matrix(shift=2.0)},
         ("x", "A"),
         covers=("det", "inv", "exp", "norm", "cholesky", "eye"),
+        condition=lambda v: _cond(v["A"]) ** 2,
     ),
     Case(
         "compose:gelu-mlp",

@@ -108,5 +108,5 @@ def test_from_torch_builds_no_graph() -> None:
 
     np.testing.assert_allclose(R.jacobian(R.from_torch(fn), X), np.diag(np.cos(X)), atol=1e-11)
     assert seen and not any(seen)
-    batched = R.from_torch(fn, batched=True)
+    batched = R.from_torch(fn, vectorized=True)
     assert batched(np.stack([X, X])).shape == (2, 3)

@@ -22,8 +22,9 @@ Several inputs: :class:`Packed` turns a function of named inputs into a function
 flat vector and splits results back per input.
 
 Accuracy: each estimate is a Richardson table over step sizes ``h, h/2, h/4, ...``;
-the ``*_error`` companions (and :func:`richardson`) return the table's own error
-estimate (the change of the last refinement) so a caller can set a tolerance from it.
+the ``*_error`` companions return an error estimate (the change of the table's last
+refinement, plus the evaluations' rounding amplified by the smallest step) so a
+caller can set a tolerance from it.
 The step ``h`` is relative (``h * (1 + |x_i|)``); pass a smaller one when ``x ± h``
 would leave the function's domain.
 
@@ -100,6 +101,19 @@ def richardson(
     return prev[-1], err
 
 
+# function evaluations carry rounding of about this many float64 epsilons of their
+# magnitude (a few dozen operations); the extrapolation amplifies it a little more
+EVALUATION_ROUNDING = 64
+
+
+def _rounding(magnitude: Sequence[float], smallest_step: float, order: int) -> float:
+    """What rounding in the evaluations contributes to a difference quotient of the
+    given order at the smallest (relative) step: Richardson's own error estimate misses
+    it, as it sees only the change between refinements."""
+    eps = float(np.finfo(np.float64).eps)
+    return EVALUATION_ROUNDING * eps * max(magnitude, default=0.0) / smallest_step**order
+
+
 def _as_point(x: Any) -> Array:
     return np.array(x, dtype=np.float64)
 
@@ -126,13 +140,17 @@ def _central(
     """d/dt f(x + t d) at t = 0 for each row ``d`` of ``directions`` (shape
     ``(k, *x.shape)``, already scaled); returns ``(k, *out_shape)`` and its error."""
 
+    magnitude: list[float] = []
+
     def estimate(step: float) -> Array:
         points = [x + step * d for d in directions] + [x - step * d for d in directions]
         vals = _evaluate(f, points, vectorized)
+        magnitude.append(max((float(np.max(np.abs(v))) if v.size else 0.0) for v in vals))
         k = len(directions)
         return np.stack([(vals[i] - vals[k + i]) / (2 * step) for i in range(k)])
 
-    return richardson(estimate, h, levels)
+    value, err = richardson(estimate, h, levels)
+    return value, err + _rounding(magnitude, h / 2 ** (levels - 1), 1)
 
 
 def _direction_scale(x: Array, v: Array) -> float:
@@ -254,6 +272,7 @@ def _second(
             sa, sb = step * a, step * b
             points += [x + sa + sb, x + sa - sb, x - sa + sb, x - sa - sb]
         vals = _evaluate(f, points, vectorized)
+        magnitude.append(max((float(np.max(np.abs(v))) if v.size else 0.0) for v in vals))
         return np.stack(
             [
                 (vals[4 * i] - vals[4 * i + 1] - vals[4 * i + 2] + vals[4 * i + 3])
@@ -262,7 +281,9 @@ def _second(
             ]
         )
 
-    return richardson(estimate, h, levels)
+    magnitude: list[float] = []
+    value, err = richardson(estimate, h, levels)
+    return value, err + _rounding(magnitude, h / 2 ** (levels - 1), 2)
 
 
 def hessian_error(
@@ -422,25 +443,36 @@ class Packed:
         return np.concatenate([np.asarray(per_input[w], np.float64).reshape(-1) for w in self.wrt])
 
 
-def from_torch(fn: Callable[..., Any], *, batched: bool = False) -> Callable[..., Array]:
+def from_torch(fn: Callable[..., Any], *, vectorized: bool = False) -> Callable[..., Array]:
     """A torch callable evaluated in float64 under ``torch.no_grad()`` (no autograd
     graph is ever built), taking and returning numpy arrays.
 
-    ``batched=True``: ``fn`` is a per-point function and the arguments carry a leading
-    axis of points; it is mapped with a Python loop (no torch transform involved).
+    ``vectorized=True``: ``fn`` is a per-point function and the arguments carry a
+    leading axis of points; it is mapped with ``torch.func.vmap`` (forward batching
+    only, no differentiation), or a Python loop when ``vmap`` refuses the function
+    (data-dependent control flow).
     """
     import torch
 
+    def tensors(args: Sequence[Array]) -> list[Any]:
+        return [torch.from_numpy(np.array(a, dtype=np.float64)) for a in args]
+
     def one(*args: Array) -> Array:
         with torch.no_grad():
-            tensors = [torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64) for a in args]
-            return np.asarray(fn(*tensors).detach().numpy(), dtype=np.float64)
+            return np.asarray(fn(*tensors(args)).detach().numpy(), dtype=np.float64)
 
-    if not batched:
+    if not vectorized:
         return one
 
     def loop(*args: Array) -> Array:
-        k = args[0].shape[0]
-        return np.stack([one(*(a[i] for a in args)) for i in range(k)])
+        return np.stack([one(*(a[i] for a in args)) for i in range(args[0].shape[0])])
 
-    return loop
+    def mapped(*args: Array) -> Array:
+        with torch.no_grad():
+            try:
+                out = torch.func.vmap(fn)(*tensors(args))
+            except Exception:  # e.g. data-dependent control flow: one point at a time
+                return loop(*args)
+            return np.asarray(out.detach().numpy(), dtype=np.float64)
+
+    return mapped
