@@ -25,6 +25,7 @@ _PATHS = {
     pb.EXECUTION_PATH_UNSPECIFIED: "",
     pb.EXECUTION_PATH_VMAP: "vmap",
     pb.EXECUTION_PATH_PER_POINT: "per_point",
+    pb.EXECUTION_PATH_SINGLE: "single",
 }
 CHECK_KINDS = {
     pb.CHECK_KIND_UNSPECIFIED: "",
@@ -50,8 +51,13 @@ class Metadata:
     """How a computation ran.
 
     ``execution_path`` is ``"vmap"`` or ``"per_point"`` (data-dependent control
-    flow); ``unconnected`` names inputs the output does not depend on (their
-    derivatives are zeros).
+    flow) for ``batched=True``, ``"single"`` for one point; ``unconnected`` names
+    inputs the output does not depend on (their derivatives are zeros).
+    ``strategy`` is ``"direct"``, or ``"rerouted"`` when an operation ran by a safe
+    strategy because the function calls one for which the direct transform is wrong
+    under the server's torch; ``routes`` then says which, one line per operation
+    (e.g. ``"hessian: reverse-over-reverse-hessian (direct hessian@batch is unsafe
+    for logdet)"``).
     """
 
     execution_path: str = ""
@@ -64,6 +70,8 @@ class Metadata:
     wall_seconds: float = 0.0
     jacobian_mode: str = ""
     warnings: tuple[str, ...] = ()
+    strategy: str = ""
+    routes: tuple[str, ...] = ()
 
     @classmethod
     def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
@@ -78,6 +86,8 @@ class Metadata:
             wall_seconds=float(msg.wall_seconds),
             jacobian_mode=msg.jacobian_mode,
             warnings=tuple(msg.warnings),
+            strategy=msg.strategy,
+            routes=tuple(msg.routes),
         )
 
 

@@ -181,6 +181,7 @@ class GradActor:
             unconnected=tuple(result.unconnected),
             jacobian_mode=result.jacobian_mode,
             out_shape=tuple(result.out_shape),
+            routes=tuple(result.routes),
         )
 
     def check(
