@@ -41,10 +41,37 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    # --- jobs: retention and result quotas (docs/jobs.md); 0 turns one off
+    job_ttl_s: float = 7 * 86400.0  # ended jobs and their results are deleted after this
+    max_job_result_bytes: int = 1 << 30  # one job's stored results
+    max_stored_result_bytes: int = 10 << 30  # every job's stored results together
+    max_job_input_bytes: int = 1 << 30  # inputs of running job tasks held in server memory
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"GRADSERVE_{name}", default)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``15m``, ``12h`` or ``7d``.
+
+    >>> parse_duration("7d"), parse_duration("90"), parse_duration("1.5h")
+    (604800.0, 90.0, 5400.0)
+    """
+    text = text.strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or a number and s, m, h or d"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be finite and >= 0")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
     p.add_argument("--object-store-bytes", type=int, default=None)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    # --- jobs: retention and result quotas
+    p.add_argument(
+        "--job-ttl",
+        type=parse_duration,
+        default=parse_duration(_env("JOB_TTL", "7d") or "0"),
+        help="delete ended jobs and their results this long after they end "
+        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d)",
+    )
+    for name, default, what in (
+        ("max_job_result_bytes", 1 << 30, "one job's stored results"),
+        ("max_stored_result_bytes", 10 << 30, "all jobs' stored results together"),
+        ("max_job_input_bytes", 1 << 30, "inputs of running job tasks held in server memory"),
+    ):
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=int(_env(name.upper(), str(default)) or 0),
+            help=f"bytes: {what} (0: no limit; default {default})",
+        )
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -109,4 +155,9 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        # --- jobs: retention and result quotas
+        job_ttl_s=args.job_ttl,
+        max_job_result_bytes=max(0, args.max_job_result_bytes),
+        max_stored_result_bytes=max(0, args.max_stored_result_bytes),
+        max_job_input_bytes=max(0, args.max_job_input_bytes),
     )

@@ -126,13 +126,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
 
     @guard
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return self._jobs().get(request.job_id)
+        return await self._jobs().get(request.job_id)
 
     @guard
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        return self._jobs().list(request)
+        return await self._jobs().list(request)
 
     @guard_stream
     async def WatchJob(
@@ -153,3 +153,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
         return await self._jobs().cancel(request.job_id)
+
+    @guard
+    async def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteJobResponse:
+        return await self._jobs().delete(request.job_id)
