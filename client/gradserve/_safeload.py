@@ -41,7 +41,9 @@ def read_bounded(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
             "put large inputs in .npy files ({npy: path}) or sample them on the server"
         )
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)  # the file may have grown since stat()
+        # one byte past its size: the file may have grown since stat(); never
+        # max_bytes, which read() would allocate up front
+        data = f.read(size + 1)
     if len(data) > max_bytes:
         raise LoadError(f"the file is over the limit of {max_bytes} bytes for a job file")
     try:

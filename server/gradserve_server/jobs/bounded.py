@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # An error message as stored and as sent back in Job.errors and TaskResult.error.
 MAX_ERROR_CHARS = 2_000
+# Read back at most this much: a message clipped when stored keeps its marker whole.
+MAX_ERROR_READ_CHARS = MAX_ERROR_CHARS + 40
 # Names and ids echoed back (a job's name, a task's id, an idempotency key).
 MAX_ECHO_CHARS = 200
 

@@ -401,7 +401,7 @@ class JobStore:
 
         Texts are cut in SQL (see bounded.py), so a huge message stored by an older
         server is never read whole."""
-        chars, echo = bounded.MAX_ERROR_CHARS, bounded.MAX_ECHO_CHARS
+        chars, echo = bounded.MAX_ERROR_READ_CHARS, bounded.MAX_ECHO_CHARS
         return [
             (
                 int(r[0]),
