@@ -20,6 +20,22 @@ LIMIT_DEFAULTS: dict[str, int] = {
 }
 
 
+# The server's byte budgets (see gradserve_server.budgets and docs/limits.md), with their
+# defaults; each is also a flag (--max-reply-bytes) and a variable (GRADSERVE_MAX_REPLY_BYTES).
+# 0 turns a budget off.
+BUDGET_DEFAULTS: dict[str, int] = {
+    # one call's reply (Compute or ComputeStream), estimated from shapes before work
+    "max_reply_bytes": 256 << 20,
+    # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
+    "max_request_bytes": 256 << 20,
+    # all calls together: bytes held for incoming streams, replies and server streams
+    "max_inflight_bytes": 1 << 30,
+    # a job's stored results, and all jobs' together (enforced by the job manager)
+    "max_job_bytes": 1 << 30,
+    "max_stored_bytes": 16 << 30,
+}
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -41,6 +57,8 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
+    budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -89,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
         )
+    for name, default in BUDGET_DEFAULTS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=int(_env(name.upper(), str(default)) or default),
+            help=f"(bytes; 0: no limit; default {default})",
+        )
     return p
 
 
@@ -109,4 +134,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
     )
