@@ -20,6 +20,22 @@ LIMIT_DEFAULTS: dict[str, int] = {
 }
 
 
+# The server's byte budgets (see gradserve_server.budgets and docs/limits.md), with their
+# defaults; each is also a flag (--max-reply-bytes) and a variable (GRADSERVE_MAX_REPLY_BYTES).
+# 0 turns a budget off.
+BUDGET_DEFAULTS: dict[str, int] = {
+    # one call's reply (Compute or ComputeStream), estimated from shapes before work
+    "max_reply_bytes": 256 << 20,
+    # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
+    "max_request_bytes": 256 << 20,
+    # all calls together: bytes held for incoming streams, replies and server streams
+    "max_inflight_bytes": 1 << 30,
+    # a job's stored results, and all jobs' together (enforced by the job manager)
+    "max_job_bytes": 1 << 30,
+    "max_stored_bytes": 16 << 30,
+}
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -41,11 +57,11 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
-    # --- jobs: retention and result quotas (docs/jobs.md); 0 turns one off
-    job_ttl_s: float = 7 * 86400.0  # ended jobs and their results are deleted after this
-    max_job_result_bytes: int = 1 << 30  # one job's stored results
-    max_stored_result_bytes: int = 10 << 30  # every job's stored results together
-    max_job_input_bytes: int = 1 << 30  # inputs of running job tasks held in server memory
+    # --- jobs: retention (docs/jobs.md); ended jobs and their results are deleted
+    # this long after they end (0 keeps them)
+    job_ttl_s: float = 7 * 86400.0
+    # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
+    budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -110,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
     p.add_argument("--object-store-bytes", type=int, default=None)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    # --- jobs: retention and result quotas
+    # --- jobs: retention
     p.add_argument(
         "--job-ttl",
         type=parse_duration,
@@ -118,22 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete ended jobs and their results this long after they end "
         "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d)",
     )
-    for name, default, what in (
-        ("max_job_result_bytes", 1 << 30, "one job's stored results"),
-        ("max_stored_result_bytes", 10 << 30, "all jobs' stored results together"),
-        ("max_job_input_bytes", 1 << 30, "inputs of running job tasks held in server memory"),
-    ):
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int,
-            default=int(_env(name.upper(), str(default)) or 0),
-            help=f"bytes: {what} (0: no limit; default {default})",
-        )
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
+        )
+    for name, default in BUDGET_DEFAULTS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=int(_env(name.upper(), str(default)) or default),
+            help=f"(bytes; 0: no limit; default {default})",
         )
     return p
 
@@ -155,9 +167,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
-        # --- jobs: retention and result quotas
+        # --- jobs: retention
         job_ttl_s=args.job_ttl,
-        max_job_result_bytes=max(0, args.max_job_result_bytes),
-        max_stored_result_bytes=max(0, args.max_stored_result_bytes),
-        max_job_input_bytes=max(0, args.max_job_input_bytes),
+        budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
     )

@@ -40,8 +40,8 @@ def server(ray_head: RayNode) -> Iterator[ServerProcess]:
     proc = start_server(
         ray_head,
         extra=[
-            "--max-job-result-bytes", str(JOB_QUOTA),
-            "--max-stored-result-bytes", str(SERVER_QUOTA),
+            "--max-job-bytes", str(JOB_QUOTA),
+            "--max-stored-bytes", str(SERVER_QUOTA),
             "--job-ttl", str(TTL_S),
         ],
     )  # fmt: skip
@@ -204,13 +204,13 @@ def test_result_quotas_deletion_and_retention_bound_the_disk(
         (code, message), took = timed(lambda: code_of(grad_job(20_000, [100], "sum(x**3)",
                                                                 pb.OP_HESSIAN)))  # fmt: skip
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and took < 1.0
-        assert "1.6 GB" in message and "--max-job-result-bytes" in message, message
+        assert "1.6 GB" in message and "--max-job-bytes" in message, message
 
         # 6 MB each: two fit the server's 16 MB, a third does not until one is deleted
         a, b = grad_job(50_000, [15])(), grad_job(50_000, [15])()
         code, message = code_of(grad_job(50_000, [15]))
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "--max-stored-result-bytes" in message and "6 MB" in message, message
+        assert "--max-stored-bytes" in message and "6 MB" in message, message
         client = gradserve.Client(server.address, timeout=60)
         assert client.job(a.id).wait(timeout=60).state == "succeeded"
         assert results_bytes(server) - disk >= 6_000_000
@@ -226,7 +226,7 @@ def test_result_quotas_deletion_and_retention_bound_the_disk(
         assert status.errors[0].code == "RESOURCE_EXHAUSTED"
         # (which quota it meets first depends on its chunk sizes: both are bounds)
         assert "result quota" in status.errors[0].message or (
-            "--max-stored-result-bytes" in status.errors[0].message
+            "--max-stored-bytes" in status.errors[0].message
         )
         for job in (b, c):
             assert client.job(job.id).wait(timeout=60).state == "succeeded"

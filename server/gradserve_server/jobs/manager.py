@@ -33,11 +33,11 @@ from pathlib import Path
 import grpc
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import Budgets
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import ServiceError, invalid, not_found, unavailable
 from gradserve_server.jobs import bounded, codec, files, quota, results, spec, store
 from gradserve_server.jobs.feed import Feeds
-from gradserve_server.jobs.membudget import ByteBudget
 from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.runner import TaskRunner
@@ -67,14 +67,12 @@ class JobManager:
         self.service = service
         self.store = JobStore(config.data_dir)
         self.notifier = Notifier()
-        self.quotas = Quotas(
-            self.store, config.max_job_result_bytes, config.max_stored_result_bytes
-        )
-        self.inputs = ByteBudget(config.max_job_input_bytes)
+        budgets = Budgets.from_config(config)
+        self.quotas = Quotas(self.store, budgets.job_bytes, budgets.stored_bytes)
         self.feeds: Feeds[tuple[JobRow, pb.Job]] = Feeds(
             self.notifier, self._feed_read, WATCH_INTERVAL_S
         )
-        self.bounds = spec.SizeBounds.of(config)
+        self.bounds = spec.SizeBounds.of(config, budgets)
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._running: asyncio.Semaphore | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -126,7 +124,7 @@ class JobManager:
                 slots = asyncio.Semaphore(self._inflight())
                 runner = TaskRunner(
                     self.service, self.store, job_id, slots, lambda: self.notifier.notify(job_id),
-                    self.quotas, self.inputs,
+                    self.quotas,
                 )  # fmt: skip
                 todo = [
                     i
@@ -386,12 +384,10 @@ def _encode_token(seq: int) -> str:
 
 def _decode_token(token: str) -> int:
     try:
-        if len(token) > 64:
-            raise ValueError("too long")
         text = base64.urlsafe_b64decode(token.encode()).decode()
         version, _, seq = text.partition(":")
-        if version != "v1" or not 0 <= int(seq) < 2**63:
-            raise ValueError(version)
+        if version != "v1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError(version)  # an int64 (SQLite's integers) and nothing else
         return int(seq)
     except (ValueError, UnicodeDecodeError):
         raise invalid("ListJobs: page_token is not one this server issued", "page_token") from None

@@ -1,8 +1,8 @@
 """Result quotas: a job's stored bytes estimated from shapes before it runs, then
 charged chunk by chunk as its results are written.
 
-Two budgets (docs/jobs.md, docs/limits.md): ``--max-job-result-bytes`` per job and
-``--max-stored-result-bytes`` for everything the server keeps. At submission the job's
+Two budgets (docs/jobs.md, docs/limits.md): ``--max-job-bytes`` per job and
+``--max-stored-bytes`` for everything the server keeps. At submission the job's
 estimate must fit both (and the data directory's free space); the server's total
 counts what ended jobs wrote and, for active jobs, the larger of their estimate and
 what they wrote so far, so an admitted job is not starved by one admitted after it.
@@ -149,7 +149,7 @@ class Quotas:
         if self.per_job and job.total > self.per_job:
             raise exhausted(
                 f"{what}, over the per-job result quota of {size_text(self.per_job)} "
-                "(--max-job-result-bytes); split the job or ask for fewer points",
+                "(--max-job-bytes); split the job or ask for fewer points",
                 "tasks",
             )
         with self._lock:
@@ -158,7 +158,7 @@ class Quotas:
                 if claimed + job.total > self.per_server:
                     raise exhausted(
                         f"{what}, but the server's result store quota of "
-                        f"{size_text(self.per_server)} (--max-stored-result-bytes) has "
+                        f"{size_text(self.per_server)} (--max-stored-bytes) has "
                         f"{size_text(max(0, self.per_server - claimed))} left; delete ended "
                         "jobs (gradserve jobs delete ID) or wait for --job-ttl to remove them",
                         "tasks",
@@ -181,7 +181,7 @@ class Quotas:
             if self.per_job and written + nbytes > self.per_job:
                 raise _over(
                     f"the job's results reached {size_text(written + nbytes)}, over the "
-                    f"per-job result quota of {size_text(self.per_job)} (--max-job-result-bytes)"
+                    f"per-job result quota of {size_text(self.per_job)} (--max-job-bytes)"
                 )
             if self.per_server:
                 claimed = self.store.claimed_bytes()
@@ -189,7 +189,7 @@ class Quotas:
                 if claimed > self.per_server:
                     raise _over(
                         f"the server's stored results would reach {size_text(claimed)}, over "
-                        f"its quota of {size_text(self.per_server)} (--max-stored-result-bytes)"
+                        f"its quota of {size_text(self.per_server)} (--max-stored-bytes)"
                     )
             self.store.add_written(job_id, nbytes)
 

@@ -11,20 +11,26 @@ call would have had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
-from gradserve_server.errors import exhausted, from_chunk_error, invalid, to_status
+from gradserve_server.errors import (
+    ServiceError,
+    exhausted,
+    from_chunk_error,
+    invalid,
+    to_status,
+)
 from gradserve_server.jobs import codec, files, quota, spec
-from gradserve_server.jobs.membudget import ByteBudget
 from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.results import build_metadata, build_outputs
 from gradserve_server.jobs.store import ChunkRow, JobStore, TaskRow
@@ -37,6 +43,9 @@ log = logging.getLogger("gradserve.jobs")
 # Chunks of a job stay below this many elements (inputs + outputs), smaller than
 # unary calls' chunks: a crash loses less work and progress moves more often.
 JOB_CHUNK_ELEMENTS = 1_000_000
+
+# A task waiting for room in the in-flight budget checks again this often.
+INPUT_WAIT_S = 30.0
 
 PHASE_METHODS = {"compute": "compute", "check": "check"}
 
@@ -56,7 +65,6 @@ class TaskRunner:
         slots: asyncio.Semaphore,
         on_progress: Callable[[], None],
         quotas: Quotas | None = None,
-        inputs: ByteBudget | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -64,7 +72,6 @@ class TaskRunner:
         self.slots = slots
         self.on_progress = on_progress
         self.quotas = quotas
-        self.inputs = inputs or ByteBudget(0)
 
     async def run(self, idx: int) -> None:
         row = await asyncio.to_thread(self.store.task, self.job_id, idx)
@@ -75,8 +82,7 @@ class TaskRunner:
         try:
             held = quota.task_input_bytes(task)
             for phase in names:
-                # the task's inputs are in server memory while its phase runs
-                async with self.inputs.hold(held):
+                async with self._holding(held):
                     await self._run_phase(row, task, phase, row.points * len(names))
             await self._finish(row, task)
         except asyncio.CancelledError:
@@ -92,6 +98,22 @@ class TaskRunner:
         self.on_progress()
 
     # ------------------------------------------------------------- phases
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold a task's input bytes (drawn or decoded, and their copy for the workers)
+        in the server's in-flight budget, shared with the calls, while its phase runs.
+        A job waits for room rather than failing: it is not in a hurry."""
+        while True:
+            try:
+                held = await self.service.inflight.wait(
+                    nbytes, f"job {self.job_id}: a task's inputs", timeout=INPUT_WAIT_S
+                )
+                break
+            except ServiceError:
+                continue
+        with held:
+            yield
 
     def _bind(self, task: pb.Task, phase: str) -> tuple[binding.Bound, ComputeSpec | CheckSpec]:
         if phase == "check":

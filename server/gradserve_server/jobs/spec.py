@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import Budgets
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import exhausted, invalid
 from gradserve_server.jobs import bounded, quota
@@ -53,20 +54,20 @@ def task_points(task: pb.Task) -> int:
 
 @dataclass(frozen=True)
 class SizeBounds:
-    """What SubmitJob checks of each task's sizes before storing anything."""
+    """What SubmitJob checks of each task's sizes before storing anything (0: no bound)."""
 
     max_points: int = 10_000_000
     max_sample_elements: int = 160_000_000  # per task, all sampled inputs together
     max_source_chars: int = 20_000
-    max_task_input_bytes: int = 0  # 0: no bound
+    max_task_input_bytes: int = 0  # a task's inputs in server memory, like a call's
 
     @classmethod
-    def of(cls, config: ServerConfig) -> SizeBounds:
+    def of(cls, config: ServerConfig, budgets: Budgets) -> SizeBounds:
         return cls(
             max_points=config.max_points,
             max_sample_elements=config.max_points * 16,
             max_source_chars=config.limits.get("max_source_chars", cls.max_source_chars),
-            max_task_input_bytes=config.max_job_input_bytes,
+            max_task_input_bytes=budgets.request_bytes,
         )
 
 
@@ -136,8 +137,8 @@ def _check_sizes(task: pb.Task, index: int, where: str, bounds: SizeBounds) -> N
     if bounds.max_task_input_bytes and held > bounds.max_task_input_bytes:
         raise exhausted(
             f"{where}: its inputs take {quota.size_text(held)} in the server's memory, over "
-            f"the job input budget of {quota.size_text(bounds.max_task_input_bytes)} "
-            "(--max-job-input-bytes)",
+            f"the budget of {quota.size_text(bounds.max_task_input_bytes)} per call or task "
+            "(--max-request-bytes)",
             f"{field}.inputs",
         )
 
