@@ -192,10 +192,13 @@ def test_100k_tasks_submit_watch_cancel_delete_keep_small_calls_fast(
 def test_result_quotas_deletion_and_retention_bound_the_disk(
     server: ServerProcess, stub: pb_grpc.GradientServiceStub
 ) -> None:
-    def grad_job(count: int, shape: list[int], fn: str = "sum(x * x)", op: int = pb.OP_GRAD) -> Any:
+    def grad_job(
+        count: int, shape: list[int], fn: str = "sum(x * x)", op: int = pb.OP_GRAD, key: str = ""
+    ) -> Any:
         task = pb.Task(function=fn, ops=[op])
         task.inputs["x"].CopyFrom(sample(shape, count))
-        return lambda: stub.SubmitJob(pb.SubmitJobRequest(tasks=[task]), timeout=30)
+        req = pb.SubmitJobRequest(tasks=[task], idempotency_key=key)
+        return lambda: stub.SubmitJob(req, timeout=30)
 
     disk, memory = results_bytes(server), rss(server)
     with Probe(server.address, warm=("grad",)) as probe:
@@ -207,10 +210,11 @@ def test_result_quotas_deletion_and_retention_bound_the_disk(
         assert "1.6 GB" in message and "--max-job-bytes" in message, message
 
         # 6 MB each: two fit the server's 16 MB, a third does not until one is deleted
-        a, b = grad_job(50_000, [15])(), grad_job(50_000, [15])()
+        a, b = grad_job(50_000, [15], key="quota-a")(), grad_job(50_000, [15])()
         code, message = code_of(grad_job(50_000, [15]))
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max-stored-bytes" in message and "6 MB" in message, message
+        assert grad_job(50_000, [15], key="quota-a")().id == a.id  # a retry is no new job
         client = gradserve.Client(server.address, timeout=60)
         assert client.job(a.id).wait(timeout=60).state == "succeeded"
         assert results_bytes(server) - disk >= 6_000_000

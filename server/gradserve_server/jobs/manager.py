@@ -204,15 +204,19 @@ class JobManager:
         # CPU-bound for 100,000 tasks: off the event loop, which keeps serving
         tasks, estimate, spec_hash = await asyncio.to_thread(prepare)
 
-        async def store_and_launch() -> str:
-            job_id, created = await asyncio.to_thread(
-                self.quotas.admit,
-                estimate,
-                lambda: self.store.create_job(
+        def admit_and_create() -> tuple[str, bool]:
+            def create() -> tuple[str, bool]:
+                return self.store.create_job(
                     f"job-{uuid.uuid4().hex[:16]}", req.name, req.idempotency_key, spec_hash,
                     tasks,
-                ),
-            )  # fmt: skip
+                )  # fmt: skip
+
+            if req.idempotency_key and self.store.job_for_key(req.idempotency_key):
+                return create()  # a retry: its job is stored (or the key conflicts)
+            return self.quotas.admit(estimate, create)
+
+        async def store_and_launch() -> str:
+            job_id, created = await asyncio.to_thread(admit_and_create)
             if created:
                 self._launch(job_id)
             return job_id

@@ -571,6 +571,10 @@ class JobStore:
         )
         return [r[0] for r in rows]
 
+    def job_for_key(self, idempotency_key: str) -> str | None:
+        rows = self._read("SELECT id FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+        return str(rows[0][0]) if rows else None
+
     def job_ids(self) -> set[str]:
         return {r[0] for r in self._read("SELECT id FROM jobs")}
 
