@@ -45,6 +45,7 @@ class Budgets:
     reply_bytes: int
     request_bytes: int
     inflight_bytes: int
+    stream_bytes: int
     points: int
     input_elements: int
     tensor_elements: int
@@ -60,6 +61,7 @@ class Budgets:
             reply_bytes=int(b.get("max_reply_bytes", 0)),
             request_bytes=int(b.get("max_request_bytes", 0)),
             inflight_bytes=int(b.get("max_inflight_bytes", 0)),
+            stream_bytes=int(b.get("max_stream_bytes", 0)),
             points=config.max_points,
             input_elements=int(config.limits["max_input_elements"]),
             tensor_elements=int(config.limits["max_tensor_elements"]),
@@ -240,8 +242,9 @@ class InFlight:
     room up to a timeout (server streams, whose reader decides the pace).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, name: str = "max_inflight_bytes") -> None:
         self.limit = limit
+        self.name = name
         self.used = 0
         self._freed: asyncio.Event | None = None
 
@@ -252,7 +255,7 @@ class InFlight:
         if not self._fits(nbytes):
             raise exhausted(
                 f"{what}: {nbytes:,} bytes would not fit: the server holds {self.used:,} of "
-                f"its {self.limit:,} bytes for calls in flight ({flag('max_inflight_bytes')}); "
+                f"its {self.limit:,} bytes for calls in flight ({flag(self.name)}); "
                 "try again shortly"
             )
         self.used += nbytes

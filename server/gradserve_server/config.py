@@ -28,8 +28,10 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_reply_bytes": 256 << 20,
     # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
     "max_request_bytes": 256 << 20,
-    # all calls together: bytes held for incoming streams, replies and server streams
+    # all calls together: bytes held for incoming streams and replies
     "max_inflight_bytes": 1 << 30,
+    # all server streams together: pieces written but not yet taken by their readers
+    "max_stream_bytes": 64 << 20,
     # a job's stored results, and all jobs' together (enforced by the job manager)
     "max_job_bytes": 1 << 30,
     "max_stored_bytes": 16 << 30,

@@ -13,14 +13,11 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__
 from gradserve_server.budgets import Reservation
+from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
 from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
 from gradserve_server.jobs import JobManager
-from gradserve_server.service import (
-    ComputeService,
-    outputs_to_proto,
-    report_to_proto,
-    stream_outputs,
-)
+from gradserve_server.service import ComputeService
+from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
 from gradserve_workers.lang import FUNCTIONS
 
 _calls = itertools.count()
@@ -62,24 +59,28 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             raise _over_message_limit(resp.ByteSize(), limit, "is")
         return resp
 
-    @guard_stream
+    @guard
     async def ComputeStream(
         self, request_iterator: AsyncIterator[pb.ComputeRequestPart], context: Any
-    ) -> AsyncIterator[pb.ComputeResponsePart]:
+    ) -> None:
         header, blobs, held = await self._receive(request_iterator)
         try:
             done = await self.service.compute(header, _tenant(context), blobs)
         finally:
             del blobs
             held.release()
-        resp = pb.ComputeResponse(metadata=done.metadata)
-        slots = stream_outputs(done.outputs, resp.results)
         # the reply is held once, in the workers' arrays, while pieces are cut from it
         with self.service.inflight.take(done.nbytes, "ComputeStream: the reply"):
+            resp = pb.ComputeResponse(metadata=done.metadata)
+            slots = stream_outputs(done.outputs, resp.results)
             del done
-            yield pb.ComputeResponsePart(header=resp)
-            for piece in _wire.split_pieces(slots):
-                yield pb.ComputeResponsePart(piece=piece)
+
+            async def reply() -> AsyncIterator[pb.ComputeResponsePart]:
+                yield pb.ComputeResponsePart(header=resp)
+                for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):
+                    yield pb.ComputeResponsePart(piece=piece)
+
+            await send_paced(context, reply(), self.service.stream_pieces, "ComputeStream")
 
     async def _receive(
         self, parts: AsyncIterator[pb.ComputeRequestPart]
@@ -181,12 +182,12 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         async for event in self._jobs().watch(request.job_id):
             yield event
 
-    @guard_stream
+    @guard
     async def GetJobResults(
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.TaskResultPart]:
-        async for part in self._jobs().results(request.job_id, request.start_task):
-            yield part
+    ) -> None:
+        parts = self._jobs().results(request.job_id, request.start_task)
+        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults")
 
     @guard
     async def CancelJob(
