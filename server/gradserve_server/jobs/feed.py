@@ -110,8 +110,11 @@ class Feeds(Generic[T]):
         except Exception as error:  # surfaced to every watcher, with its status
             feed.fail(error)
 
-    async def close(self) -> None:
+    async def close(self, error: BaseException) -> None:
+        """Stop every reader; their watchers raise ``error``."""
         tasks = [f.task for f in self._feeds.values() if f.task is not None]
+        for feed in self._feeds.values():
+            feed.fail(error)
         for task in tasks:
             task.cancel()
         for task in tasks:

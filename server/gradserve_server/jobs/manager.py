@@ -57,6 +57,7 @@ LIST_PAGE_BYTES = 4 << 20
 # The retention sweep runs at most this far apart, and deletes this many jobs a round.
 SWEEP_INTERVAL_S = 60.0
 SWEEP_BATCH = 100
+STOPPING = "the server is shutting down; jobs resume when it restarts"
 # WatchJob coalesces changes closer together than this into one event.
 WATCH_INTERVAL_S = 0.1
 
@@ -99,7 +100,7 @@ class JobManager:
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        await self.feeds.close()
+        await self.feeds.close(unavailable(STOPPING))
         runs = list(self._runs.values())
         for run in runs:
             run.cancel()
@@ -179,7 +180,7 @@ class JobManager:
     async def _read_or_raise(self, job_id: str) -> tuple[JobRow, pb.Job]:
         if self._stopping:
             # clients retry UNAVAILABLE: the SDK's wait() and results() ride out a restart
-            raise unavailable("the server is shutting down; jobs resume when it restarts")
+            raise unavailable(STOPPING)
         found = await asyncio.to_thread(self._read, job_id)
         if found is None:
             raise not_found(f"no job {bounded.clip(job_id, bounded.MAX_ECHO_CHARS)!r}")
@@ -187,7 +188,7 @@ class JobManager:
 
     async def _feed_read(self, job_id: str) -> tuple[tuple[JobRow, pb.Job] | None, bool]:
         if self._stopping:
-            raise unavailable("the server is shutting down; jobs resume when it restarts")
+            raise unavailable(STOPPING)
         found = await asyncio.to_thread(self._read, job_id)
         return found, found is None or found[0].state in store.TERMINAL
 
@@ -332,7 +333,7 @@ class JobManager:
                 if state in store.TERMINAL:
                     break  # cancelled before this task finished
                 if self._stopping:
-                    raise unavailable("the server is shutting down; jobs resume when it restarts")
+                    raise unavailable(STOPPING)
                 await self.notifier.wait(event, timeout=2.0)
             task_dir = self.store.task_dir(job_id, idx)
             try:
