@@ -337,6 +337,8 @@ def test_quota_charges_and_refuses(tmp_path: Path) -> None:
         quotas.charge("a", 200)
     store.finish_job("a", "succeeded")
     assert store.claimed_bytes() == 900
+    store.add_written("deleted-meanwhile", 100)  # a late chunk of a deleted job
+    assert store.usage("deleted-meanwhile") == (0, 0)
     store.close()
 
 

@@ -595,9 +595,11 @@ class JobStore:
         self._write(
             [
                 (
-                    "INSERT INTO job_usage (job_id, written_bytes) VALUES (?, ?) "
+                    # (nothing for a job deleted meanwhile)
+                    "INSERT INTO job_usage (job_id, written_bytes) "
+                    "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?) "
                     "ON CONFLICT (job_id) DO UPDATE SET written_bytes = written_bytes + ?",
-                    (job_id, nbytes, nbytes),
+                    (job_id, nbytes, job_id, nbytes),
                 )
             ]
         )
