@@ -245,6 +245,8 @@ class JobManager:
         if size < 0:
             raise invalid("ListJobs: page_size must be positive", "page_size")
         size = min(size, MAX_PAGE_SIZE)
+        if len(req.states) > len(codec.STATE_NAMES):
+            raise invalid("ListJobs: more states than there are; name each at most once", "states")
         states = []
         for number in req.states:
             if number not in codec.STATE_NAMES:
@@ -389,6 +391,8 @@ def _encode_token(seq: int) -> str:
 
 def _decode_token(token: str) -> int:
     try:
+        if len(token) > 64:  # ours are about 20 characters: nothing longer is decoded
+            raise ValueError(len(token))
         text = base64.urlsafe_b64decode(token.encode()).decode()
         version, _, seq = text.partition(":")
         if version != "v1" or not seq.isdigit() or len(seq) > 18:
