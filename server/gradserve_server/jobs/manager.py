@@ -54,7 +54,8 @@ MAX_ERRORS = 1000
 # A ListJobs page ends at this many bytes (or half the message limit) as well as
 # at its page size, so no page can grow past the message limit.
 LIST_PAGE_BYTES = 4 << 20
-# The retention sweep runs at most this far apart, and deletes this many jobs a round.
+# The retention sweep runs at most this far apart, and reads expired jobs this many
+# at a time.
 SWEEP_INTERVAL_S = 60.0
 SWEEP_BATCH = 100
 STOPPING = "the server is shutting down; jobs resume when it restarts"
@@ -362,14 +363,18 @@ class JobManager:
         """Delete jobs that ended more than --job-ttl ago, and result directories no
         job owns (a crash between a deletion and its files); how many jobs."""
         deleted = 0
-        if self.config.job_ttl_s:
-            cutoff = time.time() - self.config.job_ttl_s
-            for job_id in await asyncio.to_thread(self.store.expired_jobs, cutoff, SWEEP_BATCH):
+        cutoff = time.time() - self.config.job_ttl_s
+        while self.config.job_ttl_s and not self._stopping:
+            batch = await asyncio.to_thread(self.store.expired_jobs, cutoff, SWEEP_BATCH)
+            before = deleted
+            for job_id in batch:
                 try:
                     await self.delete(job_id)
                     deleted += 1
                 except ServiceError:
                     continue  # deleted meanwhile, or the server is stopping
+            if len(batch) < SWEEP_BATCH or deleted == before:
+                break
         orphans = await asyncio.to_thread(self._orphan_dirs)
         for path in orphans:
             await asyncio.to_thread(shutil.rmtree, path, True)
