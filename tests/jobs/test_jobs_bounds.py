@@ -372,3 +372,39 @@ def test_twenty_watchers_share_one_read_per_change() -> None:
     reads, seen = asyncio.run(scenario())
     assert all(s == [0, 1, 2, 3, 4, 5] for s in seen), seen
     assert reads <= 8  # one per change, not one per watcher and change (120)
+
+
+def test_a_results_stream_ends_cleanly_when_its_job_is_deleted(tmp_path: Path) -> None:
+    manager = _manager(tmp_path)
+    store = manager.store
+    store.create_job("j", "", "", "h", [NewTask("a", b"", 1), NewTask("b", b"", 1)])
+    store.mark_running("j")
+    grads = {"grad": {"x": np.ones(3)}}
+    manifest = files.write_chunk(store.task_dir("j", 0), "compute-c00000", grads)
+    store.finish_task("j", 0, [{**m, "files": [m["file"]]} for m in manifest], None, b"")
+
+    async def scenario() -> tuple[list[pb.TaskResultPart], BaseException | None]:
+        parts: list[pb.TaskResultPart] = []
+
+        async def read() -> None:
+            async for part in manager.results("j", 0):
+                parts.append(part)
+
+        reader = asyncio.create_task(read())
+        while len(parts) < 2:  # task 0's header and its one piece; task 1 is waited for
+            await asyncio.sleep(0.01)
+        deleted = await manager.delete("j")
+        assert deleted.job.state == pb.JOB_STATE_CANCELLED and deleted.freed_bytes > 0
+        done, _ = await asyncio.wait([reader], timeout=5)
+        assert done, "the stream kept waiting for a deleted job"
+        return parts, reader.exception()
+
+    parts, error = asyncio.run(scenario())
+    assert parts[0].header.task_id == "a" and len(parts[1].piece.data) == 24
+    # the stream saw the job cancelled (deletion cancels first), or already gone
+    if error is None:
+        assert parts[-1].header.error.code == "CANCELLED"
+    else:
+        assert isinstance(error, ServiceError) and error.code.name == "NOT_FOUND", error
+    assert store.get_job("j") is None and not (store.results_dir / "j").exists()
+    store.close()
