@@ -114,6 +114,11 @@ class AsyncClient(BaseClient):
     def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, job_id)
 
+    async def delete_job(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
+        """Delete a job and its results (cancelling it first if it is active); its
+        status as it was when deleted. Raises NotFoundError for an unknown id."""
+        return await self.job(job_id).delete(timeout=timeout)
+
     async def jobs(
         self,
         states: str | Sequence[str] | None = None,

@@ -120,6 +120,11 @@ class Client(BaseClient):
         """A handle on an existing job (raises NotFoundError on first use if unknown)."""
         return Job(self, job_id)
 
+    def delete_job(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
+        """Delete a job and its results (cancelling it first if it is active); its
+        status as it was when deleted. Raises NotFoundError for an unknown id."""
+        return self.job(job_id).delete(timeout=timeout)
+
     def jobs(
         self,
         states: str | Sequence[str] | None = None,

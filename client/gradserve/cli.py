@@ -189,7 +189,7 @@ def _add_job_commands(sub: Any) -> None:
     p.add_argument("--idempotency-key", default=None)
     p.add_argument("--name", default=None, help="override the job's name")
     p.set_defaults(handler=cmd_submit)
-    p = sub.add_parser("jobs", help="list jobs, or the status, cancel or results of one")
+    p = sub.add_parser("jobs", help="list jobs, or the status, results, cancel or delete of one")
     jobs = p.add_subparsers(dest="jobs_command", required=True)
     q = jobs.add_parser("list", help="jobs, newest first")
     q.add_argument("--state", action="append", default=None, help="only jobs in this state")
@@ -197,6 +197,7 @@ def _add_job_commands(sub: Any) -> None:
     for name, handler, what in (
         ("status", cmd_jobs_status, "a job's state, progress and errors"),
         ("cancel", cmd_jobs_cancel, "cancel a job"),
+        ("delete", cmd_jobs_delete, "delete a job and its results (cancels it if running)"),
         ("wait", cmd_jobs_wait, "wait for a job to end, showing progress"),
         ("results", cmd_jobs_results, "write a job's results: .npz per task + summary.json"),
     ):
@@ -253,6 +254,13 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         _print_status(client.job(args.job_id).cancel())
+    return 0
+
+
+def cmd_jobs_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.delete_job(args.job_id)
+    print(f"deleted {status.id} (it was {status.state}) and its results")
     return 0
 
 

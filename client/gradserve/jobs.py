@@ -146,6 +146,14 @@ class Job:
         msg = c._call(c._stub.CancelJob, pb.CancelJobRequest(job_id=self.id), timeout)
         return JobStatus._from_proto(msg)
 
+    def delete(self, *, timeout: float | None = None) -> JobStatus:
+        """Delete the job and its results from the server (cancelling it first if it
+        is still queued or running); its status as it was when deleted. Later calls
+        on this job raise :class:`gradserve.NotFoundError`."""
+        c = self._client
+        msg = c._call(c._stub.DeleteJob, pb.DeleteJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg.job)
+
     def wait(self, timeout: float | None = None, progress: bool = False) -> JobStatus:
         """Block until the job ends (following WatchJob); its final status.
 
@@ -218,6 +226,11 @@ class AsyncJob:
         c = self._client
         msg = await c._call(c._stub.CancelJob, pb.CancelJobRequest(job_id=self.id), timeout)
         return JobStatus._from_proto(msg)
+
+    async def delete(self, *, timeout: float | None = None) -> JobStatus:
+        c = self._client
+        msg = await c._call(c._stub.DeleteJob, pb.DeleteJobRequest(job_id=self.id), timeout)
+        return JobStatus._from_proto(msg.job)
 
     async def wait(self, timeout: float | None = None, progress: bool = False) -> JobStatus:
         import asyncio

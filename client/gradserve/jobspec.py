@@ -15,12 +15,12 @@ The format (see docs/jobs.md)::
         ops: [grad]
 
 ``{npy: path}`` is relative to the job file (to the working directory for a dict).
-Errors name the task (index and id) and the key at fault.
+Errors name the task (index and id) and the key at fault. Files are read within
+fixed bounds on size, nesting and YAML aliases (see :mod:`gradserve._safeload`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import _wire
+from gradserve import _safeload, _wire
 from gradserve._base import BaseClient
 from gradserve._suggest import unknown_key
 from gradserve.errors import InvalidArgumentError
@@ -70,21 +70,12 @@ def load(job: JobSpec, *, name: str | None = None) -> pb.SubmitJobRequest:
     where = f"job file {str(path)!r}"
     if not path.is_file():
         raise JobSpecError(f"{where}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise JobSpecError(f"{where}: not valid YAML: {exc}") from None
-    elif path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise JobSpecError(f"{where}: not valid JSON: {exc}") from None
-    else:
-        raise JobSpecError(f"{where}: the name must end in .yaml, .yml or .json")
+    try:
+        data = _safeload.load_file(path)
+    except _safeload.LoadError as exc:
+        raise JobSpecError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise JobSpecError(f"{where}: cannot be read: {exc.strerror or exc}") from None
     if not isinstance(data, Mapping):
         raise JobSpecError(f"{where}: the top level must be a mapping with 'tasks'")
     return _parse(data, path.parent, where, name)

@@ -20,6 +20,24 @@ LIMIT_DEFAULTS: dict[str, int] = {
 }
 
 
+# The server's byte budgets (see gradserve_server.budgets and docs/limits.md), with their
+# defaults; each is also a flag (--max-reply-bytes) and a variable (GRADSERVE_MAX_REPLY_BYTES).
+# 0 turns a budget off.
+BUDGET_DEFAULTS: dict[str, int] = {
+    # one call's reply (Compute or ComputeStream), estimated from shapes before work
+    "max_reply_bytes": 256 << 20,
+    # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
+    "max_request_bytes": 256 << 20,
+    # all calls together: bytes held for incoming streams and replies
+    "max_inflight_bytes": 1 << 30,
+    # all server streams together: pieces written but not yet taken by their readers
+    "max_stream_bytes": 64 << 20,
+    # a job's stored results, and all jobs' together (enforced by the job manager)
+    "max_job_bytes": 1 << 30,
+    "max_stored_bytes": 16 << 30,
+}
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -41,10 +59,37 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    # --- jobs: retention (docs/jobs.md); ended jobs and their results are deleted
+    # this long after they end (0 keeps them)
+    job_ttl_s: float = 7 * 86400.0
+    # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
+    budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"GRADSERVE_{name}", default)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``15m``, ``12h`` or ``7d``.
+
+    >>> parse_duration("7d"), parse_duration("90"), parse_duration("1.5h")
+    (604800.0, 90.0, 5400.0)
+    """
+    text = text.strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or a number and s, m, h or d"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be finite and >= 0")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
     p.add_argument("--object-store-bytes", type=int, default=None)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    # --- jobs: retention
+    p.add_argument(
+        "--job-ttl",
+        type=parse_duration,
+        default=parse_duration(_env("JOB_TTL", "7d") or "0"),
+        help="delete ended jobs and their results this long after they end "
+        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d)",
+    )
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
+        )
+    for name, default in BUDGET_DEFAULTS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=int(_env(name.upper(), str(default)) or default),
+            help=f"(bytes; 0: no limit; default {default})",
         )
     return p
 
@@ -109,4 +169,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        # --- jobs: retention
+        job_ttl_s=args.job_ttl,
+        budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
     )

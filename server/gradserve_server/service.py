@@ -3,6 +3,7 @@ assemble. Jobs run their tasks through the same two methods."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +15,9 @@ import ray
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
+from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight
 from gradserve_server.config import ServerConfig
+from gradserve_server.encoding import report_to_proto
 from gradserve_server.errors import from_chunk_error, invalid
 from gradserve_server.planner import (
     SHARD_MIN_SECONDS,
@@ -25,7 +28,11 @@ from gradserve_server.planner import (
 )
 from gradserve_server.pool import ActorPool
 from gradserve_workers import actor as actor_keys
+from gradserve_workers import lang
+from gradserve_workers.replies import ReplyBudget
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
+
+__all__ = ["Admitted", "ComputeService", "Computed", "describe_execution", "report_to_proto"]
 from gradserve_workers.tasks import (
     FULL_CHECK_MAX_INPUTS,
     PACKED_CALL_MAX_BYTES,
@@ -45,21 +52,38 @@ _CHECK_KIND_NAMES = {
     pb.CHECK_KIND_CLAIMED_JACOBIAN: "jacobian",
     pb.CHECK_KIND_CLAIMED_HESSIAN: "hessian",
 }
-_REPORT_KINDS = {
-    "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
-    "claimed_grad": pb.CHECK_KIND_CLAIMED_GRAD,
-    "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
-    "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
-}
-_OP_NUMBERS: dict[str, Any] = {name: number for number, name in binding.OP_BY_NUMBER.items()}
 
 
 @dataclass
 class Computed:
-    """A finished computation: op -> key -> array, and how it ran."""
+    """A finished computation: op -> key -> its chunks' arrays in point order (one
+    array unless a batched call ran in several chunks), and how it ran."""
 
-    outputs: dict[str, dict[str, np.ndarray]]
+    outputs: dict[str, dict[str, list[np.ndarray]]]
     metadata: pb.ComputeMetadata
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for by_key in self.outputs.values() for p in by_key.values() for a in p)
+
+    def joined(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each output as one array (one copy, into a bytes object a reply sends as is)."""
+        return {
+            op: {k: p[0] if len(p) == 1 else _wire.join_arrays(p) for k, p in by_key.items()}
+            for op, by_key in self.outputs.items()
+        }
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A compute request within the budgets (see :meth:`ComputeService.admit_compute`)."""
+
+    program: lang.Program
+    ops: tuple[str, ...]
+    wrt: tuple[str, ...]
+    estimate: ComputeEstimate
+    # what the worker must check once it knows the output's shape (None: nothing)
+    reply_budget: ReplyBudget | None
 
 
 class ComputeService:
@@ -67,6 +91,11 @@ class ComputeService:
         self.config = config
         self.pool = pool
         self.limits = dict(config.limits)
+        self.budgets = Budgets.from_config(config)
+        # bytes held for calls in progress, all callers together
+        self.inflight = InFlight(self.budgets.inflight_bytes)
+        # pieces of server streams written but not yet taken by their readers
+        self.stream_pieces = InFlight(self.budgets.stream_bytes, "max_stream_bytes")
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
 
@@ -84,10 +113,9 @@ class ComputeService:
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
         round trip through the request's bytes.
         """
-        call = "compute(fn, inputs)"
-        program = binding.validate_program(req.function, self.limits)
-        ops = binding.op_names(req.ops, call)
-        call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else call
+        admitted = self.admit_compute(req)
+        program, ops, wrt = admitted.program, admitted.ops, admitted.wrt
+        call = admitted.estimate.call
         decoded = binding.request_arrays(req, blobs)
         arrays = binding.bind_names(
             {**decoded.get("input", {}), **(given or {})},
@@ -104,7 +132,6 @@ class ComputeService:
             self.limits["max_input_elements"],
         )
         binding.check_finite(arrays, req.batched, call)
-        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         extra: dict[str, np.ndarray] = {}
         if "vjp" in ops:
             if not req.HasField("cotangent"):
@@ -141,9 +168,21 @@ class ComputeService:
             jacobian_mode=binding.MODES.get(req.jacobian_mode, "auto"),
             chunk_size=int(req.chunk_size) or None,
             limits=self.limits,
+            reply_budget=admitted.reply_budget,
         )
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
+
+    def admit_compute(self, req: pb.ComputeRequest) -> Admitted:
+        """The program, ops and wrt names of a compute request whose cost, estimated
+        from its header's shapes alone (no tensor decoded), is within the server's
+        budgets; else RESOURCE_EXHAUSTED naming the budget and the estimate."""
+        program = binding.validate_program(req.function, self.limits)
+        ops = binding.op_names(req.ops, "compute(fn, inputs)")
+        call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else "compute(fn, inputs)"
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        estimate = self.budgets.estimate_compute(req, program.inputs, ops, wrt, call)
+        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate))
 
     async def compute(
         self, req: pb.ComputeRequest, tenant: str, blobs: Sequence[bytes] | None = None
@@ -159,17 +198,14 @@ class ComputeService:
 
     def _assemble(
         self, results: list[ChunkResult], spec: ComputeSpec
-    ) -> dict[str, dict[str, np.ndarray]]:
-        outputs: dict[str, dict[str, np.ndarray]] = {}
+    ) -> dict[str, dict[str, list[np.ndarray]]]:
+        outputs: dict[str, dict[str, list[np.ndarray]]] = {}
         for op in spec.ops:
             keys = results[0].outputs[op].keys()
             if spec.batched and len(results) > 1:
-                # one copy into a bytes object that the reply then sends as is
-                outputs[op] = {
-                    k: _wire.join_arrays([r.outputs[op][k] for r in results]) for k in keys
-                }
+                outputs[op] = {k: [r.outputs[op][k] for r in results] for k in keys}
             else:
-                outputs[op] = dict(results[0].outputs[op])
+                outputs[op] = {k: [a] for k, a in results[0].outputs[op].items()}
         return outputs
 
     @staticmethod
@@ -268,58 +304,41 @@ class ComputeService:
     # ------------------------------------------------------------- checks
 
     def bind_check(self, req: pb.CheckRequest) -> tuple[binding.Bound, CheckSpec]:
+        """Validate a check request: everything that needs no array first, then the
+        budgets of its sampled points, and only then draw and decode."""
         call = "check(fn, inputs)"
         program = binding.validate_program(req.function, self.limits)
+        sources = {n: s.WhichOneof("source") for n, s in req.inputs.items()}
+        for name, which in sources.items():
+            if which not in ("sample", "tensor"):
+                where = f"input {name!r}" if name else "input"
+                raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
+        sampled = "sample" in sources.values()
+        if sampled and set(sources.values()) != {"sample"}:
+            raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        kind, claims = self._claims(req, program, wrt, call)
+        order, tolerances = _check_options(req.options, call)
+        self.budgets.estimate_samples(
+            {n: s.sample for n, s in req.inputs.items() if sources[n] == "sample"}, call
+        )
         given: dict[str, np.ndarray] = {}
-        sampled = False
         for name, input_spec in req.inputs.items():
-            which = input_spec.WhichOneof("source")
             where = f"input {name!r}" if name else "input"
-            if which == "sample":
+            if sources[name] == "sample":
                 given[name] = sampling.draw(
                     input_spec.sample, f"{call}: {where}", self.config.max_points * 16
                 )
-                sampled = True
-            elif which == "tensor":
-                given[name] = binding.decode_map({name: input_spec.tensor}, "input")[name]
             else:
-                raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
+                self.budgets.shape(input_spec.tensor, where)
+                given[name] = binding.decode_map({name: input_spec.tensor}, "input")[name]
         arrays = binding.bind_names(given, program.inputs, "input", call)
         batched = req.batched or sampled
-        if sampled and not all(s.WhichOneof("source") == "sample" for s in req.inputs.values()):
-            raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
         dtype = binding.resolve_dtype(req.dtype, arrays, "float64")
         points, per_point = binding.check_points(
             arrays, batched, call, self.config.max_points, self.limits["max_input_elements"]
         )
         binding.check_finite(arrays, batched, call)
-        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
-        kind = _CHECK_KIND_NAMES.get(req.kind)
-        if kind is None:
-            kind = "grad" if req.claims else "finite_difference"
-        claims: dict[str, str] = {}
-        if kind != "finite_difference":
-            if not req.claims:
-                raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
-            for claim in req.claims:
-                first = claim.input or (wrt[0] if len(wrt) == 1 else "")
-                if not first:
-                    raise invalid(
-                        f"{call}: the claim does not say which input it is for; the function "
-                        f"takes ({', '.join(program.inputs)}): give a dict by input",
-                        "claims",
-                    )
-                binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
-                                    program.inputs, call)  # fmt: skip
-                binding.validate_program(claim.source, self.limits, program.inputs)
-                key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
-                claims[key] = claim.source
-        elif req.claims:
-            raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
-        options = req.options
-        order = options.order or 1
-        if order not in (1, 2):
-            raise invalid(f"{call}: order must be 1 or 2, not {order}", "options.order")
         spec = CheckSpec(
             source=req.function,
             source_hash=program.source_hash,
@@ -329,22 +348,52 @@ class ComputeService:
             kind=kind,
             claims=claims,
             order=order,
-            atol=options.atol if options.HasField("atol") else 1e-5,
-            rtol=options.rtol if options.HasField("rtol") else 1e-3,
-            eps=options.eps if options.HasField("eps") else 1e-6,
-            fast=options.fast if options.HasField("fast") else None,
-            seed=int(options.seed),
+            atol=tolerances["atol"],
+            rtol=tolerances["rtol"],
+            eps=tolerances["eps"],
+            fast=req.options.fast if req.options.HasField("fast") else None,
+            seed=int(req.options.seed),
             limits=self.limits,
         )
-        for name, value in (("atol", spec.atol), ("rtol", spec.rtol), ("eps", spec.eps)):
-            if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
-                raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
         bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point)
         return bound, spec
 
+    def _claims(
+        self, req: pb.CheckRequest, program: lang.Program, wrt: tuple[str, ...], call: str
+    ) -> tuple[str, dict[str, str]]:
+        """The check's kind and its claims by input (or "a,b" pair), validated."""
+        kind = _CHECK_KIND_NAMES.get(req.kind)
+        if kind is None:
+            kind = "grad" if req.claims else "finite_difference"
+        claims: dict[str, str] = {}
+        if kind == "finite_difference":
+            if req.claims:
+                raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
+            return kind, claims
+        if not req.claims:
+            raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
+        for claim in req.claims:
+            first = claim.input or (wrt[0] if len(wrt) == 1 else "")
+            if not first:
+                raise invalid(
+                    f"{call}: the claim does not say which input it is for; the function "
+                    f"takes ({', '.join(program.inputs)}): give a dict by input",
+                    "claims",
+                )
+            binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
+                                program.inputs, call)  # fmt: skip
+            binding.validate_program(claim.source, self.limits, program.inputs)
+            key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
+            claims[key] = claim.source
+        return kind, claims
+
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
-        bound, spec = self.bind_check(req)
+        if any(s.WhichOneof("source") == "sample" for s in req.inputs.values()):
+            # drawing points takes a while: off the event loop, which serves every call
+            bound, spec = await asyncio.to_thread(self.bind_check, req)
+        else:
+            bound, spec = self.bind_check(req)
         shards, key = self.shards(bound, spec)
         if len(shards) > 1:
             payload = self.payload(bound, len(shards))
@@ -404,6 +453,22 @@ class ComputeService:
         return plan_shards(inputs, self.pool.idle), key
 
 
+def _check_options(options: pb.CheckOptions, call: str) -> tuple[int, dict[str, float]]:
+    """A check's order and tolerances (atol, rtol, eps), validated."""
+    order = options.order or 1
+    if order not in (1, 2):
+        raise invalid(f"{call}: order must be 1 or 2, not {order}", "options.order")
+    tolerances = {
+        "atol": options.atol if options.HasField("atol") else 1e-5,
+        "rtol": options.rtol if options.HasField("rtol") else 1e-3,
+        "eps": options.eps if options.HasField("eps") else 1e-6,
+    }
+    for name, value in tolerances.items():
+        if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
+            raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
+    return order, tolerances
+
+
 def chunk_submitter(
     spec: ComputeSpec | CheckSpec, method: str, payload: Any, start: int, stop: int
 ) -> dispatch.Submit:
@@ -455,70 +520,3 @@ def describe_execution(
         meta.warnings.append(
             f"the output does not depend on {', '.join(names)}: its derivatives are zeros"
         )
-
-
-def report_to_proto(report: CheckReport) -> pb.CheckReport:
-    msg = pb.CheckReport(
-        passed=report.passed,
-        kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
-        order=report.order,
-        mode=report.mode,
-        max_abs_error=report.max_abs_error,
-        max_rel_error=report.max_rel_error,
-        non_differentiable=report.non_differentiable,
-        point_passed=list(report.point_passed),
-        message=report.message,
-        atol=report.atol,
-        rtol=report.rtol,
-        eps=report.eps,
-        num_points=report.num_points,
-        execution_path=pb.EXECUTION_PATH_VMAP if report.vmapped else pb.EXECUTION_PATH_PER_POINT,
-    )
-    if report.symmetric is not None:
-        msg.symmetric = report.symmetric
-    msg.max_asymmetry = report.max_asymmetry
-    kink = report.kink
-    if kink is not None:
-        msg.kink.CopyFrom(
-            pb.Kink(
-                point=kink.point,
-                input=kink.input,
-                output_index=list(kink.output_index),
-                input_index=list(kink.input_index),
-                right=kink.right,
-                left=kink.left,
-                autograd=kink.autograd,
-            )
-        )
-        if kink.at is not None:
-            msg.kink.at = kink.at
-    if report.worst is not None:
-        w = report.worst
-        msg.worst.CopyFrom(
-            pb.WorstElement(
-                point=w.point,
-                input=w.input,
-                output_index=list(w.output_index),
-                input_index=list(w.input_index),
-                analytic=w.analytic,
-                numeric=w.numeric,
-                abs_error=w.abs_error,
-                rel_error=w.rel_error,
-            )
-        )
-    return msg
-
-
-def outputs_to_proto(
-    outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any, *, with_data: bool = True
-) -> list[np.ndarray]:
-    """Op results built in place in the repeated field ``into`` (each array's bytes
-    copied at most once); returns the arrays in slot order, for streaming their bytes."""
-    arrays = []
-    for op, by_key in outputs.items():
-        result = into.add(op=_OP_NUMBERS[op])
-        for key, arr in by_key.items():
-            first, _, second = key.partition(",")
-            out = result.outputs.add(input=first, input2=second)
-            arrays.append(_wire.fill(out.tensor, arr, with_data=with_data))
-    return arrays

@@ -84,6 +84,11 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.Job.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/gradserve.v1.GradientService/DeleteJob',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -155,6 +160,13 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a job and its results (cancelling it first if it is still active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +219,11 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.CancelJobRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +496,33 @@ class GradientService:
             '/gradserve.v1.GradientService/CancelJob',
             gradserve_dot_v1_dot_gradserve__pb2.CancelJobRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/DeleteJob',
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.jobs import bounded
 from gradserve_server.jobs.store import JobRow
 from gradserve_workers.report import CheckReport, Kink, WorstElement
 
@@ -45,10 +46,16 @@ def report_from_json(data: dict[str, Any]) -> CheckReport:
     )
 
 
+# Job.errors stops at this many bytes as well as at its count, so that a job
+# proto, and a ListJobs page of them, stays far below the message limit.
+MAX_ERRORS_BYTES = 256 << 10
+
+
 def job_to_proto(row: JobRow, errors: list[tuple[int, str, str, str]]) -> pb.Job:
-    return pb.Job(
-        id=row.id,
-        name=row.name,
+    echo = bounded.MAX_ECHO_CHARS
+    job = pb.Job(
+        id=bounded.clip(row.id, echo),
+        name=bounded.clip(row.name, echo),
         state=STATE_NUMBERS.get(row.state, pb.JOB_STATE_UNSPECIFIED),
         tasks_total=row.tasks_total,
         tasks_done=row.tasks_done,
@@ -58,9 +65,13 @@ def job_to_proto(row: JobRow, errors: list[tuple[int, str, str, str]]) -> pb.Job
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
-        errors=[
-            pb.TaskError(task_index=i, task_id=tid, code=code, message=msg)
-            for i, tid, code, msg in errors
-        ],
-        idempotency_key=row.idempotency_key,
+        idempotency_key=bounded.clip(row.idempotency_key, echo),
     )
+    used = 0
+    for i, tid, code, msg in errors:
+        error = pb.TaskError(task_index=i, task_id=tid, code=code, message=msg)
+        used += error.ByteSize()
+        if used > MAX_ERRORS_BYTES:
+            break  # tasks_failed has the count
+        job.errors.append(error)
+    return job

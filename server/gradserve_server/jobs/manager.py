@@ -12,6 +12,11 @@ chunks dispatched or being stored at once.
 
 Durability comes from the store: on start, jobs left ``queued`` or ``running`` are
 resumed; their stored chunks are kept and only the rest run.
+
+Bounds: sizes and result quotas are checked from the spec before a job is stored
+(spec.py, quota.py); every store read runs off the event loop; watchers of a job
+share one reader (feed.py); ended jobs are deleted by DeleteJob or, after
+``--job-ttl``, by a periodic sweep.
 """
 
 from __future__ import annotations
@@ -19,16 +24,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import shutil
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import Budgets
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import ServiceError, invalid, not_found, unavailable
-from gradserve_server.jobs import codec, files, results, spec, store
+from gradserve_server.jobs import bounded, codec, files, quota, results, spec, store
+from gradserve_server.jobs.feed import Feeds
 from gradserve_server.jobs.notify import Notifier
+from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.runner import TaskRunner
 from gradserve_server.jobs.store import JobRow, JobStore, KeyConflict
 from gradserve_server.service import ComputeService
@@ -40,6 +51,14 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 # Job.errors lists at most this many failed tasks (tasks_failed has the count).
 MAX_ERRORS = 1000
+# A ListJobs page ends at this many bytes (or half the message limit) as well as
+# at its page size, so no page can grow past the message limit.
+LIST_PAGE_BYTES = 4 << 20
+# The retention sweep runs at most this far apart, and reads expired jobs this many
+# at a time.
+SWEEP_INTERVAL_S = 60.0
+SWEEP_BATCH = 100
+STOPPING = "the server is shutting down; jobs resume when it restarts"
 # WatchJob coalesces changes closer together than this into one event.
 WATCH_INTERVAL_S = 0.1
 
@@ -50,31 +69,43 @@ class JobManager:
         self.service = service
         self.store = JobStore(config.data_dir)
         self.notifier = Notifier()
+        budgets = Budgets.from_config(config)
+        self.quotas = Quotas(self.store, budgets.job_bytes, budgets.stored_bytes)
+        self.feeds: Feeds[tuple[JobRow, pb.Job]] = Feeds(
+            self.notifier, self._feed_read, WATCH_INTERVAL_S
+        )
+        self.bounds = spec.SizeBounds.of(config, budgets)
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._running: asyncio.Semaphore | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Resume every job a previous server left unfinished."""
+        """Resume every job a previous server left unfinished; start the retention sweep."""
         self._running = asyncio.Semaphore(MAX_RUNNING_JOBS)
         removed = await asyncio.to_thread(files.remove_temporaries, self.store.results_dir)
         if removed:
             log.info("removed %d half-written result files", removed)
+        await self.sweep()
         active = await asyncio.to_thread(self.store.active_jobs)
         for job_id in active:
             self._launch(job_id)
         if active:
             log.info("resuming %d unfinished jobs", len(active))
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="job-retention")
 
     async def stop(self) -> None:
         """Stop running jobs where they are (a restart resumes them) and close the store."""
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.feeds.close(unavailable(STOPPING))
         runs = list(self._runs.values())
         for run in runs:
             run.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
+        await asyncio.gather(*runs, *filter(None, [self._sweeper]), return_exceptions=True)
         self.store.close()
 
     def _launch(self, job_id: str) -> None:
@@ -94,23 +125,26 @@ class JobManager:
                 self.notifier.notify(job_id)
                 slots = asyncio.Semaphore(self._inflight())
                 runner = TaskRunner(
-                    self.service, self.store, job_id, slots, lambda: self.notifier.notify(job_id)
-                )
+                    self.service, self.store, job_id, slots, lambda: self.notifier.notify(job_id),
+                    self.quotas,
+                )  # fmt: skip
                 todo = [
                     i
                     for i, state in await asyncio.to_thread(self.store.task_states, job_id)
                     if state not in store.FINISHED
                 ]
-                # a few more tasks than chunk slots: binding and storing overlap compute
-                tasks_at_once = asyncio.Semaphore(2 * self._inflight())
+                # a few more tasks than chunk slots (binding and storing overlap compute),
+                # each taken by one of a fixed set of workers: a 100,000-task job costs
+                # a handful of asyncio tasks, not one per task
+                pending = iter(todo)
 
-                async def one(idx: int) -> None:
-                    async with tasks_at_once:
+                async def work() -> None:
+                    for idx in pending:
                         await runner.run(idx)
 
                 async with asyncio.TaskGroup() as group:
-                    for idx in todo:
-                        group.create_task(one(idx))
+                    for _ in range(min(len(todo), 2 * self._inflight())):
+                        group.create_task(work())
                 states = [s for _, s in await asyncio.to_thread(self.store.task_states, job_id)]
                 final = store.SUCCEEDED if store.SUCCEEDED in states else store.FAILED
                 await asyncio.to_thread(self.store.finish_job, job_id, final)
@@ -127,35 +161,64 @@ class JobManager:
             if not self._stopping:
                 self.notifier.notify(job_id)
 
-    # ------------------------------------------------------------- RPCs
+    async def _stop_run(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel()
+            # wait until its chunks are cancelled, so the reply means "stopped"
+            await asyncio.wait([run], timeout=30)
 
-    def _job(self, job_id: str) -> JobRow:
-        if self._stopping:
-            # clients retry UNAVAILABLE: the SDK's wait() and results() ride out a restart
-            raise unavailable("the server is shutting down; jobs resume when it restarts")
+    # ------------------------------------------------------------- reading
+
+    def _read(self, job_id: str) -> tuple[JobRow, pb.Job] | None:
+        """The job and its proto (blocking: call through asyncio.to_thread)."""
         row = self.store.get_job(job_id)
         if row is None:
-            raise not_found(f"no job {job_id!r}")
-        return row
-
-    def _proto(self, row: JobRow) -> pb.Job:
+            return None
         errors = self.store.errors(row.id, MAX_ERRORS) if row.tasks_failed else []
-        return codec.job_to_proto(row, errors)
+        return row, codec.job_to_proto(row, errors)
+
+    async def _read_or_raise(self, job_id: str) -> tuple[JobRow, pb.Job]:
+        if self._stopping:
+            # clients retry UNAVAILABLE: the SDK's wait() and results() ride out a restart
+            raise unavailable(STOPPING)
+        found = await asyncio.to_thread(self._read, job_id)
+        if found is None:
+            raise not_found(f"no job {bounded.clip(job_id, bounded.MAX_ECHO_CHARS)!r}")
+        return found
+
+    async def _feed_read(self, job_id: str) -> tuple[tuple[JobRow, pb.Job] | None, bool]:
+        if self._stopping:
+            raise unavailable(STOPPING)
+        found = await asyncio.to_thread(self._read, job_id)
+        return found, found is None or found[0].state in store.TERMINAL
+
+    # ------------------------------------------------------------- RPCs
 
     async def submit(self, req: pb.SubmitJobRequest) -> pb.Job:
-        tasks = spec.validate(req)
         if self._stopping:
             raise unavailable("the server is shutting down; submit again when it is back")
+        spec.check_counts(req)  # before any per-task work
+
+        def prepare() -> tuple[list[store.NewTask], quota.Estimate, str]:
+            return spec.validate(req, self.bounds), quota.estimate(req.tasks), spec.spec_hash(req)
+
+        # CPU-bound for 100,000 tasks: off the event loop, which keeps serving
+        tasks, estimate, spec_hash = await asyncio.to_thread(prepare)
+
+        def admit_and_create() -> tuple[str, bool]:
+            def create() -> tuple[str, bool]:
+                return self.store.create_job(
+                    f"job-{uuid.uuid4().hex[:16]}", req.name, req.idempotency_key, spec_hash,
+                    tasks,
+                )  # fmt: skip
+
+            if req.idempotency_key and self.store.job_for_key(req.idempotency_key):
+                return create()  # a retry: its job is stored (or the key conflicts)
+            return self.quotas.admit(estimate, create)
 
         async def store_and_launch() -> str:
-            job_id, created = await asyncio.to_thread(
-                self.store.create_job,
-                f"job-{uuid.uuid4().hex[:16]}",
-                req.name,
-                req.idempotency_key,
-                spec.spec_hash(req),
-                tasks,
-            )
+            job_id, created = await asyncio.to_thread(admit_and_create)
             if created:
                 self._launch(job_id)
             return job_id
@@ -171,74 +234,160 @@ class JobManager:
                 f"{conflict.job_id}, which was submitted with a different spec",
                 field="idempotency_key",
             ) from None
-        return self._proto(self._job(job_id))
+        return (await self._read_or_raise(job_id))[1]
 
-    def get(self, job_id: str) -> pb.Job:
-        return self._proto(self._job(job_id))
+    async def get(self, job_id: str) -> pb.Job:
+        return (await self._read_or_raise(job_id))[1]
 
-    def list(self, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    async def list(self, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
         if self._stopping:
             raise unavailable("the server is shutting down")
         size = req.page_size or DEFAULT_PAGE_SIZE
         if size < 0:
             raise invalid("ListJobs: page_size must be positive", "page_size")
         size = min(size, MAX_PAGE_SIZE)
+        if len(req.states) > len(codec.STATE_NAMES):
+            raise invalid("ListJobs: more states than there are; name each at most once", "states")
         states = []
         for number in req.states:
             if number not in codec.STATE_NAMES:
                 raise invalid(f"ListJobs: unknown job state {number}", "states")
             states.append(codec.STATE_NAMES[number])
         before = _decode_token(req.page_token) if req.page_token else None
+        budget = min(LIST_PAGE_BYTES, self.config.max_message_bytes // 2)
+        return await asyncio.to_thread(self._page, states, before, size, budget)
+
+    def _page(
+        self, states: Sequence[str], before: int | None, size: int, budget: int
+    ) -> pb.ListJobsResponse:
+        """Up to ``size`` jobs and about ``budget`` bytes: whichever comes first ends
+        the page (a page always holds one job; one job is far below the budget)."""
         rows = self.store.list_jobs(states, before, size + 1)
-        resp = pb.ListJobsResponse(jobs=[self._proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            resp.next_page_token = _encode_token(rows[size - 1].seq)
+        resp = pb.ListJobsResponse()
+        used = 0
+        for row in rows[:size]:
+            errors = self.store.errors(row.id, MAX_ERRORS) if row.tasks_failed else []
+            job = codec.job_to_proto(row, errors)
+            used += job.ByteSize() + 8
+            if resp.jobs and used > budget:
+                break
+            resp.jobs.append(job)
+        if len(rows) > len(resp.jobs):
+            resp.next_page_token = _encode_token(rows[len(resp.jobs) - 1].seq)
         return resp
 
     async def cancel(self, job_id: str) -> pb.Job:
-        self._job(job_id)
+        await self._read_or_raise(job_id)
         if await asyncio.to_thread(self.store.finish_job, job_id, store.CANCELLED):
-            run = self._runs.get(job_id)
-            if run is not None:
-                run.cancel()
-                # wait until its chunks are cancelled, so the reply means "stopped"
-                await asyncio.wait([run], timeout=30)
+            await self._stop_run(job_id)
             self.notifier.notify(job_id)
-        return self.get(job_id)
+        return await self.get(job_id)
+
+    async def delete(self, job_id: str) -> pb.DeleteJobResponse:
+        """Cancel the job if it is active, then remove it and its result files."""
+        row, job = await self._read_or_raise(job_id)
+        if row.state in store.ACTIVE:
+            job = await self.cancel(job_id)
+        await self._stop_run(job_id)
+        if not await asyncio.to_thread(self.store.delete_job, job_id):
+            raise not_found(f"no job {job_id!r} (it was deleted meanwhile)")
+        self.notifier.notify(job_id)  # followers see it gone
+        freed = await asyncio.to_thread(self._remove_files, job_id)
+        log.info("deleted job %s (%s), %d result bytes", job_id, row.state, freed)
+        return pb.DeleteJobResponse(job=job, freed_bytes=freed)
+
+    def _remove_files(self, job_id: str) -> int:
+        path = self.store.results_dir / job_id
+        freed = quota.tree_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        return freed
 
     async def watch(self, job_id: str) -> AsyncIterator[pb.JobEvent]:
-        """The job now, then after every change, until it ends."""
-        event = self.notifier.event(job_id)
-        row = self._job(job_id)
-        yield pb.JobEvent(job=self._proto(row), message=_describe(None, row))
-        while row.state not in store.TERMINAL:
-            await self.notifier.wait(event, timeout=5.0)
-            await asyncio.sleep(WATCH_INTERVAL_S)  # let a burst of changes settle
-            event = self.notifier.event(job_id)
-            new = self._job(job_id)
-            if new != row:
-                yield pb.JobEvent(job=self._proto(new), message=_describe(row, new))
-            row = new
+        """The job now, then after every change, until it ends. Every watcher of a job
+        shares one reader (see feed.py)."""
+        await self._read_or_raise(job_id)
+        previous: JobRow | None = None
+        async for snapshot in self.feeds.follow(job_id):
+            if snapshot.value is None:
+                raise not_found(f"job {job_id!r} was deleted")
+            row, job = snapshot.value
+            if previous is None or row != previous:
+                yield pb.JobEvent(job=job, message=_describe(previous, row))
+            previous = row
 
     async def results(self, job_id: str, start_task: int) -> AsyncIterator[pb.TaskResultPart]:
         """Each task from ``start_task`` on, in order, as it finishes; ends with the job."""
-        job = self._job(job_id)
+        row, _ = await self._read_or_raise(job_id)
         if start_task < 0:
             raise invalid("GetJobResults: start_task must be >= 0", "start_task")
-        for idx in range(start_task, job.tasks_total):
+        state: str | None = row.state
+        gone = f"job {job_id!r} was deleted while its results were read"
+        for idx in range(start_task, row.tasks_total):
             while True:
                 event = self.notifier.event(job_id)
-                row = self.store.task(job_id, idx)
-                assert row is not None
-                if row.state in store.FINISHED:
+                task = await asyncio.to_thread(self.store.task, job_id, idx)
+                if task is None:
+                    raise not_found(gone)
+                if task.state in store.FINISHED:
                     break
-                job = self._job(job_id)
-                if job.state in store.TERMINAL:
+                state = await asyncio.to_thread(self.store.job_state, job_id)
+                if state is None:
+                    raise not_found(gone)
+                if state in store.TERMINAL:
                     break  # cancelled before this task finished
+                if self._stopping:
+                    raise unavailable(STOPPING)
                 await self.notifier.wait(event, timeout=2.0)
             task_dir = self.store.task_dir(job_id, idx)
-            async for part in results.stream_task(row, task_dir, job.state == store.CANCELLED):
-                yield part
+            try:
+                async for part in results.stream_task(task, task_dir, state == store.CANCELLED):
+                    yield part
+            except (OSError, ValueError):
+                if await asyncio.to_thread(self.store.job_state, job_id) is None:
+                    raise not_found(gone) from None
+                raise
+
+    # ------------------------------------------------------------- retention
+
+    async def _sweep_forever(self) -> None:
+        ttl = self.config.job_ttl_s
+        interval = max(0.5, min(SWEEP_INTERVAL_S, ttl / 4)) if ttl else SWEEP_INTERVAL_S
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("the job retention sweep failed; it runs again in %g s", interval)
+
+    async def sweep(self) -> int:
+        """Delete jobs that ended more than --job-ttl ago, and result directories no
+        job owns (a crash between a deletion and its files); how many jobs."""
+        deleted = 0
+        cutoff = time.time() - self.config.job_ttl_s
+        while self.config.job_ttl_s and not self._stopping:
+            batch = await asyncio.to_thread(self.store.expired_jobs, cutoff, SWEEP_BATCH)
+            before = deleted
+            for job_id in batch:
+                try:
+                    await self.delete(job_id)
+                    deleted += 1
+                except ServiceError:
+                    continue  # deleted meanwhile, or the server is stopping
+            if len(batch) < SWEEP_BATCH or deleted == before:
+                break
+        orphans = await asyncio.to_thread(self._orphan_dirs)
+        for path in orphans:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        if deleted or orphans:
+            log.info("retention: deleted %d expired jobs, %d orphaned result dirs",
+                     deleted, len(orphans))  # fmt: skip
+        return deleted
+
+    def _orphan_dirs(self) -> Sequence[Path]:
+        # directories first: a directory exists only after its job's row was stored
+        dirs = [p for p in self.store.results_dir.iterdir() if p.is_dir()]
+        known = self.store.job_ids() | set(self._runs)
+        return [p for p in dirs if p.name not in known]
 
 
 def _encode_token(seq: int) -> str:
@@ -247,10 +396,12 @@ def _encode_token(seq: int) -> str:
 
 def _decode_token(token: str) -> int:
     try:
+        if len(token) > 64:  # ours are about 20 characters: nothing longer is decoded
+            raise ValueError(len(token))
         text = base64.urlsafe_b64decode(token.encode()).decode()
         version, _, seq = text.partition(":")
-        if version != "v1":
-            raise ValueError(version)
+        if version != "v1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError(version)  # an int64 (SQLite's integers) and nothing else
         return int(seq)
     except (ValueError, UnicodeDecodeError):
         raise invalid("ListJobs: page_token is not one this server issued", "page_token") from None

@@ -11,18 +11,27 @@ call would have had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
-from gradserve_server.errors import from_chunk_error, invalid, to_status
-from gradserve_server.jobs import codec, files, spec
+from gradserve_server.errors import (
+    ServiceError,
+    exhausted,
+    from_chunk_error,
+    invalid,
+    to_status,
+)
+from gradserve_server.jobs import codec, files, quota, spec
+from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.results import build_metadata, build_outputs
 from gradserve_server.jobs.store import ChunkRow, JobStore, TaskRow
 from gradserve_server.service import ComputeService, report_to_proto
@@ -34,6 +43,9 @@ log = logging.getLogger("gradserve.jobs")
 # Chunks of a job stay below this many elements (inputs + outputs), smaller than
 # unary calls' chunks: a crash loses less work and progress moves more often.
 JOB_CHUNK_ELEMENTS = 1_000_000
+
+# A task waiting for room in the in-flight budget checks again this often.
+INPUT_WAIT_S = 30.0
 
 PHASE_METHODS = {"compute": "compute", "check": "check"}
 
@@ -52,12 +64,14 @@ class TaskRunner:
         job_id: str,
         slots: asyncio.Semaphore,
         on_progress: Callable[[], None],
+        quotas: Quotas | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.job_id = job_id
         self.slots = slots
         self.on_progress = on_progress
+        self.quotas = quotas
 
     async def run(self, idx: int) -> None:
         row = await asyncio.to_thread(self.store.task, self.job_id, idx)
@@ -66,8 +80,10 @@ class TaskRunner:
         task = pb.Task.FromString(row.spec)
         names = phases(task)
         try:
+            held = quota.task_input_bytes(task)
             for phase in names:
-                await self._run_phase(row, task, phase, row.points * len(names))
+                async with self._holding(held):
+                    await self._run_phase(row, task, phase, row.points * len(names))
             await self._finish(row, task)
         except asyncio.CancelledError:
             raise
@@ -78,10 +94,26 @@ class TaskRunner:
                 self.store.fail_task, self.job_id, idx, status.code.name, status.message
             )
             # its partial results are of no use to anyone
-            shutil.rmtree(self.store.task_dir(self.job_id, idx), ignore_errors=True)
+            await asyncio.to_thread(self._discard, idx)
         self.on_progress()
 
     # ------------------------------------------------------------- phases
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold a task's input bytes (drawn or decoded, and their copy for the workers)
+        in the server's in-flight budget, shared with the calls, while its phase runs.
+        A job waits for room rather than failing: it is not in a hurry."""
+        while True:
+            try:
+                held = await self.service.inflight.wait(
+                    nbytes, f"job {self.job_id}: a task's inputs", timeout=INPUT_WAIT_S
+                )
+                break
+            except ServiceError:
+                continue
+        with held:
+            yield
 
     def _bind(self, task: pb.Task, phase: str) -> tuple[binding.Bound, ComputeSpec | CheckSpec]:
         if phase == "check":
@@ -136,14 +168,37 @@ class TaskRunner:
             await asyncio.to_thread(self._store_chunk, idx, phase, chunk, result)
         self.on_progress()
 
+    def _discard(self, idx: int) -> None:
+        task_dir = self.store.task_dir(self.job_id, idx)
+        freed = quota.tree_bytes(task_dir)
+        shutil.rmtree(task_dir, ignore_errors=True)
+        if self.quotas is not None:
+            self.quotas.refund(self.job_id, freed)
+
     def _store_chunk(self, idx: int, phase: str, chunk: ChunkRow, result: ChunkResult) -> None:
         manifest: list[dict[str, Any]] = []
         if result.outputs:
-            manifest = files.write_chunk(
-                self.store.task_dir(self.job_id, idx),
-                f"{phase}-c{chunk.chunk_idx:05d}",
-                result.outputs,
+            nbytes = sum(
+                int(arr.nbytes) + quota.NPY_HEADER_BYTES
+                for by_key in result.outputs.values()
+                for arr in by_key.values()
             )
+            if self.quotas is not None:
+                self.quotas.charge(self.job_id, nbytes)  # refuses before a byte is written
+            try:
+                manifest = files.write_chunk(
+                    self.store.task_dir(self.job_id, idx),
+                    f"{phase}-c{chunk.chunk_idx:05d}",
+                    result.outputs,
+                )
+            except OSError as error:
+                if self.quotas is not None:
+                    self.quotas.refund(self.job_id, nbytes)
+                if error.errno == errno.ENOSPC:
+                    raise exhausted(
+                        "the server's data disk is full; this task's results were not stored"
+                    ) from None
+                raise
         info = {
             "vmapped": result.vmapped,
             "unconnected": list(result.unconnected),

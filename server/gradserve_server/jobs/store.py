@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradserve_server.jobs import bounded
+
 SCHEMA_VERSION = 1
 DB_NAME = "jobs.sqlite3"
 
@@ -79,6 +81,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (job_id, task_idx, phase, chunk_idx)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+# Result bytes per job, for the quotas (see quota.py): the estimate reserved at
+# submission and the bytes actually written. Additive: an older database gains it.
+_USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_usage (
+    job_id TEXT PRIMARY KEY,
+    estimate_bytes INTEGER NOT NULL DEFAULT 0,
+    written_bytes INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -183,6 +195,24 @@ def _job(row: Sequence[Any]) -> JobRow:
     )
 
 
+def _clip_error(message: str) -> str:
+    return bounded.clip(message, bounded.MAX_ERROR_CHARS)
+
+
+def _job_or_broken(row: Sequence[Any]) -> JobRow:
+    """A job row, or for one that does not convert (written by something else), a
+    stand-in that says so: one damaged row must not fail every listing."""
+    try:
+        return _job(row)
+    except (TypeError, ValueError, IndexError):
+        return JobRow(
+            seq=int(row[0]), id=str(row[1]), name="(this job's record is damaged)",
+            state="unknown", idempotency_key="", spec_hash="", created_at=0.0,
+            started_at=0.0, finished_at=0.0, tasks_total=0, tasks_done=0, tasks_failed=0,
+            points_total=0, points_done=0,
+        )  # fmt: skip
+
+
 _TASK_COLUMNS = (
     "job_id, idx, task_id, spec, points, state, units_total, units_done, error_code, "
     "error_message, report, metadata, outputs, started_at, finished_at"
@@ -249,7 +279,11 @@ class JobStore:
                 f"{self.data_dir / DB_NAME} has schema {version}, newer than this server's "
                 f"{SCHEMA_VERSION}: use a newer gradserve or another --data-dir"
             )
+        # a row written by anything but this server may hold bytes that are not
+        # UTF-8: read them replaced rather than fail every query that touches them
+        self._db.text_factory = lambda data: data.decode("utf-8", "replace")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_USAGE_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -319,7 +353,7 @@ class JobStore:
 
     def get_job(self, job_id: str) -> JobRow | None:
         rows = self._read(_JOB_SELECT + " WHERE j.id = ? GROUP BY j.seq", (job_id,))
-        return _job(rows[0]) if rows else None
+        return _job_or_broken(rows[0]) if rows else None
 
     def list_jobs(self, states: Sequence[str], before_seq: int | None, limit: int) -> list[JobRow]:
         """Newest first; ``before_seq`` continues a listing after its last row."""
@@ -333,7 +367,7 @@ class JobStore:
             args.append(before_seq)
         sql = _JOB_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " GROUP BY j.seq ORDER BY j.seq DESC LIMIT ?"
-        return [_job(r) for r in self._read(sql, (*args, limit))]
+        return [_job_or_broken(r) for r in self._read(sql, (*args, limit))]
 
     def active_jobs(self) -> list[str]:
         """Jobs to resume after a restart, oldest first."""
@@ -363,13 +397,23 @@ class JobStore:
             return cur.rowcount > 0
 
     def errors(self, job_id: str, limit: int) -> list[tuple[int, str, str, str]]:
-        """(task index, task id, code, message) of failed tasks, in task order."""
+        """(task index, task id, code, message) of failed tasks, in task order.
+
+        Texts are cut in SQL (see bounded.py), so a huge message stored by an older
+        server is never read whole."""
+        chars, echo = bounded.MAX_ERROR_READ_CHARS, bounded.MAX_ECHO_CHARS
         return [
-            (int(r[0]), r[1], r[2] or "", r[3] or "")
+            (
+                int(r[0]),
+                bounded.marked(r[1] or "", int(r[2] or 0), echo),
+                bounded.clip(r[3] or "", echo),
+                bounded.marked(r[4] or "", int(r[5] or 0), chars),
+            )
             for r in self._read(
-                "SELECT idx, task_id, error_code, error_message FROM tasks "
+                "SELECT idx, substr(task_id, 1, ?), length(task_id), substr(error_code, 1, ?), "
+                "substr(error_message, 1, ?), length(error_message) FROM tasks "
                 "WHERE job_id = ? AND state = 'failed' ORDER BY idx LIMIT ?",
-                (job_id, limit),
+                (echo, echo, chars, job_id, limit),
             )
         ]
 
@@ -442,7 +486,7 @@ class JobStore:
                 (
                     "UPDATE tasks SET state = ?, error_code = ?, error_message = ?, "
                     "finished_at = ? WHERE job_id = ? AND idx = ?",
-                    (FAILED, code, message, time.time(), job_id, idx),
+                    (FAILED, code, _clip_error(message), time.time(), job_id, idx),
                 )
             ]
         )
@@ -494,3 +538,86 @@ class JobStore:
                 ),
             ]
         )
+
+    # ------------------------------------------------------------- retention
+
+    def job_state(self, job_id: str) -> str | None:
+        """A job's state alone (no aggregation over its tasks); None when unknown."""
+        rows = self._read("SELECT state FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0]) if rows else None
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a job and its tasks, chunks and usage in one transaction (the
+        caller removes its result files after); False when there was no such job."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                for table, column in (("tasks", "job_id"), ("chunks", "job_id")):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+                self._db.execute("DELETE FROM job_usage WHERE job_id = ?", (job_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return cur.rowcount > 0
+
+    def expired_jobs(self, finished_before: float, limit: int) -> list[str]:
+        """Ended jobs that finished before ``finished_before``, oldest first."""
+        rows = self._read(
+            "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND finished_at > 0 "
+            "AND finished_at < ? ORDER BY finished_at LIMIT ?",
+            (*TERMINAL, finished_before, limit),
+        )
+        return [r[0] for r in rows]
+
+    def job_for_key(self, idempotency_key: str) -> str | None:
+        rows = self._read("SELECT id FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+        return str(rows[0][0]) if rows else None
+
+    def job_ids(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT id FROM jobs")}
+
+    # ------------------------------------------------------------- usage
+
+    def reserve_usage(self, job_id: str, estimate_bytes: int) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO job_usage (job_id, estimate_bytes) VALUES (?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET estimate_bytes = excluded.estimate_bytes",
+                    (job_id, estimate_bytes),
+                )
+            ]
+        )
+
+    def add_written(self, job_id: str, nbytes: int) -> None:
+        self._write(
+            [
+                (
+                    # (nothing for a job deleted meanwhile)
+                    "INSERT INTO job_usage (job_id, written_bytes) "
+                    "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET written_bytes = written_bytes + ?",
+                    (job_id, nbytes, job_id, nbytes),
+                )
+            ]
+        )
+
+    def usage(self, job_id: str) -> tuple[int, int]:
+        """(estimate, written) bytes of one job; zeros when nothing was recorded."""
+        rows = self._read(
+            "SELECT estimate_bytes, written_bytes FROM job_usage WHERE job_id = ?", (job_id,)
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def claimed_bytes(self) -> int:
+        """The result bytes the server stands behind: what ended jobs wrote, and for
+        active jobs the larger of their estimate and what they wrote so far."""
+        rows = self._read(
+            "SELECT COALESCE(SUM(CASE WHEN j.state IN (?, ?) "
+            "THEN MAX(u.estimate_bytes, u.written_bytes) ELSE u.written_bytes END), 0) "
+            "FROM job_usage u JOIN jobs j ON j.id = u.job_id",
+            ACTIVE,
+        )
+        return int(rows[0][0])
