@@ -11,9 +11,10 @@ import grpc
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-from gradserve_server import __version__
-from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
+from gradserve_server import __version__, calls
+from gradserve_server.errors import ServiceError, guard, guard_stream, invalid, not_found
 from gradserve_server.jobs import JobManager
+from gradserve_server.pool import pool_key
 from gradserve_server.service import (
     ComputeService,
     outputs_to_proto,
@@ -25,8 +26,20 @@ _calls = itertools.count()
 
 
 def _tenant(context: grpc.aio.ServicerContext) -> str:
-    # each call is its own tenant: the pool serves tenants round-robin
-    return f"call-{next(_calls)}"
+    # the pool serves tenants round-robin, and within a tenant each call in turn
+    return pool_key(calls.identity().tenant, f"call-{next(_calls)}")
+
+
+_OPS = {number: name.removeprefix("OP_").lower() for name, number in pb.Op.items()}
+
+
+def _note_ops(ops: Any) -> None:
+    # a bounded set of names: the op is a metric label
+    calls.note(op="+".join(_OPS.get(o, "unknown") for o in ops[:8]))
+
+
+def _note_done(meta: pb.ComputeMetadata) -> None:
+    calls.note(points=meta.points, chunks=meta.chunks)
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):
@@ -39,7 +52,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def Compute(
         self, request: pb.ComputeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ComputeResponse:
+        _note_ops(request.ops)
         done = await self.service.compute(request, _tenant(context))
+        _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
         outputs_to_proto(done.outputs, resp.results)
         limit = self.service.config.max_message_bytes
@@ -74,7 +89,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         except _wire.WireError as exc:
             raise invalid(f"ComputeStream: {exc}") from None
         del pieces
+        _note_ops(header.ops)
         done = await self.service.compute(header, _tenant(context), blobs)
+        _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
         arrays = outputs_to_proto(done.outputs, resp.results, with_data=False)
         yield pb.ComputeResponsePart(header=resp)
@@ -85,7 +102,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def Check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
+        calls.note(op="check")
         report, done = await self.service.check(request, _tenant(context))
+        calls.note(
+            points=done.metadata.points,
+            chunks=done.metadata.chunks,
+            verdict="passed" if report.passed else "failed",
+        )
         return pb.CheckResponse(report=report_to_proto(report), metadata=done.metadata)
 
     @guard
@@ -118,38 +141,54 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         manager: JobManager = self.jobs
         return manager
 
+    def _owned(self, job_id: str) -> JobManager:
+        """The job manager, once the caller may see ``job_id``: another tenant's job
+        is NOT_FOUND, word for word as a job that does not exist."""
+        manager = self._jobs()
+        calls.note(job=job_id)
+        who = calls.identity()
+        if not who.admin:
+            owner = manager.store.job_tenant(job_id)
+            if owner is not None and owner != who.tenant:
+                raise not_found(f"no job {job_id!r}")
+        return manager
+
     @guard
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        return await self._jobs().submit(request)
+        job = await self._jobs().submit(request, tenant=calls.identity().tenant)
+        calls.note(job=job.id, points=job.points_total)
+        return job
 
     @guard
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return self._jobs().get(request.job_id)
+        return self._owned(request.job_id).get(request.job_id)
 
     @guard
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        return self._jobs().list(request)
+        who = calls.identity()
+        return self._jobs().list(request, tenant=None if who.admin else who.tenant)
 
     @guard_stream
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JobEvent]:
-        async for event in self._jobs().watch(request.job_id):
+        async for event in self._owned(request.job_id).watch(request.job_id):
             yield event
 
     @guard_stream
     async def GetJobResults(
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TaskResultPart]:
-        async for part in self._jobs().results(request.job_id, request.start_task):
+        manager = self._owned(request.job_id)
+        async for part in manager.results(request.job_id, request.start_task):
             yield part
 
     @guard
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        return await self._jobs().cancel(request.job_id)
+        return await self._owned(request.job_id).cancel(request.job_id)

@@ -5,10 +5,11 @@ until every task has finished; then ``succeeded`` when at least one task succeed
 ``failed`` when every task failed. ``cancelled`` stops dispatching and cancels the
 chunks in flight (cancelling their asyncio tasks retires the workers running them).
 
-Fairness comes from the pool: every chunk of a job is acquired under the job's id as
-tenant, and the pool serves tenants round-robin, so a huge job takes turns with a
-small job or a unary call that arrives after it. Within a job, ``slots`` bounds the
-chunks dispatched or being stored at once.
+Fairness comes from the pool: every chunk of a job is acquired under its tenant and
+the job's id, and the pool serves tenants round-robin and each tenant's jobs and calls
+in turn, so a huge job takes turns with a small job or a unary call that arrives
+after it, and a tenant with many jobs gets no more turns than a tenant with one.
+Within a job, ``slots`` bounds the chunks dispatched or being stored at once.
 
 Durability comes from the store: on start, jobs left ``queued`` or ``running`` are
 resumed; their stored chunks are kept and only the rest run.
@@ -31,6 +32,7 @@ from gradserve_server.jobs import codec, files, results, spec, store
 from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.runner import TaskRunner
 from gradserve_server.jobs.store import JobRow, JobStore, KeyConflict
+from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 
 log = logging.getLogger("gradserve.jobs")
@@ -96,6 +98,7 @@ class JobManager:
                 runner = TaskRunner(
                     self.service, self.store, job_id, slots, lambda: self.notifier.notify(job_id)
                 )
+                runner.pool_key = await asyncio.to_thread(self._pool_key, job_id)
                 todo = [
                     i
                     for i, state in await asyncio.to_thread(self.store.task_states, job_id)
@@ -127,6 +130,10 @@ class JobManager:
             if not self._stopping:
                 self.notifier.notify(job_id)
 
+    def _pool_key(self, job_id: str) -> str:
+        # the job's chunks take turns within its tenant's turn (see pool.py)
+        return pool_key(self.store.job_tenant(job_id) or "", job_id)
+
     # ------------------------------------------------------------- RPCs
 
     def _job(self, job_id: str) -> JobRow:
@@ -142,7 +149,7 @@ class JobManager:
         errors = self.store.errors(row.id, MAX_ERRORS) if row.tasks_failed else []
         return codec.job_to_proto(row, errors)
 
-    async def submit(self, req: pb.SubmitJobRequest) -> pb.Job:
+    async def submit(self, req: pb.SubmitJobRequest, tenant: str = "") -> pb.Job:
         tasks = spec.validate(req)
         if self._stopping:
             raise unavailable("the server is shutting down; submit again when it is back")
@@ -155,6 +162,7 @@ class JobManager:
                 req.idempotency_key,
                 spec.spec_hash(req),
                 tasks,
+                tenant,
             )
             if created:
                 self._launch(job_id)
@@ -176,7 +184,8 @@ class JobManager:
     def get(self, job_id: str) -> pb.Job:
         return self._proto(self._job(job_id))
 
-    def list(self, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    def list(self, req: pb.ListJobsRequest, tenant: str | None = None) -> pb.ListJobsResponse:
+        """``tenant``: only that tenant's jobs (None: everyone's)."""
         if self._stopping:
             raise unavailable("the server is shutting down")
         size = req.page_size or DEFAULT_PAGE_SIZE
@@ -189,7 +198,7 @@ class JobManager:
                 raise invalid(f"ListJobs: unknown job state {number}", "states")
             states.append(codec.STATE_NAMES[number])
         before = _decode_token(req.page_token) if req.page_token else None
-        rows = self.store.list_jobs(states, before, size + 1)
+        rows = self.store.list_jobs(states, before, size + 1, tenant)
         resp = pb.ListJobsResponse(jobs=[self._proto(r) for r in rows[:size]])
         if len(rows) > size:
             resp.next_page_token = _encode_token(rows[size - 1].seq)
