@@ -7,6 +7,7 @@ everything on: TLS with a client CA, a token file with two tenants and an admin,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -309,8 +310,20 @@ def test_cli_over_mutual_tls_runs_vjp_jvp_and_hvp(site: Site) -> None:
         6 * np.array(x),
         rtol=1e-5,
     )
-    bad = gs("grad", "sum(x", "-i", "x=[1]")
-    assert bad.returncode == 2
     wrong = gs("--token", "nope-nope-nope-nope", "grad", "sum(x)", "-i", "x=[1]")
     assert wrong.returncode == 3 and "UNAUTHENTICATED" in wrong.stderr
     assert re.search(r"\(request [0-9a-f]{16}\)", wrong.stderr)
+
+
+def test_async_client_over_mutual_tls(site: Site) -> None:
+    async def run() -> None:
+        async with gradserve.AsyncClient(
+            site.server.address, token=TOKENS["bob"], tls=site.tls(), timeout=60
+        ) as client:
+            grad = await client.grad("2 * dot(x, x)", {"x": [1.0, 2.0]})
+            np.testing.assert_allclose(grad, [4.0, 8.0])
+            mine = [s.id for s in await client.jobs()]
+        with site.connect(TOKENS["bob"]) as sync:
+            assert mine == [s.id for s in sync.jobs()]
+
+    asyncio.run(run())
