@@ -144,8 +144,8 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if auth is not None:
-        loop.add_signal_handler(signal.SIGHUP, auth.reload)
+    # SIGHUP re-reads the token file (and never ends the server, as by default)
+    loop.add_signal_handler(signal.SIGHUP, auth.reload if auth else _nothing_to_reload)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", DRAIN_SECONDS)
     for name in ("", SERVICE_NAME):
@@ -176,6 +176,10 @@ async def _follow_cluster(pool: ActorPool) -> None:
         started = pool.grow(int(resources.get("CPU", 0)))
         if started:
             log.info("the cluster grew: starting %d more workers", started)
+
+
+def _nothing_to_reload() -> None:
+    log.info("SIGHUP: no token file to re-read (--auth-token-file is not set)")
 
 
 def _describe_security(tls: bool, config: ServerConfig, auth: Any) -> str:

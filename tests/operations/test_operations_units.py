@@ -283,3 +283,16 @@ def test_progress_is_drawn_on_a_terminal_and_silent_elsewhere() -> None:
         out = stream.getvalue()
         assert ("10/10" in out and "2/2 tasks, succeeded" in out) is drawn, out
         assert bool(out) is drawn
+
+
+def test_an_internal_error_quotes_the_calls_request_id() -> None:
+    from gradserve_server import calls
+    from gradserve_server.errors import to_status
+
+    async def failing_call() -> tuple[str, str]:
+        call = calls.Call("Compute")
+        calls.begin(call)
+        return call.request_id, to_status(RuntimeError("a bug")).message
+
+    request_id, message = asyncio.run(failing_call())
+    assert message == f"internal error {request_id}; see the server log"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -81,7 +82,10 @@ class JobManager:
 
     def _launch(self, job_id: str) -> None:
         if job_id not in self._runs:
-            self._runs[job_id] = asyncio.create_task(self._run_job(job_id), name=job_id)
+            # a context of its own: not the SubmitJob call's (its request id, caller)
+            self._runs[job_id] = asyncio.create_task(
+                self._run_job(job_id), name=job_id, context=contextvars.Context()
+            )
 
     def _inflight(self) -> int:
         configured = self.config.max_inflight_chunks_per_job
