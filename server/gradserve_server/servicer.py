@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,14 @@ from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__, calls
-from gradserve_server.errors import ServiceError, guard, guard_stream, invalid, not_found
+from gradserve_server.errors import (
+    ServiceError,
+    guard,
+    guard_stream,
+    invalid,
+    not_found,
+    unavailable,
+)
 from gradserve_server.jobs import JobManager
 from gradserve_server.pool import pool_key
 from gradserve_server.service import (
@@ -148,7 +156,12 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         calls.note(job=job_id)
         who = calls.identity()
         if not who.admin:
-            owner = manager.store.job_tenant(job_id)
+            try:
+                owner = manager.store.job_tenant(job_id)
+            except sqlite3.ProgrammingError:  # the store closed: the server is stopping
+                raise unavailable(
+                    "the server is shutting down; jobs resume when it restarts"
+                ) from None
             if owner is not None and owner != who.tenant:
                 raise not_found(f"no job {job_id!r}")
         return manager
