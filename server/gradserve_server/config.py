@@ -201,7 +201,11 @@ def _add_operations_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_format = args.log_format.lower()
+    if args.log_format not in ("text", "json"):  # a variable escapes argparse's choices
+        parser.error(f"--log-format must be text or json, not {args.log_format!r}")
     return ServerConfig(
         host=args.host,
         port=args.port,

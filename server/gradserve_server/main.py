@@ -88,6 +88,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     credentials = network.server_credentials(config)
     auth = network.authenticator(config)
     network.guard_exposure(config, tls=credentials is not None, tokens=auth is not None)
+    metrics_port = network.serve_metrics(config)
     ray_address = _start_ray(config)
     import ray
 
@@ -124,9 +125,9 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if config.metrics_port:
-        where = metrics.start(config.host, config.metrics_port, pool, jobs)
-        print(f"gradserve: metrics on http://{config.host}:{where}/metrics", flush=True)
+    if metrics_port:
+        metrics.watch(pool, jobs)
+        print(f"gradserve: metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
     print(
         f"gradserve: serving on {config.host}:{port} with {size} workers "
         f"({_describe_security(credentials is not None, config, auth)})",

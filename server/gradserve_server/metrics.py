@@ -120,9 +120,17 @@ class _PoolCollector(Collector):
             yield counts
 
 
-def start(host: str, port: int, pool: ActorPool, jobs: Any) -> int:
-    """Serve /metrics on ``host:port`` (a thread); returns the port (0 picks one)."""
+def serve(host: str, port: int) -> int:
+    """Serve /metrics on ``host:port`` (a thread); returns the port. Called before Ray
+    starts, so a port in use fails at once; :func:`watch` adds the pool and jobs."""
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as error:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
+    return int(server.server_port)
+
+
+def watch(pool: ActorPool, jobs: Any) -> None:
+    """Report the pool's and the job store's state, and time the pool's waits."""
     REGISTRY.register(_PoolCollector(pool, jobs))
     pool.on_acquire = observe_acquire
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    return int(server.server_port)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from gradserve_server import metrics
 from gradserve_server.auth import Authenticator, TokenFileError
 from gradserve_server.config import ServerConfig
 
@@ -86,3 +87,13 @@ def guard_exposure(config: ServerConfig, tls: bool, tokens: bool) -> None:
         raise SetupError(message + ", or pass --insecure ($GRADSERVE_INSECURE=1) to accept it.")
     banner = "!" * 78
     log.warning("%s\n%s\n(--insecure was given)\n%s", banner, message, banner)
+
+
+def serve_metrics(config: ServerConfig) -> int:
+    """Start the /metrics endpoint when --metrics-port is set; its port (0: off)."""
+    if not config.metrics_port:
+        return 0
+    try:
+        return metrics.serve(config.host, config.metrics_port)
+    except OSError as error:
+        raise SetupError(f"{error} (--metrics-port)") from None

@@ -296,3 +296,16 @@ def test_an_internal_error_quotes_the_calls_request_id() -> None:
 
     request_id, message = asyncio.run(failing_call())
     assert message == f"internal error {request_id}; see the server log"
+
+
+def test_a_metrics_port_in_use_is_refused_before_ray_starts() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = parse_config(["--metrics-port", str(port)])
+        with pytest.raises(network.SetupError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            network.serve_metrics(config)
+    assert network.serve_metrics(parse_config([])) == 0  # off by default
