@@ -11,8 +11,6 @@ import asyncio
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from support.certs import CA, Pair
 from support.cluster import RayNode, ServerProcess, free_port, start_server
 
 import gradserve
+from gradserve import cli
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -278,41 +277,36 @@ def test_a_request_id_is_in_the_error_and_in_the_servers_log_line(site: Site) ->
 # ------------------------------------------------------------- the CLI over mutual TLS
 
 
-def test_cli_over_mutual_tls_runs_vjp_jvp_and_hvp(site: Site) -> None:
-    def gs(*args: str) -> subprocess.CompletedProcess[str]:
-        tls = ["--tls-ca", str(site.ca.path), "--tls-cert", str(site.client.cert),
-               "--tls-key", str(site.client.key)]  # fmt: skip
-        return subprocess.run(
-            [sys.executable, "-m", "gradserve.cli", "--address", site.server.address,
-             "--token", TOKENS["alice"], *tls, *args],
-            capture_output=True, text=True, timeout=120,
+def test_cli_over_mutual_tls_runs_vjp_jvp_and_hvp(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # in-process: the same main() the console script runs, without an interpreter start each
+    def gs(*args: str) -> tuple[int, str, str]:
+        code = cli.main(
+            ["--address", site.server.address, "--token", TOKENS["alice"],
+             "--tls-ca", str(site.ca.path), "--tls-cert", str(site.client.cert),
+             "--tls-key", str(site.client.key), *args]
         )  # fmt: skip
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    def printed(out: subprocess.CompletedProcess[str]) -> np.ndarray:
-        assert out.returncode == 0, out.stderr
-        return np.fromstring(out.stdout.strip(" []\n"), sep=" ")
+    def printed(*args: str) -> np.ndarray:
+        code, out, err = gs(*args)
+        assert code == 0, err
+        return np.fromstring(out.strip(" []\n"), sep=" ")
 
     f = "sin(x) * 3"  # J = diag(3 cos x)
     x = [0.5, 1.0]
-    np.testing.assert_allclose(
-        printed(gs("vjp", f, "-i", "x=[0.5, 1.0]", "--cotangent", "[1, 2]")),
-        3 * np.cos(x) * [1, 2],
-        rtol=1e-5,  # printed with 6 decimals
-    )
-    np.testing.assert_allclose(
-        printed(gs("jvp", f, "-i", "x=[0.5, 1.0]", "--tangent", "[2, 1]")),
-        3 * np.cos(x) * [2, 1],
-        rtol=1e-5,
-    )
+    got = printed("vjp", f, "-i", "x=[0.5, 1.0]", "--cotangent", "[1, 2]")
+    np.testing.assert_allclose(got, 3 * np.cos(x) * [1, 2], rtol=1e-5)  # 6 decimals printed
+    got = printed("jvp", f, "-i", "x=[0.5, 1.0]", "--tangent", "[2, 1]")
+    np.testing.assert_allclose(got, 3 * np.cos(x) * [2, 1], rtol=1e-5)
     # H of sum(x^3) is diag(6x)
-    np.testing.assert_allclose(
-        printed(gs("hvp", "sum(x * x * x)", "-i", "x=[0.5, 1.0]", "--vector", "[1, 1]")),
-        6 * np.array(x),
-        rtol=1e-5,
-    )
-    wrong = gs("--token", "nope-nope-nope-nope", "grad", "sum(x)", "-i", "x=[1]")
-    assert wrong.returncode == 3 and "UNAUTHENTICATED" in wrong.stderr
-    assert re.search(r"\(request [0-9a-f]{16}\)", wrong.stderr)
+    got = printed("hvp", "sum(x * x * x)", "-i", "x=[0.5, 1.0]", "--vector", "[1, 1]")
+    np.testing.assert_allclose(got, 6 * np.array(x), rtol=1e-5)
+    code, _, err = gs("--token", "nope-nope-nope-nope", "grad", "sum(x)", "-i", "x=[1]")
+    assert code == 3 and "UNAUTHENTICATED" in err
+    assert re.search(r"\(request [0-9a-f]{16}\)", err)
 
 
 def test_async_client_over_mutual_tls(site: Site) -> None:
