@@ -42,8 +42,9 @@ _OPS = {number: name.removeprefix("OP_").lower() for name, number in pb.Op.items
 
 
 def _note_ops(ops: Any) -> None:
-    # a bounded set of names: the op is a metric label
-    calls.note(op="+".join(_OPS.get(o, "unknown") for o in ops[:8]))
+    # the op is a metric label: a set in the proto's order, so at most 2^8 values
+    names = dict.fromkeys(_OPS.get(o, "unknown") for o in sorted(set(ops)))
+    calls.note(op="+".join(names))
 
 
 def _note_done(meta: pb.ComputeMetadata) -> None:
