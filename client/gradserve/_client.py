@@ -30,6 +30,10 @@ class Client(BaseClient):
     >>> with Client("127.0.0.1:50051") as client:          # doctest: +SKIP
     ...     client.grad("2 * dot(x, x)", {"x": [0.0, 1.0, 2.0, 3.0]})
     array([ 0.,  4.,  8., 12.])
+
+    ``token``: the bearer token (default $GRADSERVE_TOKEN); ``tls``: a
+    :class:`gradserve.TLS`, or True for the system's CAs (default: TLS when
+    $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
     """
 
     def __init__(
