@@ -7,6 +7,7 @@ array([ 0.,  4.,  8., 12.])
 """
 
 from gradserve._async_client import AsyncClient
+from gradserve._base import TLS
 from gradserve._client import Client
 from gradserve.errors import (
     DeadlineExceededError,
@@ -34,6 +35,7 @@ from gradserve.sampling import Sample, normal, uniform
 __version__ = "0.1.0"
 
 __all__ = [
+    "TLS",
     "AsyncClient",
     "AsyncJob",
     "CheckReport",

@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, BaseClient, OutgoingCompute
+from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import AsyncJob, job_states
 from gradserve.jobspec import JobSpec
@@ -32,9 +32,15 @@ class AsyncClient(BaseClient):
         *,
         token: str | None = None,
         timeout: float | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
-        super().__init__(address, token=token, timeout=timeout)
-        self._channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
+        super().__init__(address, token=token, timeout=timeout, tls=tls)
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.address, self._credentials, options=self._channel_options
+            )
         self._stub = pb_grpc.GradientServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, BaseClient, OutgoingCompute
+from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import Job, job_states
 from gradserve.jobspec import JobSpec
@@ -30,6 +30,10 @@ class Client(BaseClient):
     >>> with Client("127.0.0.1:50051") as client:          # doctest: +SKIP
     ...     client.grad("2 * dot(x, x)", {"x": [0.0, 1.0, 2.0, 3.0]})
     array([ 0.,  4.,  8., 12.])
+
+    ``token``: the bearer token (default $GRADSERVE_TOKEN); ``tls``: a
+    :class:`gradserve.TLS`, or True for the system's CAs (default: TLS when
+    $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
     """
 
     def __init__(
@@ -38,9 +42,15 @@ class Client(BaseClient):
         *,
         token: str | None = None,
         timeout: float | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
-        super().__init__(address, token=token, timeout=timeout)
-        self._channel = grpc.insecure_channel(self.address, options=self._channel_options)
+        super().__init__(address, token=token, timeout=timeout, tls=tls)
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=self._channel_options)
+        else:
+            self._channel = grpc.secure_channel(
+                self.address, self._credentials, options=self._channel_options
+            )
         self._stub = pb_grpc.GradientServiceStub(self._channel)
 
     def close(self) -> None:

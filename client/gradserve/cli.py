@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradserve._base import TLS
 from gradserve._client import Client
 from gradserve.errors import GradserveError, InvalidSpecError
 from gradserve.results import JobStatus
@@ -83,11 +84,28 @@ def _print_array(label: str, value: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.address, token=args.token, timeout=args.timeout)
+    tls: TLS | bool | None = None
+    if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        tls = TLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    elif args.tls:
+        tls = True
+    return Client(args.address, token=args.token, timeout=args.timeout, tls=tls)
+
+
+def _vectors(args: argparse.Namespace) -> dict[str, Any]:
+    """The cotangent (vjp), tangents (jvp) or vector (hvp) of a command."""
+    if args.command == "vjp":
+        return {"cotangent": parse_value(args.cotangent)}
+    if args.command == "jvp":
+        return {"tangents": parse_inputs(args.tangent)}
+    if args.command == "hvp":
+        return {"vector": parse_inputs(args.vector)}
+    return {}
 
 
 def cmd_compute(args: argparse.Namespace) -> int:
     inputs = parse_inputs(args.input)
+    vectors = _vectors(args)
     with _client(args) as client:
         result = client.compute(
             args.function,
@@ -96,6 +114,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
             wrt=args.wrt or None,
             batched=args.batched,
             dtype=args.dtype,
+            **vectors,
         )
     _print_array("", result[args.command])
     for warning in result.metadata.warnings:
@@ -150,15 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="host:port (default $GRADSERVE_ADDRESS)")
     parser.add_argument("--token", default=None, help="bearer token (default $GRADSERVE_TOKEN)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    _add_tls_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server (options: gradserve serve --help)")
-    for op in ("value", "grad", "jacobian", "hessian"):
-        p = sub.add_parser(op, help=f"print the {op} of FUNCTION at the inputs")
+    for op, what in _OP_HELP.items():
+        p = sub.add_parser(op, help=what)
         p.add_argument("function")
         p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
         p.add_argument("--wrt", action="append", default=[])
         p.add_argument("--batched", action="store_true")
         p.add_argument("--dtype", choices=["float32", "float64"], default=None)
+        if op == "vjp":
+            p.add_argument(
+                "--cotangent", required=True, metavar="VALUE", help="shaped like the output"
+            )
+        elif op in ("jvp", "hvp"):
+            flag = "--tangent" if op == "jvp" else "--vector"
+            p.add_argument(
+                flag, action="append", required=True, metavar="[NAME=]VALUE",
+                help="one per wrt input, shaped like it",
+            )  # fmt: skip
         p.set_defaults(handler=cmd_compute)
     p = sub.add_parser("check", help="check derivatives; exits 1 when the check fails")
     p.add_argument("function")
@@ -177,6 +207,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_info)
     _add_job_commands(sub)
     return parser
+
+
+_OP_HELP = {
+    "value": "print FUNCTION at the inputs",
+    "grad": "print the gradient of a scalar FUNCTION",
+    "jacobian": "print the Jacobian of FUNCTION",
+    "hessian": "print the Hessian of a scalar FUNCTION",
+    "vjp": "print cotangent^T J (vector-Jacobian product) per input",
+    "jvp": "print J tangent (Jacobian-vector product), shaped like the output",
+    "hvp": "print H vector (Hessian-vector product) per input",
+}
+
+
+def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--tls", action="store_true", help="use TLS with the system's CAs (implied by --tls-*)"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=env("GRADSERVE_TLS_CA"),
+        metavar="PEM",
+        help="CA bundle that signed the server's certificate (default $GRADSERVE_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=env("GRADSERVE_TLS_CERT"),
+        metavar="PEM",
+        help="client certificate, for mutual TLS (default $GRADSERVE_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=env("GRADSERVE_TLS_KEY"),
+        metavar="PEM",
+        help="client key of --tls-cert (default $GRADSERVE_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=env("GRADSERVE_TLS_SERVER_NAME"),
+        metavar="NAME",
+        help="name to verify in the server's certificate, when not the address's host "
+        "(default $GRADSERVE_TLS_SERVER_NAME)",
+    )
 
 
 def _add_job_commands(sub: Any) -> None:
@@ -291,7 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gradserve {args.command}: invalid function\n{exc.message}", file=sys.stderr)
         return 2
     except GradserveError as exc:
-        print(f"gradserve {args.command}: {exc.code or 'error'}: {exc.message}", file=sys.stderr)
+        request = f" (request {exc.request_id})" if exc.request_id else ""
+        print(
+            f"gradserve {args.command}: {exc.code or 'error'}: {exc.message}{request}",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -35,16 +35,23 @@ class GradserveError(Exception):
     """Root of every error the SDK raises.
 
     ``code`` is the gRPC status name (``"INVALID_ARGUMENT"``, ...) or ``None``
-    for errors raised locally before any call was made.
+    for errors raised locally before any call was made. ``request_id`` is the
+    server's id of the failed call (None when no server answered): quote it to
+    whoever runs the server, whose log line for the call carries the same id.
     """
 
     code: str | None = None
+    request_id: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if request_id is not None:
+            self.request_id = request_id
 
 
 class InvalidArgumentError(GradserveError, ValueError):
@@ -59,8 +66,16 @@ class InvalidSpecError(InvalidArgumentError):
     ``line`` and ``column`` are 1-based positions in the source.
     """
 
-    def __init__(self, message: str, *, line: int, column: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int,
+        column: int,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, request_id=request_id)
         self.line = line
         self.column = column
 
@@ -158,6 +173,8 @@ STATUS_TO_ERROR: dict[grpc.StatusCode, type[GradserveError]] = {
 # metadata, so the SDK never has to parse it out of prose.
 SPEC_LINE_KEY = "gradserve-spec-line"
 SPEC_COLUMN_KEY = "gradserve-spec-column"
+# Every call's id, in its trailing metadata (the server's log line has it too).
+REQUEST_ID_KEY = "gradserve-request-id"
 
 
 def from_rpc_error(error: grpc.RpcError) -> GradserveError:
@@ -167,9 +184,12 @@ def from_rpc_error(error: grpc.RpcError) -> GradserveError:
     trailing = {}
     if hasattr(error, "trailing_metadata"):
         trailing = dict(error.trailing_metadata() or ())
+    request_id = trailing.get(REQUEST_ID_KEY)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         line, column = trailing.get(SPEC_LINE_KEY), trailing.get(SPEC_COLUMN_KEY)
         if line is not None and column is not None:
-            return InvalidSpecError(details, line=int(line), column=int(column), code=code.name)
+            return InvalidSpecError(
+                details, line=int(line), column=int(column), code=code.name, request_id=request_id
+            )
     cls = STATUS_TO_ERROR.get(code, UnknownError)
-    return cls(details, code=code.name if code is not None else None)
+    return cls(details, code=code.name if code is not None else None, request_id=request_id)

@@ -10,15 +10,15 @@ for :class:`gradserve.AsyncClient`.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import grpc
 
 from gradserve._base import BaseClient
 from gradserve.errors import DeadlineExceededError, UnavailableError, from_rpc_error
+from gradserve.progress import ProgressBar
 from gradserve.results import JobStatus, TaskResult
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -29,35 +29,6 @@ if TYPE_CHECKING:
 # A wait or a results stream rides out a server restart for this long.
 RECONNECT_SECONDS = 60.0
 _RETRY_PAUSE = 0.5
-
-
-class ProgressBar:
-    """One line on stderr, redrawn in place on a terminal, else a line per change."""
-
-    def __init__(self, stream: IO[str] | None = None, width: int = 30) -> None:
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last = ""
-
-    def update(self, status: JobStatus) -> None:
-        total = status.points_total or status.tasks_total or 1
-        done = status.points_done if status.points_total else status.tasks_done
-        filled = int(self.width * min(1.0, done / total))
-        failed = f", {status.tasks_failed} failed" if status.tasks_failed else ""
-        line = (
-            f"{status.id} [{'#' * filled}{'.' * (self.width - filled)}] "
-            f"{status.tasks_done}/{status.tasks_total} tasks{failed}, "
-            f"{status.points_done}/{status.points_total} points  {status.state}"
-        )
-        if line == self._last:
-            return
-        self._last = line
-        if self.tty:
-            self.stream.write("\r" + line + ("\n" if status.done else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 class _Grouper:

@@ -64,6 +64,14 @@ class ServerConfig:
     job_ttl_s: float = 7 * 86400.0
     # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
     budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
+    # network, identity and observability (docs/operations.md)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
+    auth_token_file: Path | None = None
+    insecure: bool = False  # allow a non-loopback bind with neither TLS nor tokens
+    metrics_port: int = 0  # 0: no metrics endpoint
+    log_format: str = "text"  # text | json
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -92,68 +100,172 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every flag's help names its variable (a test fails on one that does not)."""
     p = argparse.ArgumentParser(
         prog="gradserve serve",
-        description="Run the gradserve gRPC server (embedded local Ray unless --ray-address).",
+        description="Run the gradserve gRPC server (embedded local Ray unless --ray-address). "
+        "Every flag can be set by the GRADSERVE_* variable its help names; a flag wins.",
     )
-    p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(_env("PORT", "50051") or 50051))
+    p.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="address to listen on; a non-loopback one needs TLS or tokens, or --insecure "
+        "($GRADSERVE_HOST, default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", "50051") or 50051),
+        help="gRPC port; 0 picks a free one ($GRADSERVE_PORT, default 50051)",
+    )
     p.add_argument(
         "--ray-address",
         default=_env("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"),
-        help="join this Ray cluster (host:port or 'auto') instead of starting one",
+        help="join this Ray cluster (host:port or 'auto') instead of starting one "
+        "($GRADSERVE_RAY_ADDRESS or $RAY_ADDRESS)",
     )
     p.add_argument(
         "--num-workers",
         type=int,
         default=int(_env("NUM_WORKERS", "0") or 0) or None,
-        help="Ray actors to start (default: one per CPU in the cluster)",
-    )
-    p.add_argument("--device", default=_env("DEVICE", "cpu"), choices=["cpu", "cuda", "auto"])
-    p.add_argument("--data-dir", default=_env("DATA_DIR") or str(default_data_dir()))
-    p.add_argument(
-        "--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", str(16 << 20)) or 0)
+        help="Ray actors to start; 0: one per CPU in the cluster ($GRADSERVE_NUM_WORKERS)",
     )
     p.add_argument(
-        "--chunk-timeout", type=float, default=float(_env("CHUNK_TIMEOUT", "120") or 120)
+        "--device",
+        default=_env("DEVICE", "cpu"),
+        choices=["cpu", "cuda", "auto"],
+        help="where workers compute ($GRADSERVE_DEVICE, default cpu)",
     )
-    p.add_argument("--max-points", type=int, default=int(_env("MAX_POINTS", "10000000") or 0))
+    p.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR") or str(default_data_dir()),
+        help="job store and result files ($GRADSERVE_DATA_DIR, default ~/.local/share/gradserve)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(_env("MAX_MESSAGE_BYTES", str(16 << 20)) or 0),
+        help="largest gRPC message either way ($GRADSERVE_MAX_MESSAGE_BYTES, default 16 MiB)",
+    )
+    p.add_argument(
+        "--chunk-timeout",
+        type=float,
+        default=float(_env("CHUNK_TIMEOUT", "120") or 120),
+        help="seconds one chunk may run before its worker is replaced "
+        "($GRADSERVE_CHUNK_TIMEOUT, default 120)",
+    )
+    p.add_argument(
+        "--max-points",
+        type=int,
+        default=int(_env("MAX_POINTS", "10000000") or 0),
+        help="points per request ($GRADSERVE_MAX_POINTS, default 10000000)",
+    )
     p.add_argument(
         "--max-inflight-chunks-per-job",
         type=int,
         default=int(_env("MAX_INFLIGHT_CHUNKS_PER_JOB", "0") or 0),
-        help="chunks of one job running or being stored at once (default: 2 x workers)",
+        help="chunks of one job running or being stored at once; 0: 2 x workers "
+        "($GRADSERVE_MAX_INFLIGHT_CHUNKS_PER_JOB)",
     )
-    p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
-    p.add_argument("--object-store-bytes", type=int, default=None)
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--auth-token",
+        default=_env("AUTH_TOKEN"),
+        help="one shared bearer token with admin rights (visible in ps: prefer "
+        "--auth-token-file) ($GRADSERVE_AUTH_TOKEN)",
+    )
+    p.add_argument(
+        "--object-store-bytes",
+        type=int,
+        default=int(_env("OBJECT_STORE_BYTES", "0") or 0) or None,
+        help="object store of the embedded Ray; 0: Ray's default ($GRADSERVE_OBJECT_STORE_BYTES)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR ($GRADSERVE_LOG_LEVEL, default INFO)",
+    )
     # --- jobs: retention
     p.add_argument(
         "--job-ttl",
         type=parse_duration,
         default=parse_duration(_env("JOB_TTL", "7d") or "0"),
         help="delete ended jobs and their results this long after they end "
-        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d)",
+        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d) ($GRADSERVE_JOB_TTL)",
     )
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
+            help=f"function language limit ($GRADSERVE_{name.upper()}, default {default})",
         )
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
-            help=f"(bytes; 0: no limit; default {default})",
+            help=f"budget in bytes; 0: no limit ($GRADSERVE_{name.upper()}, default {default})",
         )
+    _add_operations_flags(p)
     return p
 
 
+def _add_operations_flags(p: argparse.ArgumentParser) -> None:
+    """TLS, tokens, the bind guard, metrics and logs (docs/operations.md)."""
+    p.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT"),
+        help="PEM certificate chain to serve TLS with; needs --tls-key ($GRADSERVE_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=_env("TLS_KEY"),
+        help="PEM private key of --tls-cert ($GRADSERVE_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=_env("TLS_CLIENT_CA"),
+        help="PEM CA bundle: clients must present a certificate it signed (mutual TLS) "
+        "($GRADSERVE_TLS_CLIENT_CA)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=_env("AUTH_TOKEN_FILE"),
+        help="tokens, one 'TENANT TOKEN [admin]' a line, '#' comments; re-read on SIGHUP "
+        "($GRADSERVE_AUTH_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_flag("INSECURE"),
+        help="allow a non-loopback --host with neither TLS nor tokens: anyone who reaches "
+        "the port can run code and read every job ($GRADSERVE_INSECURE=1)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0") or 0),
+        help="serve Prometheus /metrics on --host at this port; 0: off ($GRADSERVE_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text, or one JSON object a line ($GRADSERVE_LOG_FORMAT, default text)",
+    )
+
+
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_format = args.log_format.lower()
+    if args.log_format not in ("text", "json"):  # a variable escapes argparse's choices
+        parser.error(f"--log-format must be text or json, not {args.log_format!r}")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -172,4 +284,15 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         # --- jobs: retention
         job_ttl_s=args.job_ttl,
         budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
+        tls_cert=_path(args.tls_cert),
+        tls_key=_path(args.tls_key),
+        tls_client_ca=_path(args.tls_client_ca),
+        auth_token_file=_path(args.auth_token_file),
+        insecure=bool(args.insecure),
+        metrics_port=max(0, args.metrics_port),
+        log_format=args.log_format,
     )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

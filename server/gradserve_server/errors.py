@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
+from gradserve_server import calls
 from gradserve_workers import lang
 from gradserve_workers.tasks import ChunkError
 
@@ -142,7 +143,8 @@ def to_status(error: BaseException) -> Status:
     ray_status = _ray_status(error)
     if ray_status is not None:
         return ray_status
-    incident = uuid.uuid4().hex[:12]
+    # the call's request id, which the caller also gets in trailing metadata
+    incident = calls.request_id() or uuid.uuid4().hex[:12]
     log.error("internal error %s", incident, exc_info=error)
     return Status(grpc.StatusCode.INTERNAL, f"internal error {incident}; see the server log")
 
@@ -161,9 +163,12 @@ def _ray_status(error: BaseException) -> Status | None:
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     status = to_status(error)
-    if status.code is not grpc.StatusCode.INTERNAL:  # internal ones are logged in full
-        log.info("%s: %s", status.code.name, status.message.splitlines()[0])
-    context.set_trailing_metadata(status.trailing_metadata() + _rich_metadata(status))
+    # internal ones are logged in full; the rest in the call's one line (interceptor.py)
+    if status.code is not grpc.StatusCode.INTERNAL:
+        log.debug("%s: %s", status.code.name, status.message.splitlines()[0])
+    # added to what is already set (the request id): set_trailing_metadata replaces
+    kept = tuple(context.trailing_metadata() or ())
+    context.set_trailing_metadata(kept + status.trailing_metadata() + _rich_metadata(status))
     await context.abort(status.code, status.message)
 
 

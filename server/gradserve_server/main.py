@@ -20,7 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+from gradserve_server import logs, metrics, network
 from gradserve_server.config import ServerConfig, parse_config
+from gradserve_server.interceptor import CallInterceptor
 from gradserve_server.jobs import JobManager
 from gradserve_server.pool import ActorPool
 from gradserve_server.service import ComputeService
@@ -82,6 +84,11 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
+    # the network settings first: a mistake there fails before Ray starts
+    credentials = network.server_credentials(config)
+    auth = network.authenticator(config)
+    network.guard_exposure(config, tls=credentials is not None, tokens=auth is not None)
+    metrics_port = network.serve_metrics(config)
     ray_address = _start_ray(config)
     import ray
 
@@ -91,13 +98,8 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     service = ComputeService(config, pool)
     jobs = _start_jobs(config, service)
 
-    interceptors = []
-    if config.auth_token:
-        from gradserve_server.auth import TokenInterceptor
-
-        interceptors.append(TokenInterceptor(config.auth_token))
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[CallInterceptor(auth)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -113,13 +115,24 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server,
     )  # fmt: skip
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    listen = f"{config.host}:{config.port}"
+    if credentials is not None:
+        port = server.add_secure_port(listen, credentials)
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"gradserve: cannot listen on {config.host}:{config.port}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    print(f"gradserve: serving on {config.host}:{port} with {size} workers", flush=True)
+    if metrics_port:
+        metrics.watch(pool, jobs)
+        print(f"gradserve: metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    print(
+        f"gradserve: serving on {config.host}:{port} with {size} workers "
+        f"({_describe_security(credentials is not None, config, auth)})",
+        flush=True,
+    )
     if jobs is not None:
         await jobs.start()
     follow = None
@@ -132,6 +145,8 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP re-reads the token file (and never ends the server, as by default)
+    loop.add_signal_handler(signal.SIGHUP, auth.reload if auth else _nothing_to_reload)
     await stop.wait()
     log.info("stopping: draining in-flight calls for up to %.0f s", DRAIN_SECONDS)
     for name in ("", SERVICE_NAME):
@@ -164,19 +179,33 @@ async def _follow_cluster(pool: ActorPool) -> None:
             log.info("the cluster grew: starting %d more workers", started)
 
 
+def _nothing_to_reload() -> None:
+    log.info("SIGHUP: no token file to re-read (--auth-token-file is not set)")
+
+
+def _describe_security(tls: bool, config: ServerConfig, auth: Any) -> str:
+    parts = ["mutual TLS" if tls and config.tls_client_ca else "TLS" if tls else "plaintext"]
+    if auth is None:
+        parts.append("no tokens")
+    else:
+        parts.append(f"tokens for {len(auth.tenants)} tenants")
+    return ", ".join(parts)
+
+
 def _start_jobs(config: ServerConfig, service: ComputeService) -> JobManager:
     return JobManager(config, service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+    logs.setup(config.log_level, config.log_format)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config))
+    except network.SetupError as error:
+        log.error("%s", error)
+        print(f"gradserve serve: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The actor pool: which actors exist, which are idle, who waits for one.
 
-All of the pool's state lives here. Waiters are served round-robin by tenant
-(a unary call, a job), so a job with thousands of chunks cannot starve a call
-that arrives after it. An actor that died or was killed is replaced, never
-handed out again.
+All of the pool's state lives here. Waiters are served round-robin at two
+levels: first by tenant (the caller's identity, see auth.py), then within a
+tenant by stream (one unary call, one job). The key a caller waits under is
+``"TENANT/STREAM"`` (:func:`pool_key`). So a job with thousands of chunks cannot
+starve a call that arrives after it, and one tenant with many jobs or calls gets
+no more turns than another with one. An actor that died or was killed is
+replaced, never handed out again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,18 @@ log = logging.getLogger("gradserve.pool")
 
 # A replacement actor that fails to start is tried again after this long.
 REPLACE_RETRY_SECONDS = 5.0
+
+
+Waiters = OrderedDict[str, deque[asyncio.Future["Worker"]]]
+
+
+def pool_key(tenant: str, stream: str) -> str:
+    """The key a chunk waits under: its tenant's turn first, then its stream's."""
+    return f"{tenant}/{stream}"
+
+
+def tenant_of(key: str) -> str:
+    return key.partition("/")[0]
 
 
 @dataclass(eq=False)
@@ -40,10 +56,13 @@ class ActorPool:
         self._numbers = itertools.count()
         self._workers: list[Worker] = []
         self._idle: deque[Worker] = deque()
-        self._waiters: OrderedDict[str, deque[asyncio.Future[Worker]]] = OrderedDict()
+        # tenant -> stream -> futures; both levels in turn order
+        self._waiters: OrderedDict[str, Waiters] = OrderedDict()
         self.size = size
         self.replaced = 0
         self._starting: set[asyncio.Task[None]] = set()
+        # called with (key, seconds waited) as each chunk gets its worker (metrics)
+        self.on_acquire: Callable[[str, float], None] | None = None
 
     def _spawn(self) -> Worker:
         worker = Worker(self._make_actor(), next(self._numbers))
@@ -71,39 +90,65 @@ class ActorPool:
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._waiters.values())
+        return sum(len(q) for streams in self._waiters.values() for q in streams.values())
 
-    async def acquire(self, tenant: str) -> Worker:
-        """An idle worker; waits its turn among tenants when none is idle."""
+    def waiting_by_tenant(self) -> dict[str, int]:
+        return {
+            tenant: sum(len(q) for q in streams.values())
+            for tenant, streams in self._waiters.items()
+        }
+
+    async def acquire(self, key: str) -> Worker:
+        """An idle worker; waits its turn (see :func:`pool_key`) when none is idle."""
         if self._idle and not self._waiters:
+            self._acquired(key, 0.0)
             return self._idle.popleft()
+        started = time.monotonic()
         future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(tenant, deque()).append(future)
+        tenant, _, stream = key.partition("/")
+        self._waiters.setdefault(tenant, OrderedDict()).setdefault(stream, deque()).append(future)
         try:
-            return await future
+            worker = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(future.result())  # handed over just as we were cancelled
             else:
-                self._forget(tenant, future)
+                self._forget(tenant, stream, future)
             raise
+        self._acquired(key, time.monotonic() - started)
+        return worker
 
-    def _forget(self, tenant: str, future: asyncio.Future[Worker]) -> None:
-        queue = self._waiters.get(tenant)
-        if queue is not None and future in queue:
+    def _acquired(self, key: str, waited: float) -> None:
+        if self.on_acquire is not None:
+            self.on_acquire(key, waited)
+
+    def _forget(self, tenant: str, stream: str, future: asyncio.Future[Worker]) -> None:
+        streams = self._waiters.get(tenant)
+        queue = streams.get(stream) if streams is not None else None
+        if streams is not None and queue is not None and future in queue:
             queue.remove(future)
             if not queue:
+                del streams[stream]
+            if not streams:
                 del self._waiters[tenant]
+
+    def _next_waiter(self) -> asyncio.Future[Worker]:
+        """Pop the next waiter in turn; its stream and tenant go to the back of their rounds."""
+        tenant, streams = self._waiters.popitem(last=False)
+        stream, queue = streams.popitem(last=False)
+        future = queue.popleft()
+        if queue:
+            streams[stream] = queue
+        if streams:
+            self._waiters[tenant] = streams
+        return future
 
     def release(self, worker: Worker) -> None:
         """Give a healthy worker back: to the next tenant in turn, or to the idle set."""
         if worker.retired:
             return
         while self._waiters:
-            tenant, queue = self._waiters.popitem(last=False)
-            future = queue.popleft()
-            if queue:
-                self._waiters[tenant] = queue  # to the back of the round
+            future = self._next_waiter()
             if not future.done():
                 future.set_result(worker)
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,11 +12,19 @@ import grpc
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-from gradserve_server import __version__
+from gradserve_server import __version__, calls
 from gradserve_server.budgets import Reservation
 from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
-from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
+from gradserve_server.errors import (
+    ServiceError,
+    guard,
+    guard_stream,
+    invalid,
+    not_found,
+    unavailable,
+)
 from gradserve_server.jobs import JobManager
+from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
 from gradserve_workers.lang import FUNCTIONS
@@ -24,8 +33,21 @@ _calls = itertools.count()
 
 
 def _tenant(context: grpc.aio.ServicerContext) -> str:
-    # each call is its own tenant: the pool serves tenants round-robin
-    return f"call-{next(_calls)}"
+    # the pool serves tenants round-robin, and within a tenant each call in turn
+    return pool_key(calls.identity().tenant, f"call-{next(_calls)}")
+
+
+_OPS = {number: name.removeprefix("OP_").lower() for name, number in pb.Op.items()}
+
+
+def _note_ops(ops: Any) -> None:
+    # the op is a metric label: a set in the proto's order, so at most 2^8 values
+    names = dict.fromkeys(_OPS.get(o, "unknown") for o in sorted(set(ops)))
+    calls.note(op="+".join(names))
+
+
+def _note_done(meta: pb.ComputeMetadata) -> None:
+    calls.note(points=meta.points, chunks=meta.chunks)
 
 
 def _over_message_limit(size: int, limit: int, verb: str) -> ServiceError:
@@ -47,11 +69,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def Compute(
         self, request: pb.ComputeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ComputeResponse:
+        _note_ops(request.ops)
         limit = self.service.config.max_message_bytes
         estimate = self.service.admit_compute(request).estimate
         if estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
         done = await self.service.compute(request, _tenant(context))
+        _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
         outputs_to_proto(done.joined(), resp.results)
         del done
@@ -65,7 +89,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     ) -> None:
         header, blobs, held = await self._receive(request_iterator)
         try:
+            _note_ops(header.ops)
             done = await self.service.compute(header, _tenant(context), blobs)
+            _note_done(done.metadata)
         finally:
             del blobs
             held.release()
@@ -126,7 +152,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def Check(
         self, request: pb.CheckRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckResponse:
+        calls.note(op="check")
         report, done = await self.service.check(request, _tenant(context))
+        calls.note(
+            points=done.metadata.points,
+            chunks=done.metadata.chunks,
+            verdict="passed" if report.passed else "failed",
+        )
         return pb.CheckResponse(report=report_to_proto(report), metadata=done.metadata)
 
     @guard
@@ -159,44 +191,64 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         manager: JobManager = self.jobs
         return manager
 
+    def _owned(self, job_id: str) -> JobManager:
+        """The job manager, once the caller may see ``job_id``: another tenant's job
+        is NOT_FOUND, word for word as a job that does not exist."""
+        manager = self._jobs()
+        calls.note(job=job_id)
+        who = calls.identity()
+        if not who.admin:
+            try:
+                owner = manager.store.job_tenant(job_id)
+            except sqlite3.ProgrammingError:  # the store closed: the server is stopping
+                raise unavailable(
+                    "the server is shutting down; jobs resume when it restarts"
+                ) from None
+            if owner is not None and owner != who.tenant:
+                raise not_found(f"no job {job_id!r}")
+        return manager
+
     @guard
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        return await self._jobs().submit(request)
+        job = await self._jobs().submit(request, tenant=calls.identity().tenant)
+        calls.note(job=job.id, points=job.points_total)
+        return job
 
     @guard
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return await self._jobs().get(request.job_id)
+        return await self._owned(request.job_id).get(request.job_id)
 
     @guard
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
-        return await self._jobs().list(request)
+        who = calls.identity()
+        return await self._jobs().list(request, tenant=None if who.admin else who.tenant)
 
     @guard_stream
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JobEvent]:
-        async for event in self._jobs().watch(request.job_id):
+        async for event in self._owned(request.job_id).watch(request.job_id):
             yield event
 
     @guard
     async def GetJobResults(
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        parts = self._jobs().results(request.job_id, request.start_task)
+        parts = self._owned(request.job_id).results(request.job_id, request.start_task)
         await send_paced(context, parts, self.service.stream_pieces, "GetJobResults")
 
     @guard
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        return await self._jobs().cancel(request.job_id)
+        return await self._owned(request.job_id).cancel(request.job_id)
 
     @guard
     async def DeleteJob(
         self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobResponse:
-        return await self._jobs().delete(request.job_id)
+        return await self._owned(request.job_id).delete(request.job_id)

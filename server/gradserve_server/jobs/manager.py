@@ -5,10 +5,11 @@ until every task has finished; then ``succeeded`` when at least one task succeed
 ``failed`` when every task failed. ``cancelled`` stops dispatching and cancels the
 chunks in flight (cancelling their asyncio tasks retires the workers running them).
 
-Fairness comes from the pool: every chunk of a job is acquired under the job's id as
-tenant, and the pool serves tenants round-robin, so a huge job takes turns with a
-small job or a unary call that arrives after it. Within a job, ``slots`` bounds the
-chunks dispatched or being stored at once.
+Fairness comes from the pool: every chunk of a job is acquired under its tenant and
+the job's id, and the pool serves tenants round-robin and each tenant's jobs and calls
+in turn, so a huge job takes turns with a small job or a unary call that arrives
+after it, and a tenant with many jobs gets no more turns than a tenant with one.
+Within a job, ``slots`` bounds the chunks dispatched or being stored at once.
 
 Durability comes from the store: on start, jobs left ``queued`` or ``running`` are
 resumed; their stored chunks are kept and only the rest run.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import shutil
 import time
@@ -42,6 +44,7 @@ from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.runner import TaskRunner
 from gradserve_server.jobs.store import JobRow, JobStore, KeyConflict
+from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 
 log = logging.getLogger("gradserve.jobs")
@@ -110,7 +113,10 @@ class JobManager:
 
     def _launch(self, job_id: str) -> None:
         if job_id not in self._runs:
-            self._runs[job_id] = asyncio.create_task(self._run_job(job_id), name=job_id)
+            # a context of its own: not the SubmitJob call's (its request id, caller)
+            self._runs[job_id] = asyncio.create_task(
+                self._run_job(job_id), name=job_id, context=contextvars.Context()
+            )
 
     def _inflight(self) -> int:
         configured = self.config.max_inflight_chunks_per_job
@@ -128,6 +134,7 @@ class JobManager:
                     self.service, self.store, job_id, slots, lambda: self.notifier.notify(job_id),
                     self.quotas,
                 )  # fmt: skip
+                runner.pool_key = await asyncio.to_thread(self._pool_key, job_id)
                 todo = [
                     i
                     for i, state in await asyncio.to_thread(self.store.task_states, job_id)
@@ -168,6 +175,10 @@ class JobManager:
             # wait until its chunks are cancelled, so the reply means "stopped"
             await asyncio.wait([run], timeout=30)
 
+    def _pool_key(self, job_id: str) -> str:
+        # the job's chunks take turns within its tenant's turn (see pool.py)
+        return pool_key(self.store.job_tenant(job_id) or "", job_id)
+
     # ------------------------------------------------------------- reading
 
     def _read(self, job_id: str) -> tuple[JobRow, pb.Job] | None:
@@ -195,7 +206,7 @@ class JobManager:
 
     # ------------------------------------------------------------- RPCs
 
-    async def submit(self, req: pb.SubmitJobRequest) -> pb.Job:
+    async def submit(self, req: pb.SubmitJobRequest, tenant: str = "") -> pb.Job:
         if self._stopping:
             raise unavailable("the server is shutting down; submit again when it is back")
         spec.check_counts(req)  # before any per-task work
@@ -210,10 +221,10 @@ class JobManager:
             def create() -> tuple[str, bool]:
                 return self.store.create_job(
                     f"job-{uuid.uuid4().hex[:16]}", req.name, req.idempotency_key, spec_hash,
-                    tasks,
+                    tasks, tenant,
                 )  # fmt: skip
 
-            if req.idempotency_key and self.store.job_for_key(req.idempotency_key):
+            if req.idempotency_key and self.store.job_for_key(req.idempotency_key, tenant):
                 return create()  # a retry: its job is stored (or the key conflicts)
             return self.quotas.admit(estimate, create)
 
@@ -239,7 +250,8 @@ class JobManager:
     async def get(self, job_id: str) -> pb.Job:
         return (await self._read_or_raise(job_id))[1]
 
-    async def list(self, req: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    async def list(self, req: pb.ListJobsRequest, tenant: str | None = None) -> pb.ListJobsResponse:
+        """``tenant``: only that tenant's jobs (None: everyone's)."""
         if self._stopping:
             raise unavailable("the server is shutting down")
         size = req.page_size or DEFAULT_PAGE_SIZE
@@ -255,14 +267,19 @@ class JobManager:
             states.append(codec.STATE_NAMES[number])
         before = _decode_token(req.page_token) if req.page_token else None
         budget = min(LIST_PAGE_BYTES, self.config.max_message_bytes // 2)
-        return await asyncio.to_thread(self._page, states, before, size, budget)
+        return await asyncio.to_thread(self._page, states, before, size, budget, tenant)
 
     def _page(
-        self, states: Sequence[str], before: int | None, size: int, budget: int
+        self,
+        states: Sequence[str],
+        before: int | None,
+        size: int,
+        budget: int,
+        tenant: str | None,
     ) -> pb.ListJobsResponse:
         """Up to ``size`` jobs and about ``budget`` bytes: whichever comes first ends
         the page (a page always holds one job; one job is far below the budget)."""
-        rows = self.store.list_jobs(states, before, size + 1)
+        rows = self.store.list_jobs(states, before, size + 1, tenant)
         resp = pb.ListJobsResponse()
         used = 0
         for row in rows[:size]:

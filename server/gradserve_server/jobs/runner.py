@@ -2,7 +2,7 @@
 
 A task has up to two phases, ``compute`` (its ops) and ``check``, each planned into
 chunks once and run through the same ComputeService machinery as the unary calls,
-with the job's id as the pool tenant. A chunk's results go to disk as soon as it
+waiting in the pool under the job's tenant and id. A chunk's results go to disk as soon as it
 finishes; the task's merged check report and output manifest are written when its
 last chunk is stored. Any failure fails this task alone, with the status a unary
 call would have had.
@@ -72,6 +72,8 @@ class TaskRunner:
         self.slots = slots
         self.on_progress = on_progress
         self.quotas = quotas
+        # what the job's chunks wait under in the pool (the manager sets its tenant's)
+        self.pool_key = job_id
 
     async def run(self, idx: int) -> None:
         row = await asyncio.to_thread(self.store.task, self.job_id, idx)
@@ -161,7 +163,7 @@ class TaskRunner:
                 self.store.begin_chunk, self.job_id, idx, phase, chunk.chunk_idx
             )
             result = await self.service.run_range(
-                chunk_spec, self.job_id, PHASE_METHODS[phase], payload, chunk.start, chunk.stop
+                chunk_spec, self.pool_key, PHASE_METHODS[phase], payload, chunk.start, chunk.stop
             )
             if result.error is not None:
                 raise from_chunk_error(result.error)

@@ -182,7 +182,7 @@ def _job(row: Sequence[Any]) -> JobRow:
         id=row[1],
         name=row[2],
         state=row[3],
-        idempotency_key=row[4] or "",
+        idempotency_key=_unscoped_key(row[4] or ""),
         spec_hash=row[5],
         created_at=float(row[6]),
         started_at=float(row[7]),
@@ -256,6 +256,28 @@ def _chunk(row: Sequence[Any]) -> ChunkRow:
     )
 
 
+# A tenant's idempotency keys are stored as TENANT + _KEY_SEP + KEY (the column is
+# UNIQUE across tenants); the default tenant's as they are, as before tenants.
+_KEY_SEP = "\x1f"
+
+
+def _scoped_key(tenant: str, key: str) -> str:
+    return f"{tenant}{_KEY_SEP}{key}" if key and tenant else key
+
+
+def _unscoped_key(stored: str) -> str:
+    return stored.rpartition(_KEY_SEP)[2]
+
+
+def _add_tenants(db: sqlite3.Connection) -> None:
+    """Give a database made before tenants its ``tenant`` column: every job it
+    holds belongs to the default tenant (what every caller was then)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    if "tenant" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, seq)")
+
+
 class JobStore:
     """SQLite in ``data_dir``, result files under ``data_dir/results``."""
 
@@ -284,6 +306,7 @@ class JobStore:
         self._db.text_factory = lambda data: data.decode("utf-8", "replace")
         self._db.executescript(_SCHEMA)
         self._db.executescript(_USAGE_SCHEMA)
+        _add_tenants(self._db)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -317,10 +340,13 @@ class JobStore:
         idempotency_key: str,
         spec_hash: str,
         tasks: Sequence[NewTask],
+        tenant: str = "",
     ) -> tuple[str, bool]:
         """Insert a job and its tasks; (id, created). A known key returns its job
-        (created False) when the spec matches and raises KeyConflict when not."""
+        (created False) when the spec matches and raises KeyConflict when not.
+        Keys are the tenant's own: another tenant's equal key is another key."""
         now = time.time()
+        idempotency_key = _scoped_key(tenant, idempotency_key)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -335,9 +361,9 @@ class JobStore:
                             raise KeyConflict(row[0])
                         return row[0], False
                 self._db.execute(
-                    "INSERT INTO jobs (id, name, state, idempotency_key, spec_hash, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, name, QUEUED, idempotency_key or None, spec_hash, now),
+                    "INSERT INTO jobs (id, name, state, idempotency_key, spec_hash, created_at, "
+                    "tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, name, QUEUED, idempotency_key or None, spec_hash, now, tenant),
                 )
                 self._db.executemany(
                     "INSERT INTO tasks (job_id, idx, task_id, spec, points) VALUES (?, ?, ?, ?, ?)",
@@ -355,10 +381,20 @@ class JobStore:
         rows = self._read(_JOB_SELECT + " WHERE j.id = ? GROUP BY j.seq", (job_id,))
         return _job_or_broken(rows[0]) if rows else None
 
-    def list_jobs(self, states: Sequence[str], before_seq: int | None, limit: int) -> list[JobRow]:
-        """Newest first; ``before_seq`` continues a listing after its last row."""
+    def list_jobs(
+        self,
+        states: Sequence[str],
+        before_seq: int | None,
+        limit: int,
+        tenant: str | None = None,
+    ) -> list[JobRow]:
+        """Newest first; ``before_seq`` continues a listing after its last row;
+        ``tenant``: only that tenant's jobs (None: everyone's)."""
         where: list[str] = []
         args: list[Any] = []
+        if tenant is not None:
+            where.append("j.tenant = ?")
+            args.append(tenant)
         if states:
             where.append(f"j.state IN ({', '.join('?' * len(states))})")
             args += list(states)
@@ -368,6 +404,16 @@ class JobStore:
         sql = _JOB_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " GROUP BY j.seq ORDER BY j.seq DESC LIMIT ?"
         return [_job_or_broken(r) for r in self._read(sql, (*args, limit))]
+
+    def job_tenant(self, job_id: str) -> str | None:
+        """The tenant that submitted the job (None: no such job)."""
+        rows = self._read("SELECT tenant FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0]) if rows else None
+
+    def count_by_state(self) -> dict[str, int]:
+        return {
+            r[0]: int(r[1]) for r in self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        }
 
     def active_jobs(self) -> list[str]:
         """Jobs to resume after a restart, oldest first."""
@@ -571,8 +617,10 @@ class JobStore:
         )
         return [r[0] for r in rows]
 
-    def job_for_key(self, idempotency_key: str) -> str | None:
-        rows = self._read("SELECT id FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+    def job_for_key(self, idempotency_key: str, tenant: str = "") -> str | None:
+        rows = self._read(
+            "SELECT id FROM jobs WHERE idempotency_key = ?", (_scoped_key(tenant, idempotency_key),)
+        )
         return str(rows[0][0]) if rows else None
 
     def job_ids(self) -> set[str]:
