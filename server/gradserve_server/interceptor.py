@@ -12,6 +12,7 @@ token, and would only add noise).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -143,7 +144,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     self._end(call, context, started, error)
 
-            behaviour: Any = streaming
+            async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
+                # a handler that writes its stream itself (context.write) and returns None
+                call, started, error = Call(rpc), time.perf_counter(), None
+                try:
+                    await self._admit(call, tokens, context)
+                    await inner_stream(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    self._end(call, context, started, error)
+
+            behaviour: Any = streaming if inspect.isasyncgenfunction(inner_stream) else writing
         else:
             inner_unary = handler.unary_unary or handler.stream_unary
 

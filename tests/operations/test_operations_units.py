@@ -23,7 +23,7 @@ from gradserve.results import JobStatus
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import network
 from gradserve_server.auth import Authenticator, Identity, TokenFileError, parse_token_file
-from gradserve_server.config import build_parser, parse_config
+from gradserve_server.config import build_parser, parse_config, parse_duration
 from gradserve_server.jobs.store import JobStore, NewTask
 from gradserve_server.logs import JsonFormatter, TextFormatter
 from gradserve_server.pool import ActorPool, pool_key
@@ -97,6 +97,8 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
         return "7", 7
     if action.type is float:
         return "7.5", 7.5
+    if action.type is parse_duration:
+        return "2h", 7200.0
     return "some-value", "some-value"
 
 

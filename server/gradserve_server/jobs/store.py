@@ -569,17 +569,33 @@ class JobStore:
         info: dict[str, Any],
         units: int,
     ) -> None:
-        """Record a chunk done (its files must already be durable) and its progress."""
+        """Record a chunk done (its files must already be durable) and its progress.
+
+        A chunk that lands after its job was cancelled is not recorded: the progress
+        CancelJob reported is final (its thread could not be stopped mid-write)."""
+        live = "AND (SELECT state FROM jobs WHERE id = ?) != ?"
         self._write(
             [
                 (
                     "UPDATE chunks SET state = 'done', files = ?, info = ? "
                     "WHERE job_id = ? AND task_idx = ? AND phase = ? AND chunk_idx = ? "
-                    "AND state != 'done'",
-                    (json.dumps(files), json.dumps(info), job_id, idx, phase, chunk_idx),
+                    f"AND state != 'done' {live}",
+                    (
+                        json.dumps(files),
+                        json.dumps(info),
+                        job_id,
+                        idx,
+                        phase,
+                        chunk_idx,
+                        job_id,
+                        CANCELLED,
+                    ),
                 ),
+                # changes(): rows the statement above changed, so progress counts only
+                # a chunk that was recorded now (not one already done, nor a late one)
                 (
-                    "UPDATE tasks SET units_done = units_done + ? WHERE job_id = ? AND idx = ?",
+                    "UPDATE tasks SET units_done = units_done + ? WHERE job_id = ? AND idx = ? "
+                    "AND changes() > 0",
                     (units, job_id, idx),
                 ),
             ]
