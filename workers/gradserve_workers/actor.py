@@ -6,6 +6,7 @@ actor class without loading torch on its request path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -61,7 +62,7 @@ class GradActor:
         torch.set_num_threads(max(1, threads))
         self._torch = torch
         self._device = torch.device(device if device != "auto" else self._auto_device())
-        self._cache: OrderedDict[tuple[str, tuple[tuple[str, int], ...]], Any] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         # functions that needed the per-point loop: don't try vmap on them again
         self._per_point: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -81,13 +82,23 @@ class GradActor:
 
     # ------------------------------------------------------------- helpers
 
-    def _compiled(self, source: str, source_hash: str, limits: Mapping[str, int]) -> Any:
+    def _compiled(
+        self,
+        source: str,
+        source_hash: str,
+        limits: Mapping[str, int],
+        known_inputs: tuple[str, ...] | None = None,
+    ) -> Any:
+        """A compiled function or claim, from the cache when it was compiled before."""
         from gradserve_workers import lang
 
-        key = (source_hash, tuple(sorted(limits.items())))
+        key = (source_hash, tuple(sorted(limits.items())), known_inputs)
         fn = self._cache.get(key)
         if fn is None:
-            fn = lang.compile_function(source, lang.Limits(**limits))
+            program = lang.parse_and_validate(
+                source, lang.Limits(**limits), known_inputs=known_inputs
+            )
+            fn = lang.compile_program(program, lang.Limits(**limits))
             self._cache[key] = fn
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -235,10 +246,8 @@ class GradActor:
 
     def _claim(self, source: str, names: list[str], limits: Mapping[str, int]) -> Any:
         """A claimed derivative, compiled over the function's inputs (in its order)."""
-        from gradserve_workers import lang
-
-        program = lang.parse_and_validate(source, lang.Limits(**limits), known_inputs=names)
-        claim = lang.compile_program(program, lang.Limits(**limits))
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        claim = self._compiled(source, digest, limits, tuple(names))
         order = [names.index(n) for n in claim.inputs]
 
         def bound(*tensors: Any) -> Any:

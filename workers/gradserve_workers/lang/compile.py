@@ -102,6 +102,78 @@ class _Where:
     text: str
 
 
+# Characters of a node's source text shown in messages.
+_TEXT_CHARS = 60
+
+
+class _Layout:
+    """Positions and source text of nodes, each in time independent of the source's size.
+
+    ast.get_source_segment splits the whole source on every call and
+    SourceLines.column encodes the whole line: once per node, that made compiling
+    a 20,000-character one-line function quadratic (12 s). Lines are encoded once
+    here, and a node's text is read only as far as a message shows it.
+    """
+
+    def __init__(self, lines: SourceLines) -> None:
+        self.lines = lines
+        self._encoded: dict[int, bytes] = {}
+        # lines with non-ASCII characters: byte offset -> 0-based character offset
+        self._chars: dict[int, list[int]] = {}
+
+    def _bytes(self, lineno: int) -> bytes:
+        data = self._encoded.get(lineno)
+        if data is None:
+            text = self.lines.line(lineno)
+            data = self._encoded[lineno] = text.encode("utf-8")
+            if len(data) != len(text):
+                chars: list[int] = []
+                for index, char in enumerate(text):
+                    chars.extend([index] * len(char.encode("utf-8")))
+                chars.append(len(text))
+                self._chars[lineno] = chars
+        return data
+
+    def position(self, node: ast.AST) -> tuple[int, int, str]:
+        lineno = getattr(node, "lineno", None)
+        col_offset = getattr(node, "col_offset", None)
+        if not isinstance(lineno, int) or not isinstance(col_offset, int):
+            return 1, 1, self.lines.line(1)
+        data = self._bytes(lineno)
+        chars = self._chars.get(lineno)
+        column = col_offset if chars is None else chars[min(col_offset, len(data))]
+        return lineno, column + 1, self.lines.line(lineno)
+
+    def text(self, node: ast.AST) -> str:
+        """The node's source, whitespace collapsed, cut to _TEXT_CHARS characters."""
+        lineno, end_lineno = getattr(node, "lineno", None), getattr(node, "end_lineno", None)
+        start, end = getattr(node, "col_offset", None), getattr(node, "end_col_offset", None)
+        if not all(isinstance(v, int) for v in (lineno, end_lineno, start, end)):
+            raw, more = ast.unparse(node), False
+        else:
+            assert isinstance(lineno, int) and isinstance(end_lineno, int)
+            assert isinstance(start, int) and isinstance(end, int)
+            wanted = 4 * _TEXT_CHARS  # bytes: enough for 60 characters after collapsing
+            pieces: list[bytes] = []
+            taken = 0
+            more = False
+            for number in range(lineno, end_lineno + 1):
+                data = self._bytes(number)
+                lo = start if number == lineno else 0
+                hi = end if number == end_lineno else len(data)
+                if taken + hi - lo > wanted:
+                    pieces.append(data[lo : lo + wanted - taken])
+                    more = True
+                    break
+                pieces.append(data[lo:hi])
+                taken += hi - lo
+            raw = b"\n".join(pieces).decode("utf-8", errors="ignore")
+        text = " ".join(raw.split())
+        if len(text) > _TEXT_CHARS or more:
+            text = text[: _TEXT_CHARS - 3] + "..."
+        return text
+
+
 def _translate(exc: Exception, where: _Where) -> LangError:
     """A torch/Python exception as one of ours, positioned at the failing node."""
     if is_vmap_error(exc):
@@ -121,12 +193,21 @@ def _translate(exc: Exception, where: _Where) -> LangError:
     )
 
 
-def _guard(where: _Where, run: Evaluator) -> Evaluator:
-    """Give every error raised while running `run` the position of its node."""
+def _guard(where: _Where, run: Evaluator, account: bool = False) -> Evaluator:
+    """Give every error raised while running `run` the position of its node.
+
+    With ``account``, the node makes new tensors (an operator, a call, an index): its
+    result goes through Context.account, which checks the deadline, the cancel flag
+    and the memory budget between operations.
+    """
+    what = f"`{where.text}`"
 
     def guarded(frame: Frame) -> Any:
         try:
-            return run(frame)
+            value = run(frame)
+            if account:
+                frame.ctx.account(value, what)
+            return value
         except LangError as exc:
             if exc.line is None:
                 # Raised by a helper that does not know where it is: name the expression.
@@ -217,6 +298,7 @@ class _Compiler:
         self.program = program
         self.source = program.source
         self.lines = SourceLines(program.source)
+        self.layout = _Layout(self.lines)
         self.limits = limits
         self.expr_handlers: dict[type[ast.AST], Callable[[Any], Evaluator]] = {
             ast.Constant: self._constant,
@@ -244,12 +326,8 @@ class _Compiler:
         }
 
     def where(self, node: ast.AST) -> _Where:
-        line, column, source_line = self.lines.position(node)
-        text = ast.get_source_segment(self.source, node) or ast.unparse(node)
-        text = " ".join(text.split())
-        if len(text) > 60:
-            text = text[:57] + "..."
-        return _Where(line, column, source_line, text)
+        line, column, source_line = self.layout.position(node)
+        return _Where(line, column, source_line, self.layout.text(node))
 
     def unsupported(self, node: ast.AST) -> SpecError:
         # Unreachable for validated programs; kept so that a gap fails closed.
@@ -382,7 +460,7 @@ class _Compiler:
             # Rebinds the name: `y += x` never changes a tensor in place (it may be an input).
             frame.env[name] = binary(frame.ctx, symbol, load(frame), evaluate(frame), what)
 
-        return _guard(self.where(node), run)
+        return _guard(self.where(node), run, account=True)
 
     def _if(self, node: ast.If) -> Executor:
         test = self.expr(node.test)
@@ -518,7 +596,7 @@ class _Compiler:
         def run(frame: Frame) -> Any:
             return binary(frame.ctx, symbol, left(frame), right(frame), what)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _unaryop(self, node: ast.UnaryOp) -> Evaluator:
         symbol = UNARY_OPERATORS[type(node.op)]
@@ -538,7 +616,7 @@ class _Compiler:
                 return -value if symbol == "-" else value
             return scalars.unary(symbol, value, ctx.limits.max_int)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _boolop(self, node: ast.BoolOp) -> Evaluator:
         values = [self.expr(v) for v in node.values]
@@ -579,7 +657,7 @@ class _Compiler:
                 left = right
             return result
 
-        return _guard(self.where(node), run)
+        return _guard(self.where(node), run, account=True)
 
     def _ifexp(self, node: ast.IfExp) -> Evaluator:
         test, body, orelse = self.expr(node.test), self.expr(node.body), self.expr(node.orelse)
@@ -619,7 +697,7 @@ class _Compiler:
             values = [evaluate(frame) for evaluate in evaluators]
             return frame.ctx.check_result(impl(frame.ctx, *values), what)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _attribute(self, node: ast.Attribute) -> Evaluator:
         if node.attr != "T":
@@ -675,7 +753,7 @@ class _Compiler:
                 return target[key[0]]
             raise FunctionRuntimeError("a number cannot be indexed")
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _tuple(self, node: ast.Tuple) -> Evaluator:
         elements = [self.expr(e) for e in node.elts]
@@ -727,6 +805,7 @@ class CompiledFunction:
         ctx = Context(
             dtype or torch.get_default_dtype(), device or torch.device("cpu"), self.limits
         )
+        ctx.add_inputs(args)
         result = self._body(Frame(dict(zip(self.inputs, args, strict=True)), ctx))
         if isinstance(result, torch.Tensor):
             if not result.is_floating_point():
