@@ -20,6 +20,53 @@ LIMIT_DEFAULTS: dict[str, int] = {
 }
 
 
+# -- worker budgets: memory, CPU time, the express lane, cancellation ------------------
+# (docs/limits.md). The two per-call budgets are language limits: they travel to the
+# workers with the others, and the language runtime checks them between operations.
+LIMIT_DEFAULTS.update({"max_call_bytes": 2 * 1024**3, "max_call_seconds": 30})
+
+
+@dataclass(frozen=True)
+class WorkerBudgets:
+    """How the pool shares its workers (see pool.py)."""
+
+    express_workers: int = 1  # extra actors for small calls while all others are busy
+    express_seconds: float = 0.5  # an express call longer than this moves to the queue
+    cancel_grace_s: float = 2.0  # a cancelled chunk's worker is killed after this long
+
+
+def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--express-workers",
+        type=int,
+        default=int(_env("EXPRESS_WORKERS", "1") or 0),
+        help="actors kept for small calls while every worker is busy (0: none)",
+    )
+    p.add_argument(
+        "--express-seconds",
+        type=float,
+        default=float(_env("EXPRESS_SECONDS", "0.5") or 0.5),
+        help="a call on an express actor longer than this waits for a regular worker",
+    )
+    p.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=float(_env("CANCEL_GRACE", "2") or 2),
+        help="seconds a cancelled chunk's worker has to stop before it is killed",
+    )
+
+
+def worker_budgets(args: argparse.Namespace) -> WorkerBudgets:
+    return WorkerBudgets(
+        express_workers=max(0, args.express_workers),
+        express_seconds=max(0.01, args.express_seconds),
+        cancel_grace_s=max(0.1, args.cancel_grace),
+    )
+
+
+# -- end of worker budgets ---------------------------------------------------------------
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -41,6 +88,7 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    workers: WorkerBudgets = field(default_factory=WorkerBudgets)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -83,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token", default=_env("AUTH_TOKEN"))
     p.add_argument("--object-store-bytes", type=int, default=None)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    add_worker_budget_flags(p)
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -109,4 +158,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        workers=worker_budgets(args),
     )

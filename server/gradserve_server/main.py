@@ -81,12 +81,32 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
     return lambda: remote_cls.remote(device=config.device, threads=1)
 
 
+def _make_express_factory(config: ServerConfig) -> Any:
+    """Express actors (see pool.py) hold no CPU of Ray's: they run small calls in the
+    gaps the regular workers leave, and stop any call after --express-seconds."""
+    import ray
+
+    from gradserve_workers.actor import GradActor
+
+    options = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 1}
+    remote_cls = ray.remote(GradActor).options(**options)
+    seconds = config.workers.express_seconds
+    return lambda: remote_cls.remote(device=config.device, threads=1, express_seconds=seconds)
+
+
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
     ray_address = _start_ray(config)
     import ray
 
     size = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pool = ActorPool(_make_actor_factory(config, size), size)
+    pool = ActorPool(
+        _make_actor_factory(config, size),
+        size,
+        _make_express_factory(config),
+        express=config.workers.express_workers,
+        express_seconds=config.workers.express_seconds,
+        cancel_grace=config.workers.cancel_grace_s,
+    )
     await pool.start()
     service = ComputeService(config, pool)
     jobs = _start_jobs(config, service)

@@ -6,6 +6,8 @@ actor class without loading torch on its request path.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import socket
@@ -14,6 +16,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
@@ -29,11 +32,42 @@ TANGENT = "tangent:"
 VECTOR = "vector:"
 
 
-def _guarded(work: Callable[[], ChunkResult]) -> ChunkResult:
+# How often the Ray thread that waits for a call looks at Ray's cancel flag.
+CANCEL_POLL_SECONDS = 0.05
+# The ChunkError kind of a chunk an express actor stopped at its short budget: the
+# server runs it again on a regular worker (it never reaches a caller).
+OVERRUN = "overrun"
+
+
+def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
+    from gradserve_workers.lang.runtime import watching
+
     try:
-        return work()
+        with watching(watch):
+            return work()
     except Exception as error:  # user errors come back as data, never as a crash
         return ChunkResult(error=classify(error))
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them for reuse, so a
+    refused call's memory would stay in the worker's RSS)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _ray_cancel_flag() -> Callable[[], bool] | None:
+    """Ray's flag for the running actor task, set by ray.cancel(ref); None outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        context = ray.get_runtime_context()
+        context.is_canceled()  # raises outside a worker process
+    except Exception:
+        return None
+    return context.is_canceled
 
 
 def classify(error: BaseException) -> ChunkError:
@@ -56,8 +90,14 @@ def classify(error: BaseException) -> ChunkError:
 class GradActor:
     """One warm worker process. Methods never raise for user errors: they return them."""
 
-    def __init__(self, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self, device: str = "cpu", threads: int = 1, express_seconds: float | None = None
+    ) -> None:
+        """``express_seconds``: an express actor (see server/gradserve_server/pool.py)
+        stops every call after this many seconds and reports it as an overrun."""
         import torch
+
+        self._express_seconds = express_seconds
 
         torch.set_num_threads(max(1, threads))
         self._torch = torch
@@ -122,10 +162,42 @@ class GradActor:
         t = torch.from_numpy(np.array(part, dtype=dtype, copy=True))
         return t.to(self._device) if self._device.type != "cpu" else t
 
-    def _run(self, work: Callable[[], ChunkResult]) -> ChunkResult:
-        """``work`` on the compute thread; user errors come back as data."""
+    def _watch(self, limits: Mapping[str, int]) -> Any:
+        """The deadline of one call: the server's per-call CPU budget, or an express
+        actor's shorter one."""
+        from gradserve_workers.lang import Limits
+        from gradserve_workers.lang.runtime import Watch
+
+        seconds = float(limits.get("max_call_seconds", Limits.max_call_seconds))
+        if self._express_seconds is not None and self._express_seconds < seconds:
+            return Watch(self._express_seconds, limit="express")
+        return Watch(seconds)
+
+    def _run(
+        self, work: Callable[[], ChunkResult], limits: Mapping[str, int] | None = None
+    ) -> ChunkResult:
+        """``work`` on the compute thread; user errors come back as data.
+
+        This (Ray's) thread waits for it and passes ray.cancel(ref) on as the call's
+        cancel flag, which the language checks between operations: a cancelled call
+        ends within an operation, and its process lives on.
+        """
         started = time.perf_counter()
-        result = self._compute_thread.submit(_guarded, work).result()
+        watch = self._watch(limits or {})
+        future = self._compute_thread.submit(_guarded, work, watch)
+        cancelled = _ray_cancel_flag()
+        while True:
+            try:
+                result = future.result(timeout=CANCEL_POLL_SECONDS)
+                break
+            except FutureTimeout:
+                if cancelled is not None and not watch.cancelled and cancelled():
+                    watch.cancel()
+        error = result.error
+        if error is not None and error.kind == "limit":
+            if watch.limit == "express" and watch.expired and not watch.cancelled:
+                result.error = ChunkError(OVERRUN, error.message)
+            _trim_heap()
         result.seconds = time.perf_counter() - started
         result.actor = self.name
         return result
@@ -148,7 +220,7 @@ class GradActor:
     def compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._compute(spec, arrays, start, stop))
+        return self._run(lambda: self._compute(spec, arrays, start, stop), spec.limits)
 
     def _compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
@@ -197,7 +269,7 @@ class GradActor:
     def check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._check(spec, arrays, start, stop))
+        return self._run(lambda: self._check(spec, arrays, start, stop), spec.limits)
 
     def _check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
