@@ -120,42 +120,107 @@ def decode(msg: pb.Tensor, where: str = "tensor", data: bytes | None = None) -> 
     return np.frombuffer(raw, dtype=_FROM_PROTO[msg.dtype]).reshape(tuple(msg.shape))
 
 
-def split_pieces(blobs: Sequence[bytes | memoryview]) -> Iterator[pb.TensorPiece]:
-    """Cut each slot's bytes into pieces of at most PIECE_BYTES."""
-    for slot, blob in enumerate(blobs):
-        if type(blob) is bytes and len(blob) <= PIECE_BYTES:
-            if blob:
-                yield pb.TensorPiece(slot=slot, offset=0, data=blob)  # no slice copy
-            continue
-        view = memoryview(blob)
-        for offset in range(0, len(view), PIECE_BYTES):
-            yield pb.TensorPiece(
-                slot=slot, offset=offset, data=bytes(view[offset : offset + PIECE_BYTES])
-            )
+Buffer = bytes | memoryview
+
+
+def split_pieces(blobs: Sequence[Buffer | Sequence[Buffer]]) -> Iterator[pb.TensorPiece]:
+    """Cut each slot's bytes into pieces of at most PIECE_BYTES; a slot given as a
+    sequence of buffers (a reply's chunks, in order) is sent as their concatenation
+    without joining them first."""
+    for slot, given in enumerate(blobs):
+        parts = [given] if isinstance(given, bytes | memoryview) else given
+        start = 0
+        for blob in parts:
+            if type(blob) is bytes and len(blob) <= PIECE_BYTES:
+                if blob:  # no slice copy
+                    yield pb.TensorPiece(slot=slot, offset=start, data=blob)
+                start += len(blob)
+                continue
+            view = memoryview(blob)
+            for offset in range(0, len(view), PIECE_BYTES):
+                yield pb.TensorPiece(
+                    slot=slot,
+                    offset=start + offset,
+                    data=bytes(view[offset : offset + PIECE_BYTES]),
+                )
+            start += len(view)
+
+
+# A stream may send at most one piece per this many bytes it declares (plus a few):
+# each piece kept costs a hundred bytes or so besides its data.
+MIN_PIECE_BYTES = 1024
 
 
 class PieceAssembler:
-    """Collects pieces for slots of known sizes and checks they tile each slot exactly."""
+    """Collects the pieces of slots of known sizes, checking each as it arrives.
+
+    A piece that reaches past its slot, or that brings more bytes than its slot
+    holds (so overlaps another), is refused at once: a sender cannot make the
+    receiver hold more than the slots' sizes. :meth:`finish` refuses overlaps and
+    gaps: the pieces must tile every slot exactly once. Nothing is allocated but the
+    pieces themselves; pieces in order (what every sender here does) cost one append
+    each and one join per slot, others a sort at the end.
+    """
 
     def __init__(self, sizes: Sequence[int]) -> None:
-        self._buffers = [bytearray(n) for n in sizes]
-        self._filled = [0] * len(sizes)
+        self._sizes = list(sizes)
+        self._pieces: list[list[tuple[int, bytes]]] = [[] for _ in self._sizes]
+        self._filled = [0] * len(self._sizes)
+        self._in_order = [True] * len(self._sizes)
+        self._count = 0
+        self.max_pieces = 16 + len(self._sizes) + sum(self._sizes) // MIN_PIECE_BYTES
+        self.received = 0
 
     def add(self, piece: pb.TensorPiece) -> None:
-        if not 0 <= piece.slot < len(self._buffers):
-            raise WireError(f"piece for slot {piece.slot}, but there are {len(self._buffers)}")
-        buf = self._buffers[piece.slot]
-        end = piece.offset + len(piece.data)
-        if piece.offset < 0 or end > len(buf):
-            raise WireError(f"piece [{piece.offset}, {end}) overruns slot {piece.slot}")
-        buf[piece.offset : end] = piece.data
-        self._filled[piece.slot] += len(piece.data)
+        slot, offset = piece.slot, piece.offset
+        if not 0 <= slot < len(self._sizes):
+            raise WireError(f"piece for slot {slot}, but there are {len(self._sizes)}")
+        self._count += 1
+        if self._count > self.max_pieces:
+            raise WireError(
+                f"more than {self.max_pieces} pieces for {sum(self._sizes)} bytes; send "
+                f"pieces of at least {MIN_PIECE_BYTES} bytes"
+            )
+        data = piece.data
+        end, size = offset + len(data), self._sizes[slot]
+        if offset < 0 or end > size:
+            raise WireError(f"piece [{offset}, {end}) overruns slot {slot} of {size} bytes")
+        if not data:
+            return
+        if self._filled[slot] + len(data) > size:
+            raise WireError(
+                f"piece [{offset}, {end}) of slot {slot} overlaps others: the slot holds "
+                f"{size} bytes and {self._filled[slot]} have arrived"
+            )
+        pieces = self._pieces[slot]
+        if offset != (pieces[-1][0] + len(pieces[-1][1]) if pieces else 0):
+            self._in_order[slot] = False
+        pieces.append((offset, data))
+        self._filled[slot] += len(data)
+        self.received += len(data)
 
     def finish(self) -> list[bytes]:
-        for slot, (buf, got) in enumerate(zip(self._buffers, self._filled, strict=True)):
-            if got != len(buf):
-                raise WireError(f"slot {slot}: received {got} of {len(buf)} bytes")
-        return [bytes(b) for b in self._buffers]
+        """Each slot's bytes, once pieces tile every slot exactly once."""
+        out = []
+        for slot, pieces in enumerate(self._pieces):
+            if not self._in_order[slot]:
+                pieces.sort(key=lambda p: p[0])
+                at = 0
+                for offset, data in pieces:
+                    if offset != at:
+                        what = "overlaps" if offset < at else "leaves a gap before"
+                        raise WireError(
+                            f"slot {slot}: the piece at offset {offset} {what} byte {at}; "
+                            "pieces must tile each tensor exactly once"
+                        )
+                    at += len(data)
+            if self._filled[slot] != self._sizes[slot]:
+                raise WireError(
+                    f"slot {slot}: received {self._filled[slot]} of {self._sizes[slot]} bytes"
+                )
+            out.append(pieces[0][1] if len(pieces) == 1 else b"".join(p[1] for p in pieces))
+        self._pieces = [[] for _ in self._sizes]
+        return out
 
 
 def request_slots(req: pb.ComputeRequest) -> list[pb.Tensor]:
@@ -175,28 +240,8 @@ def result_slots(results: Iterable[pb.OpResult]) -> list[pb.Tensor]:
 
 def join_pieces(slots: Sequence[pb.Tensor], pieces: Iterable[pb.TensorPiece]) -> list[bytes]:
     """Each slot's bytes from streamed pieces, checked against the slot's dtype and shape
-    (decode them with ``decode(slot, data=blob)``: no copy into the message and out).
-
-    Pieces that arrive in order (what every sender here does) are joined with one
-    copy per slot; anything else goes through :class:`PieceAssembler`.
-    """
-    sizes = [expected_bytes(t, f"slot {i}") for i, t in enumerate(slots)]
-    pieces = list(pieces)
-    chunks: list[list[bytes]] = [[] for _ in sizes]
-    filled = [0] * len(sizes)
-    for piece in pieces:
-        slot = piece.slot
-        if not 0 <= slot < len(sizes) or piece.offset != filled[slot]:
-            break
-        data = piece.data
-        if filled[slot] + len(data) > sizes[slot]:
-            break
-        chunks[slot].append(data)
-        filled[slot] += len(data)
-    else:
-        if filled == sizes:
-            return [b"".join(parts) for parts in chunks]
-    assembler = PieceAssembler(sizes)
+    (decode them with ``decode(slot, data=blob)``: no copy into the message and out)."""
+    assembler = PieceAssembler([expected_bytes(t, f"slot {i}") for i, t in enumerate(slots)])
     for piece in pieces:
         assembler.add(piece)
     return assembler.finish()

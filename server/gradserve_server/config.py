@@ -20,6 +20,22 @@ LIMIT_DEFAULTS: dict[str, int] = {
 }
 
 
+# The server's byte budgets (see gradserve_server.budgets and docs/limits.md), with their
+# defaults; each is also a flag (--max-reply-bytes) and a variable (GRADSERVE_MAX_REPLY_BYTES).
+# 0 turns a budget off.
+BUDGET_DEFAULTS: dict[str, int] = {
+    # one call's reply (Compute or ComputeStream), estimated from shapes before work
+    "max_reply_bytes": 256 << 20,
+    # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
+    "max_request_bytes": 256 << 20,
+    # all calls together: bytes held for incoming streams, replies and server streams
+    "max_inflight_bytes": 1 << 30,
+    # a job's stored results, and all jobs' together (enforced by the job manager)
+    "max_job_bytes": 1 << 30,
+    "max_stored_bytes": 16 << 30,
+}
+
+
 # -- worker budgets: memory, CPU time, the express lane, cancellation ------------------
 # (docs/limits.md). The two per-call budgets are language limits: they travel to the
 # workers with the others, and the language runtime checks them between operations.
@@ -88,6 +104,8 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
+    budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
     workers: WorkerBudgets = field(default_factory=WorkerBudgets)
 
 
@@ -138,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
         )
+    for name, default in BUDGET_DEFAULTS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=int(_env(name.upper(), str(default)) or default),
+            help=f"(bytes; 0: no limit; default {default})",
+        )
     return p
 
 
@@ -158,5 +183,6 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
         workers=worker_budgets(args),
     )

@@ -3,6 +3,7 @@ assemble. Jobs run their tasks through the same two methods."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import ray
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
+from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error, invalid
 from gradserve_server.planner import (
@@ -25,6 +27,8 @@ from gradserve_server.planner import (
 )
 from gradserve_server.pool import ActorPool
 from gradserve_workers import actor as actor_keys
+from gradserve_workers import lang
+from gradserve_workers.replies import ReplyBudget
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
 from gradserve_workers.tasks import (
     FULL_CHECK_MAX_INPUTS,
@@ -56,10 +60,34 @@ _OP_NUMBERS: dict[str, Any] = {name: number for number, name in binding.OP_BY_NU
 
 @dataclass
 class Computed:
-    """A finished computation: op -> key -> array, and how it ran."""
+    """A finished computation: op -> key -> its chunks' arrays in point order (one
+    array unless a batched call ran in several chunks), and how it ran."""
 
-    outputs: dict[str, dict[str, np.ndarray]]
+    outputs: dict[str, dict[str, list[np.ndarray]]]
     metadata: pb.ComputeMetadata
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for by_key in self.outputs.values() for p in by_key.values() for a in p)
+
+    def joined(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each output as one array (one copy, into a bytes object a reply sends as is)."""
+        return {
+            op: {k: p[0] if len(p) == 1 else _wire.join_arrays(p) for k, p in by_key.items()}
+            for op, by_key in self.outputs.items()
+        }
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A compute request within the budgets (see :meth:`ComputeService.admit_compute`)."""
+
+    program: lang.Program
+    ops: tuple[str, ...]
+    wrt: tuple[str, ...]
+    estimate: ComputeEstimate
+    # what the worker must check once it knows the output's shape (None: nothing)
+    reply_budget: ReplyBudget | None
 
 
 class ComputeService:
@@ -67,6 +95,9 @@ class ComputeService:
         self.config = config
         self.pool = pool
         self.limits = dict(config.limits)
+        self.budgets = Budgets.from_config(config)
+        # bytes held for calls in progress, all callers together
+        self.inflight = InFlight(self.budgets.inflight_bytes)
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
 
@@ -84,10 +115,9 @@ class ComputeService:
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
         round trip through the request's bytes.
         """
-        call = "compute(fn, inputs)"
-        program = binding.validate_program(req.function, self.limits)
-        ops = binding.op_names(req.ops, call)
-        call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else call
+        admitted = self.admit_compute(req)
+        program, ops, wrt = admitted.program, admitted.ops, admitted.wrt
+        call = admitted.estimate.call
         decoded = binding.request_arrays(req, blobs)
         arrays = binding.bind_names(
             {**decoded.get("input", {}), **(given or {})},
@@ -104,7 +134,6 @@ class ComputeService:
             self.limits["max_input_elements"],
         )
         binding.check_finite(arrays, req.batched, call)
-        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         extra: dict[str, np.ndarray] = {}
         if "vjp" in ops:
             if not req.HasField("cotangent"):
@@ -141,9 +170,21 @@ class ComputeService:
             jacobian_mode=binding.MODES.get(req.jacobian_mode, "auto"),
             chunk_size=int(req.chunk_size) or None,
             limits=self.limits,
+            reply_budget=admitted.reply_budget,
         )
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
+
+    def admit_compute(self, req: pb.ComputeRequest) -> Admitted:
+        """The program, ops and wrt names of a compute request whose cost, estimated
+        from its header's shapes alone (no tensor decoded), is within the server's
+        budgets; else RESOURCE_EXHAUSTED naming the budget and the estimate."""
+        program = binding.validate_program(req.function, self.limits)
+        ops = binding.op_names(req.ops, "compute(fn, inputs)")
+        call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else "compute(fn, inputs)"
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        estimate = self.budgets.estimate_compute(req, program.inputs, ops, wrt, call)
+        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate))
 
     async def compute(
         self, req: pb.ComputeRequest, tenant: str, blobs: Sequence[bytes] | None = None
@@ -159,17 +200,14 @@ class ComputeService:
 
     def _assemble(
         self, results: list[ChunkResult], spec: ComputeSpec
-    ) -> dict[str, dict[str, np.ndarray]]:
-        outputs: dict[str, dict[str, np.ndarray]] = {}
+    ) -> dict[str, dict[str, list[np.ndarray]]]:
+        outputs: dict[str, dict[str, list[np.ndarray]]] = {}
         for op in spec.ops:
             keys = results[0].outputs[op].keys()
             if spec.batched and len(results) > 1:
-                # one copy into a bytes object that the reply then sends as is
-                outputs[op] = {
-                    k: _wire.join_arrays([r.outputs[op][k] for r in results]) for k in keys
-                }
+                outputs[op] = {k: [r.outputs[op][k] for r in results] for k in keys}
             else:
-                outputs[op] = dict(results[0].outputs[op])
+                outputs[op] = {k: [a] for k, a in results[0].outputs[op].items()}
         return outputs
 
     @staticmethod
@@ -268,7 +306,9 @@ class ComputeService:
         call = "check(fn, inputs)"
         program = binding.validate_program(req.function, self.limits)
         given: dict[str, np.ndarray] = {}
-        sampled = False
+        samples = {n: s.sample for n, s in req.inputs.items() if s.WhichOneof("source") == "sample"}
+        sampled = bool(samples)
+        self.budgets.estimate_samples(samples, call)  # before a point is drawn
         for name, input_spec in req.inputs.items():
             which = input_spec.WhichOneof("source")
             where = f"input {name!r}" if name else "input"
@@ -276,8 +316,8 @@ class ComputeService:
                 given[name] = sampling.draw(
                     input_spec.sample, f"{call}: {where}", self.config.max_points * 16
                 )
-                sampled = True
             elif which == "tensor":
+                self.budgets.shape(input_spec.tensor, where)
                 given[name] = binding.decode_map({name: input_spec.tensor}, "input")[name]
             else:
                 raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
@@ -341,7 +381,11 @@ class ComputeService:
 
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
-        bound, spec = self.bind_check(req)
+        if any(s.WhichOneof("source") == "sample" for s in req.inputs.values()):
+            # drawing points takes a while: off the event loop, which serves every call
+            bound, spec = await asyncio.to_thread(self.bind_check, req)
+        else:
+            bound, spec = self.bind_check(req)
         shards, key = self.shards(bound, spec)
         if len(shards) > 1:
             payload = self.payload(bound, len(shards))
@@ -493,16 +537,29 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
     return msg
 
 
-def outputs_to_proto(
-    outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any, *, with_data: bool = True
-) -> list[np.ndarray]:
+def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any) -> None:
     """Op results built in place in the repeated field ``into`` (each array's bytes
-    copied at most once); returns the arrays in slot order, for streaming their bytes."""
-    arrays = []
+    copied at most once)."""
     for op, by_key in outputs.items():
         result = into.add(op=_OP_NUMBERS[op])
         for key, arr in by_key.items():
             first, _, second = key.partition(",")
-            out = result.outputs.add(input=first, input2=second)
-            arrays.append(_wire.fill(out.tensor, arr, with_data=with_data))
-    return arrays
+            _wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
+
+
+def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: Any) -> list[Any]:
+    """Op results' dtypes and shapes in the repeated field ``into``, for a streamed
+    reply; returns each slot's bytes as its chunks' buffers in order, for
+    :func:`gradserve._wire.split_pieces` to send without joining them."""
+    slots = []
+    for op, by_key in outputs.items():
+        result = into.add(op=_OP_NUMBERS[op])
+        for key, parts in by_key.items():
+            first, _, second = key.partition(",")
+            tensor = result.outputs.add(input=first, input2=second).tensor
+            head = _wire.fill(tensor, parts[0], with_data=False)
+            rest = [np.ascontiguousarray(p, dtype=head.dtype) for p in parts[1:]]
+            if rest:  # chunks of points: C-order arrays stack by concatenating their bytes
+                tensor.shape[0] = sum(int(p.shape[0]) for p in parts)
+            slots.append([a.data.cast("B") for a in (head, *rest)])
+    return slots

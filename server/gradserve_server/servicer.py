@@ -12,12 +12,14 @@ from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__
+from gradserve_server.budgets import Reservation
 from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
 from gradserve_server.jobs import JobManager
 from gradserve_server.service import (
     ComputeService,
     outputs_to_proto,
     report_to_proto,
+    stream_outputs,
 )
 from gradserve_workers.lang import FUNCTIONS
 
@@ -27,6 +29,15 @@ _calls = itertools.count()
 def _tenant(context: grpc.aio.ServicerContext) -> str:
     # each call is its own tenant: the pool serves tenants round-robin
     return f"call-{next(_calls)}"
+
+
+def _over_message_limit(size: int, limit: int, verb: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the reply {verb} {size} bytes, over the message limit of {limit}; "
+        "call ComputeStream (the SDK retries there by itself)",
+        retry_stream=True,
+    )
 
 
 class GradientServicer(pb_grpc.GradientServiceServicer):
@@ -39,47 +50,76 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def Compute(
         self, request: pb.ComputeRequest, context: grpc.aio.ServicerContext
     ) -> pb.ComputeResponse:
+        limit = self.service.config.max_message_bytes
+        estimate = self.service.admit_compute(request).estimate
+        if estimate.out is not None and estimate.reply_bytes > limit:
+            raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
         done = await self.service.compute(request, _tenant(context))
         resp = pb.ComputeResponse(metadata=done.metadata)
-        outputs_to_proto(done.outputs, resp.results)
-        limit = self.service.config.max_message_bytes
+        outputs_to_proto(done.joined(), resp.results)
+        del done
         if resp.ByteSize() > limit:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the reply is {resp.ByteSize()} bytes, over the message limit of {limit}; "
-                "call ComputeStream (the SDK retries there by itself)",
-                retry_stream=True,
-            )
+            raise _over_message_limit(resp.ByteSize(), limit, "is")
         return resp
 
     @guard_stream
     async def ComputeStream(
         self, request_iterator: AsyncIterator[pb.ComputeRequestPart], context: Any
     ) -> AsyncIterator[pb.ComputeResponsePart]:
-        header: pb.ComputeRequest | None = None
-        pieces = []
-        async for part in request_iterator:
-            if part.HasField("header"):
-                if header is not None:
-                    raise invalid("ComputeStream: a second header arrived")
-                header = part.header
-            elif header is None:
-                raise invalid("ComputeStream: a piece arrived before the header")
-            else:
-                pieces.append(part.piece)
-        if header is None:
-            raise invalid("ComputeStream: the request stream was empty")
+        header, blobs, held = await self._receive(request_iterator)
         try:
-            blobs = _wire.join_pieces(_wire.request_slots(header), pieces)
-        except _wire.WireError as exc:
-            raise invalid(f"ComputeStream: {exc}") from None
-        del pieces
-        done = await self.service.compute(header, _tenant(context), blobs)
+            done = await self.service.compute(header, _tenant(context), blobs)
+        finally:
+            del blobs
+            held.release()
         resp = pb.ComputeResponse(metadata=done.metadata)
-        arrays = outputs_to_proto(done.outputs, resp.results, with_data=False)
-        yield pb.ComputeResponsePart(header=resp)
-        for piece in _wire.split_pieces([a.data.cast("B") for a in arrays]):
-            yield pb.ComputeResponsePart(piece=piece)
+        slots = stream_outputs(done.outputs, resp.results)
+        # the reply is held once, in the workers' arrays, while pieces are cut from it
+        with self.service.inflight.take(done.nbytes, "ComputeStream: the reply"):
+            del done
+            yield pb.ComputeResponsePart(header=resp)
+            for piece in _wire.split_pieces(slots):
+                yield pb.ComputeResponsePart(piece=piece)
+
+    async def _receive(
+        self, parts: AsyncIterator[pb.ComputeRequestPart]
+    ) -> tuple[pb.ComputeRequest, list[bytes], Reservation]:
+        """A streamed request's header and its slots' bytes. The header is admitted
+        (shapes, points, reply estimate, the bytes it declares) before a piece is
+        kept, and each piece is checked as it arrives: the stream holds at most what
+        its header declared, reserved from the server's bytes in flight until the
+        call is done with them."""
+        header: pb.ComputeRequest | None = None
+        assembler: _wire.PieceAssembler | None = None
+        held: Reservation | None = None
+        try:
+            async for part in parts:
+                if part.HasField("header"):
+                    if header is not None:
+                        raise invalid("ComputeStream: a second header arrived")
+                    header = part.header
+                    self.service.admit_compute(header)
+                    slots = _wire.request_slots(header)
+                    sizes = [_wire.expected_bytes(t) for t in slots]
+                    held = self.service.inflight.take(sum(sizes), "ComputeStream: the request")
+                    assembler = _wire.PieceAssembler(sizes)
+                elif assembler is None:
+                    raise invalid("ComputeStream: a piece arrived before the header")
+                else:
+                    try:
+                        assembler.add(part.piece)
+                    except _wire.WireError as exc:
+                        raise invalid(f"ComputeStream: {exc}", "piece") from None
+            if header is None or assembler is None or held is None:
+                raise invalid("ComputeStream: the request stream was empty")
+            try:
+                return header, assembler.finish(), held
+            except _wire.WireError as exc:
+                raise invalid(f"ComputeStream: {exc}", "piece") from None
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
 
     @guard
     async def Check(

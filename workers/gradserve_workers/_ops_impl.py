@@ -18,6 +18,7 @@ from torch.utils import _pytree as pytree
 
 from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
 from .lang.compile import CompiledFunction
+from .replies import ReplyBudget
 
 Fn = Callable[..., torch.Tensor]
 
@@ -53,6 +54,8 @@ class OpsRequest:
     tangents: dict[str, torch.Tensor] | None = None
     vector: dict[str, torch.Tensor] | None = None
     allow_vmap: bool = True
+    # checked once the output's shape is known, before any derivative is computed
+    reply_budget: ReplyBudget | None = None
 
 
 @dataclass
@@ -780,6 +783,8 @@ def compute_impl(
     _check_output(plan, out0, needs_grad)
 
     in_numel = sum(first[i].numel() for i in plan.wrt_idx)
+    if request.reply_budget is not None:
+        request.reply_budget.check(plan.call, ops, out0.numel(), in_numel)
     jac_mode = (
         choose_jacobian_mode(request.jacobian_mode, out0.numel(), in_numel)
         if "jacobian" in ops

@@ -251,6 +251,7 @@ class GradActor:
             tangents=tensors(TANGENT) or None,
             vector=tensors(VECTOR) or None,
             allow_vmap=spec.source_hash not in self._per_point,
+            reply_budget=spec.reply_budget,
         )
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:

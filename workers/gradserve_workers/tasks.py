@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from gradserve_workers.replies import ReplyBudget
+
 # a first-order check with more input elements per point than this compares random
 # projections (fast mode) unless told otherwise
 FULL_CHECK_MAX_INPUTS = 2000
@@ -31,6 +33,8 @@ class ComputeSpec:
     jacobian_mode: str = "auto"
     chunk_size: int | None = None
     limits: dict[str, int] = field(default_factory=dict)
+    # the reply's budget, when the server could not check it without the output's shape
+    reply_budget: ReplyBudget | None = None
 
 
 @dataclass(frozen=True)

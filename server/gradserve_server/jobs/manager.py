@@ -249,8 +249,8 @@ def _decode_token(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
         version, _, seq = text.partition(":")
-        if version != "v1":
-            raise ValueError(version)
+        if version != "v1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError(version)  # an int64 (SQLite's integers) and nothing else
         return int(seq)
     except (ValueError, UnicodeDecodeError):
         raise invalid("ListJobs: page_token is not one this server issued", "page_token") from None
