@@ -113,6 +113,11 @@ class GradActor:
         # afresh, 3-7 ms of a 12 ms shard) and the heap grew by up to 200 MB over 30
         # calls; on its own thread, measured: no faults, no growth.
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
+        # Import what a call runs now, while the pool waits for the actor to start: a
+        # first call spent seconds importing, where no cancel or deadline is checked.
+        import gradserve_workers.check
+        import gradserve_workers.lang.compile
+        import gradserve_workers.ops  # noqa: F401
 
     def _auto_device(self) -> str:
         return "cuda" if self._torch.cuda.is_available() else "cpu"

@@ -22,10 +22,9 @@ __all__ = [
     "size_value",
 ]
 
-# The most dims a tensor of a function may have. torch allows more, but NumPy (which
-# carries results back) stops at 64, and a Jacobian or Hessian adds the input's dims
-# and a batch dim to the output's: 16 + 16 + 1 leaves room for every derivative.
-MAX_DIMS = 16
+# The most dims a tensor of a function may have: the wire's limit (see docs/limits.md).
+# torch allows more, but NumPy, which carries results back, stops at 64.
+MAX_DIMS = 32
 
 
 class SizeError(ValueError):
