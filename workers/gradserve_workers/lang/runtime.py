@@ -237,7 +237,9 @@ class Context:
     def account(self, value: Any, what: str) -> None:
         """Called with the result of every operation: the deadline, the cancel flag, the
         dims and the memory the call holds."""
-        self.watch.check(what)
+        watch = self.watch
+        if watch.cancelled or time.monotonic() > watch.deadline:
+            watch.check(what)
         if not isinstance(value, torch.Tensor):
             return
         if value.dim() > sizes.MAX_DIMS:
