@@ -246,6 +246,10 @@ class Context:
             raise FunctionRuntimeError(
                 f"{what} has {value.dim()} dims, more than the {sizes.MAX_DIMS} allowed"
             )
+        if type(value) is not torch.Tensor:
+            # a tensor subclass: the finite-difference engine's lazy one-hot rows
+            # (_perturb._Batch), which keeps its own bounds and refuses storage access
+            return
         real = _real(value) if _functorch.is_functorch_wrapped_tensor(value) else value
         nbytes = real.nbytes
         if nbytes < TRACK_MIN_BYTES:
