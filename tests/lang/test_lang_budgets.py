@@ -21,7 +21,7 @@ MIB = 2**20
 # tensor goes back to the system at once and RSS shows it
 GRAD_LOOP = """def f(x):
     y = ones(10000000) * x[0]
-    for i in range(40):
+    for i in range(20):
         y = sin(y)
     return sum(y)"""
 
@@ -49,7 +49,7 @@ def test_saved_tensors_under_grad_hit_the_memory_budget_and_are_released() -> No
     assert limit == "max_call_bytes"
     assert "sin(y)" in message and "400 MiB" in message
     assert (line, column) == (4, 13)
-    # refused near the budget (~10 of the 40 intermediates), and all of it freed
+    # refused near the budget (~10 of the 20 intermediates), and all of it freed
     assert rss() - before < 60 * MIB, "the refused call's tensors are still held"
 
 
@@ -141,3 +141,24 @@ def test_positions_of_non_ascii_lines_count_characters() -> None:
     with pytest.raises(Exception) as info:
         fn(torch.ones(3))
     assert (info.value.line, info.value.column) == (3, 22)  # type: ignore[attr-defined]
+
+
+def test_tensors_kept_in_growing_tuples_are_counted() -> None:
+    fn = compile_function(
+        "def f(x):\n    t = x\n    for i in range(10000):\n        t = (t, sin(x))\n"
+        "    return sum(x)",
+        Limits(max_call_bytes=100 * MIB),
+    )
+    x = torch.ones(1_000_000, dtype=torch.float64)
+    limit, message, line, _ = refusal(lambda: fn(x))
+    assert limit == "max_call_bytes" and line == 4 and "sin(x)" in message
+
+
+def test_temporaries_of_one_expression_are_counted_before_they_are_made() -> None:
+    parts = ", ".join(["ones(5000000)"] * 5)  # 200 MB before stack() sees them
+    fn = compile_function(f"stack(({parts}))[0] * x", Limits(max_call_bytes=100 * MIB))
+    before = rss()
+    limit, message, _, column = refusal(lambda: fn(torch.ones(3, dtype=torch.float64)))
+    assert limit == "max_call_bytes" and "ones(5000000,)" in message
+    assert column == 38  # the third ones(): refused before allocating it
+    assert rss() - before < 60 * MIB
