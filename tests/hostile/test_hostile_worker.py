@@ -25,7 +25,7 @@ import gradserve
 
 MIB = 2**20
 MEMORY_BUDGET = 300 * MIB
-SECONDS_BUDGET = 3
+SECONDS_BUDGET = 2
 X = {"x": np.ones(3)}
 
 # ~75 MB of saved tensors per iteration under grad; the loop limit would allow 40
@@ -153,10 +153,10 @@ def test_short_deadlines_cancel_in_the_worker_without_killing_it(
     budget_server: BudgetServer, budget_client: gradserve.Client
 ) -> None:
     started = time.monotonic()
-    for _ in range(12):
+    for _ in range(8):
         with pytest.raises(gradserve.DeadlineExceededError):
             budget_client.value(HEAVY, X, timeout=0.3)
-    assert time.monotonic() - started < 12
+    assert time.monotonic() - started < 8
     assert small_call_seconds(budget_client) < 1.0, budget_server.process.output[-4000:]
     # a cancelled call stops within an operation: the workers are free again at once
     time.sleep(0.5)
@@ -164,4 +164,4 @@ def test_short_deadlines_cancel_in_the_worker_without_killing_it(
     assert all(p.is_running() for p in budget_server.actors.values()), "a worker was killed"
     output = budget_server.process.output
     assert "replacing worker" not in output
-    assert output.count("stopped cooperatively") >= 6, output[-3000:]
+    assert output.count("stopped cooperatively") >= 4, output[-3000:]
