@@ -174,9 +174,11 @@ class Budgets:
 
     # ------------------------------------------------------------- admission
 
-    def admit_compute(self, est: ComputeEstimate) -> ReplyBudget | None:
+    def admit_compute(self, est: ComputeEstimate, unary: bool = False) -> ReplyBudget | None:
         """Refuse a request over a budget; the reply budget the worker must still check
-        once it knows the output's shape (None when the estimate was exact)."""
+        once it knows the output's shape (None when the estimate was exact). A unary
+        call's budget carries the message limit too, so that a reply too big for one
+        message is sent through ComputeStream without being computed twice."""
         if est.points > self.points > 0:
             raise exhausted(
                 f"{est.call}: {est.points} points is over the server's limit of {self.points} "
@@ -190,14 +192,17 @@ class Budgets:
                 "inputs",
             )
         self.admit_request_bytes(est.input_bytes, est.call)
-        if not self.reply_bytes:
-            return None
-        budget = ReplyBudget(self.reply_bytes, est.points, est.itemsize, flag("max_reply_bytes"))
-        if est.reply_bytes > self.reply_bytes:
+        budget = ReplyBudget(
+            self.reply_bytes, est.points, est.itemsize, flag("max_reply_bytes"),
+            message_bytes=self.message_bytes if unary else 0,
+        )  # fmt: skip
+        if est.reply_bytes > self.reply_bytes > 0:
             raise exhausted(
                 over_reply_budget(est.call, est.reply_bytes, budget, est.ops, est.out, est.n)
             )
-        return budget if est.out is None else None
+        if est.out is not None or not (budget.max_bytes or budget.message_bytes):
+            return None
+        return budget
 
     def admit_request_bytes(self, nbytes: int, call: str) -> None:
         self._within(nbytes, self.request_bytes, "max_request_bytes", f"{call}: the inputs")

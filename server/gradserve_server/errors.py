@@ -81,7 +81,10 @@ def from_chunk_error(error: ChunkError, field: str = "function") -> ServiceError
     message = error.message
     if code is grpc.StatusCode.INTERNAL:
         message = f"the worker failed: {error.message}"
-    return ServiceError(code, message, field=field, line=error.line, column=error.column)
+    return ServiceError(
+        code, message, field=field, line=error.line, column=error.column,
+        retry_stream=error.limit == "message",  # a unary reply over the message limit
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         estimate = self.service.admit_compute(request).estimate
         if estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
-        done = await self.service.compute(request, _tenant(context))
+        done = await self.service.compute(request, _tenant(context), unary=True)
         resp = pb.ComputeResponse(metadata=done.metadata)
         outputs_to_proto(done.joined(), resp.results)
         del done
