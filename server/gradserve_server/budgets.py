@@ -78,7 +78,10 @@ class Budgets:
         that takes it apart would survive it)."""
         if msg.dtype not in _ITEMSIZE:
             raise invalid(f"{where}: dtype must be float32 or float64", where)
-        shape = tuple(int(d) for d in msg.shape)
+        return self.dims(tuple(int(d) for d in msg.shape), where)
+
+    def dims(self, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """``shape``, refused if a tensor of this server could not have it."""
         if len(shape) > MAX_DIMS:
             raise invalid(
                 f"{where}: {len(shape)} dimensions; tensors have at most {MAX_DIMS}", where
@@ -149,11 +152,13 @@ class Budgets:
         total = 0
         for name, spec in samples.items():
             where = f"{call}: input {name!r}" if name else f"{call}: input"
-            shape = tuple(int(d) for d in spec.shape)
             if spec.count < 1:
                 raise invalid(f"{where}: sample count must be at least 1, not {spec.count}", where)
-            if len(shape) >= MAX_DIMS or any(d < 0 for d in shape):
-                raise invalid(f"{where}: sample shape {list(shape)} is not a valid shape", where)
+            if any(d < 0 for d in spec.shape):
+                raise invalid(
+                    f"{where}: sample shape {list(spec.shape)} is not a valid shape", where
+                )
+            shape = self.dims(tuple(int(d) for d in spec.shape), f"{where}: sample shape")
             if spec.count > self.points > 0:
                 raise exhausted(
                     f"{where}: {spec.count} sampled points is over the server's limit of "

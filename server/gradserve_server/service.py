@@ -322,6 +322,7 @@ class ComputeService:
         wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         kind, claims = self._claims(req, program, wrt, call)
         order, tolerances = _check_options(req.options, call)
+        binding.bind_names(dict.fromkeys(sources), program.inputs, "input", call)  # names only
         self.budgets.estimate_samples(
             {n: s.sample for n, s in req.inputs.items() if sources[n] == "sample"}, call
         )

@@ -40,9 +40,13 @@ def rss(server: ServerProcess) -> int:
 
 class Watch:
     """A probe calling ``value("x * 2.0", [1.0])`` every 0.1 s while the block runs, and
-    the server's RSS when it started; :meth:`check` asserts both afterwards."""
+    the server's RSS when it started; :meth:`check` asserts both afterwards.
 
-    def __init__(self, server: ServerProcess, probe: bool = True) -> None:
+    ``probe="info"`` asks for the server's info instead: the event loop alone, for a
+    block that keeps the workers busy on purpose (their fairness is another test's).
+    """
+
+    def __init__(self, server: ServerProcess, probe: bool | str = True) -> None:
         self.server = server
         self.probe = probe
         self.latencies: list[float] = []
@@ -66,7 +70,10 @@ class Watch:
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
-                    client.value("x * 2.0", [1.0])
+                    if self.probe == "info":
+                        client.server_info()
+                    else:
+                        client.value("x * 2.0", [1.0])
                 except gradserve.GradserveError as exc:  # pragma: no cover - the failure shown
                     self.errors.append(exc)
                 self.latencies.append(time.monotonic() - started)
