@@ -61,6 +61,8 @@ class ServerConfig:
     log_level: str = "INFO"
     # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
     budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
+    # a server stream whose reader takes nothing for this long is closed
+    stream_stall_s: float = 30.0
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -109,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
         )
+    p.add_argument(
+        "--stream-stall-seconds",
+        type=float,
+        default=float(_env("STREAM_STALL_SECONDS", "30") or 30),
+        help="close a server stream whose reader takes nothing for this long",
+    )
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -137,4 +145,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
         budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
+        stream_stall_s=args.stream_stall_seconds,
     )

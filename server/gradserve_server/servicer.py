@@ -42,6 +42,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self.service = service
         self.jobs = jobs
         self.ray_address = ray_address
+        self._stall_s = service.config.stream_stall_s
 
     @guard
     async def Compute(
@@ -80,7 +81,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):
                     yield pb.ComputeResponsePart(piece=piece)
 
-            await send_paced(context, reply(), self.service.stream_pieces, "ComputeStream")
+            await send_paced(
+                context, reply(), self.service.stream_pieces, "ComputeStream", self._stall_s
+            )
 
     async def _receive(
         self, parts: AsyncIterator[pb.ComputeRequestPart]
@@ -187,7 +190,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
     ) -> None:
         parts = self._jobs().results(request.job_id, request.start_task)
-        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults")
+        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults", self._stall_s)
 
     @guard
     async def CancelJob(
