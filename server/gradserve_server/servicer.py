@@ -14,7 +14,14 @@ from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__
 from gradserve_server.budgets import Reservation
 from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
-from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
+from gradserve_server.errors import (
+    ServiceError,
+    decoded,
+    guard,
+    guard_stream,
+    invalid,
+    safe_deserializer,
+)
 from gradserve_server.jobs import JobManager
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
@@ -97,7 +104,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         assembler: _wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
-            async for part in parts:
+            async for received in parts:
+                part = decoded(received)
                 if part.HasField("header"):
                     if header is not None:
                         raise invalid("ComputeStream: a second header arrived")
@@ -197,3 +205,30 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
         return await self._jobs().cancel(request.job_id)
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: GradientServicer, server: Any) -> None:
+    """Register the service as the generated code does, but with deserializers that
+    hand bytes which are not a message to the handler (INVALID_ARGUMENT), instead of
+    letting gRPC answer UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["GradientService"]
+    handlers = {
+        method.name: _HANDLERS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=safe_deserializer(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
