@@ -123,25 +123,27 @@ def decode(msg: pb.Tensor, where: str = "tensor", data: bytes | None = None) -> 
 Buffer = bytes | memoryview
 
 
-def split_pieces(blobs: Sequence[Buffer | Sequence[Buffer]]) -> Iterator[pb.TensorPiece]:
-    """Cut each slot's bytes into pieces of at most PIECE_BYTES; a slot given as a
+def split_pieces(
+    blobs: Sequence[Buffer | Sequence[Buffer]], size: int = PIECE_BYTES
+) -> Iterator[pb.TensorPiece]:
+    """Cut each slot's bytes into pieces of at most ``size``; a slot given as a
     sequence of buffers (a reply's chunks, in order) is sent as their concatenation
     without joining them first."""
     for slot, given in enumerate(blobs):
         parts = [given] if isinstance(given, bytes | memoryview) else given
         start = 0
         for blob in parts:
-            if type(blob) is bytes and len(blob) <= PIECE_BYTES:
+            if type(blob) is bytes and len(blob) <= size:
                 if blob:  # no slice copy
                     yield pb.TensorPiece(slot=slot, offset=start, data=blob)
                 start += len(blob)
                 continue
             view = memoryview(blob)
-            for offset in range(0, len(view), PIECE_BYTES):
+            for offset in range(0, len(view), size):
                 yield pb.TensorPiece(
                     slot=slot,
                     offset=start + offset,
-                    data=bytes(view[offset : offset + PIECE_BYTES]),
+                    data=bytes(view[offset : offset + size]),
                 )
             start += len(view)
 
@@ -208,10 +210,13 @@ class PieceAssembler:
                 at = 0
                 for offset, data in pieces:
                     if offset != at:
-                        what = "overlaps" if offset < at else "leaves a gap before"
+                        what = (
+                            f"the piece at offset {offset} overlaps the bytes before {at}"
+                            if offset < at
+                            else f"bytes [{at}, {offset}) never arrived"
+                        )
                         raise WireError(
-                            f"slot {slot}: the piece at offset {offset} {what} byte {at}; "
-                            "pieces must tile each tensor exactly once"
+                            f"slot {slot}: {what}; pieces must tile each tensor exactly once"
                         )
                     at += len(data)
             if self._filled[slot] != self._sizes[slot]:

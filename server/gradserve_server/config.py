@@ -28,8 +28,10 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_reply_bytes": 256 << 20,
     # one call's input bytes: a ComputeStream's declared tensors, a Check's sampled points
     "max_request_bytes": 256 << 20,
-    # all calls together: bytes held for incoming streams, replies and server streams
+    # all calls together: bytes held for incoming streams and replies
     "max_inflight_bytes": 1 << 30,
+    # all server streams together: pieces written but not yet taken by their readers
+    "max_stream_bytes": 64 << 20,
     # a job's stored results, and all jobs' together (enforced by the job manager)
     "max_job_bytes": 1 << 30,
     "max_stored_bytes": 16 << 30,
@@ -106,6 +108,8 @@ class ServerConfig:
     log_level: str = "INFO"
     # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
     budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
+    # a server stream whose reader takes nothing for this long is closed
+    stream_stall_s: float = 30.0
     workers: WorkerBudgets = field(default_factory=WorkerBudgets)
 
 
@@ -156,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
         )
+    p.add_argument(
+        "--stream-stall-seconds",
+        type=float,
+        default=float(_env("STREAM_STALL_SECONDS", "30") or 30),
+        help="close a server stream whose reader takes nothing for this long",
+    )
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -184,5 +194,6 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
         budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
+        stream_stall_s=args.stream_stall_seconds,
         workers=worker_budgets(args),
     )

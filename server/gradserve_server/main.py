@@ -19,12 +19,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server.config import ServerConfig, parse_config
 from gradserve_server.jobs import JobManager
 from gradserve_server.pool import ActorPool
 from gradserve_server.service import ComputeService
-from gradserve_server.servicer import GradientServicer
+from gradserve_server.servicer import GradientServicer, add_to_server
 
 log = logging.getLogger("gradserve.server")
 
@@ -124,9 +123,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(service, jobs, ray_address), server
-    )
+    add_to_server(GradientServicer(service, jobs, ray_address), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -17,6 +17,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, sampling
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight
 from gradserve_server.config import ServerConfig
+from gradserve_server.encoding import report_to_proto
 from gradserve_server.errors import from_chunk_error, invalid
 from gradserve_server.planner import (
     SHARD_MIN_SECONDS,
@@ -30,6 +31,8 @@ from gradserve_workers import actor as actor_keys
 from gradserve_workers import lang
 from gradserve_workers.replies import ReplyBudget
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
+
+__all__ = ["Admitted", "ComputeService", "Computed", "describe_execution", "report_to_proto"]
 from gradserve_workers.tasks import (
     FULL_CHECK_MAX_INPUTS,
     PACKED_CALL_MAX_BYTES,
@@ -49,13 +52,6 @@ _CHECK_KIND_NAMES = {
     pb.CHECK_KIND_CLAIMED_JACOBIAN: "jacobian",
     pb.CHECK_KIND_CLAIMED_HESSIAN: "hessian",
 }
-_REPORT_KINDS = {
-    "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
-    "claimed_grad": pb.CHECK_KIND_CLAIMED_GRAD,
-    "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
-    "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
-}
-_OP_NUMBERS: dict[str, Any] = {name: number for number, name in binding.OP_BY_NUMBER.items()}
 
 
 @dataclass
@@ -98,6 +94,8 @@ class ComputeService:
         self.budgets = Budgets.from_config(config)
         # bytes held for calls in progress, all callers together
         self.inflight = InFlight(self.budgets.inflight_bytes)
+        # pieces of server streams written but not yet taken by their readers
+        self.stream_pieces = InFlight(self.budgets.stream_bytes, "max_stream_bytes")
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
 
@@ -108,6 +106,7 @@ class ComputeService:
         req: pb.ComputeRequest,
         given: Mapping[str, np.ndarray] | None = None,
         blobs: Sequence[bytes] | None = None,
+        unary: bool = False,
     ) -> tuple[binding.Bound, ComputeSpec]:
         """Validate everything about a request that can be known before running it.
 
@@ -115,7 +114,7 @@ class ComputeService:
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
         round trip through the request's bytes.
         """
-        admitted = self.admit_compute(req)
+        admitted = self.admit_compute(req, unary)
         program, ops, wrt = admitted.program, admitted.ops, admitted.wrt
         call = admitted.estimate.call
         decoded = binding.request_arrays(req, blobs)
@@ -175,7 +174,7 @@ class ComputeService:
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
 
-    def admit_compute(self, req: pb.ComputeRequest) -> Admitted:
+    def admit_compute(self, req: pb.ComputeRequest, unary: bool = False) -> Admitted:
         """The program, ops and wrt names of a compute request whose cost, estimated
         from its header's shapes alone (no tensor decoded), is within the server's
         budgets; else RESOURCE_EXHAUSTED naming the budget and the estimate."""
@@ -184,13 +183,18 @@ class ComputeService:
         call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else "compute(fn, inputs)"
         wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         estimate = self.budgets.estimate_compute(req, program.inputs, ops, wrt, call)
-        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate))
+        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate, unary))
 
     async def compute(
-        self, req: pb.ComputeRequest, tenant: str, blobs: Sequence[bytes] | None = None
+        self,
+        req: pb.ComputeRequest,
+        tenant: str,
+        blobs: Sequence[bytes] | None = None,
+        unary: bool = False,
     ) -> Computed:
+        """Run a compute request (``unary``: its reply must fit one message)."""
         started = time.perf_counter()
-        bound, spec = self.bind_compute(req, blobs=blobs)
+        bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
         results = await self._dispatch(
             bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
         )
@@ -303,60 +307,42 @@ class ComputeService:
     # ------------------------------------------------------------- checks
 
     def bind_check(self, req: pb.CheckRequest) -> tuple[binding.Bound, CheckSpec]:
+        """Validate a check request: everything that needs no array first, then the
+        budgets of its sampled points, and only then draw and decode."""
         call = "check(fn, inputs)"
         program = binding.validate_program(req.function, self.limits)
+        sources = {n: s.WhichOneof("source") for n, s in req.inputs.items()}
+        for name, which in sources.items():
+            if which not in ("sample", "tensor"):
+                where = f"input {name!r}" if name else "input"
+                raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
+        sampled = "sample" in sources.values()
+        if sampled and set(sources.values()) != {"sample"}:
+            raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
+        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
+        kind, claims = self._claims(req, program, wrt, call)
+        order, tolerances = _check_options(req.options, call)
+        binding.bind_names(dict.fromkeys(sources), program.inputs, "input", call)  # names only
+        self.budgets.estimate_samples(
+            {n: s.sample for n, s in req.inputs.items() if sources[n] == "sample"}, call
+        )
         given: dict[str, np.ndarray] = {}
-        samples = {n: s.sample for n, s in req.inputs.items() if s.WhichOneof("source") == "sample"}
-        sampled = bool(samples)
-        self.budgets.estimate_samples(samples, call)  # before a point is drawn
         for name, input_spec in req.inputs.items():
-            which = input_spec.WhichOneof("source")
             where = f"input {name!r}" if name else "input"
-            if which == "sample":
+            if sources[name] == "sample":
                 given[name] = sampling.draw(
                     input_spec.sample, f"{call}: {where}", self.config.max_points * 16
                 )
-            elif which == "tensor":
+            else:
                 self.budgets.shape(input_spec.tensor, where)
                 given[name] = binding.decode_map({name: input_spec.tensor}, "input")[name]
-            else:
-                raise invalid(f"{call}: {where} has neither a tensor nor a sample", "inputs")
         arrays = binding.bind_names(given, program.inputs, "input", call)
         batched = req.batched or sampled
-        if sampled and not all(s.WhichOneof("source") == "sample" for s in req.inputs.values()):
-            raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
         dtype = binding.resolve_dtype(req.dtype, arrays, "float64")
         points, per_point = binding.check_points(
             arrays, batched, call, self.config.max_points, self.limits["max_input_elements"]
         )
         binding.check_finite(arrays, batched, call)
-        wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
-        kind = _CHECK_KIND_NAMES.get(req.kind)
-        if kind is None:
-            kind = "grad" if req.claims else "finite_difference"
-        claims: dict[str, str] = {}
-        if kind != "finite_difference":
-            if not req.claims:
-                raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
-            for claim in req.claims:
-                first = claim.input or (wrt[0] if len(wrt) == 1 else "")
-                if not first:
-                    raise invalid(
-                        f"{call}: the claim does not say which input it is for; the function "
-                        f"takes ({', '.join(program.inputs)}): give a dict by input",
-                        "claims",
-                    )
-                binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
-                                    program.inputs, call)  # fmt: skip
-                binding.validate_program(claim.source, self.limits, program.inputs)
-                key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
-                claims[key] = claim.source
-        elif req.claims:
-            raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
-        options = req.options
-        order = options.order or 1
-        if order not in (1, 2):
-            raise invalid(f"{call}: order must be 1 or 2, not {order}", "options.order")
         spec = CheckSpec(
             source=req.function,
             source_hash=program.source_hash,
@@ -366,18 +352,44 @@ class ComputeService:
             kind=kind,
             claims=claims,
             order=order,
-            atol=options.atol if options.HasField("atol") else 1e-5,
-            rtol=options.rtol if options.HasField("rtol") else 1e-3,
-            eps=options.eps if options.HasField("eps") else 1e-6,
-            fast=options.fast if options.HasField("fast") else None,
-            seed=int(options.seed),
+            atol=tolerances["atol"],
+            rtol=tolerances["rtol"],
+            eps=tolerances["eps"],
+            fast=req.options.fast if req.options.HasField("fast") else None,
+            seed=int(req.options.seed),
             limits=self.limits,
         )
-        for name, value in (("atol", spec.atol), ("rtol", spec.rtol), ("eps", spec.eps)):
-            if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
-                raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
         bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point)
         return bound, spec
+
+    def _claims(
+        self, req: pb.CheckRequest, program: lang.Program, wrt: tuple[str, ...], call: str
+    ) -> tuple[str, dict[str, str]]:
+        """The check's kind and its claims by input (or "a,b" pair), validated."""
+        kind = _CHECK_KIND_NAMES.get(req.kind)
+        if kind is None:
+            kind = "grad" if req.claims else "finite_difference"
+        claims: dict[str, str] = {}
+        if kind == "finite_difference":
+            if req.claims:
+                raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
+            return kind, claims
+        if not req.claims:
+            raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
+        for claim in req.claims:
+            first = claim.input or (wrt[0] if len(wrt) == 1 else "")
+            if not first:
+                raise invalid(
+                    f"{call}: the claim does not say which input it is for; the function "
+                    f"takes ({', '.join(program.inputs)}): give a dict by input",
+                    "claims",
+                )
+            binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
+                                program.inputs, call)  # fmt: skip
+            binding.validate_program(claim.source, self.limits, program.inputs)
+            key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
+            claims[key] = claim.source
+        return kind, claims
 
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
@@ -445,6 +457,22 @@ class ComputeService:
         return plan_shards(inputs, self.pool.idle), key
 
 
+def _check_options(options: pb.CheckOptions, call: str) -> tuple[int, dict[str, float]]:
+    """A check's order and tolerances (atol, rtol, eps), validated."""
+    order = options.order or 1
+    if order not in (1, 2):
+        raise invalid(f"{call}: order must be 1 or 2, not {order}", "options.order")
+    tolerances = {
+        "atol": options.atol if options.HasField("atol") else 1e-5,
+        "rtol": options.rtol if options.HasField("rtol") else 1e-3,
+        "eps": options.eps if options.HasField("eps") else 1e-6,
+    }
+    for name, value in tolerances.items():
+        if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
+            raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
+    return order, tolerances
+
+
 def chunk_submitter(
     spec: ComputeSpec | CheckSpec, method: str, payload: Any, start: int, stop: int
 ) -> dispatch.Submit:
@@ -483,83 +511,3 @@ def describe_execution(
         meta.warnings.append(
             f"the output does not depend on {', '.join(names)}: its derivatives are zeros"
         )
-
-
-def report_to_proto(report: CheckReport) -> pb.CheckReport:
-    msg = pb.CheckReport(
-        passed=report.passed,
-        kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
-        order=report.order,
-        mode=report.mode,
-        max_abs_error=report.max_abs_error,
-        max_rel_error=report.max_rel_error,
-        non_differentiable=report.non_differentiable,
-        point_passed=list(report.point_passed),
-        message=report.message,
-        atol=report.atol,
-        rtol=report.rtol,
-        eps=report.eps,
-        num_points=report.num_points,
-        execution_path=pb.EXECUTION_PATH_VMAP if report.vmapped else pb.EXECUTION_PATH_PER_POINT,
-    )
-    if report.symmetric is not None:
-        msg.symmetric = report.symmetric
-    msg.max_asymmetry = report.max_asymmetry
-    kink = report.kink
-    if kink is not None:
-        msg.kink.CopyFrom(
-            pb.Kink(
-                point=kink.point,
-                input=kink.input,
-                output_index=list(kink.output_index),
-                input_index=list(kink.input_index),
-                right=kink.right,
-                left=kink.left,
-                autograd=kink.autograd,
-            )
-        )
-        if kink.at is not None:
-            msg.kink.at = kink.at
-    if report.worst is not None:
-        w = report.worst
-        msg.worst.CopyFrom(
-            pb.WorstElement(
-                point=w.point,
-                input=w.input,
-                output_index=list(w.output_index),
-                input_index=list(w.input_index),
-                analytic=w.analytic,
-                numeric=w.numeric,
-                abs_error=w.abs_error,
-                rel_error=w.rel_error,
-            )
-        )
-    return msg
-
-
-def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any) -> None:
-    """Op results built in place in the repeated field ``into`` (each array's bytes
-    copied at most once)."""
-    for op, by_key in outputs.items():
-        result = into.add(op=_OP_NUMBERS[op])
-        for key, arr in by_key.items():
-            first, _, second = key.partition(",")
-            _wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
-
-
-def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: Any) -> list[Any]:
-    """Op results' dtypes and shapes in the repeated field ``into``, for a streamed
-    reply; returns each slot's bytes as its chunks' buffers in order, for
-    :func:`gradserve._wire.split_pieces` to send without joining them."""
-    slots = []
-    for op, by_key in outputs.items():
-        result = into.add(op=_OP_NUMBERS[op])
-        for key, parts in by_key.items():
-            first, _, second = key.partition(",")
-            tensor = result.outputs.add(input=first, input2=second).tensor
-            head = _wire.fill(tensor, parts[0], with_data=False)
-            rest = [np.ascontiguousarray(p, dtype=head.dtype) for p in parts[1:]]
-            if rest:  # chunks of points: C-order arrays stack by concatenating their bytes
-                tensor.shape[0] = sum(int(p.shape[0]) for p in parts)
-            slots.append([a.data.cast("B") for a in (head, *rest)])
-    return slots

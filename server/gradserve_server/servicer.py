@@ -13,14 +13,18 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__
 from gradserve_server.budgets import Reservation
-from gradserve_server.errors import ServiceError, guard, guard_stream, invalid
-from gradserve_server.jobs import JobManager
-from gradserve_server.service import (
-    ComputeService,
-    outputs_to_proto,
-    report_to_proto,
-    stream_outputs,
+from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
+from gradserve_server.errors import (
+    ServiceError,
+    decoded,
+    guard,
+    guard_stream,
+    invalid,
+    safe_deserializer,
 )
+from gradserve_server.jobs import JobManager
+from gradserve_server.service import ComputeService
+from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
 from gradserve_workers.lang import FUNCTIONS
 
 _calls = itertools.count()
@@ -45,6 +49,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self.service = service
         self.jobs = jobs
         self.ray_address = ray_address
+        self._stall_s = service.config.stream_stall_s
 
     @guard
     async def Compute(
@@ -54,7 +59,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         estimate = self.service.admit_compute(request).estimate
         if estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
-        done = await self.service.compute(request, _tenant(context))
+        done = await self.service.compute(request, _tenant(context), unary=True)
         resp = pb.ComputeResponse(metadata=done.metadata)
         outputs_to_proto(done.joined(), resp.results)
         del done
@@ -62,24 +67,30 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             raise _over_message_limit(resp.ByteSize(), limit, "is")
         return resp
 
-    @guard_stream
+    @guard
     async def ComputeStream(
         self, request_iterator: AsyncIterator[pb.ComputeRequestPart], context: Any
-    ) -> AsyncIterator[pb.ComputeResponsePart]:
+    ) -> None:
         header, blobs, held = await self._receive(request_iterator)
         try:
             done = await self.service.compute(header, _tenant(context), blobs)
         finally:
             del blobs
             held.release()
-        resp = pb.ComputeResponse(metadata=done.metadata)
-        slots = stream_outputs(done.outputs, resp.results)
         # the reply is held once, in the workers' arrays, while pieces are cut from it
         with self.service.inflight.take(done.nbytes, "ComputeStream: the reply"):
+            resp = pb.ComputeResponse(metadata=done.metadata)
+            slots = stream_outputs(done.outputs, resp.results)
             del done
-            yield pb.ComputeResponsePart(header=resp)
-            for piece in _wire.split_pieces(slots):
-                yield pb.ComputeResponsePart(piece=piece)
+
+            async def reply() -> AsyncIterator[pb.ComputeResponsePart]:
+                yield pb.ComputeResponsePart(header=resp)
+                for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):
+                    yield pb.ComputeResponsePart(piece=piece)
+
+            await send_paced(
+                context, reply(), self.service.stream_pieces, "ComputeStream", self._stall_s
+            )
 
     async def _receive(
         self, parts: AsyncIterator[pb.ComputeRequestPart]
@@ -93,7 +104,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         assembler: _wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
-            async for part in parts:
+            async for received in parts:
+                part = decoded(received)
                 if part.HasField("header"):
                     if header is not None:
                         raise invalid("ComputeStream: a second header arrived")
@@ -181,15 +193,42 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         async for event in self._jobs().watch(request.job_id):
             yield event
 
-    @guard_stream
+    @guard
     async def GetJobResults(
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.TaskResultPart]:
-        async for part in self._jobs().results(request.job_id, request.start_task):
-            yield part
+    ) -> None:
+        parts = self._jobs().results(request.job_id, request.start_task)
+        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults", self._stall_s)
 
     @guard
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
         return await self._jobs().cancel(request.job_id)
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: GradientServicer, server: Any) -> None:
+    """Register the service as the generated code does, but with deserializers that
+    hand bytes which are not a message to the handler (INVALID_ARGUMENT), instead of
+    letting gRPC answer UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["GradientService"]
+    handlers = {
+        method.name: _HANDLERS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=safe_deserializer(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -88,7 +88,9 @@ def classify(error: BaseException) -> ChunkError:
     from gradserve_workers.ops import OpsError
 
     if isinstance(error, lang.LimitExceededError):
-        return ChunkError("limit", str(error), getattr(error, "line", None), error.column)
+        return ChunkError(
+            "limit", str(error), getattr(error, "line", None), error.column, error.limit
+        )
     if isinstance(error, lang.SpecError):
         return ChunkError("spec", str(error), error.line, error.column)
     if isinstance(error, lang.FunctionRuntimeError):

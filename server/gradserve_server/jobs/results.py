@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradserve import _wire
 from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.store import ChunkRow, TaskRow
 from gradserve_server.service import describe_execution
+from gradserve_server.streams import STREAM_PIECE_BYTES
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
@@ -136,7 +136,7 @@ async def stream_task(
         for path in paths:
             reader = await asyncio.to_thread(NpyReader, path)
             try:
-                while data := await asyncio.to_thread(reader.next_piece, _wire.PIECE_BYTES):
+                while data := await asyncio.to_thread(reader.next_piece, STREAM_PIECE_BYTES):
                     yield pb.TaskResultPart(
                         piece=pb.TensorPiece(slot=slot, offset=offset, data=data)
                     )

@@ -1,0 +1,102 @@
+"""Results as protobuf messages: check reports, and op outputs for unary and
+streamed replies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradserve import _wire
+from gradserve.results import OP_BY_NUMBER
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_workers.report import CheckReport
+
+_REPORT_KINDS = {
+    "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
+    "claimed_grad": pb.CHECK_KIND_CLAIMED_GRAD,
+    "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
+    "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
+}
+_OP_NUMBERS: dict[str, Any] = {name: number for number, name in OP_BY_NUMBER.items()}
+
+
+def report_to_proto(report: CheckReport) -> pb.CheckReport:
+    msg = pb.CheckReport(
+        passed=report.passed,
+        kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
+        order=report.order,
+        mode=report.mode,
+        max_abs_error=report.max_abs_error,
+        max_rel_error=report.max_rel_error,
+        non_differentiable=report.non_differentiable,
+        point_passed=list(report.point_passed),
+        message=report.message,
+        atol=report.atol,
+        rtol=report.rtol,
+        eps=report.eps,
+        num_points=report.num_points,
+        execution_path=pb.EXECUTION_PATH_VMAP if report.vmapped else pb.EXECUTION_PATH_PER_POINT,
+    )
+    if report.symmetric is not None:
+        msg.symmetric = report.symmetric
+    msg.max_asymmetry = report.max_asymmetry
+    kink = report.kink
+    if kink is not None:
+        msg.kink.CopyFrom(
+            pb.Kink(
+                point=kink.point,
+                input=kink.input,
+                output_index=list(kink.output_index),
+                input_index=list(kink.input_index),
+                right=kink.right,
+                left=kink.left,
+                autograd=kink.autograd,
+            )
+        )
+        if kink.at is not None:
+            msg.kink.at = kink.at
+    if report.worst is not None:
+        w = report.worst
+        msg.worst.CopyFrom(
+            pb.WorstElement(
+                point=w.point,
+                input=w.input,
+                output_index=list(w.output_index),
+                input_index=list(w.input_index),
+                analytic=w.analytic,
+                numeric=w.numeric,
+                abs_error=w.abs_error,
+                rel_error=w.rel_error,
+            )
+        )
+    return msg
+
+
+def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any) -> None:
+    """Op results built in place in the repeated field ``into`` (each array's bytes
+    copied at most once)."""
+    for op, by_key in outputs.items():
+        result = into.add(op=_OP_NUMBERS[op])
+        for key, arr in by_key.items():
+            first, _, second = key.partition(",")
+            _wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
+
+
+def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: Any) -> list[Any]:
+    """Op results' dtypes and shapes in the repeated field ``into``, for a streamed
+    reply; returns each slot's bytes as its chunks' buffers in order, for
+    :func:`gradserve._wire.split_pieces` to send without joining them."""
+    slots = []
+    for op, by_key in outputs.items():
+        result = into.add(op=_OP_NUMBERS[op])
+        for key, parts in by_key.items():
+            first, _, second = key.partition(",")
+            tensor = result.outputs.add(input=first, input2=second).tensor
+            head = _wire.fill(tensor, parts[0], with_data=False)
+            rest = [np.ascontiguousarray(p, dtype=head.dtype) for p in parts[1:]]
+            if rest:  # chunks of points: C-order arrays stack by concatenating their bytes
+                tensor.shape[0] = sum(int(p.shape[0]) for p in parts)
+            slots.append([a.data.cast("B") for a in (head, *rest)])
+    return slots
