@@ -20,6 +20,9 @@ LOW_BUDGETS = {
     "--max-inflight-bytes": 80 * MiB,
     "--max-stream-bytes": 8 * MiB,
     "--stream-stall-seconds": 3,
+    # the workers' per-call budgets (test_hostile_worker.py)
+    "--max-call-bytes": 300 * MiB,
+    "--max-call-seconds": 2,
 }
 
 
