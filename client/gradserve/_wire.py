@@ -211,10 +211,13 @@ class PieceAssembler:
                 at = 0
                 for offset, data in pieces:
                     if offset != at:
-                        what = "overlaps" if offset < at else "leaves a gap before"
+                        what = (
+                            f"the piece at offset {offset} overlaps the bytes before {at}"
+                            if offset < at
+                            else f"bytes [{at}, {offset}) never arrived"
+                        )
                         raise WireError(
-                            f"slot {slot}: the piece at offset {offset} {what} byte {at}; "
-                            "pieces must tile each tensor exactly once"
+                            f"slot {slot}: {what}; pieces must tile each tensor exactly once"
                         )
                     at += len(data)
             if self._filled[slot] != self._sizes[slot]:

@@ -12,7 +12,7 @@ import difflib
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.errors import exhausted, invalid
 from gradserve_workers import lang
 
+T = TypeVar("T")
 DTYPES: dict[Any, str] = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT64: "float64"}
 MODES: dict[Any, str] = {
     pb.JACOBIAN_MODE_AUTO: "auto",
@@ -69,9 +70,10 @@ def _suggest(name: str, options: Sequence[str]) -> str:
 
 
 def bind_names(
-    given: Mapping[str, np.ndarray], expected: Sequence[str], what: str, call: str
-) -> dict[str, np.ndarray]:
-    """Match named arrays to names; a single unnamed array binds to a single name."""
+    given: Mapping[str, T], expected: Sequence[str], what: str, call: str
+) -> dict[str, T]:
+    """Match named arrays (or anything) to names; a single unnamed one binds to a single
+    name."""
     if "" in given:
         if len(given) != 1 or len(expected) != 1:
             raise invalid(

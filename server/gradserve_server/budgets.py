@@ -78,7 +78,10 @@ class Budgets:
         that takes it apart would survive it)."""
         if msg.dtype not in _ITEMSIZE:
             raise invalid(f"{where}: dtype must be float32 or float64", where)
-        shape = tuple(int(d) for d in msg.shape)
+        return self.dims(tuple(int(d) for d in msg.shape), where)
+
+    def dims(self, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """``shape``, refused if a tensor of this server could not have it."""
         if len(shape) > MAX_DIMS:
             raise invalid(
                 f"{where}: {len(shape)} dimensions; tensors have at most {MAX_DIMS}", where
@@ -149,11 +152,13 @@ class Budgets:
         total = 0
         for name, spec in samples.items():
             where = f"{call}: input {name!r}" if name else f"{call}: input"
-            shape = tuple(int(d) for d in spec.shape)
             if spec.count < 1:
                 raise invalid(f"{where}: sample count must be at least 1, not {spec.count}", where)
-            if len(shape) >= MAX_DIMS or any(d < 0 for d in shape):
-                raise invalid(f"{where}: sample shape {list(shape)} is not a valid shape", where)
+            if any(d < 0 for d in spec.shape):
+                raise invalid(
+                    f"{where}: sample shape {list(spec.shape)} is not a valid shape", where
+                )
+            shape = self.dims(tuple(int(d) for d in spec.shape), f"{where}: sample shape")
             if spec.count > self.points > 0:
                 raise exhausted(
                     f"{where}: {spec.count} sampled points is over the server's limit of "
@@ -174,9 +179,11 @@ class Budgets:
 
     # ------------------------------------------------------------- admission
 
-    def admit_compute(self, est: ComputeEstimate) -> ReplyBudget | None:
+    def admit_compute(self, est: ComputeEstimate, unary: bool = False) -> ReplyBudget | None:
         """Refuse a request over a budget; the reply budget the worker must still check
-        once it knows the output's shape (None when the estimate was exact)."""
+        once it knows the output's shape (None when the estimate was exact). A unary
+        call's budget carries the message limit too, so that a reply too big for one
+        message is sent through ComputeStream without being computed twice."""
         if est.points > self.points > 0:
             raise exhausted(
                 f"{est.call}: {est.points} points is over the server's limit of {self.points} "
@@ -190,14 +197,17 @@ class Budgets:
                 "inputs",
             )
         self.admit_request_bytes(est.input_bytes, est.call)
-        if not self.reply_bytes:
-            return None
-        budget = ReplyBudget(self.reply_bytes, est.points, est.itemsize, flag("max_reply_bytes"))
-        if est.reply_bytes > self.reply_bytes:
+        budget = ReplyBudget(
+            self.reply_bytes, est.points, est.itemsize, flag("max_reply_bytes"),
+            message_bytes=self.message_bytes if unary else 0,
+        )  # fmt: skip
+        if est.reply_bytes > self.reply_bytes > 0:
             raise exhausted(
                 over_reply_budget(est.call, est.reply_bytes, budget, est.ops, est.out, est.n)
             )
-        return budget if est.out is None else None
+        if est.out is not None or not (budget.max_bytes or budget.message_bytes):
+            return None
+        return budget
 
     def admit_request_bytes(self, nbytes: int, call: str) -> None:
         self._within(nbytes, self.request_bytes, "max_request_bytes", f"{call}: the inputs")

@@ -38,6 +38,53 @@ BUDGET_DEFAULTS: dict[str, int] = {
 }
 
 
+# -- worker budgets: memory, CPU time, the express lane, cancellation ------------------
+# (docs/limits.md). The two per-call budgets are language limits: they travel to the
+# workers with the others, and the language runtime checks them between operations.
+LIMIT_DEFAULTS.update({"max_call_bytes": 2 * 1024**3, "max_call_seconds": 30})
+
+
+@dataclass(frozen=True)
+class WorkerBudgets:
+    """How the pool shares its workers (see pool.py)."""
+
+    express_workers: int = 1  # extra actors for small calls while all others are busy
+    express_seconds: float = 0.5  # an express call longer than this moves to the queue
+    cancel_grace_s: float = 2.0  # a cancelled chunk's worker is killed after this long
+
+
+def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--express-workers",
+        type=int,
+        default=int(_env("EXPRESS_WORKERS", "1") or 0),
+        help="actors kept for small calls while every worker is busy (0: none)",
+    )
+    p.add_argument(
+        "--express-seconds",
+        type=float,
+        default=float(_env("EXPRESS_SECONDS", "0.5") or 0.5),
+        help="a call on an express actor longer than this waits for a regular worker",
+    )
+    p.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=float(_env("CANCEL_GRACE", "2") or 2),
+        help="seconds a cancelled chunk's worker has to stop before it is killed",
+    )
+
+
+def worker_budgets(args: argparse.Namespace) -> WorkerBudgets:
+    return WorkerBudgets(
+        express_workers=max(0, args.express_workers),
+        express_seconds=max(0.01, args.express_seconds),
+        cancel_grace_s=max(0.1, args.cancel_grace),
+    )
+
+
+# -- end of worker budgets ---------------------------------------------------------------
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -72,6 +119,9 @@ class ServerConfig:
     insecure: bool = False  # allow a non-loopback bind with neither TLS nor tokens
     metrics_port: int = 0  # 0: no metrics endpoint
     log_format: str = "text"  # text | json
+    # a server stream whose reader takes nothing for this long is closed
+    stream_stall_s: float = 30.0
+    workers: WorkerBudgets = field(default_factory=WorkerBudgets)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -197,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete ended jobs and their results this long after they end "
         "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d) ($GRADSERVE_JOB_TTL)",
     )
+    add_worker_budget_flags(p)
     for name, default in LIMIT_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -204,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=int(_env(name.upper(), str(default)) or default),
             help=f"function language limit ($GRADSERVE_{name.upper()}, default {default})",
         )
+    p.add_argument(
+        "--stream-stall-seconds",
+        type=float,
+        default=float(_env("STREAM_STALL_SECONDS", "30") or 30),
+        help="close a server stream whose reader takes nothing for this long "
+        "($GRADSERVE_STREAM_STALL_SECONDS, default 30)",
+    )
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -291,6 +349,8 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         insecure=bool(args.insecure),
         metrics_port=max(0, args.metrics_port),
         log_format=args.log_format,
+        stream_stall_s=args.stream_stall_seconds,
+        workers=worker_budgets(args),
     )
 
 

@@ -1,4 +1,5 @@
-"""Running chunks on the pool: timeouts, cancellation, and retry after a lost worker."""
+"""Running chunks on the pool: the express lane, timeouts, cancellation, and retry
+after a lost worker (see pool.py for the express lane and for reclaiming workers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ray import exceptions as rex
 
 from gradserve_server import errors
 from gradserve_server.pool import ActorPool, Worker
+from gradserve_workers.actor import OVERRUN
 from gradserve_workers.tasks import ChunkResult
 
 log = logging.getLogger("gradserve.dispatch")
@@ -24,11 +26,53 @@ T = TypeVar("T")
 
 
 async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float) -> ChunkResult:
-    """One chunk on one worker, retried elsewhere if its worker dies."""
+    """One chunk: on an express actor when it qualifies (see pool.py), else on a
+    regular worker in its tenant's turn."""
+    pool.enter(tenant)
+    try:
+        express = pool.express_for(tenant)
+        if express is not None:
+            result = await _on_express(pool, express, submit, timeout)
+            if result is not None:
+                return result
+            pool.overran(tenant)
+        return await _on_pool(pool, tenant, submit, timeout)
+    finally:
+        pool.leave(tenant)
+
+
+async def _on_express(
+    pool: ActorPool, worker: Worker, submit: Submit, timeout: float
+) -> ChunkResult | None:
+    """The chunk's result from an express actor; None when it overran the express
+    budget (the actor stopped it) or the actor was lost: the caller runs it again."""
+    # the actor stops the chunk itself at express_seconds; a single operation that
+    # does not end in the grace period after that gets the actor reclaimed
+    limit = min(timeout, pool.express_seconds + pool.cancel_grace)
+    try:
+        result: ChunkResult = await _on_worker(pool, worker, submit, limit)
+    except (rex.ActorDiedError, rex.ActorUnavailableError) as error:
+        pool.retire(worker, f"died: {error}")
+        return None
+    except errors.ServiceError:
+        return None  # it ran past the limit: _on_worker is reclaiming the actor
+    except asyncio.CancelledError:
+        raise  # _on_worker gave the worker back or is reclaiming it
+    except BaseException:
+        pool.release(worker)
+        raise
+    pool.release(worker)
+    if result.error is not None and result.error.kind == OVERRUN:
+        return None
+    return result
+
+
+async def _on_pool(pool: ActorPool, tenant: str, submit: Submit, timeout: float) -> ChunkResult:
+    """One chunk on a regular worker, retried elsewhere if its worker dies."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         worker = await pool.acquire(tenant)
         try:
-            result = await _on_worker(pool, worker, submit, timeout)
+            result: ChunkResult = await _on_worker(pool, worker, submit, timeout)
         except (rex.ActorDiedError, rex.ActorUnavailableError) as error:
             pool.retire(worker, f"died: {error}")
             if attempt == MAX_ATTEMPTS:
@@ -38,9 +82,9 @@ async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float
             log.warning("chunk retried after worker loss (attempt %d)", attempt)
             continue
         except errors.ServiceError:
-            raise  # a timeout: the worker was already retired
+            raise  # a timeout: the worker is being reclaimed
         except asyncio.CancelledError:
-            raise  # _on_worker gave the worker back or retired it
+            raise  # _on_worker gave the worker back or is reclaiming it
         except BaseException:
             pool.release(worker)
             raise
@@ -59,18 +103,20 @@ async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: f
     except TimeoutError:
         if _done(ref):  # it finished in the very turn the timeout fired: keep the result
             return await ref
-        # a runaway function: the only sure way to stop it is to end its process
-        pool.retire(worker, f"chunk ran past {timeout:g} s")
+        # the worker's own budget (max_call_seconds) should have stopped it first:
+        # cancel it, and kill its process only if that does not work either
+        pool.reclaim(worker, ref, f"chunk ran past {timeout:g} s")
         raise errors.exhausted(
             f"the function ran for more than {timeout:g} s on one chunk (the server's "
-            "--chunk-timeout); its worker was stopped and replaced"
+            "--chunk-timeout); it was stopped"
         ) from None
     except asyncio.CancelledError:
-        # the caller went away or its deadline passed: stop the work it started
+        # the caller went away or its deadline passed: stop the work it started,
+        # cooperatively (a new worker process would cost seconds)
         if _done(ref):
             pool.release(worker)
         else:
-            pool.retire(worker, "cancelled while running")
+            pool.reclaim(worker, ref, "cancelled while running")
         raise
 
 

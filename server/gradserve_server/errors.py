@@ -82,7 +82,10 @@ def from_chunk_error(error: ChunkError, field: str = "function") -> ServiceError
     message = error.message
     if code is grpc.StatusCode.INTERNAL:
         message = f"the worker failed: {error.message}"
-    return ServiceError(code, message, field=field, line=error.line, column=error.column)
+    return ServiceError(
+        code, message, field=field, line=error.line, column=error.column,
+        retry_stream=error.limit == "message",  # a unary reply over the message limit
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,36 @@ def _rich_metadata(status: Status) -> tuple[tuple[str, Any], ...]:
     )
 
 
+class Undecodable:
+    """What the server's deserializer hands a handler for bytes that are not the
+    method's message (gRPC would answer UNKNOWN for them): :func:`guard` and
+    :func:`decoded` turn it into INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def refusal(self) -> ServiceError:
+        return invalid(f"the request is not a valid {self.type_name} message: {self.error}")
+
+
+def safe_deserializer(message_type: Any) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as error:  # DecodeError, or a nested message too deep
+            return Undecodable(message_type.DESCRIPTOR.name, error)
+
+    return deserialize
+
+
+def decoded(message: Any) -> Any:
+    """A streamed request's part, refused if it did not decode."""
+    if isinstance(message, Undecodable):
+        raise message.refusal()
+    return message
+
+
 H = TypeVar("H", bound=Callable[..., Any])
 
 
@@ -188,7 +221,7 @@ def guard(handler: H) -> H:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(self, request, context)
+            return await handler(self, decoded(request), context)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -207,7 +240,7 @@ def guard_stream(handler: H) -> H:
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         try:
-            async for item in handler(self, request, context):
+            async for item in handler(self, decoded(request), context):
                 yield item
         except asyncio.CancelledError:
             raise

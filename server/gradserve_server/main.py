@@ -19,14 +19,13 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import logs, metrics, network
 from gradserve_server.config import ServerConfig, parse_config
 from gradserve_server.interceptor import CallInterceptor
 from gradserve_server.jobs import JobManager
 from gradserve_server.pool import ActorPool
 from gradserve_server.service import ComputeService
-from gradserve_server.servicer import GradientServicer
+from gradserve_server.servicer import GradientServicer, add_to_server
 
 log = logging.getLogger("gradserve.server")
 
@@ -83,6 +82,19 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
     return lambda: remote_cls.remote(device=config.device, threads=1)
 
 
+def _make_express_factory(config: ServerConfig) -> Any:
+    """Express actors (see pool.py) hold no CPU of Ray's: they run small calls in the
+    gaps the regular workers leave, and stop any call after --express-seconds."""
+    import ray
+
+    from gradserve_workers.actor import GradActor
+
+    options = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 1}
+    remote_cls = ray.remote(GradActor).options(**options)
+    seconds = config.workers.express_seconds
+    return lambda: remote_cls.remote(device=config.device, threads=1, express_seconds=seconds)
+
+
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
     # the network settings first: a mistake there fails before Ray starts
     credentials = network.server_credentials(config)
@@ -93,7 +105,14 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     import ray
 
     size = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pool = ActorPool(_make_actor_factory(config, size), size)
+    pool = ActorPool(
+        _make_actor_factory(config, size),
+        size,
+        _make_express_factory(config),
+        express=config.workers.express_workers,
+        express_seconds=config.workers.express_seconds,
+        cancel_grace=config.workers.cancel_grace_s,
+    )
     await pool.start()
     service = ComputeService(config, pool)
     jobs = _start_jobs(config, service)
@@ -106,9 +125,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_GradientServiceServicer_to_server(
-        GradientServicer(service, jobs, ray_address), server
-    )
+    add_to_server(GradientServicer(service, jobs, ray_address), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -7,15 +7,31 @@ tenant by stream (one unary call, one job). The key a caller waits under is
 starve a call that arrives after it, and one tenant with many jobs or calls gets
 no more turns than another with one. An actor that died or was killed is
 replaced, never handed out again.
+
+Express lane: besides the regular workers the pool may hold a few express actors
+(``--express-workers``). When every regular worker is busy, a caller (one key) with a
+single chunk in flight (a small call) runs on an idle express actor, which stops any call
+after ``--express-seconds`` (cooperatively, between operations) and reports an
+overrun; the chunk then queues for a regular worker like any other, and that caller
+does not try the express lane again. So calls that are cheap are answered while
+expensive ones hold every regular worker, whatever the cost estimate said, and an
+expensive call loses at most the express budget.
+
+Reclaiming: a chunk whose caller went away, or that ran past its timeout, is
+cancelled through Ray (the worker's language runtime checks the flag between
+operations); the worker goes back to the pool once a probe call, queued behind the
+cancelled one, answers. Only a worker that does not answer within the grace period
+is killed and replaced (a process costs seconds to start and warm).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +40,8 @@ log = logging.getLogger("gradserve.pool")
 
 # A replacement actor that fails to start is tried again after this long.
 REPLACE_RETRY_SECONDS = 5.0
+# Tenants remembered as too big for the express lane.
+OVERRAN_MEMORY = 4096
 
 
 Waiters = OrderedDict[str, deque[asyncio.Future["Worker"]]]
@@ -46,43 +64,100 @@ class Worker:
     number: int
     name: str = ""
     retired: bool = False
+    express: bool = False
 
 
 class ActorPool:
-    def __init__(self, make_actor: Callable[[], Any], size: int) -> None:
+    def __init__(
+        self,
+        make_actor: Callable[[], Any],
+        size: int,
+        make_express: Callable[[], Any] | None = None,
+        *,
+        express: int = 0,
+        express_seconds: float = 0.5,
+        cancel_grace: float = 2.0,
+    ) -> None:
         if size < 1:
             raise ValueError("ActorPool: size must be at least 1")
         self._make_actor = make_actor
+        self._make_express = make_express
         self._numbers = itertools.count()
         self._workers: list[Worker] = []
         self._idle: deque[Worker] = deque()
         # tenant -> stream -> futures; both levels in turn order
         self._waiters: OrderedDict[str, Waiters] = OrderedDict()
         self.size = size
+        self.express_size = express if make_express is not None else 0
+        self.express_seconds = express_seconds
+        self.cancel_grace = cancel_grace
+        self._express: list[Worker] = []
+        self._express_idle: deque[Worker] = deque()
+        # chunks of each tenant in run_chunk, and tenants that overran the express lane
+        self._active: Counter[str] = Counter()
+        self._overran: OrderedDict[str, None] = OrderedDict()
         self.replaced = 0
+        self.reclaimed = 0
         self._starting: set[asyncio.Task[None]] = set()
         # called with (key, seconds waited) as each chunk gets its worker (metrics)
         self.on_acquire: Callable[[str, float], None] | None = None
+        self._reclaiming: set[asyncio.Task[None]] = set()
 
-    def _spawn(self) -> Worker:
-        worker = Worker(self._make_actor(), next(self._numbers))
-        self._workers.append(worker)
+    def _spawn(self, express: bool = False) -> Worker:
+        make = self._make_express if express else self._make_actor
+        assert make is not None
+        worker = Worker(make(), next(self._numbers), express=express)
+        (self._express if express else self._workers).append(worker)
         return worker
 
     async def start(self, timeout: float = 120.0) -> None:
         """Create the actors and wait until each answers (torch imported, warm)."""
         for _ in range(self.size):
             self._spawn()
+        for _ in range(self.express_size):
+            self._spawn(express=True)
+        everyone = self._workers + self._express
         infos = await asyncio.wait_for(
-            asyncio.gather(*(w.handle.info.remote() for w in self._workers)), timeout
+            asyncio.gather(*(w.handle.info.remote() for w in everyone)), timeout
         )
-        for worker, info in zip(self._workers, infos, strict=True):
+        for worker, info in zip(everyone, infos, strict=True):
             worker.name = info["name"]
-            self._idle.append(worker)
+            (self._express_idle if worker.express else self._idle).append(worker)
 
     @property
     def workers(self) -> list[Worker]:
         return [w for w in self._workers if not w.retired]
+
+    @property
+    def express_workers(self) -> list[Worker]:
+        return [w for w in self._express if not w.retired]
+
+    # ------------------------------------------------------------- express lane
+
+    def enter(self, key: str) -> None:
+        """A chunk waiting under ``key`` (see :func:`pool_key`) starts (see
+        :func:`dispatch.run_chunk`)."""
+        self._active[key] += 1
+
+    def leave(self, key: str) -> None:
+        self._active[key] -= 1
+        if self._active[key] <= 0:
+            del self._active[key]
+
+    def overran(self, key: str) -> None:
+        """``key`` ran past the express budget: it waits for regular workers now."""
+        self._overran[key] = None
+        while len(self._overran) > OVERRAN_MEMORY:
+            self._overran.popitem(last=False)
+
+    def express_for(self, key: str) -> Worker | None:
+        """An idle express actor, if ``key`` should take one: every regular worker
+        is taken, this is the key's only chunk, and it never overran."""
+        if not self._express_idle or (self._idle and not self._waiters):
+            return None
+        if self._active.get(key, 0) > 1 or key in self._overran:
+            return None
+        return self._express_idle.popleft()
 
     @property
     def idle(self) -> int:
@@ -147,6 +222,9 @@ class ActorPool:
         """Give a healthy worker back: to the next tenant in turn, or to the idle set."""
         if worker.retired:
             return
+        if worker.express:
+            self._express_idle.append(worker)
+            return
         while self._waiters:
             future = self._next_waiter()
             if not future.done():
@@ -167,8 +245,36 @@ class ActorPool:
             ray.kill(worker.handle, no_restart=True)
         except Exception as error:  # already gone is fine
             log.debug("kill of worker %s: %s", worker.number, error)
-        self._workers.remove(worker)
-        self._replace()
+        (self._express if worker.express else self._workers).remove(worker)
+        self._replace(express=worker.express)
+
+    def reclaim(self, worker: Worker, ref: Any, reason: str) -> None:
+        """Stop the chunk ``ref`` cooperatively; give ``worker`` back once it answers a
+        probe queued behind it, or retire it if it does not within the grace period."""
+        try:
+            import ray
+
+            ray.cancel(ref)
+        except Exception as error:  # finished, or not a Ray ref: the probe decides
+            log.debug("cancel on worker %s: %s", worker.number, error)
+        task = asyncio.get_running_loop().create_task(self._reclaim(worker, ref, reason))
+        self._reclaiming.add(task)
+        task.add_done_callback(self._reclaiming.discard)
+
+    async def _reclaim(self, worker: Worker, ref: Any, reason: str) -> None:
+        grace = self.cancel_grace
+        try:
+            async with asyncio.timeout(grace):
+                # the cancelled call's own outcome first (unread, Ray would log it)
+                with contextlib.suppress(Exception):
+                    await ref
+                await worker.handle.info.remote()
+        except Exception as error:  # no answer in time, or it died: a fresh one
+            self.retire(worker, f"{reason}; no answer {grace:g} s after cancelling: {error!r}")
+            return
+        self.reclaimed += 1
+        log.info("worker %s stopped cooperatively (%s)", worker.number, reason)
+        self.release(worker)
 
     def grow(self, target: int) -> int:
         """Start actors until the pool holds ``target`` (counting those still starting,
@@ -179,14 +285,14 @@ class ActorPool:
         self.size = max(self.size, target)
         return max(0, missing)
 
-    def _replace(self) -> None:
+    def _replace(self, express: bool = False) -> None:
         """A fresh actor in a retired one's place, handed out once it answers.
 
         After a node is lost the cluster may have no room for the new actor until
         another node joins: it stays pending in Ray, and the pool runs smaller
         meanwhile instead of giving chunks to an actor that cannot run them.
         """
-        fresh = self._spawn()
+        fresh = self._spawn(express)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a synchronous caller): hand it out now
@@ -195,6 +301,11 @@ class ActorPool:
         task = loop.create_task(self._when_ready(fresh))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
+
+    @property
+    def reclaiming(self) -> int:
+        """Workers being stopped cooperatively, not yet back in the pool."""
+        return len(self._reclaiming)
 
     @property
     def starting(self) -> int:
@@ -207,10 +318,11 @@ class ActorPool:
         except Exception as error:  # it died while starting: try again shortly
             log.warning("replacement worker %s did not start: %s", worker.number, error)
             worker.retired = True
-            if worker in self._workers:
-                self._workers.remove(worker)
+            group = self._express if worker.express else self._workers
+            if worker in group:
+                group.remove(worker)
             await asyncio.sleep(REPLACE_RETRY_SECONDS)
-            self._replace()
+            self._replace(worker.express)
             return
         worker.name = info["name"]
         log.info("replacement worker %s (%s) is ready", worker.number, worker.name)

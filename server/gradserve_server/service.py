@@ -106,6 +106,7 @@ class ComputeService:
         req: pb.ComputeRequest,
         given: Mapping[str, np.ndarray] | None = None,
         blobs: Sequence[bytes] | None = None,
+        unary: bool = False,
     ) -> tuple[binding.Bound, ComputeSpec]:
         """Validate everything about a request that can be known before running it.
 
@@ -113,7 +114,7 @@ class ComputeService:
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
         round trip through the request's bytes.
         """
-        admitted = self.admit_compute(req)
+        admitted = self.admit_compute(req, unary)
         program, ops, wrt = admitted.program, admitted.ops, admitted.wrt
         call = admitted.estimate.call
         decoded = binding.request_arrays(req, blobs)
@@ -173,7 +174,7 @@ class ComputeService:
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
 
-    def admit_compute(self, req: pb.ComputeRequest) -> Admitted:
+    def admit_compute(self, req: pb.ComputeRequest, unary: bool = False) -> Admitted:
         """The program, ops and wrt names of a compute request whose cost, estimated
         from its header's shapes alone (no tensor decoded), is within the server's
         budgets; else RESOURCE_EXHAUSTED naming the budget and the estimate."""
@@ -182,13 +183,18 @@ class ComputeService:
         call = f"{ops[0]}(fn, inputs)" if len(ops) == 1 else "compute(fn, inputs)"
         wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         estimate = self.budgets.estimate_compute(req, program.inputs, ops, wrt, call)
-        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate))
+        return Admitted(program, ops, wrt, estimate, self.budgets.admit_compute(estimate, unary))
 
     async def compute(
-        self, req: pb.ComputeRequest, tenant: str, blobs: Sequence[bytes] | None = None
+        self,
+        req: pb.ComputeRequest,
+        tenant: str,
+        blobs: Sequence[bytes] | None = None,
+        unary: bool = False,
     ) -> Computed:
+        """Run a compute request (``unary``: its reply must fit one message)."""
         started = time.perf_counter()
-        bound, spec = self.bind_compute(req, blobs=blobs)
+        bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
         results = await self._dispatch(
             bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
         )
@@ -319,6 +325,7 @@ class ComputeService:
         wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
         kind, claims = self._claims(req, program, wrt, call)
         order, tolerances = _check_options(req.options, call)
+        binding.bind_names(dict.fromkeys(sources), program.inputs, "input", call)  # names only
         self.budgets.estimate_samples(
             {n: s.sample for n, s in req.inputs.items() if sources[n] == "sample"}, call
         )

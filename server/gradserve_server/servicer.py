@@ -17,10 +17,12 @@ from gradserve_server.budgets import Reservation
 from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
 from gradserve_server.errors import (
     ServiceError,
+    decoded,
     guard,
     guard_stream,
     invalid,
     not_found,
+    safe_deserializer,
     unavailable,
 )
 from gradserve_server.jobs import JobManager
@@ -64,6 +66,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self.service = service
         self.jobs = jobs
         self.ray_address = ray_address
+        self._stall_s = service.config.stream_stall_s
 
     @guard
     async def Compute(
@@ -74,7 +77,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         estimate = self.service.admit_compute(request).estimate
         if estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
-        done = await self.service.compute(request, _tenant(context))
+        done = await self.service.compute(request, _tenant(context), unary=True)
         _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
         outputs_to_proto(done.joined(), resp.results)
@@ -106,7 +109,9 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):
                     yield pb.ComputeResponsePart(piece=piece)
 
-            await send_paced(context, reply(), self.service.stream_pieces, "ComputeStream")
+            await send_paced(
+                context, reply(), self.service.stream_pieces, "ComputeStream", self._stall_s
+            )
 
     async def _receive(
         self, parts: AsyncIterator[pb.ComputeRequestPart]
@@ -120,7 +125,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         assembler: _wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
-            async for part in parts:
+            async for received in parts:
+                part = decoded(received)
                 if part.HasField("header"):
                     if header is not None:
                         raise invalid("ComputeStream: a second header arrived")
@@ -239,7 +245,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
     ) -> None:
         parts = self._owned(request.job_id).results(request.job_id, request.start_task)
-        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults")
+        await send_paced(context, parts, self.service.stream_pieces, "GetJobResults", self._stall_s)
 
     @guard
     async def CancelJob(
@@ -252,3 +258,30 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobResponse:
         return await self._owned(request.job_id).delete(request.job_id)
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_to_server(servicer: GradientServicer, server: Any) -> None:
+    """Register the service as the generated code does, but with deserializers that
+    hand bytes which are not a message to the handler (INVALID_ARGUMENT), instead of
+    letting gRPC answer UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["GradientService"]
+    handlers = {
+        method.name: _HANDLERS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=safe_deserializer(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -7,7 +7,7 @@ produced only when the previous write has completed, and the room for it is
 reserved from the server streams' budget (``--max-stream-bytes``) before it is
 read or cut: streams that nobody reads hold a piece or two each and, all together,
 at most that budget; the rest wait for room, holding nothing. A reader that takes
-no piece for :data:`STALL_SECONDS` loses its stream, and the room.
+no piece for ``--stream-stall-seconds`` loses its stream, and the room.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from gradserve_server.errors import exhausted
 
 # The bytes of one piece of a server stream (a ComputeStream reply, GetJobResults).
 STREAM_PIECE_BYTES = 512 * 1024
-# A stream whose reader takes nothing for this long is closed.
-STALL_SECONDS = 30.0
 
 
 async def send_paced(
@@ -31,7 +29,7 @@ async def send_paced(
     messages: AsyncIterator[Any],
     inflight: InFlight,
     what: str,
-    stall_s: float = STALL_SECONDS,
+    stall_s: float,
 ) -> None:
     """Write ``messages`` to a server stream one at a time, each produced only once
     there is room for it and the previous one was taken."""

@@ -118,3 +118,80 @@ def test_grow_counts_workers_still_starting() -> None:
         assert pool.idle == 4
 
     asyncio.run(run())
+
+
+class _SlowHandle(_Handle):
+    """A handle whose probe answers only once ``answer`` is set: a worker still busy
+    with a cancelled chunk."""
+
+    def __init__(self, answer: asyncio.Event) -> None:
+        super().__init__()
+        self.answer = answer
+        self.info = self  # type: ignore[assignment]
+
+    def remote(self) -> Any:
+        async def probe() -> dict[str, str]:
+            await self.answer.wait()
+            return {"name": f"actor-{self.ident}"}
+
+        return probe()
+
+
+def test_express_lane_takes_a_small_call_only_while_every_worker_is_busy() -> None:
+    async def run() -> None:
+        pool = ActorPool(_Handle, 1, _Handle, express=1)
+        await pool.start()
+        assert len(pool.express_workers) == 1 and pool.idle == 1
+        pool.enter("small")
+        assert pool.express_for("small") is None  # a regular worker is idle
+        held = await pool.acquire("big")
+        express = pool.express_for("small")
+        assert express is not None and express.express
+        assert pool.express_for("other") is None  # the one express actor is taken
+        pool.release(express)
+        assert pool.idle == 0, "an express actor never joins the regular workers"
+        pool.enter("small")  # a second chunk of the same tenant: not a small call
+        assert pool.express_for("small") is None
+        pool.leave("small")
+        pool.overran("small")
+        assert pool.express_for("small") is None  # it overran once: the queue now
+        pool.leave("small")
+        pool.enter("next")
+        assert pool.express_for("next") is express
+        pool.release(held)
+
+    asyncio.run(run())
+
+
+def test_a_reclaimed_worker_comes_back_when_it_answers() -> None:
+    async def run() -> None:
+        answer = asyncio.Event()
+        pool = ActorPool(lambda: _SlowHandle(answer), 1, cancel_grace=5.0)
+        answer.set()
+        await pool.start()
+        worker = await pool.acquire("t")
+        answer.clear()
+        pool.reclaim(worker, object(), "cancelled while running")
+        await asyncio.sleep(0.05)
+        assert pool.reclaiming == 1 and pool.idle == 0  # still stopping
+        answer.set()
+        await asyncio.sleep(0.05)
+        assert pool.reclaiming == 0 and pool.idle == 1
+        assert pool.reclaimed == 1 and pool.replaced == 0
+
+    asyncio.run(run())
+
+
+def test_a_worker_that_does_not_stop_in_the_grace_period_is_replaced() -> None:
+    async def run() -> None:
+        answer = asyncio.Event()
+        pool = ActorPool(lambda: _SlowHandle(answer), 1, cancel_grace=0.1)
+        answer.set()
+        await pool.start()
+        worker = await pool.acquire("t")
+        answer.clear()  # it never answers again
+        pool.reclaim(worker, object(), "cancelled while running")
+        await asyncio.sleep(0.3)
+        assert worker.retired and pool.replaced == 1 and pool.reclaimed == 0
+
+    asyncio.run(run())

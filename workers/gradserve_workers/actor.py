@@ -6,6 +6,9 @@ actor class without loading torch on its request path.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
 import os
 import socket
 import time
@@ -13,13 +16,14 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
 
 from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
 
-CACHE_SIZE = 256
+CACHE_SIZE = 512  # entries: by exact source and by syntax tree
 # the name of the one thread an actor computes on
 COMPUTE_THREAD = "gradserve-compute"
 # Keys of the arrays dict that are not function inputs.
@@ -28,11 +32,54 @@ TANGENT = "tangent:"
 VECTOR = "vector:"
 
 
-def _guarded(work: Callable[[], ChunkResult]) -> ChunkResult:
+# How often the Ray thread that waits for a call looks at Ray's cancel flag.
+CANCEL_POLL_SECONDS = 0.05
+# The ChunkError kind of a chunk an express actor stopped at its short budget: the
+# server runs it again on a regular worker (it never reaches a caller).
+OVERRUN = "overrun"
+
+
+def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
+    from gradserve_workers.lang.runtime import watching
+
     try:
-        return work()
+        with watching(watch):
+            return work()
     except Exception as error:  # user errors come back as data, never as a crash
         return ChunkResult(error=classify(error))
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them for reuse, so a
+    refused call's memory would stay in the worker's RSS)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _ray_cancel_flag() -> Callable[[], bool] | None:
+    """Ray's flag for the running actor task, set by ray.cancel(ref); None outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        context = ray.get_runtime_context()
+        context.is_canceled()  # raises outside a worker process
+    except Exception:
+        return None
+    return context.is_canceled
+
+
+def _parsed(source: str, max_chars: int) -> Any:
+    """``source``'s syntax tree, or None where only validating can say what is wrong."""
+    import ast
+
+    if len(source) > max_chars:
+        return None
+    try:
+        return ast.parse(source)
+    except Exception:  # SyntaxError, too deep, ...: the validator reports it
+        return None
 
 
 def classify(error: BaseException) -> ChunkError:
@@ -41,7 +88,9 @@ def classify(error: BaseException) -> ChunkError:
     from gradserve_workers.ops import OpsError
 
     if isinstance(error, lang.LimitExceededError):
-        return ChunkError("limit", str(error), getattr(error, "line", None), error.column)
+        return ChunkError(
+            "limit", str(error), getattr(error, "line", None), error.column, error.limit
+        )
     if isinstance(error, lang.SpecError):
         return ChunkError("spec", str(error), error.line, error.column)
     if isinstance(error, lang.FunctionRuntimeError):
@@ -55,13 +104,19 @@ def classify(error: BaseException) -> ChunkError:
 class GradActor:
     """One warm worker process. Methods never raise for user errors: they return them."""
 
-    def __init__(self, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self, device: str = "cpu", threads: int = 1, express_seconds: float | None = None
+    ) -> None:
+        """``express_seconds``: an express actor (see server/gradserve_server/pool.py)
+        stops every call after this many seconds and reports it as an overrun."""
         import torch
+
+        self._express_seconds = express_seconds
 
         torch.set_num_threads(max(1, threads))
         self._torch = torch
         self._device = torch.device(device if device != "auto" else self._auto_device())
-        self._cache: OrderedDict[tuple[str, tuple[tuple[str, int], ...]], Any] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         # functions that needed the per-point loop: don't try vmap on them again
         self._per_point: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -72,6 +127,11 @@ class GradActor:
         # afresh, 3-7 ms of a 12 ms shard) and the heap grew by up to 200 MB over 30
         # calls; on its own thread, measured: no faults, no growth.
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
+        # Import what a call runs now, while the pool waits for the actor to start: a
+        # first call spent seconds importing, where no cancel or deadline is checked.
+        import gradserve_workers.check
+        import gradserve_workers.lang.compile
+        import gradserve_workers.ops  # noqa: F401
 
     def _auto_device(self) -> str:
         return "cuda" if self._torch.cuda.is_available() else "cpu"
@@ -81,19 +141,47 @@ class GradActor:
 
     # ------------------------------------------------------------- helpers
 
-    def _compiled(self, source: str, source_hash: str, limits: Mapping[str, int]) -> Any:
-        from gradserve_workers import lang
+    def _compiled(
+        self,
+        source: str,
+        source_hash: str,
+        limits: Mapping[str, int],
+        known_inputs: tuple[str, ...] | None = None,
+    ) -> Any:
+        """A compiled function or claim, from the cache when it was compiled before.
 
-        key = (source_hash, tuple(sorted(limits.items())))
+        A source that differs from a cached one only in layout (whitespace, comments,
+        parentheses) reuses its compiled body with its own positions: padding a
+        function cannot make every call compile afresh.
+        """
+        from gradserve_workers import lang
+        from gradserve_workers.lang.layout import syntax_key
+
+        settings = (tuple(sorted(limits.items())), known_inputs)
+        key = (source_hash, *settings)
         fn = self._cache.get(key)
-        if fn is None:
-            fn = lang.compile_function(source, lang.Limits(**limits))
-            self._cache[key] = fn
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
+        if fn is not None:
             self._cache.move_to_end(key)
+            return fn
+        bounds = lang.Limits(**limits)
+        tree = _parsed(source, bounds.max_source_chars)
+        shape = (syntax_key(tree), *settings) if tree is not None else None
+        twin = self._cache.get(shape) if shape is not None else None
+        if twin is not None:
+            fn = twin.relocated(source, tree)
+        else:
+            program = lang.parse_and_validate(source, bounds, known_inputs=known_inputs)
+            fn = lang.compile_program(program, bounds)
+            if shape is not None:
+                self._remember(shape, fn)
+        self._remember(key, fn)
         return fn
+
+    def _remember(self, key: tuple[Any, ...], fn: Any) -> None:
+        self._cache[key] = fn
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
 
     def _tensor(
         self, arr: np.ndarray, dtype: str, start: int, stop: int, batched: bool, copy: bool = True
@@ -111,10 +199,42 @@ class GradActor:
         t = torch.from_numpy(np.array(part, dtype=dtype, copy=True))
         return t.to(self._device) if self._device.type != "cpu" else t
 
-    def _run(self, work: Callable[[], ChunkResult]) -> ChunkResult:
-        """``work`` on the compute thread; user errors come back as data."""
+    def _watch(self, limits: Mapping[str, int]) -> Any:
+        """The deadline of one call: the server's per-call CPU budget, or an express
+        actor's shorter one."""
+        from gradserve_workers.lang import Limits
+        from gradserve_workers.lang.runtime import Watch
+
+        seconds = float(limits.get("max_call_seconds", Limits.max_call_seconds))
+        if self._express_seconds is not None and self._express_seconds < seconds:
+            return Watch(self._express_seconds, limit="express")
+        return Watch(seconds)
+
+    def _run(
+        self, work: Callable[[], ChunkResult], limits: Mapping[str, int] | None = None
+    ) -> ChunkResult:
+        """``work`` on the compute thread; user errors come back as data.
+
+        This (Ray's) thread waits for it and passes ray.cancel(ref) on as the call's
+        cancel flag, which the language checks between operations: a cancelled call
+        ends within an operation, and its process lives on.
+        """
         started = time.perf_counter()
-        result = self._compute_thread.submit(_guarded, work).result()
+        watch = self._watch(limits or {})
+        future = self._compute_thread.submit(_guarded, work, watch)
+        cancelled = _ray_cancel_flag()
+        while True:
+            try:
+                result = future.result(timeout=CANCEL_POLL_SECONDS)
+                break
+            except FutureTimeout:
+                if cancelled is not None and not watch.cancelled and cancelled():
+                    watch.cancel()
+        error = result.error
+        if error is not None and error.kind == "limit":
+            if watch.limit == "express" and watch.expired and not watch.cancelled:
+                result.error = ChunkError(OVERRUN, error.message)
+            _trim_heap()
         result.seconds = time.perf_counter() - started
         result.actor = self.name
         return result
@@ -137,7 +257,7 @@ class GradActor:
     def compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._compute(spec, arrays, start, stop))
+        return self._run(lambda: self._compute(spec, arrays, start, stop), spec.limits)
 
     def _compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
@@ -188,7 +308,7 @@ class GradActor:
     def check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._check(spec, arrays, start, stop))
+        return self._run(lambda: self._check(spec, arrays, start, stop), spec.limits)
 
     def _check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
@@ -237,10 +357,8 @@ class GradActor:
 
     def _claim(self, source: str, names: list[str], limits: Mapping[str, int]) -> Any:
         """A claimed derivative, compiled over the function's inputs (in its order)."""
-        from gradserve_workers import lang
-
-        program = lang.parse_and_validate(source, lang.Limits(**limits), known_inputs=names)
-        claim = lang.compile_program(program, lang.Limits(**limits))
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        claim = self._compiled(source, digest, limits, tuple(names))
         order = [names.index(n) for n in claim.inputs]
 
         def bound(*tensors: Any) -> Any:

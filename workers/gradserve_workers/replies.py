@@ -56,19 +56,29 @@ def describe(ops: Iterable[str], out: int | None, n: int, points: int, itemsize:
 
 @dataclass(frozen=True)
 class ReplyBudget:
-    """The most bytes one call's reply may hold, and what the worker needs to check it
-    once the output's shape is known: the call's points (all chunks) and item size."""
+    """The most bytes one call's reply may hold (0: no limit), and what the worker
+    needs to check it once the output's shape is known: the call's points (all
+    chunks) and item size. ``message_bytes`` is a unary call's message limit: a reply
+    over it is refused with ``limit="message"``, which tells the caller to stream."""
 
     max_bytes: int
     points: int
     itemsize: int
     flag: str = "--max-reply-bytes"
+    message_bytes: int = 0
 
     def check(self, call: str, ops: Iterable[str], out: int, n: int) -> None:
         ops = tuple(ops)
         size = reply_elements(ops, out, n) * self.points * self.itemsize
-        if size > self.max_bytes:
+        if size > self.max_bytes > 0:
             raise LimitExceededError(over_reply_budget(call, size, self, ops, out, n), "reply")
+        if size > self.message_bytes > 0:
+            raise LimitExceededError(
+                f"{call}: the reply would be {size:,} bytes, over the message limit of "
+                f"{self.message_bytes:,} (--max-message-bytes); call ComputeStream (the SDK "
+                "retries there by itself)",
+                "message",
+            )
 
 
 def over_reply_budget(

@@ -72,6 +72,7 @@ class ChunkError:
     message: str
     line: int | None = None
     column: int | None = None
+    limit: str | None = None  # the limit a "limit" error is about (LimitExceededError.limit)
 
 
 @dataclass

@@ -15,9 +15,10 @@ is raised so the caller can fall back to evaluating point by point.
 from __future__ import annotations
 
 import ast
+import hashlib
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from .errors import (
     SpecError,
 )
 from .functions import IMPLEMENTATIONS
+from .layout import Layout, Positions, Where, syntax_key
 from .limits import Limits
 from .runtime import Context, is_vmap_error, shape_text, to_int, transpose_last
 from .table import (
@@ -92,17 +94,7 @@ _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class _Where:
-    """Position and source text of a node, computed once at compile time."""
-
-    line: int
-    column: int
-    source_line: str
-    text: str
-
-
-def _translate(exc: Exception, where: _Where) -> LangError:
+def _translate(exc: Exception, where: Where) -> LangError:
     """A torch/Python exception as one of ours, positioned at the failing node."""
     if is_vmap_error(exc):
         return DataDependentControlFlow(
@@ -121,12 +113,20 @@ def _translate(exc: Exception, where: _Where) -> LangError:
     )
 
 
-def _guard(where: _Where, run: Evaluator) -> Evaluator:
-    """Give every error raised while running `run` the position of its node."""
+def _guard(where: Where, run: Evaluator, account: bool = False) -> Evaluator:
+    """Give every error raised while running `run` the position of its node.
+
+    With ``account``, the node makes new tensors (an operator, a call, an index): its
+    result goes through Context.account, which checks the deadline, the cancel flag
+    and the memory budget between operations.
+    """
 
     def guarded(frame: Frame) -> Any:
         try:
-            return run(frame)
+            value = run(frame)
+            if account:
+                frame.ctx.account(value, where.quoted)
+            return value
         except LangError as exc:
             if exc.line is None:
                 # Raised by a helper that does not know where it is: name the expression.
@@ -217,6 +217,8 @@ class _Compiler:
         self.program = program
         self.source = program.source
         self.lines = SourceLines(program.source)
+        self.layout = Layout(self.lines)
+        self.positions = Positions(program.tree)
         self.limits = limits
         self.expr_handlers: dict[type[ast.AST], Callable[[Any], Evaluator]] = {
             ast.Constant: self._constant,
@@ -243,13 +245,8 @@ class _Compiler:
             ast.Continue: self._continue,
         }
 
-    def where(self, node: ast.AST) -> _Where:
-        line, column, source_line = self.lines.position(node)
-        text = ast.get_source_segment(self.source, node) or ast.unparse(node)
-        text = " ".join(text.split())
-        if len(text) > 60:
-            text = text[:57] + "..."
-        return _Where(line, column, source_line, text)
+    def where(self, node: ast.AST) -> Where:
+        return self.positions.add(self.layout, node)
 
     def unsupported(self, node: ast.AST) -> SpecError:
         # Unreachable for validated programs; kept so that a gap fails closed.
@@ -376,31 +373,31 @@ class _Compiler:
         name = node.target.id
         symbol = BINARY_OPERATORS[type(node.op)]
         evaluate = self.expr(node.value)
-        what = self.where(node).text
+        where = self.where(node)
 
         def run(frame: Frame) -> None:
             # Rebinds the name: `y += x` never changes a tensor in place (it may be an input).
-            frame.env[name] = binary(frame.ctx, symbol, load(frame), evaluate(frame), what)
+            frame.env[name] = binary(frame.ctx, symbol, load(frame), evaluate(frame), where.text)
 
-        return _guard(self.where(node), run)
+        return _guard(where, run, account=True)
 
     def _if(self, node: ast.If) -> Executor:
         test = self.expr(node.test)
         body = self.block(node.body)
         orelse = self.block(node.orelse)
-        what = f"`{self.where(node.test).text}`"
+        where = self.where(node.test)
 
         def run(frame: Frame) -> object:
-            if frame.ctx.truth(test(frame), what):
+            if frame.ctx.truth(test(frame), where.quoted):
                 return body(frame)
             return orelse(frame)
 
-        return _guard(self.where(node.test), run)
+        return _guard(where, run)
 
     def _while(self, node: ast.While) -> Executor:
         test = self.expr(node.test)
         body = self.block(node.body)
-        what = f"`{self.where(node.test).text}`"
+        test_where = self.where(node.test)
         where = self.where(node)
 
         def run(frame: Frame) -> object:
@@ -408,7 +405,7 @@ class _Compiler:
             count = 0
             while True:
                 try:
-                    go_on = ctx.truth(test(frame), what)
+                    go_on = ctx.truth(test(frame), test_where.quoted)
                     if go_on:
                         count += 1
                         ctx.spend_iteration("while", count)
@@ -513,24 +510,22 @@ class _Compiler:
         symbol = BINARY_OPERATORS[type(node.op)]
         left, right = self.expr(node.left), self.expr(node.right)
         where = self.where(node)
-        what = where.text
 
         def run(frame: Frame) -> Any:
-            return binary(frame.ctx, symbol, left(frame), right(frame), what)
+            return binary(frame.ctx, symbol, left(frame), right(frame), where.text)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _unaryop(self, node: ast.UnaryOp) -> Evaluator:
         symbol = UNARY_OPERATORS[type(node.op)]
         operand = self.expr(node.operand)
         where = self.where(node)
-        what = f"`{where.text}`"
 
         def run(frame: Frame) -> Any:
             value = operand(frame)
             ctx = frame.ctx
             if symbol == "not":
-                return not ctx.truth(value, what)
+                return not ctx.truth(value, where.quoted)
             if isinstance(value, tuple):
                 raise FunctionRuntimeError("a tuple cannot be negated")
             if isinstance(value, torch.Tensor):
@@ -538,19 +533,19 @@ class _Compiler:
                 return -value if symbol == "-" else value
             return scalars.unary(symbol, value, ctx.limits.max_int)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _boolop(self, node: ast.BoolOp) -> Evaluator:
         values = [self.expr(v) for v in node.values]
         is_and = isinstance(node.op, ast.And)
-        whats = [f"`{self.where(v).text}`" for v in node.values]
+        wheres = [self.where(v) for v in node.values]
 
         def run(frame: Frame) -> Any:
             # Python semantics: the first operand that decides, unconverted.
             result: Any = None
-            for evaluate, what in zip(values, whats, strict=True):
+            for evaluate, value_where in zip(values, wheres, strict=True):
                 result = evaluate(frame)
-                if frame.ctx.truth(result, what) != is_and:
+                if frame.ctx.truth(result, value_where.quoted) != is_and:
                     return result
             return result
 
@@ -559,9 +554,10 @@ class _Compiler:
     def _comparison(self, node: ast.Compare) -> Evaluator:
         symbols = [COMPARE_OPERATORS[type(op)] for op in node.ops]
         operands = [self.expr(node.left), *(self.expr(c) for c in node.comparators)]
-        what = self.where(node).text
+        where = self.where(node)
 
         def run(frame: Frame) -> Any:
+            what = where.text
             # Chains are elementwise for tensors: 0 < x < 1 is (0 < x) & (x < 1).
             left = operands[0](frame)
             result: Any = True
@@ -579,14 +575,14 @@ class _Compiler:
                 left = right
             return result
 
-        return _guard(self.where(node), run)
+        return _guard(where, run, account=True)
 
     def _ifexp(self, node: ast.IfExp) -> Evaluator:
         test, body, orelse = self.expr(node.test), self.expr(node.body), self.expr(node.orelse)
-        what = f"`{self.where(node.test).text}`"
+        test_where = self.where(node.test)
 
         def run(frame: Frame) -> Any:
-            return body(frame) if frame.ctx.truth(test(frame), what) else orelse(frame)
+            return body(frame) if frame.ctx.truth(test(frame), test_where.quoted) else orelse(frame)
 
         return _guard(self.where(node), run)
 
@@ -613,13 +609,12 @@ class _Compiler:
             else:
                 evaluators.append(slot)
         where = self.where(node)
-        what = where.text
 
         def run(frame: Frame) -> Any:
             values = [evaluate(frame) for evaluate in evaluators]
-            return frame.ctx.check_result(impl(frame.ctx, *values), what)
+            return frame.ctx.check_result(impl(frame.ctx, *values), where.text)
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _attribute(self, node: ast.Attribute) -> Evaluator:
         if node.attr != "T":
@@ -661,13 +656,12 @@ class _Compiler:
         elements = index.elts if isinstance(index, ast.Tuple) else [index]
         parts = [self._index_evaluator(e) for e in elements]
         where = self.where(node)
-        what = where.text
 
         def run(frame: Frame) -> Any:
             target = value(frame)
             key = tuple(p(frame) for p in parts)
             if isinstance(target, torch.Tensor):
-                _check_index_size(frame.ctx, target, key, what)
+                _check_index_size(frame.ctx, target, key, where.text)
                 return target[key if is_tuple else key[0]]
             if isinstance(target, tuple):
                 if is_tuple or isinstance(key[0], torch.Tensor):
@@ -675,7 +669,7 @@ class _Compiler:
                 return target[key[0]]
             raise FunctionRuntimeError("a number cannot be indexed")
 
-        return _guard(where, run)
+        return _guard(where, run, account=True)
 
     def _tuple(self, node: ast.Tuple) -> Evaluator:
         elements = [self.expr(e) for e in node.elts]
@@ -692,10 +686,40 @@ class CompiledFunction:
     live on the device of the first tensor input.
     """
 
-    def __init__(self, program: Program, limits: Limits, body: Evaluator) -> None:
+    def __init__(
+        self, program: Program, limits: Limits, body: Evaluator, positions: Positions
+    ) -> None:
         self.program = program
         self.limits = limits
         self._body = body
+        self._positions = positions
+        self._table = positions.current() if positions.installed is None else None
+
+    @property
+    def syntax_key(self) -> str:
+        """Equal for functions whose sources differ only in layout (see relocated)."""
+        return syntax_key(self.program.tree)
+
+    def relocated(self, source: str, tree: ast.Module | None = None) -> CompiledFunction:
+        """This function for ``source``, which differs only in layout (whitespace,
+        comments, parentheses): the same compiled body, with ``source``'s positions in
+        its errors. Linear in the source's length; no validating or compiling.
+
+        ``tree``: ``source`` parsed, if the caller has it. Raises ValueError if the
+        syntax trees differ.
+        """
+        tree = ast.parse(source) if tree is None else tree
+        if syntax_key(tree) != self.syntax_key:
+            raise ValueError("CompiledFunction.relocated: the syntax trees differ")
+        program = replace(
+            self.program,
+            source=source,
+            source_hash=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+            tree=tree,
+        )
+        twin = CompiledFunction(program, self.limits, self._body, self._positions)
+        twin._table = self._positions.table_for(source, tree)
+        return twin
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -727,6 +751,9 @@ class CompiledFunction:
         ctx = Context(
             dtype or torch.get_default_dtype(), device or torch.device("cpu"), self.limits
         )
+        ctx.add_inputs(args)
+        if self._table is not None:  # None: no twin has ever run, ours are in place
+            self._positions.install(self._table)
         result = self._body(Frame(dict(zip(self.inputs, args, strict=True)), ctx))
         if isinstance(result, torch.Tensor):
             if not result.is_floating_point():
@@ -740,7 +767,8 @@ def compile_program(
     limits: Limits = Limits(),  # frozen: sharing the default is safe
 ) -> CompiledFunction:
     """Compile a validated program; `limits` bound what each call may cost."""
-    return CompiledFunction(program, limits, _Compiler(program, limits).body())
+    compiler = _Compiler(program, limits)
+    return CompiledFunction(program, limits, compiler.body(), compiler.positions)
 
 
 def compile_function(

@@ -482,10 +482,20 @@ def _shape_of(ctx: Context, x: object) -> tuple[int, ...]:
 # -- creation -----------------------------------------------------------------------
 
 
+def _size(value: object, what: str) -> int:
+    try:
+        return sizes.size_value(to_number(value, what), what)
+    except sizes.SizeError as exc:
+        raise FunctionRuntimeError(str(exc)) from None
+
+
 def _created_shape(ctx: Context, shape: object, name: str) -> tuple[int, ...]:
-    dims = _shape(shape)
-    if any(d < 0 for d in dims):
-        raise FunctionRuntimeError(f"{name}() needs sizes >= 0, got {dims}")
+    parts = shape if isinstance(shape, tuple) else (shape,)
+    if len(parts) > sizes.MAX_DIMS:
+        raise FunctionRuntimeError(
+            f"{name}() got a shape of {len(parts)} dims, more than the {sizes.MAX_DIMS} allowed"
+        )
+    dims = tuple(_size(v, "a size") for v in parts)
     ctx.check_shape(dims, f"{name}{shape_text(dims)}")
     return dims
 
@@ -524,8 +534,8 @@ def _ones_like(ctx: Context, x: object) -> torch.Tensor:
 
 @_register("eye")
 def _eye(ctx: Context, n: object, m: object) -> torch.Tensor:
-    rows = to_int(n, "n")
-    cols = rows if m is None else to_int(m, "m")
+    rows = _size(n, "n")
+    cols = rows if m is None else _size(m, "m")
     dims = _created_shape(ctx, (rows, cols), "eye")
     return torch.eye(dims[0], dims[1], dtype=ctx.dtype, device=ctx.device)
 
@@ -544,9 +554,7 @@ def _arange(ctx: Context, start: object, end: object, step: object) -> torch.Ten
 
 @_register("linspace")
 def _linspace(ctx: Context, start: object, end: object, steps: object) -> torch.Tensor:
-    n = to_int(steps, "steps")
-    if n < 0:
-        raise FunctionRuntimeError("linspace() needs steps >= 0")
+    n = _size(steps, "steps")
     ctx.check_numel(n, "the result of linspace()")
     lo, hi = to_number(start, "start"), to_number(end, "end")
     return torch.linspace(lo, hi, n, dtype=ctx.dtype, device=ctx.device)

@@ -25,6 +25,12 @@ class Limits:
         produces, checked before allocating where the size is known in advance.
     max_input_elements: elements of all inputs of one point (checked by the caller).
     max_int: bound on the magnitude of Python integers (literals and results).
+    max_call_bytes: memory one call may hold at once: the tensors its operations made
+        that are still alive, including those autograd saves for a derivative (checked
+        between operations; the worker's per-call memory budget).
+    max_call_seconds: wall-clock seconds one worker call (a chunk: every evaluation
+        of the function in it) may run; checked between operations, so it also stops
+        a call cooperatively, without ending the worker's process.
     """
 
     max_source_chars: int = 20_000
@@ -34,6 +40,8 @@ class Limits:
     max_tensor_elements: int = 10_000_000
     max_input_elements: int = 1_000_000
     max_int: int = 2**63
+    max_call_bytes: int = 2 * 1024**3
+    max_call_seconds: int = 30
 
     def __post_init__(self) -> None:
         for field in fields(self):

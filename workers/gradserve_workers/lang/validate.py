@@ -773,11 +773,15 @@ class _Validator:
                 args.append(None if param.required else param.default)
         if any(a is UNKNOWN for a in args):
             return
-        numel = sizes.creation_numel(name, args)
+        try:
+            numel = sizes.creation_numel(name, args)
+        except sizes.SizeError as exc:
+            raise self.error(node, f"{self.text(node)}: {exc}") from None
         if numel is not None and numel > self.limits.max_tensor_elements:
             line, column, text = self.lines.position(node)
             raise LimitExceededError(
-                f"{self.text(node)} would create a tensor of {numel} elements, more than the "
+                f"{self.text(node)} would create a tensor of {sizes.count_text(numel)} elements, "
+                f"more than the "
                 f"limit of {self.limits.max_tensor_elements}",
                 limit="max_tensor_elements",
                 line=line,

@@ -1,0 +1,94 @@
+"""Issue 16, item 9: server streams produce pieces only as their readers take them, so
+GetJobResults streams that are never read hold at most --max-stream-bytes (8 MiB
+here) between them, and a reader that takes nothing for --stream-stall-seconds (3 s
+here) loses its stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from support.cluster import ServerProcess
+from support.hostile import Watch, rss, scaled
+
+import gradserve
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
+
+MiB = 1024 * 1024
+# a client that takes little off the socket until it reads (gRPC's own client buffers
+# several MB ahead of its reader otherwise, which would hide the server's pacing)
+SMALL_WINDOW = [
+    ("grpc.max_receive_message_length", 64 * MiB),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 64 * 1024),
+]
+
+
+@pytest.fixture(scope="module")
+def big_job(hostile_server: ServerProcess) -> Iterator[str]:
+    """A finished job with one result of 4 MB (16 MB in the full suite)."""
+    points = scaled(500, 2000)
+    with gradserve.Client(hostile_server.address, timeout=120) as client:
+        job = client.submit(
+            {
+                "tasks": [
+                    {
+                        "function": "x * 1.0",
+                        "inputs": {"x": {"sample": {"dist": "normal", "shape": [1000],
+                                                    "count": points, "seed": 1}}},
+                        "ops": ["value"],
+                    }
+                ]
+            }
+        )  # fmt: skip
+        assert job.wait().state == "succeeded"
+        yield job.id
+
+
+def open_unread(address: str, job_id: str, count: int) -> list[tuple[grpc.Channel, object]]:
+    calls = []
+    for _ in range(count):
+        channel = grpc.insecure_channel(address, options=SMALL_WINDOW)
+        stub = pb_grpc.GradientServiceStub(channel)
+        calls.append(
+            (channel, stub.GetJobResults(pb.GetJobResultsRequest(job_id=job_id), timeout=120))
+        )
+    return calls
+
+
+def test_results_streams_nobody_reads_hold_a_bounded_amount(
+    hostile_server: ServerProcess, big_job: str
+) -> None:
+    count = scaled(40, 1000)
+    with Watch(hostile_server) as watch:
+        calls = open_unread(hostile_server.address, big_job, count)
+        time.sleep(2.0)
+        held = rss(hostile_server) - watch.rss_before
+        for channel, call in calls:
+            call.cancel()  # type: ignore[attr-defined]
+            channel.close()
+    # without pacing each unread stream held ~10 MB of a 16 MB result (1,000: 6.3 GB);
+    # now they hold the 8 MiB stream budget between them (1,000: +51 MB measured)
+    assert held < 200 * MiB, f"{count} unread streams: server RSS +{held / 1e6:.0f} MB"
+    watch.check()
+    with gradserve.Client(hostile_server.address, timeout=120) as client:
+        (result,) = list(client.job(big_job).results())  # a reader still gets it all
+    assert result.outputs["value"].shape == (scaled(500, 2000), 1000)
+    assert np.isfinite(result.outputs["value"]).all()
+
+
+def test_a_reader_that_takes_nothing_loses_its_stream(
+    hostile_server: ServerProcess, big_job: str
+) -> None:
+    ((channel, call),) = open_unread(hostile_server.address, big_job, 1)
+    time.sleep(4.5)  # past the 3 s stall limit
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in call:  # type: ignore[attr-defined]
+            pass
+    channel.close()
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "took nothing for 3 s" in str(info.value.details())
