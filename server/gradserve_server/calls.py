@@ -27,6 +27,8 @@ class Call:
     rpc: str
     request_id: str = field(default_factory=new_request_id)
     identity: Identity = ANONYMOUS
+    # read when the call starts: asking a finished call's context for it can crash grpc
+    peer: str = ""
     # filled in by handlers: op, points, chunks, job, verdict
     notes: dict[str, Any] = field(default_factory=dict)
 

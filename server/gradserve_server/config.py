@@ -58,19 +58,22 @@ def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
         "--express-workers",
         type=int,
         default=int(_env("EXPRESS_WORKERS", "1") or 0),
-        help="actors kept for small calls while every worker is busy (0: none)",
+        help="actors kept for small calls while every worker is busy; 0: none "
+        "($GRADSERVE_EXPRESS_WORKERS, default 1)",
     )
     p.add_argument(
         "--express-seconds",
         type=float,
         default=float(_env("EXPRESS_SECONDS", "0.5") or 0.5),
-        help="a call on an express actor longer than this waits for a regular worker",
+        help="a call on an express actor longer than this waits for a regular worker "
+        "($GRADSERVE_EXPRESS_SECONDS, default 0.5)",
     )
     p.add_argument(
         "--cancel-grace",
         type=float,
         default=float(_env("CANCEL_GRACE", "2") or 2),
-        help="seconds a cancelled chunk's worker has to stop before it is killed",
+        help="seconds a cancelled chunk's worker has to stop before it is killed "
+        "($GRADSERVE_CANCEL_GRACE, default 2)",
     )
 
 

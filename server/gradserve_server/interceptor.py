@@ -65,6 +65,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self, call: Call, tokens: Sequence[str | bytes], context: grpc.aio.ServicerContext
     ) -> None:
         calls.begin(call)
+        call.peer = context.peer()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         if self.auth is None:
             return
@@ -101,7 +102,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             **notes,
             "status": status,
             "ms": round(seconds * 1000, 2),
-            "peer": context.peer(),
+            "peer": call.peer,
         }
         if status != "OK":
             details = context.details() or ""
