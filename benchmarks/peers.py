@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -283,6 +284,9 @@ def measure(sides: list[Side], quick: bool, threads: int) -> dict[str, Any]:
         row["unary_p99_vs_gradserve"] = row["unary_p99"] / base["unary_p99"]
         row["pts_per_s_vs_gradserve"] = row["pts_per_s"] / base["pts_per_s"]
     return {
+        "load_average": os.getloadavg(),  # the machine's state: quote only quiet runs
+        "versions": {pkg: importlib.metadata.version(pkg)
+                     for pkg in ("torch", "ray", "fastapi", "uvicorn", "httpx", "grpcio")},
         "unary": {"function": UNARY_SOURCE, "dim": UNARY_DIM, "calls": calls},
         "batch": {"function": ROSENBROCK_SOURCE, "dim": BATCH_DIM, "points": BATCH_POINTS,
                   "reps": reps},
@@ -324,11 +328,12 @@ def render(r: dict[str, Any]) -> str:
             f"{s['rss'] / mib:.0f}", f"{s['pss'] / mib:.0f}", str(s["processes"]), agree,
         ])  # fmt: skip
     u, b = r["unary"], r["batch"]
+    load = ", ".join(f"{x:.1f}" for x in r["load_average"])
     return table(
         f"5. Peers ({r['threads']} workers/threads each): unary grad of {u['function']} "
         f"at {u['dim']} inputs ({u['calls']} calls) and batched grad of Rosenbrock, "
         f"d={b['dim']}, {b['points']:,} points (median of {b['reps']}); ratios are "
-        "side / gradserve",
+        f"side / gradserve; load average {load}",
         ["side", "p50", "p99", "p50 x", "p99 x", "pts/s", "pts/s x", "RSS MiB", "PSS MiB",
          "procs", "agree"],
         rows,
