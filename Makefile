@@ -41,7 +41,14 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \
 		--pyi_out=client proto/gradserve/v1/gradserve.proto
 
-bench: $(STAMP)
+# The benchmark's own packages (the Ray Serve and FastAPI peers): not for `make test`.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): requirements/bench.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements/bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py $(ARGS)
 
 demo: $(STAMP)

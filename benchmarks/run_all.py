@@ -1,11 +1,13 @@
-"""`make bench`: all four benchmarks against a real server with an embedded Ray.
+"""`make bench`: all five benchmarks against a real server with an embedded Ray.
 
 1. throughput: batched grad/hessian, service vs in-process torch.func
 2. checks: gradserve check vs torch.autograd.gradcheck (slow and fast mode)
 3. latency: unary grad vs a bare gRPC health round trip
 4. scaling: 1 and 2 workers
+5. peers: the same unary and batched grads through FastAPI/uvicorn and Ray Serve
+   (needs requirements/bench.txt, which `make bench` installs)
 
-Prints the four tables and writes the raw numbers (every repetition) to
+Prints the tables and writes the raw numbers (every repetition) to
 ``bench-results/<time>.json`` (or ``--out``). ``--quick`` is a smoke run.
 ``make bench ARGS="--quick --only latency"`` passes flags through.
 """
@@ -30,7 +32,7 @@ import throughput
 import torch
 from _harness import ROOT, start_server
 
-NAMES = ("throughput", "checks", "latency", "scaling")
+NAMES = ("throughput", "checks", "latency", "scaling", "peers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,12 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         if "scaling" in only:
             print("4. scaling (2 workers)", flush=True)
             two = scaling.run_one(server.address, args.workers, args.quick)
+        if "peers" in only:
+            print("5. peers (FastAPI/uvicorn, Ray Serve)", flush=True)
+            import peers  # its packages come from requirements/bench.txt: only when asked
+
+            peer_rows = peers.run(server, args.workers, args.quick)
+            results["peers"] = peer_rows
+            peer_table = peers.render(peer_rows)
     if "scaling" in only:
         print("4. scaling (1 worker: a second server)", flush=True)
         with start_server(1) as server:
             one = scaling.run_one(server.address, 1, args.quick)
         results["scaling"] = two + one
         tables.append(scaling.render(two + one))
+    if "peers" in only:
+        tables.append(peer_table)  # after scaling's, in the numbered order
     results["total_seconds"] = time.perf_counter() - started
 
     print()
