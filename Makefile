@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile
 
-$(STAMP): requirements/*.txt client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
+$(STAMP): $(filter-out requirements/bench.txt,$(wildcard requirements/*.txt)) client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
 		workers/setup.py workers/gradserve_workers/native/compare_rows.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
