@@ -230,6 +230,15 @@ class FunctionInfo:
 
 
 @dataclass(frozen=True)
+class RegisteredFunctionInfo:
+    """A registered function of the server: call it as ``fn="@" + name``."""
+
+    name: str
+    inputs: tuple[str, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     version: str
     workers: int
@@ -238,6 +247,8 @@ class ServerInfo:
     functions: tuple[FunctionInfo, ...]
     device: str
     max_message_bytes: int
+    # the operator's registered functions, called as fn="@NAME"
+    registered_functions: tuple[RegisteredFunctionInfo, ...] = ()
 
     @classmethod
     def _from_proto(cls, msg: pb.ServerInfo) -> ServerInfo:
@@ -249,6 +260,10 @@ class ServerInfo:
             functions=tuple(FunctionInfo(f.name, f.signature, f.example) for f in msg.functions),
             device=msg.device,
             max_message_bytes=int(msg.max_message_bytes),
+            registered_functions=tuple(
+                RegisteredFunctionInfo(f.name, tuple(f.inputs), f.doc)
+                for f in msg.registered_functions
+            ),
         )
 
 

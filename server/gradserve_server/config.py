@@ -41,6 +41,8 @@ class ServerConfig:
     object_store_bytes: int | None = None  # embedded Ray only
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
+    # registered functions (the gradserve.functions entry points) the workers import
+    functions: tuple[str, ...] = ()
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -89,11 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=int(_env(name.upper(), str(default)) or default),
         )
+    p.add_argument(
+        "--functions",
+        default=_env("FUNCTIONS", ""),
+        help="registered functions to enable, NAME[,NAME...] or 'all' (installed "
+        "packages' 'gradserve.functions' entry points; clients call them as fn='@NAME')",
+    )
     return p
 
 
+def _functions(parser: argparse.ArgumentParser, spec: str) -> tuple[str, ...]:
+    from gradserve_workers.registry import resolve_names
+
+    try:
+        return resolve_names(spec or None)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -109,4 +127,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         object_store_bytes=args.object_store_bytes,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
+        functions=_functions(parser, args.functions),
     )

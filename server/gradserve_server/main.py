@@ -78,7 +78,9 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
     if config.device == "cuda":
         options["num_gpus"] = min(1.0, float(ray.cluster_resources().get("GPU", 1.0)) / size)
     remote_cls = ray.remote(GradActor).options(**options)
-    return lambda: remote_cls.remote(device=config.device, threads=1)
+    return lambda: remote_cls.remote(
+        device=config.device, threads=1, functions=tuple(config.functions)
+    )
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:
@@ -88,6 +90,10 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     size = config.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     pool = ActorPool(_make_actor_factory(config, size), size)
     await pool.start()
+    if config.functions:  # what the workers loaded, for the server's validation
+        from gradserve_workers import registry
+
+        registry.install(await pool.workers[0].handle.functions.remote())
     service = ComputeService(config, pool)
     jobs = _start_jobs(config, service)
 

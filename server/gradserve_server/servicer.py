@@ -19,6 +19,7 @@ from gradserve_server.service import (
     outputs_to_proto,
     report_to_proto,
 )
+from gradserve_workers import registry
 from gradserve_workers.lang import FUNCTIONS
 
 _calls = itertools.count()
@@ -108,6 +109,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             ],
             device=config.device,
             max_message_bytes=config.max_message_bytes,
+            registered_functions=[
+                pb.RegisteredFunction(name=f.name, inputs=list(f.inputs), doc=f.doc)
+                for f in registry.catalogue()
+            ],
         )
 
     # ------------------------------------------------------------- jobs

@@ -37,9 +37,12 @@ def _guarded(work: Callable[[], ChunkResult]) -> ChunkResult:
 
 def classify(error: BaseException) -> ChunkError:
     """Turn an exception from the language or the ops into something the server maps."""
-    from gradserve_workers import lang
+    from gradserve_workers import lang, registry
     from gradserve_workers.ops import OpsError
 
+    raised = registry.failure_message(error)
+    if raised is not None:  # the operator's registered function failed on these inputs
+        return ChunkError("invalid", raised)
     if isinstance(error, lang.LimitExceededError):
         return ChunkError("limit", str(error), getattr(error, "line", None), error.column)
     if isinstance(error, lang.SpecError):
@@ -55,8 +58,15 @@ def classify(error: BaseException) -> ChunkError:
 class GradActor:
     """One warm worker process. Methods never raise for user errors: they return them."""
 
-    def __init__(self, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self, device: str = "cpu", threads: int = 1, functions: tuple[str, ...] = ()
+    ) -> None:
         import torch
+
+        from gradserve_workers import registry
+
+        # the operator's registered functions (trusted code), imported once, here
+        self._functions = registry.load(functions)
 
         torch.set_num_threads(max(1, threads))
         self._torch = torch
@@ -78,6 +88,10 @@ class GradActor:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "device": str(self._device), "node": socket.gethostname()}
+
+    def functions(self) -> tuple[Any, ...]:
+        """The registered functions this worker loaded (``registry.Registered``)."""
+        return self._functions
 
     # ------------------------------------------------------------- helpers
 

@@ -416,7 +416,7 @@ class FunctionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., example: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "workers", "ray_address", "limits", "functions", "device", "max_message_bytes")
+    __slots__ = ("version", "workers", "ray_address", "limits", "functions", "device", "max_message_bytes", "registered_functions")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +431,7 @@ class ServerInfo(_message.Message):
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     version: str
     workers: int
     ray_address: str
@@ -438,7 +439,18 @@ class ServerInfo(_message.Message):
     functions: _containers.RepeatedCompositeFieldContainer[FunctionInfo]
     device: str
     max_message_bytes: int
-    def __init__(self, version: _Optional[str] = ..., workers: _Optional[int] = ..., ray_address: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    registered_functions: _containers.RepeatedCompositeFieldContainer[RegisteredFunction]
+    def __init__(self, version: _Optional[str] = ..., workers: _Optional[int] = ..., ray_address: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., registered_functions: _Optional[_Iterable[_Union[RegisteredFunction, _Mapping]]] = ...) -> None: ...
+
+class RegisteredFunction(_message.Message):
+    __slots__ = ("name", "inputs", "doc")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    doc: str
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., doc: _Optional[str] = ...) -> None: ...
 
 class CheckSpec(_message.Message):
     __slots__ = ("kind", "claims", "options")

@@ -1,0 +1,44 @@
+"""Private: a registered function behind a compiled program's interface (imports torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .registry import PREFIX, Registered, RegisteredFunctionError, mark
+
+
+class RegisteredFunction:
+    """Call with one tensor per input, positionally, in ``.inputs`` order; the
+    registered callable gets them by name.
+
+    An exception it raises propagates unchanged, so that what torch.func's callers
+    fall back on (no vmap rule: a loop over points; no ``jvp``: reverse mode) still
+    works; it is marked with the function's name, and the worker reports it as the
+    function's failure (:func:`~gradserve_workers.registry.failure_message`).
+    """
+
+    def __init__(self, info: Registered, fn: Any) -> None:
+        self.info = info
+        self._fn = fn
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.info.inputs
+
+    def __repr__(self) -> str:
+        return f"RegisteredFunction({PREFIX}{self.info.name}, inputs={self.inputs!r})"
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        name = PREFIX + self.info.name
+        if len(args) != len(self.inputs):
+            raise TypeError(f"{name} takes {len(self.inputs)} inputs, got {len(args)}")
+        try:
+            out = self._fn(**dict(zip(self.inputs, args, strict=True)))
+        except Exception as exc:
+            mark(exc, name)
+            raise
+        if not isinstance(out, torch.Tensor):
+            raise RegisteredFunctionError(f"{name} returned {type(out).__name__}, not a tensor")
+        return out
