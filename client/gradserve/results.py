@@ -187,6 +187,10 @@ class CheckReport:
     max_asymmetry: float = 0.0
     # how it ran, not what it found: two reports of one check compare equal
     metadata: Metadata = field(default_factory=Metadata, compare=False)
+    # numeric claims: which of the claim, autograd and finite differences disagree
+    # (one sentence), and whether autograd matched finite differences
+    three_way: str = ""
+    autograd_matches_finite_differences: bool | None = None
 
     @property
     def worst_point(self) -> int | None:
@@ -217,6 +221,12 @@ class CheckReport:
             num_points=int(msg.num_points),
             execution_path=_PATHS.get(msg.execution_path, ""),
             kink=Kink._from_proto(msg.kink) if msg.HasField("kink") else None,
+            three_way=msg.three_way,
+            autograd_matches_finite_differences=(
+                msg.autograd_matches_finite_differences
+                if msg.HasField("autograd_matches_finite_differences")
+                else None
+            ),
             max_asymmetry=msg.max_asymmetry,
             metadata=Metadata() if metadata is None else Metadata._from_proto(metadata),
         )

@@ -13,7 +13,7 @@ import ray
 
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, sampling
+from gradserve_server import binding, dispatch, numeric, sampling
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error, invalid
 from gradserve_server.planner import (
@@ -295,6 +295,7 @@ class ComputeService:
         if kind is None:
             kind = "grad" if req.claims else "finite_difference"
         claims: dict[str, str] = {}
+        values: dict[str, np.ndarray] = {}  # numeric claims, by key
         if kind != "finite_difference":
             if not req.claims:
                 raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
@@ -308,9 +309,16 @@ class ComputeService:
                     )
                 binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
                                     program.inputs, call)  # fmt: skip
-                binding.validate_program(claim.source, self.limits, program.inputs)
                 key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
+                if claim.HasField("values"):
+                    values[key] = numeric.claim_values(
+                        claim.values, kind, key, arrays, points if batched else None, call
+                    )
+                else:
+                    binding.validate_program(claim.source, self.limits, program.inputs)
                 claims[key] = claim.source
+            if values and len(values) != len(claims):
+                raise invalid(f"{call}: give every claim as source text or every one as numbers")
         elif req.claims:
             raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
         options = req.options
@@ -332,16 +340,30 @@ class ComputeService:
             fast=options.fast if options.HasField("fast") else None,
             seed=int(options.seed),
             limits=self.limits,
+            numeric=tuple(values),
         )
         for name, value in (("atol", spec.atol), ("rtol", spec.rtol), ("eps", spec.eps)):
             if not (value >= 0 and np.isfinite(value)) or (name == "eps" and value == 0):
                 raise invalid(f"{call}: {name} must be a finite positive number", f"options.{name}")
-        bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point)
+        extra = {numeric.CLAIM + key: arr for key, arr in values.items()}
+        bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point, extra)
         return bound, spec
 
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
         bound, spec = self.bind_check(req)
+        report, results = await self._checked(bound, spec, tenant)
+        if spec.numeric:  # and autograd against finite differences, to name the odd one
+            reference, more = await self._checked(bound, numeric.reference_spec(spec), tenant)
+            claims = {k[len(numeric.CLAIM) :]: v for k, v in bound.extra.items()}
+            report = numeric.three_way(report, reference, claims, bound.batched)
+            results += more
+        meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
+        return report, Computed({}, meta)
+
+    async def _checked(
+        self, bound: binding.Bound, spec: CheckSpec, tenant: str
+    ) -> tuple[CheckReport, list[ChunkResult]]:
         shards, key = self.shards(bound, spec)
         if len(shards) > 1:
             payload = self.payload(bound, len(shards))
@@ -359,8 +381,7 @@ class ComputeService:
             report = merge_reports([r.report for r in results], [int(s) for s in starts])
         if key is not None:
             self._check_log.record(key, sum(r.seconds for r in results))
-        meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
-        return report, Computed({}, meta)
+        return report, results
 
     def shards(
         self, bound: binding.Bound, spec: CheckSpec
@@ -460,6 +481,9 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
     )
     if report.symmetric is not None:
         msg.symmetric = report.symmetric
+    msg.three_way = report.three_way
+    if report.autograd_matches_fd is not None:
+        msg.autograd_matches_finite_differences = report.autograd_matches_fd
     msg.max_asymmetry = report.max_asymmetry
     kink = report.kink
     if kink is not None:

@@ -100,6 +100,19 @@ def test_second_order_catches_the_bug_too(rc: gradserve.Client) -> None:
     assert not any(report.point_passed)
 
 
+def test_a_numeric_claim_names_a_wrong_backward_as_the_odd_one_out(
+    rc: gradserve.Client,
+) -> None:
+    p = _points(POINTS, seed=7)
+    true_grad = np.einsum("nij,nj->ni", p["A"] + p["A"].transpose(0, 2, 1), p["x"])
+    report = rc.check("@quad_form_buggy", p, grad={"x": true_grad}, batched=True)
+    assert not report.passed  # the claim disagrees with the buggy autograd
+    assert report.autograd_matches_finite_differences is False
+    assert "autograd (the function's own derivative) is the odd one out" in report.three_way
+    report = rc.check("@quad_form", p, grad={"x": true_grad}, batched=True)
+    assert report.passed and report.autograd_matches_finite_differences is True
+
+
 def test_a_function_without_a_vmap_rule_runs_per_point(rc: gradserve.Client) -> None:
     x = np.random.default_rng(5).normal(size=(20, 3))
     result = rc.compute("@no_vmap_rule", {"x": x}, ops=["grad"], batched=True)

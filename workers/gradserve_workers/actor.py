@@ -227,6 +227,25 @@ class GradActor:
                 allow_vmap=allow_vmap,
                 columns=spec.columns,
             )
+        elif spec.numeric:  # claimed numbers, computed elsewhere
+            from gradserve_workers.numeric_claims import CLAIM, numeric_claimed_check
+
+            values = {
+                key: self._tensor(arrays[CLAIM + key], "float64", start, stop, spec.batched)
+                for key in spec.numeric
+            }
+            report = numeric_claimed_check(
+                fn,
+                names,
+                inputs,
+                values,
+                kind=spec.kind,
+                batched=spec.batched,
+                atol=spec.atol,
+                rtol=spec.rtol,
+                allow_vmap=allow_vmap,
+                columns=spec.columns,
+            )
         else:
             claims = {
                 key: self._claim(source, names, spec.limits) for key, source in spec.claims.items()

@@ -98,6 +98,11 @@ class CheckReport:
     kink: Kink | None = None
     dtype: str = "float64"
     max_asymmetry: float = 0.0
+    # numeric claims: which of the claim, autograd and finite differences disagree
+    # (a sentence, also the message's last), and autograd's own check against
+    # finite differences (see gradserve_server.numeric)
+    three_way: str = ""
+    autograd_matches_fd: bool | None = None
 
 
 def largest(values: Iterable[float]) -> float:

@@ -261,14 +261,16 @@ class InputSpec(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., sample: _Optional[_Union[SampleSpec, _Mapping]] = ...) -> None: ...
 
 class Claim(_message.Message):
-    __slots__ = ("input", "input2", "source")
+    __slots__ = ("input", "input2", "source", "values")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     INPUT2_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     input: str
     input2: str
     source: str
-    def __init__(self, input: _Optional[str] = ..., input2: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    values: Tensor
+    def __init__(self, input: _Optional[str] = ..., input2: _Optional[str] = ..., source: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CheckOptions(_message.Message):
     __slots__ = ("order", "atol", "rtol", "eps", "fast", "seed")
@@ -354,7 +356,7 @@ class Kink(_message.Message):
     def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., at: _Optional[float] = ..., right: _Optional[float] = ..., left: _Optional[float] = ..., autograd: _Optional[float] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry")
+    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry", "three_way", "autograd_matches_finite_differences")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +375,8 @@ class CheckReport(_message.Message):
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     KINK_FIELD_NUMBER: _ClassVar[int]
     MAX_ASYMMETRY_FIELD_NUMBER: _ClassVar[int]
+    THREE_WAY_FIELD_NUMBER: _ClassVar[int]
+    AUTOGRAD_MATCHES_FINITE_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     kind: CheckKind
     order: int
@@ -391,7 +395,9 @@ class CheckReport(_message.Message):
     execution_path: ExecutionPath
     kink: Kink
     max_asymmetry: float
-    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ...) -> None: ...
+    three_way: str
+    autograd_matches_finite_differences: bool
+    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ..., three_way: _Optional[str] = ..., autograd_matches_finite_differences: _Optional[bool] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("report", "metadata")
