@@ -109,6 +109,10 @@ class WorstElement:
     numeric: float
     abs_error: float
     rel_error: float
+    # finite differences only: the difference's own error (Richardson, h and h/2),
+    # and whether abs_error is beyond it (a real disagreement) or within its noise
+    fd_error: float | None = None
+    beyond_fd_error: bool | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.WorstElement) -> WorstElement:
@@ -121,6 +125,8 @@ class WorstElement:
             numeric=msg.numeric,
             abs_error=msg.abs_error,
             rel_error=msg.rel_error,
+            fd_error=msg.fd_error if msg.HasField("fd_error") else None,
+            beyond_fd_error=msg.beyond_fd_error if msg.HasField("beyond_fd_error") else None,
         )
 
 

@@ -25,7 +25,7 @@ from gradserve_server.planner import (
 )
 from gradserve_server.pool import ActorPool
 from gradserve_workers import actor as actor_keys
-from gradserve_workers.report import CheckReport, merge_reports, merge_shards
+from gradserve_workers.report import CheckReport, beyond_fd_error, merge_reports, merge_shards
 from gradserve_workers.tasks import (
     FULL_CHECK_MAX_INPUTS,
     PACKED_CALL_MAX_BYTES,
@@ -514,6 +514,9 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
                 rel_error=w.rel_error,
             )
         )
+        if w.fd_error is not None:
+            msg.worst.fd_error = w.fd_error
+            msg.worst.beyond_fd_error = bool(beyond_fd_error(w))
     return msg
 
 

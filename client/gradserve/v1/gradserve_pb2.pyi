@@ -316,7 +316,7 @@ class CheckRequest(_message.Message):
     def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputSpec]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., options: _Optional[_Union[CheckOptions, _Mapping]] = ...) -> None: ...
 
 class WorstElement(_message.Message):
-    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error")
+    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error", "fd_error", "beyond_fd_error")
     POINT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +325,8 @@ class WorstElement(_message.Message):
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     REL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BEYOND_FD_ERROR_FIELD_NUMBER: _ClassVar[int]
     point: int
     input: str
     output_index: _containers.RepeatedScalarFieldContainer[int]
@@ -333,7 +335,9 @@ class WorstElement(_message.Message):
     numeric: float
     abs_error: float
     rel_error: float
-    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ...) -> None: ...
+    fd_error: float
+    beyond_fd_error: bool
+    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ..., fd_error: _Optional[float] = ..., beyond_fd_error: _Optional[bool] = ...) -> None: ...
 
 class Kink(_message.Message):
     __slots__ = ("point", "input", "output_index", "input_index", "at", "right", "left", "autograd")
