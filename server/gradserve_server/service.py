@@ -452,8 +452,8 @@ def describe_execution(
         meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
         if not vmapped:
             meta.warnings.append(
-                "the function has data-dependent control flow, so points ran one at a "
-                "time instead of vectorised"
+                "the function cannot be vectorised (data-dependent control flow, or an "
+                "autograd.Function without a vmap rule), so points ran one at a time"
             )
     names = sorted(unconnected)
     if names:
