@@ -148,6 +148,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"gradserve {info.version} at {client.address}: {info.workers} workers ({info.device})")
     for name, value in sorted(info.limits.items()):
         print(f"  {name} = {value}")
+    for fn in info.registered_functions:  # the operator's, called as fn="@NAME"
+        doc = fn.doc.splitlines()[0] if fn.doc else ""
+        print(f"  @{fn.name}({', '.join(fn.inputs)})" + (f": {doc}" if doc else ""))
     return 0
 
 

@@ -11,6 +11,8 @@ share autograd) and closed forms: d/dx xᵀAx = (A + Aᵀ)x, d/dA = x xᵀ.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -144,11 +146,29 @@ def test_jobs_run_registered_functions(rc: gradserve.Client) -> None:
     assert gone.error_code == "NOT_FOUND" and "@not_enabled" in (gone.error or "")
 
 
-def test_server_info_lists_registered_functions(rc: gradserve.Client) -> None:
+def test_server_info_lists_registered_functions(
+    rc: gradserve.Client, registered: ServerProcess
+) -> None:
     info = {f.name: f for f in rc.server_info().registered_functions}
     assert sorted(info) == sorted(ENABLED)
     assert info["quad_form"].inputs == ("x", "A")
     assert "xᵀ A x" in info["quad_form"].doc
+    cli = subprocess.run(
+        [sys.executable, "-m", "gradserve.cli", "--address", registered.address, "info"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "@quad_form(x, A): xᵀ A x" in cli.stdout, cli.stderr
+
+
+def test_the_cli_check_of_a_registered_function_gates_ci(registered: ServerProcess) -> None:
+    base = [sys.executable, "-m", "gradserve.cli", "--address", registered.address, "check"]
+    point = ["-i", "x=[1, 2]", "-i", "A=[[1, 2], [0, 1]]"]
+    right = subprocess.run([*base, "@quad_form", *point], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert right.returncode == 0, right.stdout + right.stderr
+    wrong = subprocess.run([*base, "@quad_form_buggy", *point], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert wrong.returncode == 1 and "FAILED" in wrong.stdout
 
 
 @pytest.mark.parametrize("name", ["nope", "not_enabled"])

@@ -26,8 +26,13 @@ def test_resolve_names_all_lists_and_unknown() -> None:
         registry.resolve_names("quad_form,nope")
 
 
-def test_serve_refuses_an_uninstalled_name(capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_an_uninstalled_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert parse_config([]).functions == ()
     assert parse_config(["--functions", "quad_form"]).functions == ("quad_form",)
+    monkeypatch.setenv("GRADSERVE_FUNCTIONS", "quad_form_buggy, quad_form")
+    assert parse_config([]).functions == ("quad_form_buggy", "quad_form")
     with pytest.raises(SystemExit):
         parse_config(["--functions", "nope"])
     assert "nope is not installed" in capsys.readouterr().err
