@@ -23,7 +23,7 @@ from support.cluster import RayNode, ServerProcess, start_server
 import gradserve
 
 ENABLED = ("quad_form", "quad_form_buggy", "raises", "slow", "no_vmap_rule", "old_style")
-CHUNK_TIMEOUT_S = 8
+CHUNK_TIMEOUT_S = 5
 POINTS = 1000
 
 

@@ -147,6 +147,10 @@ def load(names: Sequence[str]) -> tuple[Registered, ...]:
     install(infos)
     _callables.clear()
     _callables.update(loaded)
+    if loaded:
+        from ._registered import warm_up
+
+        warm_up()
     return tuple(infos)
 
 
