@@ -15,6 +15,9 @@ import grpc
 import numpy as np
 
 from gradserve import _wire
+from gradserve._claims import Claim
+from gradserve._claims import claim as _claim
+from gradserve._claims import claimed as _claimed
 from gradserve.errors import GradserveError, InvalidArgumentError
 from gradserve.results import (
     OP_NAMES,
@@ -287,9 +290,9 @@ class BaseClient:
         inputs: Inputs | None,
         *,
         wrt: str | Sequence[str] | None = None,
-        grad: str | Mapping[str, str] | None = None,
-        jacobian: str | Mapping[str, str] | None = None,
-        hessian: str | Mapping[Any, str] | None = None,
+        grad: Claim | Mapping[str, Claim] | None = None,
+        jacobian: Claim | Mapping[str, Claim] | None = None,
+        hessian: Claim | Mapping[Any, Claim] | None = None,
         order: int = 1,
         atol: float | None = None,
         rtol: float | None = None,
@@ -305,7 +308,11 @@ class BaseClient:
             raise InvalidArgumentError(f"{call}: fn must be source text, e.g. 'sin(x)'")
         if order not in (1, 2):
             raise InvalidArgumentError(f"{call}: order must be 1 or 2, not {order!r}")
-        given = [k for k, v in (("grad", grad), ("jacobian", jacobian), ("hessian", hessian)) if v]
+        given = [
+            k
+            for k, v in (("grad", grad), ("jacobian", jacobian), ("hessian", hessian))
+            if _claimed(v)
+        ]
         if len(given) > 1:
             raise InvalidArgumentError(f"{call}: give one of grad=, jacobian=, hessian=, not both")
         wrt_names = _wrt(wrt)
@@ -332,11 +339,11 @@ class BaseClient:
                 req.inputs[name].sample.CopyFrom(spec._to_proto())
         if not req.inputs:
             raise InvalidArgumentError(f"{call}: give inputs, or sample= to draw points")
-        if grad or jacobian:
-            kind = "grad" if grad else "jacobian"
+        if _claimed(grad) or _claimed(jacobian):
+            kind = "grad" if _claimed(grad) else "jacobian"
             req.kind = _CHECK_KINDS[kind]
-            req.claims.extend(self._claims(grad or jacobian, wrt_names, call))
-        elif hessian:
+            req.claims.extend(self._claims(grad if kind == "grad" else jacobian, wrt_names, call))
+        elif _claimed(hessian):
             req.kind = pb.CHECK_KIND_CLAIMED_HESSIAN
             req.claims.extend(self._claims(hessian, wrt_names, call))
         else:
@@ -345,14 +352,12 @@ class BaseClient:
 
     @staticmethod
     def _claims(claims: Any, wrt: list[str], call: str) -> list[pb.Claim]:
-        if isinstance(claims, str):
+        if not isinstance(claims, Mapping):  # one claim: source text, or numbers
             if len(wrt) > 1:
                 raise InvalidArgumentError(
                     f"{call}: one claim but wrt names {len(wrt)} inputs; give a dict by input"
                 )
-            return [pb.Claim(input=wrt[0] if wrt else "", source=claims)]
-        if not isinstance(claims, Mapping):
-            raise InvalidArgumentError(f"{call}: a claim is source text or a dict input -> text")
+            return [_claim(wrt[0] if wrt else "", "", claims, call)]
         out = []
         for key, source in claims.items():
             if isinstance(key, tuple):
@@ -361,9 +366,7 @@ class BaseClient:
                 first, second = (k.strip() for k in key.split(",", 1))
             else:
                 first, second = key, ""
-            if not isinstance(source, str):
-                raise InvalidArgumentError(f"{call}: the claim for {key!r} must be source text")
-            out.append(pb.Claim(input=first, input2=second, source=source))
+            out.append(_claim(first, second, source, call))
         return out
 
     @staticmethod
@@ -501,9 +504,9 @@ class BaseClient:
 
     def check(
         self, fn: str, inputs: Inputs | None = None, *, wrt: str | Sequence[str] | None = None,
-        grad: str | Mapping[str, str] | None = None,
-        jacobian: str | Mapping[str, str] | None = None,
-        hessian: str | Mapping[Any, str] | None = None, order: int = 1,
+        grad: Claim | Mapping[str, Claim] | None = None,
+        jacobian: Claim | Mapping[str, Claim] | None = None,
+        hessian: Claim | Mapping[Any, Claim] | None = None, order: int = 1,
         atol: float | None = None, rtol: float | None = None, eps: float | None = None,
         fast: bool | None = None, batched: bool = False,
         sample: Sample | Mapping[str, Sample] | None = None, dtype: str | None = None,

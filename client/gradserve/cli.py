@@ -122,6 +122,25 @@ def cmd_compute(args: argparse.Namespace) -> int:
     return 0
 
 
+def claim_files(given: list[str]) -> Any:
+    """``--grad-file F.npy`` (one array) or ``--grad-file x=F.npy ...`` (by input)."""
+    if not given:
+        return None
+    named = [g.partition("=") for g in given]
+    if len(given) == 1 and not named[0][1]:
+        return _load_npy(given[0])
+    if not all(sep for _, sep, _ in named):
+        raise SystemExit("gradserve check: with several claim files, write NAME=F.npy for each")
+    return {name: _load_npy(path) for name, _, path in named}
+
+
+def _load_npy(path: str) -> Any:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"gradserve check: cannot read {path}: {exc}") from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     inputs = parse_inputs(args.input)
     with _client(args) as client:
@@ -129,9 +148,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             args.function,
             inputs,
             wrt=args.wrt or None,
-            grad=args.grad,
-            jacobian=args.jacobian,
-            hessian=args.hessian,
+            grad=args.grad if args.grad is not None else claim_files(args.grad_file),
+            jacobian=args.jacobian if args.jacobian else claim_files(args.jacobian_file),
+            hessian=args.hessian if args.hessian else claim_files(args.hessian_file),
             order=args.order,
             atol=args.atol,
             rtol=args.rtol,
@@ -148,6 +167,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"gradserve {info.version} at {client.address}: {info.workers} workers ({info.device})")
     for name, value in sorted(info.limits.items()):
         print(f"  {name} = {value}")
+    for fn in info.registered_functions:  # the operator's, called as fn="@NAME"
+        doc = fn.doc.splitlines()[0] if fn.doc else ""
+        print(f"  @{fn.name}({', '.join(fn.inputs)})" + (f": {doc}" if doc else ""))
     return 0
 
 
@@ -202,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=None)
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--batched", action="store_true")
+    # numeric claims: derivatives computed elsewhere, saved with numpy.save
+    for kind in ("grad", "jacobian", "hessian"):
+        p.add_argument(
+            f"--{kind}-file", action="append", default=[], metavar="[NAME=]F.npy",
+            help=f"claimed {kind} values (one per point with --batched); NAME= per input",
+        )  # fmt: skip
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("info", help="server version, workers and limits")
     p.set_defaults(handler=cmd_info)

@@ -30,6 +30,7 @@ import numpy as np
 
 from gradserve import _safeload, _wire
 from gradserve._base import BaseClient
+from gradserve._claims import VALUES, numeric_claims_in_job
 from gradserve._suggest import unknown_key
 from gradserve.errors import InvalidArgumentError
 from gradserve.results import OP_NAMES
@@ -153,7 +154,7 @@ def _task(task: Any, index: int, base: Path, where: str) -> pb.Task:
             key = f"{field}.{input_name}"
             getattr(msg, field)[str(input_name)].CopyFrom(_tensor(value, base, dtype, key, fail))
     if "check" in task and task["check"] is not False:
-        msg.check.CopyFrom(_check(task["check"], list(wrt), fail))
+        msg.check.CopyFrom(_check(task["check"], list(wrt), fail, base))
     if not msg.ops and not msg.HasField("check"):
         raise fail("ops", "nothing to do: give ops, a check, or both")
     return msg
@@ -199,15 +200,17 @@ def _tensor(value: Any, base: Path, dtype: str | None, key: str, fail: Any) -> p
         raise fail(key, str(exc)) from None
 
 
-def _check(check: Any, wrt: list[str], fail: Any) -> pb.CheckSpec:
+def _check(check: Any, wrt: list[str], fail: Any, base: Path = Path(".")) -> pb.CheckSpec:
     if check is True or check is None:
         check = {}
     if not isinstance(check, Mapping):
         raise fail("check", "true, or a mapping like {grad: '4 * x', atol: 1e-6}")
-    allowed = set(_CLAIM_KINDS) | _CHECK_OPTIONS
+    allowed = set(_CLAIM_KINDS) | _CHECK_OPTIONS | {k + VALUES for k in _CLAIM_KINDS}
     unknown = sorted(set(check) - allowed)
     if unknown:
         raise fail(f"check.{unknown[0]}", unknown_key(unknown[0], allowed))
+    # numeric claims (grad_values: file.npy, inline numbers, or a dict by input)
+    check = numeric_claims_in_job(check, base, fail)
     claimed = [k for k in _CLAIM_KINDS if k in check]
     if len(claimed) > 1:
         raise fail("check", f"give one claim kind, not {claimed}")

@@ -119,6 +119,10 @@ class WorstElement:
     numeric: float
     abs_error: float
     rel_error: float
+    # finite differences only: the difference's own error (Richardson, h and h/2),
+    # and whether abs_error is beyond it (a real disagreement) or within its noise
+    fd_error: float | None = None
+    beyond_fd_error: bool | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.WorstElement) -> WorstElement:
@@ -131,6 +135,8 @@ class WorstElement:
             numeric=msg.numeric,
             abs_error=msg.abs_error,
             rel_error=msg.rel_error,
+            fd_error=msg.fd_error if msg.HasField("fd_error") else None,
+            beyond_fd_error=msg.beyond_fd_error if msg.HasField("beyond_fd_error") else None,
         )
 
 
@@ -197,6 +203,10 @@ class CheckReport:
     max_asymmetry: float = 0.0
     # how it ran, not what it found: two reports of one check compare equal
     metadata: Metadata = field(default_factory=Metadata, compare=False)
+    # numeric claims: which of the claim, autograd and finite differences disagree
+    # (one sentence), and whether autograd matched finite differences
+    three_way: str = ""
+    autograd_matches_finite_differences: bool | None = None
 
     @property
     def worst_point(self) -> int | None:
@@ -227,6 +237,12 @@ class CheckReport:
             num_points=int(msg.num_points),
             execution_path=_PATHS.get(msg.execution_path, ""),
             kink=Kink._from_proto(msg.kink) if msg.HasField("kink") else None,
+            three_way=msg.three_way,
+            autograd_matches_finite_differences=(
+                msg.autograd_matches_finite_differences
+                if msg.HasField("autograd_matches_finite_differences")
+                else None
+            ),
             max_asymmetry=msg.max_asymmetry,
             metadata=Metadata() if metadata is None else Metadata._from_proto(metadata),
         )
@@ -240,6 +256,15 @@ class FunctionInfo:
 
 
 @dataclass(frozen=True)
+class RegisteredFunctionInfo:
+    """A registered function of the server: call it as ``fn="@" + name``."""
+
+    name: str
+    inputs: tuple[str, ...]
+    doc: str
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     version: str
     workers: int
@@ -248,6 +273,8 @@ class ServerInfo:
     functions: tuple[FunctionInfo, ...]
     device: str
     max_message_bytes: int
+    # the operator's registered functions, called as fn="@NAME"
+    registered_functions: tuple[RegisteredFunctionInfo, ...] = ()
 
     @classmethod
     def _from_proto(cls, msg: pb.ServerInfo) -> ServerInfo:
@@ -259,6 +286,10 @@ class ServerInfo:
             functions=tuple(FunctionInfo(f.name, f.signature, f.example) for f in msg.functions),
             device=msg.device,
             max_message_bytes=int(msg.max_message_bytes),
+            registered_functions=tuple(
+                RegisteredFunctionInfo(f.name, tuple(f.inputs), f.doc)
+                for f in msg.registered_functions
+            ),
         )
 
 

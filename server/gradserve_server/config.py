@@ -125,6 +125,8 @@ class ServerConfig:
     # a server stream whose reader takes nothing for this long is closed
     stream_stall_s: float = 30.0
     workers: WorkerBudgets = field(default_factory=WorkerBudgets)
+    # registered functions (the gradserve.functions entry points) the workers import
+    functions: tuple[str, ...] = ()
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -265,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a server stream whose reader takes nothing for this long "
         "($GRADSERVE_STREAM_STALL_SECONDS, default 30)",
     )
+    p.add_argument(
+        "--functions",
+        default=_env("FUNCTIONS", ""),
+        help="registered functions to enable, NAME[,NAME...] or 'all' (installed "
+        "packages' 'gradserve.functions' entry points; clients call them as fn='@NAME') "
+        "($GRADSERVE_FUNCTIONS)",
+    )
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
@@ -274,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
     _add_operations_flags(p)
     return p
+
+
+def _functions(parser: argparse.ArgumentParser, spec: str) -> tuple[str, ...]:
+    from gradserve_workers.registry import resolve_names
+
+    try:
+        return resolve_names(spec or None)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def _add_operations_flags(p: argparse.ArgumentParser) -> None:
@@ -354,6 +372,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         log_format=args.log_format,
         stream_stall_s=args.stream_stall_seconds,
         workers=worker_budgets(args),
+        functions=_functions(parser, args.functions),
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from gradserve import _wire
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_workers.report import CheckReport
+from gradserve_workers.report import CheckReport, beyond_fd_error
 
 _REPORT_KINDS = {
     "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
@@ -41,6 +41,9 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
     )
     if report.symmetric is not None:
         msg.symmetric = report.symmetric
+    msg.three_way = report.three_way
+    if report.autograd_matches_fd is not None:
+        msg.autograd_matches_finite_differences = report.autograd_matches_fd
     msg.max_asymmetry = report.max_asymmetry
     kink = report.kink
     if kink is not None:
@@ -71,6 +74,9 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
                 rel_error=w.rel_error,
             )
         )
+        if w.fd_error is not None:
+            msg.worst.fd_error = w.fd_error
+            msg.worst.beyond_fd_error = bool(beyond_fd_error(w))
     return msg
 
 

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
 from gradserve_server import calls
 from gradserve_workers import lang
+from gradserve_workers.registry import UnknownFunctionError
 from gradserve_workers.tasks import ChunkError
 
 log = logging.getLogger("gradserve.server")
@@ -137,6 +138,9 @@ def to_status(error: BaseException) -> Status:
             getattr(error, "column", None),
             "function",
         )
+    if isinstance(error, UnknownFunctionError):  # "@NAME" that is not enabled
+        text = f"{error.message}; {error.hint}" if error.hint else error.message
+        return Status(grpc.StatusCode.NOT_FOUND, text, field="function")
     if isinstance(error, lang.SpecError):
         return Status(
             grpc.StatusCode.INVALID_ARGUMENT, str(error), error.line, error.column, "function"

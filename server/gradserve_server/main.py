@@ -79,7 +79,9 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
     if config.device == "cuda":
         options["num_gpus"] = min(1.0, float(ray.cluster_resources().get("GPU", 1.0)) / size)
     remote_cls = ray.remote(GradActor).options(**options)
-    return lambda: remote_cls.remote(device=config.device, threads=1)
+    return lambda: remote_cls.remote(
+        device=config.device, threads=1, functions=tuple(config.functions)
+    )
 
 
 def _make_express_factory(config: ServerConfig) -> Any:
@@ -114,6 +116,10 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         cancel_grace=config.workers.cancel_grace_s,
     )
     await pool.start()
+    if config.functions:  # what the workers loaded, for the server's validation
+        from gradserve_workers import registry
+
+        registry.install(await pool.workers[0].handle.functions.remote())
     service = ComputeService(config, pool)
     jobs = _start_jobs(config, service)
 

@@ -14,7 +14,7 @@ import ray
 
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, sampling
+from gradserve_server import binding, dispatch, numeric, sampling
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight
 from gradserve_server.config import ServerConfig
 from gradserve_server.encoding import report_to_proto
@@ -323,7 +323,7 @@ class ComputeService:
         if sampled and set(sources.values()) != {"sample"}:
             raise invalid(f"{call}: sample every input or none (sampled inputs are batched)")
         wrt = binding.resolve_wrt(req.wrt, program.inputs, call)
-        kind, claims = self._claims(req, program, wrt, call)
+        kind, claims, numeric_claims = self._claims(req, program, wrt, call)
         order, tolerances = _check_options(req.options, call)
         binding.bind_names(dict.fromkeys(sources), program.inputs, "input", call)  # names only
         self.budgets.estimate_samples(
@@ -361,22 +361,30 @@ class ComputeService:
             fast=req.options.fast if req.options.HasField("fast") else None,
             seed=int(req.options.seed),
             limits=self.limits,
+            numeric=tuple(numeric_claims),
         )
-        bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point)
+        values = {  # numeric claims, now that the points are known
+            key: numeric.claim_values(v, kind, key, arrays, points if batched else None, call)
+            for key, v in numeric_claims.items()
+        }
+        extra = {numeric.CLAIM + key: arr for key, arr in values.items()}
+        bound = binding.Bound(program, arrays, batched, points, dtype, wrt, per_point, extra)
         return bound, spec
 
     def _claims(
         self, req: pb.CheckRequest, program: lang.Program, wrt: tuple[str, ...], call: str
-    ) -> tuple[str, dict[str, str]]:
-        """The check's kind and its claims by input (or "a,b" pair), validated."""
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """The check's kind, its claims by input (or "a,b" pair), validated, and the
+        claims given as numbers (their proto values, decoded once points are known)."""
         kind = _CHECK_KIND_NAMES.get(req.kind)
         if kind is None:
             kind = "grad" if req.claims else "finite_difference"
         claims: dict[str, str] = {}
+        numbers: dict[str, Any] = {}
         if kind == "finite_difference":
             if req.claims:
                 raise invalid(f"{call}: claims were given but kind is finite_difference", "claims")
-            return kind, claims
+            return kind, claims, numbers
         if not req.claims:
             raise invalid(f"{call}: a claimed-{kind} check needs a claim", "claims")
         for claim in req.claims:
@@ -389,10 +397,15 @@ class ComputeService:
                 )
             binding.resolve_wrt([first, *([claim.input2] if claim.input2 else [])],
                                 program.inputs, call)  # fmt: skip
-            binding.validate_program(claim.source, self.limits, program.inputs)
             key = f"{first},{claim.input2 or first}" if kind == "hessian" else first
+            if claim.HasField("values"):
+                numbers[key] = claim.values
+            else:
+                binding.validate_program(claim.source, self.limits, program.inputs)
             claims[key] = claim.source
-        return kind, claims
+        if numbers and len(numbers) != len(claims):
+            raise invalid(f"{call}: give every claim as source text or every one as numbers")
+        return kind, claims, numbers
 
     async def check(self, req: pb.CheckRequest, tenant: str) -> tuple[CheckReport, Computed]:
         started = time.perf_counter()
@@ -401,6 +414,18 @@ class ComputeService:
             bound, spec = await asyncio.to_thread(self.bind_check, req)
         else:
             bound, spec = self.bind_check(req)
+        report, results = await self._checked(bound, spec, tenant)
+        if spec.numeric:  # and autograd against finite differences, to name the odd one
+            reference, more = await self._checked(bound, numeric.reference_spec(spec), tenant)
+            claims = {k[len(numeric.CLAIM) :]: v for k, v in bound.extra.items()}
+            report = numeric.three_way(report, reference, claims, bound.batched)
+            results += more
+        meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
+        return report, Computed({}, meta)
+
+    async def _checked(
+        self, bound: binding.Bound, spec: CheckSpec, tenant: str
+    ) -> tuple[CheckReport, list[ChunkResult]]:
         shards, key = self.shards(bound, spec)
         if len(shards) > 1:
             payload = self.payload(bound, len(shards))
@@ -418,8 +443,7 @@ class ComputeService:
             report = merge_reports([r.report for r in results], [int(s) for s in starts])
         if key is not None:
             self._check_log.record(key, sum(r.seconds for r in results))
-        meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)
-        return report, Computed({}, meta)
+        return report, results
 
     def shards(
         self, bound: binding.Bound, spec: CheckSpec
@@ -519,8 +543,8 @@ def describe_execution(
         meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
         if not vmapped:
             meta.warnings.append(
-                "the function has data-dependent control flow, so points ran one at a "
-                "time instead of vectorised"
+                "the function cannot be vectorised (data-dependent control flow, or an "
+                "autograd.Function without a vmap rule), so points ran one at a time"
             )
     names = sorted(unconnected)
     if names:

@@ -29,6 +29,7 @@ from gradserve_server.jobs import JobManager
 from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
+from gradserve_workers import registry
 from gradserve_workers.lang import FUNCTIONS
 
 _calls = itertools.count()
@@ -187,6 +188,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             ],
             device=config.device,
             max_message_bytes=config.max_message_bytes,
+            registered_functions=[
+                pb.RegisteredFunction(name=f.name, inputs=list(f.inputs), doc=f.doc)
+                for f in registry.catalogue()
+            ],
         )
 
     # ------------------------------------------------------------- jobs

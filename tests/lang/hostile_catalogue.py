@@ -127,6 +127,10 @@ CATALOGUE: list[tuple[str, str, str]] = [
     ("async_def", "async def f(x):\n    return x", SPEC),
     ("await", "def f(x):\n    return await x", SPEC),
     ("decorator", "@torch.jit.script\ndef f(x):\n    return x", SPEC),
+    # "@NAME" names a registered function; anything more after an @ is source text
+    ("registered_call", "@os.system('ls')", SPEC),
+    ("registered_then_code", "@quad_form\nx", SPEC),
+    ("registered_with_args", "@quad_form(x)", SPEC),
     ("match", "def f(x):\n    match x:\n        case _:\n            return x", SPEC),
     ("nested_def", "def f(x):\n    def g(y):\n        return y\n    return g(x)", SPEC),
     ("two_defs", "def f(x):\n    return x\ndef g(x):\n    return x", SPEC),

@@ -19,6 +19,8 @@ __all__ = ["is_data_dependent_error", "loop_map", "vmap_or_loop"]
 _DDCF_MARKERS = (
     "data-dependent control flow",
     "calling .item()",
+    # a torch.autograd.Function without generate_vmap_rule or a vmap staticmethod
+    "does not have vmap support",
 )
 
 

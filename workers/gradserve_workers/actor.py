@@ -84,9 +84,12 @@ def _parsed(source: str, max_chars: int) -> Any:
 
 def classify(error: BaseException) -> ChunkError:
     """Turn an exception from the language or the ops into something the server maps."""
-    from gradserve_workers import lang
+    from gradserve_workers import lang, registry
     from gradserve_workers.ops import OpsError
 
+    raised = registry.failure_message(error)
+    if raised is not None:  # the operator's registered function failed on these inputs
+        return ChunkError("invalid", raised)
     if isinstance(error, lang.LimitExceededError):
         return ChunkError(
             "limit", str(error), getattr(error, "line", None), error.column, error.limit
@@ -105,13 +108,22 @@ class GradActor:
     """One warm worker process. Methods never raise for user errors: they return them."""
 
     def __init__(
-        self, device: str = "cpu", threads: int = 1, express_seconds: float | None = None
+        self,
+        device: str = "cpu",
+        threads: int = 1,
+        express_seconds: float | None = None,
+        functions: tuple[str, ...] = (),
     ) -> None:
         """``express_seconds``: an express actor (see server/gradserve_server/pool.py)
-        stops every call after this many seconds and reports it as an overrun."""
+        stops every call after this many seconds and reports it as an overrun.
+        ``functions``: the operator's registered functions (trusted code), imported once,
+        here."""
         import torch
 
+        from gradserve_workers import registry
+
         self._express_seconds = express_seconds
+        self._functions = registry.load(functions)
 
         torch.set_num_threads(max(1, threads))
         self._torch = torch
@@ -138,6 +150,10 @@ class GradActor:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "device": str(self._device), "node": socket.gethostname()}
+
+    def functions(self) -> tuple[Any, ...]:
+        """The registered functions this worker loaded (``registry.Registered``)."""
+        return self._functions
 
     # ------------------------------------------------------------- helpers
 
@@ -332,6 +348,25 @@ class GradActor:
                 eps=spec.eps,
                 fast=spec.fast,
                 seed=spec.seed,
+                allow_vmap=allow_vmap,
+                columns=spec.columns,
+            )
+        elif spec.numeric:  # claimed numbers, computed elsewhere
+            from gradserve_workers.numeric_claims import CLAIM, numeric_claimed_check
+
+            values = {
+                key: self._tensor(arrays[CLAIM + key], "float64", start, stop, spec.batched)
+                for key in spec.numeric
+            }
+            report = numeric_claimed_check(
+                fn,
+                names,
+                inputs,
+                values,
+                kind=spec.kind,
+                batched=spec.batched,
+                atol=spec.atol,
+                rtol=spec.rtol,
                 allow_vmap=allow_vmap,
                 columns=spec.columns,
             )

@@ -20,6 +20,7 @@ import torch
 
 from ._check_impl import CheckError, claimed_check_impl, finite_difference_check_impl
 from ._ops_impl import Fn
+from .fd_error import with_error_estimate
 from .report import CheckReport, Kink, WorstElement, merge_reports, merge_shards
 from .tasks import FULL_CHECK_MAX_INPUTS
 
@@ -70,6 +71,9 @@ def finite_difference_check(
 
     Where one-sided differences disagree and keep disagreeing at a smaller step (a
     kink: ``relu`` or ``abs`` at 0), the report says ``non_differentiable`` and fails.
+    At first order the worst element carries the difference's own error estimate
+    (``worst.fd_error``, Richardson with ``eps`` and ``eps/2``, see ``fd_error``): the
+    message says whether the error is beyond it or within finite-difference noise.
 
     A large Jacobian (2^18 elements) with at least as many outputs as input elements
     is built by forward mode, and reverse mode is held to it on random projections
@@ -97,7 +101,7 @@ def finite_difference_check(
     >>> whole.passed, whole.max_abs_error < 1e-8
     (True, True)
     """
-    return finite_difference_check_impl(
+    report = finite_difference_check_impl(
         fn,
         input_names,
         inputs,
@@ -114,6 +118,8 @@ def finite_difference_check(
         allow_vmap=allow_vmap,
         columns=columns,
     )
+    # the worst element's difference carries its own error estimate
+    return with_error_estimate(report, fn, input_names, inputs, batched=batched, eps=eps)
 
 
 def claimed_check(

@@ -44,6 +44,8 @@ class WorstElement:
     abs_error: float
     rel_error: float
     projection: int | None = None
+    # the finite difference's own error estimate (Richardson, h and h/2), when known
+    fd_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ class CheckReport:
     kink: Kink | None = None
     dtype: str = "float64"
     max_asymmetry: float = 0.0
+    # numeric claims: which of the claim, autograd and finite differences disagree
+    # (a sentence, also the message's last), and autograd's own check against
+    # finite differences (see gradserve_server.numeric)
+    three_way: str = ""
+    autograd_matches_fd: bool | None = None
 
 
 def largest(values: Iterable[float]) -> float:
@@ -151,6 +158,33 @@ def _element(w: WorstElement, order: int, claimed: bool) -> str:
         return f"df / d{w.input}{_idx(w.input_index)} at point {w.point}"
     out = f"f{_idx(w.output_index)}"
     return f"d{out} / d{w.input}{_idx(w.input_index)} at point {w.point}"
+
+
+# an error this many times the difference's own error estimate is a real disagreement
+BEYOND_FD_ERROR = 3.0
+
+
+def beyond_fd_error(w: WorstElement) -> bool | None:
+    """Whether autograd and the difference differ by more than the difference's own
+    error (``None``: no estimate)."""
+    if w.fd_error is None:
+        return None
+    return w.abs_error > BEYOND_FD_ERROR * w.fd_error
+
+
+def fd_error_sentence(w: WorstElement, passed: bool) -> str:
+    est = (
+        f"The finite difference's own error there is about {w.fd_error:.2g} (Richardson, h and h/2)"
+    )
+    if beyond_fd_error(w):
+        return f"{est}: the difference of {w.abs_error:.3g} is beyond it, a real disagreement."
+    if passed:
+        return f"{est}."
+    return (
+        f"{est}: the difference of {w.abs_error:.3g} is within the noise of finite "
+        "differences; the tolerance is tighter than they can resolve here (loosen atol/rtol "
+        "or change eps)."
+    )
 
 
 def describe(r: CheckReport) -> str:
@@ -212,6 +246,8 @@ def describe(r: CheckReport) -> str:
             f"{label}: {_element(w, r.order, claimed)}: {values} (abs error "
             f"{w.abs_error:.3g}, rel error {w.rel_error:.3g})."
         )
+        if w.fd_error is not None:
+            parts.append(fd_error_sentence(w, r.passed))
         if w.projection is not None and not r.passed:
             parts.append(
                 "The Jacobian is too large for an element-wise check to name the element; "

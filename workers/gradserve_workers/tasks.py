@@ -18,6 +18,8 @@ FULL_CHECK_MAX_INPUTS = 2000
 # (see :func:`pack_call`); larger ones as Ray arguments, which Ray puts in its object
 # store (over 100 KiB) for the worker to read in place
 PACKED_CALL_MAX_BYTES = 256 * 1024
+# the key prefix of a numeric claim's values among a chunk's arrays ("claim:x")
+CLAIM = "claim:"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class CheckSpec:
     # input elements [start, stop) of the flattened wrt (or claimed) inputs: one shard
     # of a finite-difference or claimed-Jacobian check split across workers
     columns: tuple[int, int] | None = None
+    # claim keys whose claims are numbers (arrays "claim:KEY" among the chunk's
+    # arrays, see numeric_claims) rather than source
+    numeric: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

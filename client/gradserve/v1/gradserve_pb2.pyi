@@ -267,14 +267,16 @@ class InputSpec(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., sample: _Optional[_Union[SampleSpec, _Mapping]] = ...) -> None: ...
 
 class Claim(_message.Message):
-    __slots__ = ("input", "input2", "source")
+    __slots__ = ("input", "input2", "source", "values")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     INPUT2_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     input: str
     input2: str
     source: str
-    def __init__(self, input: _Optional[str] = ..., input2: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    values: Tensor
+    def __init__(self, input: _Optional[str] = ..., input2: _Optional[str] = ..., source: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CheckOptions(_message.Message):
     __slots__ = ("order", "atol", "rtol", "eps", "fast", "seed")
@@ -320,7 +322,7 @@ class CheckRequest(_message.Message):
     def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputSpec]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., options: _Optional[_Union[CheckOptions, _Mapping]] = ...) -> None: ...
 
 class WorstElement(_message.Message):
-    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error")
+    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error", "fd_error", "beyond_fd_error")
     POINT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +331,8 @@ class WorstElement(_message.Message):
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
     REL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BEYOND_FD_ERROR_FIELD_NUMBER: _ClassVar[int]
     point: int
     input: str
     output_index: _containers.RepeatedScalarFieldContainer[int]
@@ -337,7 +341,9 @@ class WorstElement(_message.Message):
     numeric: float
     abs_error: float
     rel_error: float
-    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ...) -> None: ...
+    fd_error: float
+    beyond_fd_error: bool
+    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ..., fd_error: _Optional[float] = ..., beyond_fd_error: _Optional[bool] = ...) -> None: ...
 
 class Kink(_message.Message):
     __slots__ = ("point", "input", "output_index", "input_index", "at", "right", "left", "autograd")
@@ -360,7 +366,7 @@ class Kink(_message.Message):
     def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., at: _Optional[float] = ..., right: _Optional[float] = ..., left: _Optional[float] = ..., autograd: _Optional[float] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry")
+    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry", "three_way", "autograd_matches_finite_differences")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +385,8 @@ class CheckReport(_message.Message):
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     KINK_FIELD_NUMBER: _ClassVar[int]
     MAX_ASYMMETRY_FIELD_NUMBER: _ClassVar[int]
+    THREE_WAY_FIELD_NUMBER: _ClassVar[int]
+    AUTOGRAD_MATCHES_FINITE_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     kind: CheckKind
     order: int
@@ -397,7 +405,9 @@ class CheckReport(_message.Message):
     execution_path: ExecutionPath
     kink: Kink
     max_asymmetry: float
-    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ...) -> None: ...
+    three_way: str
+    autograd_matches_finite_differences: bool
+    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ..., three_way: _Optional[str] = ..., autograd_matches_finite_differences: _Optional[bool] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("report", "metadata")
@@ -422,7 +432,7 @@ class FunctionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., example: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "workers", "ray_address", "limits", "functions", "device", "max_message_bytes")
+    __slots__ = ("version", "workers", "ray_address", "limits", "functions", "device", "max_message_bytes", "registered_functions")
     class LimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +447,7 @@ class ServerInfo(_message.Message):
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     version: str
     workers: int
     ray_address: str
@@ -444,7 +455,18 @@ class ServerInfo(_message.Message):
     functions: _containers.RepeatedCompositeFieldContainer[FunctionInfo]
     device: str
     max_message_bytes: int
-    def __init__(self, version: _Optional[str] = ..., workers: _Optional[int] = ..., ray_address: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    registered_functions: _containers.RepeatedCompositeFieldContainer[RegisteredFunction]
+    def __init__(self, version: _Optional[str] = ..., workers: _Optional[int] = ..., ray_address: _Optional[str] = ..., limits: _Optional[_Mapping[str, int]] = ..., functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., registered_functions: _Optional[_Iterable[_Union[RegisteredFunction, _Mapping]]] = ...) -> None: ...
+
+class RegisteredFunction(_message.Message):
+    __slots__ = ("name", "inputs", "doc")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    DOC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    doc: str
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., doc: _Optional[str] = ...) -> None: ...
 
 class CheckSpec(_message.Message):
     __slots__ = ("kind", "claims", "options")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, sampling
+from gradserve_server import binding, dispatch, numeric, sampling
 from gradserve_server.errors import (
     ServiceError,
     exhausted,
@@ -47,11 +47,18 @@ JOB_CHUNK_ELEMENTS = 1_000_000
 # A task waiting for room in the in-flight budget checks again this often.
 INPUT_WAIT_S = 30.0
 
-PHASE_METHODS = {"compute": "compute", "check": "check"}
+
+# "reference": autograd against finite differences beside a numeric claim
+PHASE_METHODS = {"compute": "compute", "check": "check", "reference": "check"}
 
 
 def phases(task: pb.Task) -> list[str]:
-    return (["compute"] if task.ops else []) + (["check"] if task.HasField("check") else [])
+    numeric_claims = any(c.HasField("values") for c in task.check.claims)
+    return (
+        (["compute"] if task.ops else [])
+        + (["check"] if task.HasField("check") else [])
+        + (["reference"] if task.HasField("check") and numeric_claims else [])
+    )
 
 
 class TaskRunner:
@@ -120,6 +127,9 @@ class TaskRunner:
     def _bind(self, task: pb.Task, phase: str) -> tuple[binding.Bound, ComputeSpec | CheckSpec]:
         if phase == "check":
             return self.service.bind_check(spec.check_request(task))
+        if phase == "reference":
+            bound, check_spec = self.service.bind_check(spec.check_request(task))
+            return bound, numeric.reference_spec(check_spec)
         sampled: dict[str, np.ndarray] = {}
         if spec.has_sample(task):
             if not all(s.WhichOneof("source") == "sample" for s in task.inputs.values()):
@@ -223,12 +233,21 @@ class TaskRunner:
         row = fresh or row  # now with its started_at
         compute = [c for c in chunks if c.phase == "compute"]
         check = [c for c in chunks if c.phase == "check"]
+        reference = [c for c in chunks if c.phase == "reference"]
         report = None
         if check:
             merged = merge_reports(
                 [codec.report_from_json((c.info or {})["report"]) for c in check],
                 [c.start for c in check],
             )
+            if reference:  # a numeric claim: which of claim, autograd, differences disagree
+                merged = numeric.three_way(
+                    merged,
+                    merge_reports(
+                        [codec.report_from_json((c.info or {})["report"]) for c in reference],
+                        [c.start for c in reference],
+                    ),
+                )
             report = report_to_proto(merged).SerializeToString()
         batched = task.batched or spec.has_sample(task)
         meta = build_metadata(compute or check, row, batched, keep_unconnected=bool(compute))

@@ -767,6 +767,10 @@ def compile_program(
     limits: Limits = Limits(),  # frozen: sharing the default is safe
 ) -> CompiledFunction:
     """Compile a validated program; `limits` bound what each call may cost."""
+    from .. import registry
+
+    if registry.is_registered(program):  # "@NAME": the operator's own Python code
+        return registry.compiled(program.source[1:])  # type: ignore[no-any-return]
     compiler = _Compiler(program, limits)
     return CompiledFunction(program, limits, compiler.body(), compiler.positions)
 

@@ -821,6 +821,10 @@ def parse_and_validate(
     """
     if not isinstance(source, str):
         raise SpecError("the function must be given as source text (a string)")
+    from .. import registry
+
+    if registry.reference(source) is not None:  # "@NAME": a registered function
+        return registry.program(source, limits, known_inputs)  # type: ignore[no-any-return]
     lines = SourceLines(source)
     if len(source) > limits.max_source_chars:
         raise LimitExceededError(
