@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
+from gradserve_server import memory
 from gradserve_workers import lang
 from gradserve_workers.tasks import ChunkError
 
@@ -164,6 +165,7 @@ def _ray_status(error: BaseException) -> Status | None:
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     status = to_status(error)
+    memory.trim_soon()  # a failed call may leave large freed buffers behind
     if status.code is not grpc.StatusCode.INTERNAL:  # internal ones are logged in full
         log.info("%s: %s", status.code.name, status.message.splitlines()[0])
     context.set_trailing_metadata(status.trailing_metadata() + _rich_metadata(status))
