@@ -19,7 +19,7 @@ LOW_BUDGETS = {
     "--max-request-bytes": 32 * MiB,
     "--max-inflight-bytes": 80 * MiB,
     "--max-stream-bytes": 8 * MiB,
-    "--stream-stall-seconds": 3,
+    "--stream-stall-seconds": 2,
 }
 
 

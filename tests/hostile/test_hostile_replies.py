@@ -64,7 +64,7 @@ def test_replies_within_the_budget_stream_and_memory_comes_back(
     x = np.linspace(-1.0, 1.0, n)
     with Watch(hostile_server) as watch:
         jac = hostile_client.jacobian("x * 2.0", x)
-        rows = hostile_client.grad("sum(sin(x))", np.tile(x[:100], (scaled(20_000, 40_000), 1)),
+        rows = hostile_client.grad("sum(sin(x))", np.tile(x[:100], (scaled(10_000, 40_000), 1)),
                                    batched=True)  # fmt: skip
     np.testing.assert_array_equal(jac, 2.0 * np.eye(n))
     np.testing.assert_allclose(rows[-1], np.cos(x[:100]), rtol=1e-15)
