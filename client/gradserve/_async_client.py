@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute
+from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute, StreamedReply
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import AsyncJob, job_states
 from gradserve.jobspec import JobSpec
@@ -66,11 +66,13 @@ class AsyncClient(BaseClient):
         call = self._stub.ComputeStream(
             parts(), timeout=self._deadline(timeout), metadata=self._metadata
         )
+        reply = StreamedReply()
         try:
-            received = [part async for part in call]
+            async for part in call:
+                reply.add(part)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-        return self._join_stream(received)
+        return reply.result()
 
     async def _compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         if req.wants_stream:

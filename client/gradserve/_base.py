@@ -18,7 +18,7 @@ from gradserve import _wire
 from gradserve._claims import Claim
 from gradserve._claims import claim as _claim
 from gradserve._claims import claimed as _claimed
-from gradserve.errors import GradserveError, InvalidArgumentError
+from gradserve.errors import DataLossError, GradserveError, InvalidArgumentError
 from gradserve.results import (
     OP_NAMES,
     CheckReport,
@@ -175,6 +175,38 @@ class OutgoingCompute:
             yield pb.ComputeRequestPart(piece=piece)
 
 
+class StreamedReply:
+    """A ComputeStream reply taken in as its parts arrive: each piece goes into its
+    slot's place and its message is dropped, so a large reply is held once (plus one
+    join per slot at the end), not as a list of messages and then again."""
+
+    def __init__(self) -> None:
+        self._header: pb.ComputeResponse | None = None
+        self._assembler: _wire.PieceAssembler | None = None
+
+    def add(self, part: pb.ComputeResponsePart) -> None:
+        if self._assembler is None:
+            if not part.HasField("header"):
+                raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
+            self._header = part.header
+            slots = _wire.result_slots(self._header.results)
+            self._assembler = _wire.PieceAssembler([_wire.expected_bytes(t) for t in slots])
+        else:
+            try:
+                self._assembler.add(part.piece)
+            except _wire.WireError as exc:
+                raise DataLossError(f"ComputeStream: the reply is damaged: {exc}") from None
+
+    def result(self) -> ComputeResult:
+        if self._header is None or self._assembler is None:
+            raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
+        try:
+            blobs = self._assembler.finish()
+        except _wire.WireError as exc:
+            raise DataLossError(f"ComputeStream: the reply is damaged: {exc}") from None
+        return BaseClient._decode_compute(self._header, blobs)
+
+
 class BaseClient:
     """Configuration and pure request/response logic."""
 
@@ -259,14 +291,6 @@ class BaseClient:
         order += [("tangents", n) for n in sorted(req.tangents)]
         order += [("vector", n) for n in sorted(req.vector)]
         return OutgoingCompute(req, [arrays[key] for key in order])
-
-    @staticmethod
-    def _join_stream(parts: Sequence[pb.ComputeResponsePart]) -> ComputeResult:
-        if not parts or not parts[0].HasField("header"):
-            raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
-        header = parts[0].header
-        blobs = _wire.join_pieces(_wire.result_slots(header.results), [p.piece for p in parts[1:]])
-        return BaseClient._decode_compute(header, blobs)
 
     @staticmethod
     def _decode_compute(

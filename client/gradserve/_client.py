@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute
+from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute, StreamedReply
 from gradserve.errors import from_rpc_error
 from gradserve.jobs import Job, job_states
 from gradserve.jobspec import JobSpec
@@ -69,19 +69,15 @@ class Client(BaseClient):
             raise from_rpc_error(error) from None
 
     def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
-        def collect() -> list[pb.ComputeResponsePart]:
-            return list(
-                self._stub.ComputeStream(
-                    req.parts(),
-                    timeout=self._deadline(timeout),
-                    metadata=self._metadata,
-                )
-            )
-
+        reply = StreamedReply()
         try:
-            return self._join_stream(collect())
+            for part in self._stub.ComputeStream(
+                req.parts(), timeout=self._deadline(timeout), metadata=self._metadata
+            ):
+                reply.add(part)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+        return reply.result()
 
     def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         if req.wants_stream:

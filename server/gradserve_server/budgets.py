@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server import memory
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import exhausted, invalid
 from gradserve_workers.replies import (
@@ -286,6 +287,8 @@ class InFlight:
         self.used -= nbytes
         if self._freed is not None:
             self._freed.set()
+        if nbytes >= memory.TRIM_BYTES:
+            memory.trim_soon()
 
 
 class Reservation:

@@ -22,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
-from gradserve_server import calls
+from gradserve_server import calls, memory
 from gradserve_workers import lang
 from gradserve_workers.registry import UnknownFunctionError
 from gradserve_workers.tasks import ChunkError
@@ -170,6 +170,7 @@ def _ray_status(error: BaseException) -> Status | None:
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     status = to_status(error)
+    memory.trim_soon()  # a failed call may leave large freed buffers behind
     # internal ones are logged in full; the rest in the call's one line (interceptor.py)
     if status.code is not grpc.StatusCode.INTERNAL:
         log.debug("%s: %s", status.code.name, status.message.splitlines()[0])

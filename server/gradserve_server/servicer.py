@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_
 from gradserve_server.errors import (
     ServiceError,
     decoded,
+    exhausted,
     guard,
     guard_stream,
     invalid,
@@ -121,12 +123,22 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         (shapes, points, reply estimate, the bytes it declares) before a piece is
         kept, and each piece is checked as it arrives: the stream holds at most what
         its header declared, reserved from the server's bytes in flight until the
-        call is done with them."""
+        call is done with them. A sender that sends nothing for the stall limit
+        loses its stream (and the reservation it held)."""
         header: pb.ComputeRequest | None = None
         assembler: _wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
-            async for received in parts:
+            while True:
+                try:
+                    received = await asyncio.wait_for(anext(parts), self._stall_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise exhausted(
+                        f"ComputeStream: the sender sent nothing for {self._stall_s:.0f} s; the "
+                        "stream was closed to free what it held"
+                    ) from None
                 part = decoded(received)
                 if part.HasField("header"):
                     if header is not None:

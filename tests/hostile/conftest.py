@@ -19,7 +19,7 @@ LOW_BUDGETS = {
     "--max-request-bytes": 32 * MiB,
     "--max-inflight-bytes": 80 * MiB,
     "--max-stream-bytes": 8 * MiB,
-    "--stream-stall-seconds": 3,
+    "--stream-stall-seconds": 2,
     # the workers' per-call budgets (test_hostile_worker.py)
     "--max-call-bytes": 300 * MiB,
     "--max-call-seconds": 2,

@@ -130,6 +130,7 @@ def test_64_clients_mixed_with_hostile_cases(hostile_server: ServerProcess) -> N
     with gradserve.Client(hostile_server.address, timeout=30) as client:
         table = cases(client, None)
     unexpected = [(n, c) for n, c, _ in results if c not in table[n][1]]
+    time.sleep(2)  # the server trims its heaps a second after the last failure
     valid = sorted(s for n, c, s in results if n in VALID)
     p50, p99 = valid[len(valid) // 2], valid[int(len(valid) * 0.99)]
     print(

@@ -5,6 +5,7 @@ SDK does not retry it, big replies within the budget stream, and memory comes ba
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_replies_within_the_budget_stream_and_memory_comes_back(
     x = np.linspace(-1.0, 1.0, n)
     with Watch(hostile_server) as watch:
         jac = hostile_client.jacobian("x * 2.0", x)
-        rows = hostile_client.grad("sum(sin(x))", np.tile(x[:100], (scaled(20_000, 40_000), 1)),
+        rows = hostile_client.grad("sum(sin(x))", np.tile(x[:100], (scaled(10_000, 40_000), 1)),
                                    batched=True)  # fmt: skip
     np.testing.assert_array_equal(jac, 2.0 * np.eye(n))
     np.testing.assert_allclose(rows[-1], np.cos(x[:100]), rtol=1e-15)
@@ -80,3 +81,15 @@ def test_memory_comes_back_after_refusals(
             with pytest.raises(gradserve.ResourceExhaustedError):
                 hostile_client.jacobian("x * 1.0", np.ones(10_000))
     watch.check()
+
+
+def test_the_async_client_takes_a_streamed_reply_in_as_it_arrives(
+    hostile_server: ServerProcess,
+) -> None:
+    x = np.linspace(-1.0, 1.0, 300_000)  # 2.4 MB: streamed both ways
+
+    async def run() -> np.ndarray:
+        async with gradserve.AsyncClient(hostile_server.address, timeout=60) as client:
+            return await client.value("x * 2.0", x)  # type: ignore[no-any-return]
+
+    np.testing.assert_array_equal(asyncio.run(run()), 2.0 * x)

@@ -1,10 +1,11 @@
 """Issue 16, item 9: server streams produce pieces only as their readers take them, so
 GetJobResults streams that are never read hold at most --max-stream-bytes (8 MiB
-here) between them, and a reader that takes nothing for --stream-stall-seconds (3 s
-here) loses its stream."""
+here) between them, and a reader that takes nothing for --stream-stall-seconds (2 s
+here) loses its stream (as does a ComputeStream sender that sends nothing)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from support.cluster import ServerProcess
-from support.hostile import Watch, rss, scaled
+from support.hostile import Watch, rss, scaled, stream_call
 
 import gradserve
 from gradserve.v1 import gradserve_pb2 as pb
@@ -82,13 +83,31 @@ def test_results_streams_nobody_reads_hold_a_bounded_amount(
 
 
 def test_a_reader_that_takes_nothing_loses_its_stream(
-    hostile_server: ServerProcess, big_job: str
+    hostile_server: ServerProcess, big_job: str, stub: pb_grpc.GradientServiceStub
 ) -> None:
+    """And a ComputeStream sender that declares 16 MB and then sends nothing loses its
+    stream too, with the bytes it had reserved."""
     ((channel, call),) = open_unread(hostile_server.address, big_job, 1)
-    time.sleep(4.5)  # past the 3 s stall limit
+    header = pb.ComputeRequest(function="sum(x)", ops=[pb.OP_VALUE], batched=True)
+    header.inputs["x"].CopyFrom(pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[500_000, 4]))
+    done = threading.Event()
+
+    def silent() -> Iterator[pb.ComputeRequestPart]:
+        yield pb.ComputeRequestPart(header=header)
+        done.wait(30)
+
+    sender: list[tuple[grpc.StatusCode, str, float]] = []
+    thread = threading.Thread(target=lambda: sender.append(stream_call(stub, silent())))
+    thread.start()
+    time.sleep(3.2)  # past the 2 s stall limit
     with pytest.raises(grpc.RpcError) as info:
         for _ in call:  # type: ignore[attr-defined]
             pass
     channel.close()
     assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "took nothing for 3 s" in str(info.value.details())
+    assert "took nothing for 2 s" in str(info.value.details())
+    thread.join(30)
+    done.set()
+    code, details, seconds = sender[0]
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "sent nothing for 2 s" in details
+    assert 1.5 < seconds < 3.2
