@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest proto bench demo clean
+.PHONY: serve test lint typecheck pytest proto bench demo clean test-deploy
 
 $(STAMP): requirements/*.txt client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
 		workers/setup.py workers/gradserve_workers/native/compare_rows.c
@@ -29,6 +29,11 @@ pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The compose deployment on a real Docker engine (Debian host, as root; about
+# 10 min warm): docker/test-deploy.sh, docs/deployment.md "Testing the deployment".
+test-deploy: $(STAMP)
+	PYTHON=$(PY) bash docker/test-deploy.sh $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \
