@@ -70,22 +70,32 @@ start() {
 
 stop() {
     [[ -s "$pidfile" ]] || return 0
-    local pid
+    local pid children
     pid=$(<"$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
+        # its own containerd: dockerd stops it, and this makes sure it did
+        children=$(pgrep -P "$pid" || true)
         say "stopping dockerd (pid $pid)"
-        kill -TERM "$pid"
-        local deadline=$((SECONDS + 60))
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then
-                say "dockerd ignored SIGTERM for 60 s: SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                break
-            fi
-            sleep 0.5
+        stop_pid "$pid" 60
+        for child in $children; do
+            stop_pid "$child" 10
         done
     fi
     rm -f "$pidfile"
+}
+
+# SIGTERM, then SIGKILL after $2 seconds; returns once the process is gone.
+stop_pid() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            say "pid $pid ignored SIGTERM for $2 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.5
+    done
 }
 
 case "${1:-}" in
