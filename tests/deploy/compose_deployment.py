@@ -140,7 +140,7 @@ class Deployment:
             assert time.monotonic() - started < timeout, f"not healthy in {timeout}s\n{self.logs()}"
             time.sleep(2)
 
-    def logs(self, tail: int = 60) -> str:
+    def logs(self, tail: int | str = 60) -> str:
         try:
             return self.compose("logs", "--no-color", f"--tail={tail}", timeout=60)
         except AssertionError as error:
@@ -252,6 +252,8 @@ def deployment() -> Iterator[Deployment]:
     try:
         yield dep
     finally:
+        # every container's log, for a failure's post-mortem
+        (STATE / "compose.log").write_text(dep.logs(tail="all"))
         dep.down("--volumes")
         leaked = anonymous_volumes() - before
         assert not leaked, f"anonymous volumes left behind: {leaked}"
@@ -416,6 +418,7 @@ def test_a_job_survives_a_killed_worker_container(deployment: Deployment) -> Non
 def test_the_job_and_its_results_survive_down_and_up(deployment: Deployment) -> None:
     assert JOB, "the job test did not run"
     volumes = project_volumes()
+    (STATE / "compose-before-down.log").write_text(deployment.logs(tail="all"))
     deployment.down()
     assert deployment.containers(all=True) == []
     assert project_volumes() == volumes  # down keeps the named volumes
