@@ -20,6 +20,7 @@ image), GRADSERVE_DOCKER (Debian's docker client).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -48,6 +49,9 @@ IMAGE = "gradserve:latest"
 CLIENT_IMAGE = "gradserve-client:latest"
 IMAGE_LIMIT = 1.6e9  # bytes
 WORKERS = 2
+# the address Ray's nodes advertise: a loopback address, but not 127.0.0.1, which
+# Ray swaps for the host's primary address (services.resolve_ip_for_localhost)
+RAY_IP = "127.0.0.2"
 
 # the batch job: 16 tasks x 10,000 points of x in R^25, sampled on the server;
 # several seconds of work for three actors, so a worker dies in the middle of it
@@ -173,7 +177,7 @@ def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
                 "environment": {
                     "GRADSERVE_HOST": "127.0.0.1",
                     "GRADSERVE_PORT": str(grpc_port),
-                    "GRADSERVE_NODE_IP": "127.0.0.1",
+                    "GRADSERVE_NODE_IP": RAY_IP,
                     "GRADSERVE_RAY_PORT": str(ray_port),
                     "GRADSERVE_RAY_EXTRA_ARGS": f"--ray-client-server-port={free_port()}",
                 },
@@ -190,8 +194,8 @@ def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
             "worker": {
                 **host,
                 "environment": {
-                    "GRADSERVE_RAY_HEAD": f"127.0.0.1:{ray_port}",
-                    "GRADSERVE_NODE_IP": "127.0.0.1",
+                    "GRADSERVE_RAY_HEAD": f"{RAY_IP}:{ray_port}",
+                    "GRADSERVE_NODE_IP": RAY_IP,
                 },
             },
         }
@@ -288,7 +292,7 @@ def test_three_ray_nodes_and_no_object_store_on_disk(deployment: Deployment) -> 
     assert len(deployment.containers("worker")) == WORKERS
     count = (
         "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat /run/gradserve/ray/auth_token) "
-        f"python /opt/gradserve/docker/wait_for_nodes.py 127.0.0.1:{deployment.ray_port} "
+        f"python /opt/gradserve/docker/wait_for_nodes.py {RAY_IP}:{deployment.ray_port} "
         f"{1 + WORKERS} 60"
     )
     docker("exec", server, "sh", "-c", count, timeout=120)
@@ -297,7 +301,7 @@ def test_three_ray_nodes_and_no_object_store_on_disk(deployment: Deployment) -> 
     with gradserve.Client(deployment.address, timeout=60) as client:
         info = client.server_info()
     assert info.workers == 1 + WORKERS  # one actor per container
-    assert info.ray_address == f"127.0.0.1:{deployment.ray_port}"
+    assert info.ray_address == f"{RAY_IP}:{deployment.ray_port}"
 
 
 # ------------------------------------------------------------------ the SDK
@@ -432,14 +436,43 @@ def test_the_job_and_its_results_survive_down_and_up(deployment: Deployment) -> 
         assert c.submit(job_spec(), idempotency_key="deploy-test").id == JOB["id"]
 
 
-def test_down_leaves_only_the_named_volumes(deployment: Deployment) -> None:
-    names = deployment.containers()
-    ids = docker("inspect", "--format", "{{.Id}}", *names).split()
+def container_processes(names: list[str]) -> list[psutil.Process]:
+    """Every process of these containers (their init and all its descendants)."""
     pids = [int(p) for p in docker("inspect", "--format", "{{.State.Pid}}", *names).split()]
     procs = []
     for pid in pids:
         proc = psutil.Process(pid)
         procs += [proc, *proc.children(recursive=True)]
+    return procs
+
+
+def test_the_containers_talk_only_on_loopback(deployment: Deployment) -> None:
+    """Host networking: every connection of every container process (Ray's nodes,
+    gradserve, the actors) is between loopback addresses."""
+    seen, off = 0, []
+    for proc in container_processes(deployment.containers()):
+        try:
+            conns = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for conn in conns:
+            for addr in (conn.laddr, conn.raddr):
+                if not addr:
+                    continue
+                ip = ipaddress.ip_address(addr.ip)
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                    ip = ip.ipv4_mapped
+                if not ip.is_unspecified:  # a listening socket on every address
+                    seen += 1
+                    if not ip.is_loopback:
+                        off.append(f"{proc.name()}: {conn.laddr} -> {conn.raddr}")
+    assert seen > 10 and not off, off
+
+
+def test_down_leaves_only_the_named_volumes(deployment: Deployment) -> None:
+    names = deployment.containers()
+    ids = docker("inspect", "--format", "{{.Id}}", *names).split()
+    procs = container_processes(names)
     assert len(procs) > 3 * 2  # entrypoints, Ray's daemons, gradserve...
     deployment.down()
     assert deployment.containers(all=True) == []
