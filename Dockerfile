@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # gradserve images. Targets:
 #   server (default)  the server/worker image: client + workers + server, Ray, torch;
 #                     docker-compose.yml runs it as the Ray head + gRPC server and as
@@ -9,7 +7,15 @@
 #
 #   docker build -t gradserve .
 #   docker build --target client -t gradserve-client .
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t gradserve:cuda .
+#   docker build --build-arg TORCH_VARIANT=cu128 \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t gradserve:cuda .
+#
+# Offline: docker/prepare-wheelhouse.sh fills docker/wheelhouse/, and the build then
+# installs from those wheels with no package index (docs/deployment.md).
+#
+# Plain Dockerfile syntax, no `# syntax=` line (that fetches a frontend image from
+# Docker Hub at build time) and no BuildKit-only flags: BuildKit (DOCKER_BUILDKIT=1)
+# and the legacy builder both build it.
 #
 # Versions come from requirements/*.txt (pinned); the Python minor is the one
 # the project tests with (tests/deploy/test_compose_file.py checks both).
@@ -32,24 +38,40 @@ WORKDIR /src
 # the pinned dependencies first: that layer is rebuilt only when requirements/ changes
 COPY requirements/ requirements/
 COPY docker/install.sh docker/install.sh
-# torch's CPU wheels (CUDA builds are several GB); override for the GPU image
+# empty but for its README unless docker/prepare-wheelhouse.sh filled it
+COPY docker/wheelhouse/ /wheelhouse/
+ENV GRADSERVE_WHEELHOUSE=/wheelhouse
+# torch's CPU build (a CUDA build is GBs): install.sh asks for torch==X+cpu and
+# fails the build if anything else arrives; TORCH_VARIANT=cu128 (or cuda) and a
+# CUDA index for the GPU image
+ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN TORCH_INDEX_URL="${TORCH_INDEX_URL}" bash docker/install.sh /src deps
+RUN TORCH_VARIANT="${TORCH_VARIANT}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" \
+    bash docker/install.sh /src deps
 COPY client/ client/
 COPY workers/ workers/
 COPY server/ server/
 RUN bash docker/install.sh /src local
+# the container's scripts, with their modes set here (COPY --chmod is BuildKit-only)
+COPY docker/server-entrypoint.sh docker/worker-entrypoint.sh docker/lib.sh \
+     docker/healthcheck.py docker/wait_for_nodes.py /opt/gradserve/docker/
+RUN chmod 0755 /opt/gradserve/docker \
+    && chmod 0644 /opt/gradserve/docker/* \
+    && chmod 0755 /opt/gradserve/docker/*-entrypoint.sh
 
 # ---------------------------------------------------------------- client
 FROM ${PYTHON_IMAGE} AS client-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/gradserve
 ENV PATH=/opt/gradserve/bin:$PATH
-COPY requirements/client.txt /src/requirements/client.txt
-COPY client/ /src/client/
-RUN pip install -r /src/requirements/client.txt \
-    && pip install --no-deps /src/client \
-    && pip check
+WORKDIR /src
+COPY requirements/ requirements/
+COPY docker/install.sh docker/install.sh
+COPY docker/wheelhouse/ /wheelhouse/
+ENV GRADSERVE_WHEELHOUSE=/wheelhouse
+COPY client/ client/
+# requirements/client.txt and ./client only: no torch, no ray
+RUN bash docker/install.sh /src client
 
 FROM ${PYTHON_IMAGE} AS client
 RUN useradd --create-home --uid 10001 --user-group gradserve
@@ -65,17 +87,16 @@ CMD ["--help"]
 FROM ${PYTHON_IMAGE} AS server
 LABEL org.opencontainers.image.title="gradserve" \
       org.opencontainers.image.description="gradserve server and Ray worker image"
-# Ray's daemons and torch need nothing beyond the slim base; procps is for operators
+# Ray's daemons and torch need nothing beyond the slim base; procps gives the worker
+# healthcheck its pgrep (and operators ps); apt's caches go, as in the python images
 RUN apt-get update \
     && apt-get install -y --no-install-recommends procps \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --user-group gradserve \
     && mkdir -p /data /run/gradserve/ray /tmp/ray \
     && chown -R gradserve:gradserve /data /run/gradserve /tmp/ray \
     && chmod 700 /run/gradserve/ray
 COPY --from=build /opt/gradserve /opt/gradserve
-COPY --chmod=0755 docker/server-entrypoint.sh docker/worker-entrypoint.sh /opt/gradserve/docker/
-COPY --chmod=0644 docker/lib.sh docker/healthcheck.py docker/wait_for_nodes.py /opt/gradserve/docker/
 ENV PATH=/opt/gradserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GRADSERVE_HOST=0.0.0.0 \
@@ -86,7 +107,9 @@ ENV PATH=/opt/gradserve/bin:$PATH \
     RAY_DISABLE_USAGE_STATS=1
 USER gradserve
 WORKDIR /home/gradserve
-VOLUME ["/data"]
+# /data is the job store: compose mounts the named volume gradserve-data there.
+# No VOLUME instruction: it would give every container of this image (each
+# worker too) an anonymous volume on every `up`, left behind by `down`.
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/gradserve/docker/healthcheck.py"]

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile
+.PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile test-deploy
 
 $(STAMP): $(filter-out requirements/bench.txt,$(wildcard requirements/*.txt)) client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
 		workers/setup.py workers/gradserve_workers/native/compare_rows.c \
@@ -40,6 +40,10 @@ HOSTILE_FUZZ_SECONDS ?= 600
 test-hostile: $(STAMP)
 	GRADSERVE_HOSTILE_SCALE=full GRADSERVE_FUZZ_SECONDS=$(HOSTILE_FUZZ_SECONDS) \
 		$(PY) -m pytest tests/hostile --timeout=1800 $(PYTEST_ARGS)
+# The compose deployment on a real Docker engine (Debian host, as root; about
+# 10 min warm): docker/test-deploy.sh, docs/deployment.md "Testing the deployment".
+test-deploy: $(STAMP)
+	PYTHON=$(PY) bash docker/test-deploy.sh $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \

@@ -20,6 +20,10 @@ log = logging.getLogger("gradserve.dispatch")
 
 # A chunk whose worker died (node lost, OOM) is retried on another worker.
 MAX_ATTEMPTS = 3
+# What a lost worker looks like from here: the actor is gone, or it finished the
+# chunk but its result lay in the object store of a node that died before we read
+# it (ObjectLostError: the chunk ran, and runs again elsewhere).
+WORKER_LOST = (rex.ActorDiedError, rex.ActorUnavailableError, rex.ObjectLostError)
 
 Submit = Callable[[Any], Any]  # actor handle -> ObjectRef of a ChunkResult
 T = TypeVar("T")
@@ -51,7 +55,7 @@ async def _on_express(
     limit = min(timeout, pool.express_seconds + pool.cancel_grace)
     try:
         result: ChunkResult = await _on_worker(pool, worker, submit, limit)
-    except (rex.ActorDiedError, rex.ActorUnavailableError) as error:
+    except WORKER_LOST as error:
         pool.retire(worker, f"died: {error}")
         return None
     except errors.ServiceError:
@@ -73,7 +77,7 @@ async def _on_pool(pool: ActorPool, tenant: str, submit: Submit, timeout: float)
         worker = await pool.acquire(tenant)
         try:
             result: ChunkResult = await _on_worker(pool, worker, submit, timeout)
-        except (rex.ActorDiedError, rex.ActorUnavailableError) as error:
+        except WORKER_LOST as error:
             pool.retire(worker, f"died: {error}")
             if attempt == MAX_ATTEMPTS:
                 raise errors.unavailable(

@@ -163,7 +163,8 @@ def _ray_status(error: BaseException) -> Status | None:
         return None
     if isinstance(error, rex.GetTimeoutError):
         return Status(grpc.StatusCode.DEADLINE_EXCEEDED, "the computation ran past its deadline")
-    if isinstance(error, rex.ActorDiedError | rex.ActorUnavailableError | rex.RaySystemError):
+    lost = rex.ActorDiedError | rex.ActorUnavailableError | rex.ObjectLostError | rex.RaySystemError
+    if isinstance(error, lost):
         return Status(grpc.StatusCode.UNAVAILABLE, f"a worker was lost: {error}")
     return None
 
