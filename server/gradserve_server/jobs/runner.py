@@ -223,15 +223,15 @@ class TaskRunner:
         row = fresh or row  # now with its started_at
         compute = [c for c in chunks if c.phase == "compute"]
         check = [c for c in chunks if c.phase == "check"]
+        batched = task.batched or spec.has_sample(task)
+        meta = build_metadata(compute or check, row, batched, keep_unconnected=bool(compute))
         report = None
         if check:
             merged = merge_reports(
                 [codec.report_from_json((c.info or {})["report"]) for c in check],
                 [c.start for c in check],
             )
-            report = report_to_proto(merged).SerializeToString()
-        batched = task.batched or spec.has_sample(task)
-        meta = build_metadata(compute or check, row, batched, keep_unconnected=bool(compute))
+            report = report_to_proto(merged, meta.execution_path).SerializeToString()
         await asyncio.to_thread(
             self.store.finish_task,
             self.job_id,
