@@ -24,7 +24,6 @@ def test_functions_called_finds_every_call_and_nothing_else() -> None:
     assert functions_called(program.tree) == {"sum", "det", "solve"}
 
 
-
 def test_a_compiled_function_carries_the_functions_it_calls() -> None:
     fn = compile_function("def f(x, A):\n    return sum(det(A) * x)\n")
     assert fn.functions == {"sum", "det"}
