@@ -34,7 +34,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# The hostile-load suite at the issue's sizes (1,000 unread streams, 150 pieces of
+# The hostile-load suite at full size (1,000 unread streams, 150 pieces of
 # 8 MiB...) and a 10-minute protocol fuzz; `make test` runs it small.
 HOSTILE_FUZZ_SECONDS ?= 600
 test-hostile: $(STAMP)

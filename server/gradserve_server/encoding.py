@@ -22,7 +22,9 @@ _REPORT_KINDS = {
 _OP_NUMBERS: dict[str, Any] = {name: number for number, name in OP_BY_NUMBER.items()}
 
 
-def report_to_proto(report: CheckReport) -> pb.CheckReport:
+def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb.CheckReport:
+    """``report`` as a message; ``execution_path`` is the call's, as its metadata says
+    it (single for one unbatched point, else vmap or per point), so the two agree."""
     msg = pb.CheckReport(
         passed=report.passed,
         kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
@@ -37,7 +39,7 @@ def report_to_proto(report: CheckReport) -> pb.CheckReport:
         rtol=report.rtol,
         eps=report.eps,
         num_points=report.num_points,
-        execution_path=pb.EXECUTION_PATH_VMAP if report.vmapped else pb.EXECUTION_PATH_PER_POINT,
+        execution_path=execution_path,
     )
     if report.symmetric is not None:
         msg.symmetric = report.symmetric

@@ -178,7 +178,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             chunks=done.metadata.chunks,
             verdict="passed" if report.passed else "failed",
         )
-        return pb.CheckResponse(report=report_to_proto(report), metadata=done.metadata)
+        meta = done.metadata
+        return pb.CheckResponse(report=report_to_proto(report, meta.execution_path), metadata=meta)
 
     @guard
     async def GetServerInfo(

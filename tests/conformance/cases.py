@@ -317,9 +317,10 @@ CASES: list[Case] = [
     Case("arange", "arange(3) * x * x + arange(1, 4, 1) * x", _x(normal())),
     Case("linspace", "linspace(0, 1, 3) * x * x", _x(normal())),
     Case("tensor", "tensor((1, 2, 3)) * x * x + tensor((x[0], x[1], x[2])) * x", _x(normal())),
-    # compositions, among them the two programs of issue 15
+    # compositions, among them a logdet and a solve of matrices built from the inputs,
+    # whose batched forward-mode Jacobian and Hessian run by a route
     Case(
-        "compose:issue15-logdet",
+        "compose:logdet-gram",
         "logdet(A @ A.T + diag(1 + (x * x) ** 2))",
         {"x": normal((4,)), "A": matrix((4, 4))},
         ("x",),
@@ -327,7 +328,7 @@ CASES: list[Case] = [
         condition=lambda v: _cond(v["A"] @ v["A"].T + np.diag(1 + v["x"] ** 4)),
     ),
     Case(
-        "compose:issue15-solve",
+        "compose:erf-solve-gram",
         "erf(solve(A @ A.T + 4 * eye(4), cat((x[1:], x[:1]))))",
         {"x": normal((4,)), "A": matrix((4, 4))},
         ("x",),

@@ -58,7 +58,8 @@ REQUESTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "grad": ("scalar", ("grad",), "auto"),
     "second": ("scalar", ("hessian", "hvp"), "auto"),
 }
-# the matrix's operation names (the issue's list): request label and op
+# the matrix's operation names (every op, the Jacobian in both modes): request label
+# and op
 OPERATIONS: dict[str, tuple[str, str]] = {
     "value": ("forward", "value"),
     "grad": ("grad", "grad"),
@@ -328,5 +329,5 @@ def routes_of(answers: Mapping[str, Answer]) -> dict[str, tuple[str, ...]]:
 
 
 def transform(operation: str, batched: bool) -> str:
-    """The table's name of the transform an operation runs (``lang.table.TRANSFORMS``)."""
+    """The table's name of the transform an operation runs (``lang.routes.TRANSFORMS``)."""
     return f"{operation}@{'batch' if batched else 'point'}"

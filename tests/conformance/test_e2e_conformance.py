@@ -1,6 +1,7 @@
 """Conformance end to end, through a real server and Ray: the SDK's shape table
-(docs/sdk.md) at one point and batched, the two programs of issue 15 against closed
-forms and difference references, and a handful of matrix cases."""
+(docs/sdk.md) at one point and batched, a logdet and a solve of matrices built from
+the inputs (whose batched transforms run by a route) against closed forms and
+difference references, and a handful of matrix cases."""
 
 from __future__ import annotations
 
@@ -99,13 +100,13 @@ def test_every_method_returns_the_documented_shapes(
     assert res.metadata.strategy == "direct" and res.metadata.routes == ()
 
 
-# -- the two programs of issue 15 ----------------------------------------------------
+# -- a logdet and a solve, batched through LU factorisations ------------------------
 
 LOGDET = "def f(x, A):\n    return logdet(A @ A.T + diag(1 + (x * x) ** 2))\n"
 SOLVE = "def f(x, A):\n    return erf(solve(A @ A.T + 4 * eye(4), cat((x[1:], x[:1]))))\n"
 
 
-def _issue_inputs() -> tuple[np.ndarray, np.ndarray]:
+def _lu_inputs() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(15)
     return rng.normal(size=(5, 4)), rng.normal(size=(5, 4, 4)) / 2
 
@@ -135,9 +136,9 @@ def _solve_np(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.array([math.erf(v) for v in y])
 
 
-def test_issue_references_agree() -> None:
+def test_closed_forms_agree_with_differences() -> None:
     """The closed forms and the difference references agree (two independent ways)."""
-    x, a = _issue_inputs()
+    x, a = _lu_inputs()
     for i in range(2):
         hess = R.hessian(lambda v, i=i: _logdet_np(v, a[i]), x[i])
         np.testing.assert_allclose(hess, _logdet_hessian(x[i], a[i]), atol=1e-7)
@@ -146,8 +147,8 @@ def test_issue_references_agree() -> None:
 
 
 @pytest.mark.parametrize("batched", [False, True])
-def test_issue_programs_are_right(client: gradserve.Client, batched: bool) -> None:
-    x, a = _issue_inputs()
+def test_logdet_and_solve_are_right(client: gradserve.Client, batched: bool) -> None:
+    x, a = _lu_inputs()
     points = range(5) if batched else range(2)
     want_h = np.stack([_logdet_hessian(x[i], a[i]) for i in points])
     want_j = np.stack([_solve_jacobian(x[i], a[i]) for i in points])
@@ -171,6 +172,28 @@ def test_issue_programs_are_right(client: gradserve.Client, batched: bool) -> No
         )
     np.testing.assert_allclose(got_h, want_h, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(got_j, want_j, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_check_reports_the_strategy_its_computations_ran(
+    client: gradserve.Client, batched: bool
+) -> None:
+    """A second-order check of the logdet computes its Hessians batched by the
+    reverse-over-reverse route, passes (the direct transform would be off by orders of
+    magnitude), and says so in its metadata; its report's execution path is the
+    metadata's (single at one point)."""
+    x, a = _lu_inputs()
+    inputs = {"x": x, "A": a} if batched else {"x": x[0], "A": a[0]}
+    report = client.check(LOGDET, inputs, wrt="x", order=2, fast=False, batched=batched)
+    assert report.passed, report.message
+    meta = report.metadata
+    assert report.execution_path == meta.execution_path == ("vmap" if batched else "single")
+    if batched:
+        assert meta.strategy == "rerouted", meta
+        assert [r.split(":")[0] for r in meta.routes] == ["hessian"], meta.routes
+        assert "logdet" in meta.routes[0]
+    else:  # at one point forward-over-reverse is right: nothing to route around
+        assert meta.strategy == "direct" and meta.routes == ()
 
 
 # -- matrix cases end to end ---------------------------------------------------------

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from support import reference as R
 
-from gradserve_workers.lang.table import FUNCTIONS, ROUTES
+from gradserve_workers.lang.routes import ROUTES
+from gradserve_workers.lang.table import FUNCTIONS
 
 from .cases import CASES, COMPLEX_FORMS, Case
 from .matrix import (

@@ -9,7 +9,8 @@ import torch
 from gradserve_workers._ops_impl import plan_routes
 from gradserve_workers.check import finite_difference_check
 from gradserve_workers.lang import compile_function, parse_and_validate
-from gradserve_workers.lang.table import FUNCTIONS, ROUTES, functions_called, unsafe_transforms
+from gradserve_workers.lang.routes import ROUTES, functions_called, unsafe_transforms
+from gradserve_workers.lang.table import FUNCTIONS
 
 LOGDET = "def f(x, A):\n    return logdet(A @ A.T + diag(1 + (x * x) ** 2))\n"
 SOLVE = "def f(x, A):\n    return erf(solve(A @ A.T + 4 * eye(4), cat((x[1:], x[:1]))))\n"
@@ -21,6 +22,14 @@ def test_functions_called_finds_every_call_and_nothing_else() -> None:
         "    return solve(A, y) + A.T @ x\n"
     )
     assert functions_called(program.tree) == {"sum", "det", "solve"}
+
+
+def test_a_compiled_function_carries_the_functions_it_calls() -> None:
+    fn = compile_function("def f(x, A):\n    return sum(det(A) * x)\n")
+    assert fn.functions == {"sum", "det"}
+    # a twin that differs only in layout shares them, without walking its tree again
+    twin = fn.relocated("def f(x, A):\n    return sum( det(A) * x )  # spaced\n")
+    assert twin.functions is fn.functions
 
 
 def test_every_unsafe_transform_has_a_route_for_its_operation() -> None:

@@ -15,7 +15,7 @@ import gradserve
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lang"))
 from test_lang_fuzz_hypothesis import mutated, token_soup
 
-# the control-flow function, as the example states it
+# a function with data-dependent while and if, as the example states it
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from example_05_control_flow import F as CONTROL_FLOW
 

@@ -1,4 +1,5 @@
-"""Jobs under hostile load, end to end (issue 16, items 8, 11 and 12).
+"""Jobs under hostile load, end to end: oversized and flooding submissions, quotas,
+old or damaged rows.
 
 One real server with low quotas and a short --job-ttl, on the session's Ray. Each
 case asserts its status and how long it took, that a small call kept being answered
@@ -202,7 +203,8 @@ def test_result_quotas_deletion_and_retention_bound_the_disk(
 
     disk, memory = results_bytes(server), rss(server)
     with Probe(server.address, warm=("grad",)) as probe:
-        # the issue's 53-byte job: 1.6 GB of Hessians, refused from its shapes
+        # a job of a few dozen bytes that asks for 1.6 GB of Hessians (20,000 sampled
+        # points of 100 inputs): refused from its shapes, before any work
         mark = probe.mark()
         (code, message), took = timed(lambda: code_of(grad_job(20_000, [100], "sum(x**3)",
                                                                 pb.OP_HESSIAN)))  # fmt: skip
@@ -263,7 +265,7 @@ def test_result_quotas_deletion_and_retention_bound_the_disk(
 def test_old_or_damaged_rows_cannot_break_list_jobs(
     server: ServerProcess, stub: pb_grpc.GradientServiceStub
 ) -> None:
-    # rows as the issue's attack left them under an older server, written straight
+    # rows a flood of bad jobs could leave under an older server, written straight
     # into the running server's database: 1,050 failed tasks whose errors repeat a
     # 14,000-character name, a name that is not UTF-8, a timestamp that is not a number
     db = sqlite3.connect(Path(server.data_dir) / "jobs.sqlite3", timeout=30)

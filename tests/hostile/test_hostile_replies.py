@@ -74,8 +74,8 @@ def test_replies_within_the_budget_stream_and_memory_comes_back(
 def test_memory_comes_back_after_refusals(
     hostile_server: ServerProcess, hostile_client: gradserve.Client
 ) -> None:
-    """Three refused calls in a row leave the server's RSS where it was (the issue saw
-    1.6 -> 3.2 -> 4.7 GB)."""
+    """Three refused calls in a row leave the server's RSS where it was (a refusal that
+    kept what it had allocated would grow it by about 1.5 GB each time)."""
     with Watch(hostile_server) as watch:
         for _ in range(3):
             with pytest.raises(gradserve.ResourceExhaustedError):

@@ -1,5 +1,5 @@
-"""Hostile load on the workers, end to end (issue 16, items 5, 7 and 10): the hostile
-server's low per-call budgets (conftest.py: 300 MiB, 2 s), its worker processes watched.
+"""Hostile load on the workers, end to end: the hostile server's low per-call budgets
+(conftest.py: 300 MiB, 2 s), its worker processes watched.
 
 - memory: a derivative whose saved tensors grow past the per-call memory budget is
   refused, named, and its worker's memory is back where it was;

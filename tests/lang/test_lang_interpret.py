@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -421,11 +422,18 @@ def test_control_flow_example_jacobian(seed: int) -> None:
     torch.manual_seed(seed)
     a = torch.randn(4, dtype=F64)
     fn = compile_function(CONTROL_FLOW)
-    value = fn(a)
-    torch.testing.assert_close(torch.func.jacrev(fn)(a), torch.diag(value / a))
-    torch.testing.assert_close(torch.func.jacfwd(fn)(a), torch.diag(value / a))
+    # closed form, worked out in numpy: f(a) = s * 2**m * a, with m the doublings and
+    # s = 1 or 100 by the sign of the sum, both constant near a; so J = s * 2**m * I
+    x, m = a.numpy(), 1
+    while np.linalg.norm(2**m * x) < 1000:
+        m += 1
+    slope = 2.0**m * (1 if np.sum(2**m * x) > 0 else 100)
+    want = torch.as_tensor(slope * np.eye(4))
+    torch.testing.assert_close(fn(a), slope * a)
+    torch.testing.assert_close(torch.func.jacrev(fn)(a), want)
+    torch.testing.assert_close(torch.func.jacfwd(fn)(a), want)
     grad = torch.func.grad(lambda t: fn(t).sum())(a)
-    torch.testing.assert_close(grad, value / a)
+    torch.testing.assert_close(grad, want.sum(0))
 
 
 def test_control_flow_under_vmap_raises_data_dependent() -> None:

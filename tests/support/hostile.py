@@ -24,7 +24,8 @@ import psutil
 import gradserve
 from support.cluster import ServerProcess
 
-# "hostile": the full sizes; anything else: sizes that fit `make test`
+# "full": the attacks at their full sizes (make test-hostile); anything else: sizes that fit
+# `make test`
 FULL = os.environ.get("GRADSERVE_HOSTILE_SCALE", "small") == "full"
 RSS_TOLERANCE = 200 * 1024 * 1024
 PROBE_LIMIT_S = 1.0

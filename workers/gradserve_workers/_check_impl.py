@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _native, _perturb
+from . import _native, _perturb, _routes_taken
 from ._ops_impl import (
     Fn,
     OpsError,
@@ -171,6 +171,7 @@ def _compute(
         r = compute_impl(fn, names, inputs, req, detect_unconnected=False)
     except OpsError as exc:
         raise _recall(exc, call) from exc
+    _routes_taken.note(r.routes)
     if one:
         r.outputs = {
             op: {k: t.unsqueeze(0) for k, t in by_key.items()} for op, by_key in r.outputs.items()

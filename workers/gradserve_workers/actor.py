@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from gradserve_workers._routes_taken import collecting
+from gradserve_workers.report import CheckReport
 from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
 
 CACHE_SIZE = 512  # entries: by exact source and by syntax tree
@@ -329,6 +331,16 @@ class GradActor:
     def _check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
+        with collecting() as routes:
+            report = self._check_report(spec, arrays, start, stop)
+        if spec.batched and not report.vmapped:
+            self._per_point.add(spec.source_hash)
+        # the routes its computations took: a check's strategy, as a compute's
+        return ChunkResult(report=report, vmapped=report.vmapped, routes=tuple(routes))
+
+    def _check_report(
+        self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
+    ) -> CheckReport:
         from gradserve_workers.check import claimed_check, finite_difference_check
 
         fn = self._compiled(spec.source, spec.source_hash, spec.limits)
@@ -386,9 +398,7 @@ class GradActor:
                 allow_vmap=allow_vmap,
                 columns=spec.columns,
             )
-        if spec.batched and not report.vmapped:
-            self._per_point.add(spec.source_hash)
-        return ChunkResult(report=report, vmapped=report.vmapped)
+        return report
 
     def _claim(self, source: str, names: list[str], limits: Mapping[str, int]) -> Any:
         """A claimed derivative, compiled over the function's inputs (in its order)."""

@@ -234,6 +234,8 @@ class TaskRunner:
         compute = [c for c in chunks if c.phase == "compute"]
         check = [c for c in chunks if c.phase == "check"]
         reference = [c for c in chunks if c.phase == "reference"]
+        batched = task.batched or spec.has_sample(task)
+        meta = build_metadata(compute or check, row, batched, keep_unconnected=bool(compute))
         report = None
         if check:
             merged = merge_reports(
@@ -248,9 +250,7 @@ class TaskRunner:
                         [c.start for c in reference],
                     ),
                 )
-            report = report_to_proto(merged).SerializeToString()
-        batched = task.batched or spec.has_sample(task)
-        meta = build_metadata(compute or check, row, batched, keep_unconnected=bool(compute))
+            report = report_to_proto(merged, meta.execution_path).SerializeToString()
         await asyncio.to_thread(
             self.store.finish_task,
             self.job_id,

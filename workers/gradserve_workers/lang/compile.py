@@ -34,6 +34,7 @@ from .errors import (
 from .functions import IMPLEMENTATIONS
 from .layout import Layout, Positions, Where, syntax_key
 from .limits import Limits
+from .routes import functions_called
 from .runtime import Context, is_vmap_error, shape_text, to_int, transpose_last
 from .table import (
     BINARY_OPERATORS,
@@ -687,10 +688,18 @@ class CompiledFunction:
     """
 
     def __init__(
-        self, program: Program, limits: Limits, body: Evaluator, positions: Positions
+        self,
+        program: Program,
+        limits: Limits,
+        body: Evaluator,
+        positions: Positions,
+        functions: frozenset[str] | None = None,
     ) -> None:
         self.program = program
         self.limits = limits
+        # the table functions the program calls, which decide the routes its
+        # transforms take (see lang.routes): walked once, here
+        self.functions = functions_called(program.tree) if functions is None else functions
         self._body = body
         self._positions = positions
         self._table = positions.current() if positions.installed is None else None
@@ -717,7 +726,7 @@ class CompiledFunction:
             source_hash=hashlib.sha256(source.encode("utf-8")).hexdigest(),
             tree=tree,
         )
-        twin = CompiledFunction(program, self.limits, self._body, self._positions)
+        twin = CompiledFunction(program, self.limits, self._body, self._positions, self.functions)
         twin._table = self._positions.table_for(source, tree)
         return twin
 
