@@ -32,6 +32,15 @@ MIN_TOKEN_CHARS = 16
 DEFAULT_TENANT = ""
 
 
+# How logs and metrics show DEFAULT_TENANT; token files may not name a tenant so.
+DEFAULT_LABEL = "default"
+
+
+def tenant_label(tenant: str) -> str:
+    """The tenant as logs and metrics show it."""
+    return tenant or DEFAULT_LABEL
+
+
 @dataclass(frozen=True)
 class Identity:
     tenant: str
@@ -39,12 +48,15 @@ class Identity:
 
     @property
     def label(self) -> str:
-        """The tenant as logs and metrics show it."""
-        return self.tenant or "default"
+        return tenant_label(self.tenant)
 
 
 # No authentication configured: a single-user server where every caller sees all.
+# Given only by the interceptor of a server without tokens, never by default.
 ANONYMOUS = Identity(DEFAULT_TENANT, admin=True)
+# Whoever has not been identified (code outside a call, a call not yet admitted): no
+# rights, and a tenant no token file can name (tenants start with a letter or digit).
+NOBODY = Identity("-unidentified", admin=False)
 
 
 class TokenFileError(ValueError):
@@ -80,6 +92,11 @@ def parse_token_file(text: str, where: str = "token file") -> list[tuple[str, Id
         if not _TENANT.match(tenant):
             raise TokenFileError(
                 f"{at}: tenant {tenant!r} must be 1-64 letters, digits, '_', '.', '@' or '-'"
+            )
+        if tenant.lower() == DEFAULT_LABEL:
+            raise TokenFileError(
+                f"{at}: the tenant name {DEFAULT_LABEL!r} is reserved (it is how logs and "
+                "metrics show the shared tenant of --auth-token): choose another"
             )
         if token in owners and owners[token] != tenant:
             raise TokenFileError(f"{at}: this token is also {owners[token]!r}'s")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradserve.errors import REQUEST_ID_KEY  # the SDK reads it into its errors
-from gradserve_server.auth import ANONYMOUS, Identity
+from gradserve_server.auth import NOBODY, Identity
 
 __all__ = ["REQUEST_ID_KEY", "Call", "begin", "current", "identity", "note", "request_id"]
 
@@ -26,7 +26,8 @@ def new_request_id() -> str:
 class Call:
     rpc: str
     request_id: str = field(default_factory=new_request_id)
-    identity: Identity = ANONYMOUS
+    # set by the interceptor once the call is admitted; until then it may do nothing
+    identity: Identity = NOBODY
     # read when the call starts: asking a finished call's context for it can crash grpc
     peer: str = ""
     # filled in by handlers: op, points, chunks, job, verdict
@@ -47,9 +48,9 @@ def current() -> Call | None:
 
 
 def identity() -> Identity:
-    """The caller (anonymous, all-seeing, outside of a call: tests and tools)."""
+    """The caller; outside of a call, :data:`NOBODY` (no rights: fail closed)."""
     call = _current.get()
-    return call.identity if call is not None else ANONYMOUS
+    return call.identity if call is not None else NOBODY
 
 
 def request_id() -> str | None:

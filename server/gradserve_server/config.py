@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,21 +58,21 @@ def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--express-workers",
         type=int,
-        default=int(_env("EXPRESS_WORKERS", "1") or 0),
+        default=_env("EXPRESS_WORKERS", "1"),
         help="actors kept for small calls while every worker is busy; 0: none "
         "($GRADSERVE_EXPRESS_WORKERS, default 1)",
     )
     p.add_argument(
         "--express-seconds",
         type=float,
-        default=float(_env("EXPRESS_SECONDS", "0.5") or 0.5),
+        default=_env("EXPRESS_SECONDS", "0.5"),
         help="a call on an express actor longer than this waits for a regular worker "
         "($GRADSERVE_EXPRESS_SECONDS, default 0.5)",
     )
     p.add_argument(
         "--cancel-grace",
         type=float,
-        default=float(_env("CANCEL_GRACE", "2") or 2),
+        default=_env("CANCEL_GRACE", "2"),
         help="seconds a cancelled chunk's worker has to stop before it is killed "
         "($GRADSERVE_CANCEL_GRACE, default 2)",
     )
@@ -121,6 +122,7 @@ class ServerConfig:
     auth_token_file: Path | None = None
     insecure: bool = False  # allow a non-loopback bind with neither TLS nor tokens
     metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_host: str = "127.0.0.1"  # /metrics has no auth: loopback unless asked
     log_format: str = "text"  # text | json
     # a server stream whose reader takes nothing for this long is closed
     stream_stall_s: float = 30.0
@@ -130,7 +132,43 @@ class ServerConfig:
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GRADSERVE_{name}", default)
+    """The variable's raw text (unset or empty: ``default``). Flags take it as their
+    default *as a string*, so argparse converts and checks it like a typed flag."""
+    return os.environ.get(f"GRADSERVE_{name}") or default
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (no limit) or more")
+    return value
+
+
+_VARIABLE = re.compile(r"\$(GRADSERVE_[A-Z0-9_]+)")
+
+
+class _ServeParser(argparse.ArgumentParser):
+    """Checks each flag's variable as strictly as the flag, and names the variable."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        for action in self._actions:
+            named = _VARIABLE.search(action.help or "")
+            raw = os.environ.get(named.group(1)) if named else None
+            if not raw or not named or action.nargs == 0:
+                continue
+            try:
+                value = self._get_value(action, raw)
+            except argparse.ArgumentError as error:
+                self.error(f"${named.group(1)}={raw!r}: {error.message}")
+            if action.choices is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                self.error(f"${named.group(1)}={raw!r}: choose from {choices}")
+        return super().parse_known_args(args, namespace)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -161,7 +199,7 @@ def _env_flag(name: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag's help names its variable (a test fails on one that does not)."""
-    p = argparse.ArgumentParser(
+    p = _ServeParser(
         prog="gradserve serve",
         description="Run the gradserve gRPC server (embedded local Ray unless --ray-address). "
         "Every flag can be set by the GRADSERVE_* variable its help names; a flag wins.",
@@ -175,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port",
         type=int,
-        default=int(_env("PORT", "50051") or 50051),
+        default=_env("PORT", "50051"),
         help="gRPC port; 0 picks a free one ($GRADSERVE_PORT, default 50051)",
     )
     p.add_argument(
@@ -187,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-workers",
         type=int,
-        default=int(_env("NUM_WORKERS", "0") or 0) or None,
+        default=_env("NUM_WORKERS", "0"),
         help="Ray actors to start; 0: one per CPU in the cluster ($GRADSERVE_NUM_WORKERS)",
     )
     p.add_argument(
@@ -204,26 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-message-bytes",
         type=int,
-        default=int(_env("MAX_MESSAGE_BYTES", str(16 << 20)) or 0),
+        default=_env("MAX_MESSAGE_BYTES", str(16 << 20)),
         help="largest gRPC message either way ($GRADSERVE_MAX_MESSAGE_BYTES, default 16 MiB)",
     )
     p.add_argument(
         "--chunk-timeout",
         type=float,
-        default=float(_env("CHUNK_TIMEOUT", "120") or 120),
+        default=_env("CHUNK_TIMEOUT", "120"),
         help="seconds one chunk may run before its worker is replaced "
         "($GRADSERVE_CHUNK_TIMEOUT, default 120)",
     )
     p.add_argument(
         "--max-points",
         type=int,
-        default=int(_env("MAX_POINTS", "10000000") or 0),
+        default=_env("MAX_POINTS", "10000000"),
         help="points per request ($GRADSERVE_MAX_POINTS, default 10000000)",
     )
     p.add_argument(
         "--max-inflight-chunks-per-job",
         type=int,
-        default=int(_env("MAX_INFLIGHT_CHUNKS_PER_JOB", "0") or 0),
+        default=_env("MAX_INFLIGHT_CHUNKS_PER_JOB", "0"),
         help="chunks of one job running or being stored at once; 0: 2 x workers "
         "($GRADSERVE_MAX_INFLIGHT_CHUNKS_PER_JOB)",
     )
@@ -236,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--object-store-bytes",
         type=int,
-        default=int(_env("OBJECT_STORE_BYTES", "0") or 0) or None,
+        default=_env("OBJECT_STORE_BYTES", "0"),
         help="object store of the embedded Ray; 0: Ray's default ($GRADSERVE_OBJECT_STORE_BYTES)",
     )
     p.add_argument(
@@ -248,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--job-ttl",
         type=parse_duration,
-        default=parse_duration(_env("JOB_TTL", "7d") or "0"),
+        default=_env("JOB_TTL", "7d"),
         help="delete ended jobs and their results this long after they end "
         "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d) ($GRADSERVE_JOB_TTL)",
     )
@@ -257,13 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--" + name.replace("_", "-"),
             type=int,
-            default=int(_env(name.upper(), str(default)) or default),
+            default=_env(name.upper(), str(default)),
             help=f"function language limit ($GRADSERVE_{name.upper()}, default {default})",
         )
     p.add_argument(
         "--stream-stall-seconds",
         type=float,
-        default=float(_env("STREAM_STALL_SECONDS", "30") or 30),
+        default=_env("STREAM_STALL_SECONDS", "30"),
         help="close a server stream whose reader takes nothing for this long "
         "($GRADSERVE_STREAM_STALL_SECONDS, default 30)",
     )
@@ -277,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in BUDGET_DEFAULTS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
-            type=int,
-            default=int(_env(name.upper(), str(default)) or default),
+            type=non_negative_int,
+            default=_env(name.upper(), str(default)),
             help=f"budget in bytes; 0: no limit ($GRADSERVE_{name.upper()}, default {default})",
         )
     _add_operations_flags(p)
@@ -328,28 +366,32 @@ def _add_operations_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env("METRICS_PORT", "0") or 0),
-        help="serve Prometheus /metrics on --host at this port; 0: off ($GRADSERVE_METRICS_PORT)",
+        default=_env("METRICS_PORT", "0"),
+        help="serve Prometheus /metrics on --metrics-host at this port; 0: off "
+        "($GRADSERVE_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST", "127.0.0.1"),
+        help="address /metrics listens on; it has no auth, so a non-loopback one is "
+        "warned about loudly ($GRADSERVE_METRICS_HOST, default 127.0.0.1)",
     )
     p.add_argument(
         "--log-format",
         default=_env("LOG_FORMAT", "text"),
+        type=str.lower,
         choices=["text", "json"],
         help="text, or one JSON object a line ($GRADSERVE_LOG_FORMAT, default text)",
     )
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.log_format = args.log_format.lower()
-    if args.log_format not in ("text", "json"):  # a variable escapes argparse's choices
-        parser.error(f"--log-format must be text or json, not {args.log_format!r}")
+    args = build_parser().parse_args(argv)
     return ServerConfig(
         host=args.host,
         port=args.port,
         ray_address=args.ray_address or None,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers or None,
         device=args.device,
         data_dir=Path(args.data_dir),
         max_message_bytes=args.max_message_bytes,
@@ -357,18 +399,19 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         max_points=args.max_points,
         max_inflight_chunks_per_job=max(0, args.max_inflight_chunks_per_job),
         auth_token=args.auth_token or None,
-        object_store_bytes=args.object_store_bytes,
+        object_store_bytes=args.object_store_bytes or None,
         limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
         log_level=args.log_level,
         # --- jobs: retention
         job_ttl_s=args.job_ttl,
-        budgets={name: max(0, getattr(args, name)) for name in BUDGET_DEFAULTS},
+        budgets={name: getattr(args, name) for name in BUDGET_DEFAULTS},
         tls_cert=_path(args.tls_cert),
         tls_key=_path(args.tls_key),
         tls_client_ca=_path(args.tls_client_ca),
         auth_token_file=_path(args.auth_token_file),
         insecure=bool(args.insecure),
         metrics_port=max(0, args.metrics_port),
+        metrics_host=args.metrics_host,
         log_format=args.log_format,
         stream_stall_s=args.stream_stall_seconds,
         workers=worker_budgets(args),

@@ -15,20 +15,24 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from gradserve_server import calls, metrics
-from gradserve_server.auth import Authenticator
+from gradserve_server.auth import ANONYMOUS, Authenticator, Identity
 from gradserve_server.calls import REQUEST_ID_KEY, Call
 
 log = logging.getLogger("gradserve.requests")
 
 _OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _TOKEN_HINT = " (the SDK sends Client(token=...) or $GRADSERVE_TOKEN)"
+
+
+def _discard(data: bytes) -> None:
+    return None
 
 
 def _status(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -56,20 +60,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_OPEN):
             return handler
         rpc = method.rsplit("/", 1)[-1]
+        if self.auth is None:  # no tokens: a single-user server, every caller sees all
+            return self._wrap(handler, rpc, ANONYMOUS)
         tokens = [v for k, v in (details.invocation_metadata or ()) if k == "authorization"]
-        return self._wrap(handler, rpc, tokens)
+        # decided here, from the metadata, before gRPC parses a (maybe 16 MiB) request
+        return self._wrap(handler, rpc, self.auth.identify(tokens))
 
     # ------------------------------------------------------------- one call
 
     async def _admit(
-        self, call: Call, tokens: Sequence[str | bytes], context: grpc.aio.ServicerContext
+        self, call: Call, who: Identity | str, context: grpc.aio.ServicerContext
     ) -> None:
         calls.begin(call)
         call.peer = context.peer()
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
-        if self.auth is None:
-            return
-        who = self.auth.identify(tokens)
         if isinstance(who, str):
             metrics.AUTH_FAILURES.inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, who + _TOKEN_HINT)
@@ -112,11 +116,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     # ------------------------------------------------------------- handler wrapping
 
     def _wrap(
-        self, handler: grpc.RpcMethodHandler, rpc: str, tokens: Sequence[str | bytes]
+        self, handler: grpc.RpcMethodHandler, rpc: str, who: Identity | str
     ) -> grpc.RpcMethodHandler:
+        """``who``: the caller, or why it is refused; a refused call's request bytes
+        are dropped unparsed, and the handler never runs."""
         received = metrics.RECEIVED_BYTES.labels(rpc)
         sent = metrics.SENT_BYTES.labels(rpc)
-        deserialize = handler.request_deserializer
+        deserialize = handler.request_deserializer if not isinstance(who, str) else _discard
         serialize = handler.response_serializer
 
         def counted_in(data: bytes) -> Any:
@@ -136,7 +142,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 call, started, error = Call(rpc), time.perf_counter(), None
                 try:
-                    await self._admit(call, tokens, context)
+                    await self._admit(call, who, context)
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as exc:
@@ -149,7 +155,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 # a handler that writes its stream itself (context.write) and returns None
                 call, started, error = Call(rpc), time.perf_counter(), None
                 try:
-                    await self._admit(call, tokens, context)
+                    await self._admit(call, who, context)
                     await inner_stream(request, context)
                 except BaseException as exc:
                     error = exc
@@ -164,7 +170,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call, started, error = Call(rpc), time.perf_counter(), None
                 try:
-                    await self._admit(call, tokens, context)
+                    await self._admit(call, who, context)
                     return await inner_unary(request, context)
                 except BaseException as exc:
                     error = exc

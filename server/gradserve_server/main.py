@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import logs, metrics, network
+from gradserve_server.auth import Authenticator
 from gradserve_server.config import ServerConfig, parse_config
 from gradserve_server.interceptor import CallInterceptor
 from gradserve_server.jobs import JobManager
@@ -101,8 +102,27 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     # the network settings first: a mistake there fails before Ray starts
     credentials = network.server_credentials(config)
     auth = network.authenticator(config)
-    network.guard_exposure(config, tls=credentials is not None, tokens=auth is not None)
-    metrics_port = network.serve_metrics(config)
+    network.guard_exposure(
+        config,
+        tls=credentials is not None,
+        mutual=config.tls_client_ca is not None,
+        tokens=auth is not None,
+    )
+    endpoint = network.serve_metrics(config)
+    try:
+        await _serve(config, credentials, auth, endpoint, started)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+async def _serve(
+    config: ServerConfig,
+    credentials: grpc.ServerCredentials | None,
+    auth: Authenticator | None,
+    endpoint: metrics.Endpoint | None,
+    started: asyncio.Event | None,
+) -> None:
     ray_address = _start_ray(config)
     import ray
 
@@ -148,9 +168,10 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if metrics_port:
-        metrics.watch(pool, jobs)
-        print(f"gradserve: metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    if endpoint is not None:
+        endpoint.watch(pool, jobs)
+        where = f"{config.metrics_host}:{endpoint.port}"
+        print(f"gradserve: metrics on http://{where}/metrics", flush=True)
     print(
         f"gradserve: serving on {config.host}:{port} with {size} workers "
         f"({_describe_security(credentials is not None, config, auth)})",
@@ -176,11 +197,23 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> N
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if follow is not None:
         follow.cancel()
-    if jobs is not None:
-        await jobs.stop()
-    await server.stop(DRAIN_SECONDS)
+    await shut_down(server, jobs)
     ray.shutdown()
     print("gradserve: stopped", flush=True)
+
+
+async def shut_down(server: Any, jobs: JobManager | None, drain_s: float = DRAIN_SECONDS) -> None:
+    """Stop accepting calls and drain those in flight, then close the job store.
+
+    Job runners stop and watches end while the calls drain (they would hold the drain
+    and take workers from it); the store stays open until the last call is done."""
+    draining = asyncio.ensure_future(server.stop(drain_s))
+    await asyncio.sleep(0)  # the server stops accepting before anything else
+    if jobs is not None:
+        await jobs.halt()
+    await draining
+    if jobs is not None:
+        await jobs.stop()
 
 
 async def _follow_cluster(pool: ActorPool) -> None:

@@ -1,15 +1,18 @@
 """Prometheus metrics (``--metrics-port``): every name starts with ``gradserve_``.
 
 Counters and histograms are updated as calls end (interceptor.py) and as chunks get
-their worker (the pool's ``on_acquire``); gauges of the pool and the job store are
-read when Prometheus scrapes, so they cost nothing between scrapes.
+their worker (the pool's ``on_acquire``). The scrape runs on prometheus_client's
+HTTP thread: it reads the pool's gauges from a copy the event loop makes each
+second (never the pool itself), and job counts from the store when Prometheus asks.
 docs/operations.md lists them with a sample scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gradserve_server.auth import tenant_label
 from gradserve_server.pool import ActorPool, tenant_of
 
 log = logging.getLogger("gradserve.metrics")
@@ -31,6 +35,8 @@ ProcessCollector(namespace="gradserve", registry=REGISTRY)  # CPU, memory, open 
 
 # Calls last from milliseconds (a small grad) to minutes (a large check).
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# How often the pool's gauges are copied for scrapes (on the event loop).
+FOLLOW_SECONDS = 1.0
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
 
 REQUESTS = Counter(
@@ -73,40 +79,62 @@ AUTH_FAILURES = Counter(
 )
 
 
-def label(tenant: str) -> str:
-    return tenant or "default"
-
-
 def observe_acquire(key: str, waited: float) -> None:
     """The pool's hook: one chunk got a worker after ``waited`` seconds."""
-    tenant = label(tenant_of(key))
+    tenant = tenant_label(tenant_of(key))
     CHUNKS.labels(tenant).inc()
     QUEUE_WAIT.labels(tenant).observe(waited)
 
 
+@dataclass(frozen=True)
+class PoolState:
+    """What a scrape reports of the pool: copied on the event loop, read by the scrape."""
+
+    alive: int = 0
+    idle: int = 0
+    starting: int = 0
+    replaced: int = 0
+    waiting: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, pool: ActorPool) -> PoolState:
+        """Call on the event loop only: it reads the pool's own structures."""
+        return cls(
+            alive=len(pool.workers),
+            idle=pool.idle,
+            starting=pool.starting,
+            replaced=pool.replaced,
+            waiting=tuple(pool.waiting_by_tenant().items()),
+        )
+
+
 class _PoolCollector(Collector):
-    def __init__(self, pool: ActorPool, jobs: Any) -> None:
-        self.pool = pool
+    """Runs on prometheus_client's HTTP thread: it reads only ``state`` (replaced whole
+    by the event loop, see :func:`_follow`) and the job store (which has its own lock),
+    never the pool, whose structures the event loop changes as it reads them."""
+
+    def __init__(self, jobs: Any) -> None:
         self.jobs = jobs
+        self.state = PoolState()
 
     def collect(self) -> Iterator[Any]:
-        pool = self.pool
+        state = self.state
         workers = GaugeMetricFamily(
             "gradserve_workers", "Workers of the pool by state", labels=["state"]
         )
-        workers.add_metric(["alive"], len(pool.workers))
-        workers.add_metric(["idle"], pool.idle)
-        workers.add_metric(["starting"], pool.starting)
+        workers.add_metric(["alive"], state.alive)
+        workers.add_metric(["idle"], state.idle)
+        workers.add_metric(["starting"], state.starting)
         yield workers
         yield CounterMetricFamily(
             "gradserve_workers_replaced", "Workers replaced after dying, timing out or being "
-            "cancelled", value=pool.replaced,
+            "cancelled", value=state.replaced,
         )  # fmt: skip
         depth = GaugeMetricFamily(
             "gradserve_queue_depth", "Chunks waiting for a worker, by tenant", labels=["tenant"]
         )
-        for tenant, count in pool.waiting_by_tenant().items():
-            depth.add_metric([label(tenant)], count)
+        for tenant, count in state.waiting:
+            depth.add_metric([tenant_label(tenant)], count)
         yield depth
         if self.jobs is not None:
             counts = GaugeMetricFamily("gradserve_jobs", "Jobs by state", labels=["state"])
@@ -115,22 +143,48 @@ class _PoolCollector(Collector):
             except Exception as error:  # the store closed while stopping: skip the gauge
                 log.debug("job counts unavailable: %s", error)
                 return
-            for state in ("queued", "running", "succeeded", "failed", "cancelled"):
-                counts.add_metric([state], by_state.get(state, 0))
+            for state_name in ("queued", "running", "succeeded", "failed", "cancelled"):
+                counts.add_metric([state_name], by_state.get(state_name, 0))
             yield counts
 
 
-def serve(host: str, port: int) -> int:
-    """Serve /metrics on ``host:port`` (a thread); returns the port. Called before Ray
-    starts, so a port in use fails at once; :func:`watch` adds the pool and jobs."""
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
-    except OSError as error:
-        raise OSError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
-    return int(server.server_port)
+async def _follow(pool: ActorPool, collector: _PoolCollector, every_s: float) -> None:
+    while True:
+        collector.state = PoolState.of(pool)
+        await asyncio.sleep(every_s)
 
 
-def watch(pool: ActorPool, jobs: Any) -> None:
-    """Report the pool's and the job store's state, and time the pool's waits."""
-    REGISTRY.register(_PoolCollector(pool, jobs))
-    pool.on_acquire = observe_acquire
+class Endpoint:
+    """The /metrics endpoint of one server: an HTTP thread, and the pool and job
+    gauges it reports once :meth:`watch` is called. :meth:`close` ends both, so a
+    second server in the same process starts clean."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """Serve /metrics on ``host:port``. Called before Ray starts, so a port in use
+        fails at once."""
+        try:
+            self._http, self._thread = start_http_server(port, addr=host, registry=REGISTRY)
+        except OSError as error:
+            raise OSError(f"cannot serve metrics on {host}:{port}: {error.strerror}") from None
+        self.port = int(self._http.server_port)
+        self._collector: _PoolCollector | None = None
+        self._follower: asyncio.Task[None] | None = None
+
+    def watch(self, pool: ActorPool, jobs: Any, every_s: float = FOLLOW_SECONDS) -> None:
+        """Report the pool's and the job store's state, and time the pool's waits
+        (call on the event loop)."""
+        self._collector = _PoolCollector(jobs)
+        self._collector.state = PoolState.of(pool)
+        REGISTRY.register(self._collector)
+        self._follower = asyncio.ensure_future(_follow(pool, self._collector, every_s))
+        pool.on_acquire = observe_acquire
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
+            self._collector = None
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join(timeout=5)

@@ -72,28 +72,54 @@ def authenticator(config: ServerConfig) -> Authenticator | None:
 
 
 _EXPOSED = (
-    "gradserve is listening on {host} with NO TLS AND NO TOKENS: anyone who can reach "
-    "port {port} can run computations on this cluster and read, list and cancel every "
-    "job. Set --tls-cert/--tls-key and --auth-token-file (docs/operations.md)"
+    "gradserve is listening on {host} with NO AUTHENTICATION (no tokens and no mutual "
+    "TLS): anyone who can reach port {port} can run computations on this cluster and "
+    "read, list and cancel every job. Set --auth-token-file (with --tls-cert/--tls-key), "
+    "or --tls-client-ca for mutual TLS (docs/operations.md)"
+)
+_CLEAR_TOKENS = (
+    "gradserve is listening on {host} WITHOUT TLS: the bearer tokens travel in clear "
+    "text, so anyone on the network path can read one and use it. Set --tls-cert and "
+    "--tls-key (docs/operations.md)"
+)
+_BANNER = "!" * 78
+
+
+def _loudly(message: str) -> None:
+    log.warning("%s\n%s\n%s", _BANNER, message, _BANNER)
+
+
+def guard_exposure(config: ServerConfig, tls: bool, mutual: bool, tokens: bool) -> None:
+    """A non-loopback bind needs callers to authenticate: tokens, or mutual TLS (every
+    certificate holder is then admin). Without either it is refused unless --insecure;
+    tokens over plaintext are warned about loudly. TLS alone authenticates no one."""
+    if is_loopback(config.host):
+        return
+    if not (tokens or mutual):
+        message = _EXPOSED.format(host=config.host, port=config.port)
+        if not config.insecure:
+            raise SetupError(message + ", or pass --insecure ($GRADSERVE_INSECURE=1) to accept it.")
+        _loudly(message + ". (--insecure was given)")
+    elif tokens and not tls:
+        _loudly(_CLEAR_TOKENS.format(host=config.host))
+
+
+_OPEN_METRICS = (
+    "/metrics is served on {host}:{port} with no authentication: anyone who reaches it "
+    "sees request rates, tenant names and job counts. Publish that port to your "
+    "Prometheus only, or set --metrics-host 127.0.0.1 (docs/operations.md)"
 )
 
 
-def guard_exposure(config: ServerConfig, tls: bool, tokens: bool) -> None:
-    """Refuse a non-loopback bind with neither TLS nor tokens unless --insecure."""
-    if tls or tokens or is_loopback(config.host):
-        return
-    message = _EXPOSED.format(host=config.host, port=config.port)
-    if not config.insecure:
-        raise SetupError(message + ", or pass --insecure ($GRADSERVE_INSECURE=1) to accept it.")
-    banner = "!" * 78
-    log.warning("%s\n%s\n(--insecure was given)\n%s", banner, message, banner)
-
-
-def serve_metrics(config: ServerConfig) -> int:
-    """Start the /metrics endpoint when --metrics-port is set; its port (0: off)."""
+def serve_metrics(config: ServerConfig) -> metrics.Endpoint | None:
+    """Start the /metrics endpoint when --metrics-port is set (None: off). A
+    non-loopback --metrics-host is warned about loudly: the endpoint has no auth."""
     if not config.metrics_port:
-        return 0
+        return None
     try:
-        return metrics.serve(config.host, config.metrics_port)
+        endpoint = metrics.Endpoint(config.metrics_host, config.metrics_port)
     except OSError as error:
         raise SetupError(f"{error} (--metrics-port)") from None
+    if not is_loopback(config.metrics_host):
+        _loudly(_OPEN_METRICS.format(host=config.metrics_host, port=endpoint.port))
+    return endpoint

@@ -27,7 +27,7 @@ from gradserve_server.errors import (
     safe_deserializer,
     unavailable,
 )
-from gradserve_server.jobs import JobManager
+from gradserve_server.jobs import JobManager, bounded
 from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
@@ -215,21 +215,23 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         manager: JobManager = self.jobs
         return manager
 
-    def _owned(self, job_id: str) -> JobManager:
+    async def _owned(self, job_id: str) -> JobManager:
         """The job manager, once the caller may see ``job_id``: another tenant's job
-        is NOT_FOUND, word for word as a job that does not exist."""
+        is NOT_FOUND, word for word as a job that does not exist. The store is read
+        in a thread: its lock may be held by a large job's insert."""
         manager = self._jobs()
-        calls.note(job=job_id)
+        shown = bounded.clip(job_id, bounded.MAX_ECHO_CHARS)
+        calls.note(job=shown)
         who = calls.identity()
         if not who.admin:
             try:
-                owner = manager.store.job_tenant(job_id)
+                owner = await asyncio.to_thread(manager.store.job_tenant, job_id)
             except sqlite3.ProgrammingError:  # the store closed: the server is stopping
                 raise unavailable(
                     "the server is shutting down; jobs resume when it restarts"
                 ) from None
             if owner is not None and owner != who.tenant:
-                raise not_found(f"no job {job_id!r}")
+                raise not_found(f"no job {shown!r}")
         return manager
 
     @guard
@@ -242,7 +244,8 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
 
     @guard
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return await self._owned(request.job_id).get(request.job_id)
+        jobs = await self._owned(request.job_id)
+        return await jobs.get(request.job_id)
 
     @guard
     async def ListJobs(
@@ -255,27 +258,31 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JobEvent]:
-        async for event in self._owned(request.job_id).watch(request.job_id):
+        jobs = await self._owned(request.job_id)
+        async for event in jobs.watch(request.job_id):
             yield event
 
     @guard
     async def GetJobResults(
         self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        parts = self._owned(request.job_id).results(request.job_id, request.start_task)
+        jobs = await self._owned(request.job_id)
+        parts = jobs.results(request.job_id, request.start_task)
         await send_paced(context, parts, self.service.stream_pieces, "GetJobResults", self._stall_s)
 
     @guard
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        return await self._owned(request.job_id).cancel(request.job_id)
+        jobs = await self._owned(request.job_id)
+        return await jobs.cancel(request.job_id)
 
     @guard
     async def DeleteJob(
         self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobResponse:
-        return await self._owned(request.job_id).delete(request.job_id)
+        jobs = await self._owned(request.job_id)
+        return await jobs.delete(request.job_id)
 
 
 _HANDLERS = {

@@ -156,6 +156,8 @@ def server_config_variables() -> set[str]:
         os.environ[name] = value
         try:
             moved = vars(config.build_parser().parse_args([]))[action.dest] != baseline[action.dest]
+        except SystemExit:  # the parser read the variable, and refused the sample value
+            moved = True
         finally:
             if old is None:
                 del os.environ[name]

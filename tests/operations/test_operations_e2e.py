@@ -152,6 +152,7 @@ def test_tenants_see_only_their_own_jobs_and_an_admin_sees_all(site: Site) -> No
             lambda: bob.job(job.id).cancel(),
             lambda: list(bob.job(job.id).results()),
             lambda: bob.job(job.id).wait(timeout=10),
+            lambda: bob.job(job.id).delete(),
         ):
             with pytest.raises(gradserve.NotFoundError, match=f"no job '{job.id}'"):
                 attempt()
@@ -321,3 +322,29 @@ def test_async_client_over_mutual_tls(site: Site) -> None:
             assert mine == [s.id for s in sync.jobs()]
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------- the container's health check
+
+
+def test_the_container_healthcheck_speaks_mutual_tls_from_the_servers_variables(
+    site: Site,
+) -> None:
+    # support.entrypoints puts docker/ on the path first
+    from support.entrypoints import health_check  # noqa: I001
+
+    from healthcheck import tls_from_env
+
+    env = {
+        "GRADSERVE_TLS_CERT": "/run/secrets/server.crt",
+        "GRADSERVE_TLS_CLIENT_CA": str(site.ca.path),
+        "GRADSERVE_HEALTHCHECK_TLS_CA": str(site.ca.path),
+        "GRADSERVE_HEALTHCHECK_TLS_CERT": str(site.client.cert),
+        "GRADSERVE_HEALTHCHECK_TLS_KEY": str(site.client.key),
+    }
+    tls = tls_from_env(env)
+    assert tls is not None and tls.cert == site.client.cert
+    assert health_check(site.server.address, timeout=10, tls=tls) == "SERVING"
+    with pytest.raises(grpc.RpcError):  # plaintext, as it always spoke, finds no server
+        health_check(site.server.address, timeout=5)
+    assert tls_from_env({}) is None

@@ -23,7 +23,12 @@ from gradserve.results import JobStatus
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import network
 from gradserve_server.auth import Authenticator, Identity, TokenFileError, parse_token_file
-from gradserve_server.config import build_parser, parse_config, parse_duration
+from gradserve_server.config import (
+    build_parser,
+    non_negative_int,
+    parse_config,
+    parse_duration,
+)
 from gradserve_server.jobs.store import JobStore, NewTask
 from gradserve_server.logs import JsonFormatter, TextFormatter
 from gradserve_server.pool import ActorPool, pool_key
@@ -54,6 +59,7 @@ def test_token_file_lines_comments_and_admins() -> None:
         ("# ok\nalice tok-0123456789abcdef root\n", "line 2: write 'TENANT TOKEN' or"),
         ("a/b tok-0123456789abcdef\n", "tenant 'a/b' must be"),
         ("a tok-0123456789abcdef\nb tok-0123456789abcdef\n", "also 'a''s"),
+        ("Default tok-0123456789abcdef\n", "line 1: the tenant name 'default' is reserved"),
     ],
 )
 def test_token_file_mistakes_name_the_line(text: str, says: str) -> None:
@@ -93,7 +99,7 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
         return str(choice), choice
     if action.nargs == 0:  # store_true
         return "1", True
-    if action.type is int:
+    if action.type in (int, non_negative_int):
         return "7", 7
     if action.type is float:
         return "7.5", 7.5
@@ -118,6 +124,31 @@ def test_every_serve_flag_is_documented_and_its_variable_is_honoured(
         monkeypatch.delenv(named.group(1))
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("GRADSERVE_JOB_TTL", "forever", "not a duration"),
+        ("GRADSERVE_DEVICE", "tpu", "choose from cpu, cuda, auto"),
+        ("GRADSERVE_PORT", "50051x", "invalid int value"),
+        ("GRADSERVE_CHUNK_TIMEOUT", "soon", "invalid float value"),
+        ("GRADSERVE_MAX_REPLY_BYTES", "-1", "must be 0 (no limit) or more"),
+        ("GRADSERVE_LOG_FORMAT", "xml", "choose from text, json"),
+    ],
+)
+def test_a_bad_variable_is_a_clean_usage_error_that_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str,
+    value: str, says: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as info:
+        parse_config([])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"gradserve serve: error: ${variable}={value!r}" in err and says in err, err
+    with pytest.raises(SystemExit):  # a negative budget is refused as a flag too
+        parse_config(["--max-stream-bytes", "-5"])
+
+
 def test_the_cli_has_a_command_for_every_op() -> None:
     sub = next(a for a in cli_parser()._actions if isinstance(a, argparse._SubParsersAction))
     ops = {name.removeprefix("OP_").lower() for name, _ in pb.Op.items()} - {"unspecified"}
@@ -134,24 +165,34 @@ def test_an_exposed_bind_without_tls_or_tokens_is_refused_before_ray_starts(
            "--port", str(free_port()), "--data-dir", str(tmp_path)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "NO TLS AND NO TOKENS" in out.stderr and "--insecure" in out.stderr
+    assert "NO AUTHENTICATION" in out.stderr and "--insecure" in out.stderr
     assert "serving on" not in out.stdout
 
 
-def test_the_guard_lets_loopback_protected_and_insecure_binds_through(
+def test_the_guard_lets_loopback_authenticated_and_insecure_binds_through(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    guard = network.guard_exposure
     for host in ("127.0.0.1", "localhost", "::1"):
-        network.guard_exposure(parse_config(["--host", host]), tls=False, tokens=False)
+        guard(parse_config(["--host", host]), tls=False, mutual=False, tokens=False)
     exposed = parse_config(["--host", "0.0.0.0"])
-    network.guard_exposure(exposed, tls=True, tokens=False)
-    network.guard_exposure(exposed, tls=False, tokens=True)
+    with caplog.at_level(logging.WARNING):
+        guard(exposed, tls=True, mutual=True, tokens=False)
+        guard(exposed, tls=True, mutual=False, tokens=True)
+    assert not caplog.text
+    # TLS alone authenticates no one: every caller would be an anonymous admin
+    with pytest.raises(network.SetupError, match="NO AUTHENTICATION"):
+        guard(exposed, tls=True, mutual=False, tokens=False)
     with pytest.raises(network.SetupError):
-        network.guard_exposure(parse_config(["--host", "10.1.2.3"]), tls=False, tokens=False)
+        guard(parse_config(["--host", "10.1.2.3"]), tls=False, mutual=False, tokens=False)
     with caplog.at_level(logging.WARNING):
         insecure = parse_config(["--host", "0.0.0.0", "--insecure"])
-        network.guard_exposure(insecure, tls=False, tokens=False)
-    assert "NO TLS AND NO TOKENS" in caplog.text
+        guard(insecure, tls=False, mutual=False, tokens=False)
+    assert "NO AUTHENTICATION" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # tokens that anyone on the path can read
+        guard(exposed, tls=False, mutual=False, tokens=True)
+    assert "WITHOUT TLS" in caplog.text and "clear text" in caplog.text
 
 
 def test_tls_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
@@ -310,4 +351,195 @@ def test_a_metrics_port_in_use_is_refused_before_ray_starts() -> None:
         config = parse_config(["--metrics-port", str(port)])
         with pytest.raises(network.SetupError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             network.serve_metrics(config)
-    assert network.serve_metrics(parse_config([])) == 0  # off by default
+    assert network.serve_metrics(parse_config([])) is None  # off by default
+
+
+class _LoopOnly(dict):  # type: ignore[type-arg]
+    """The pool's waiters, which only the event loop's thread may read."""
+
+    def __init__(self, owner: int, contents: dict) -> None:  # type: ignore[type-arg]
+        super().__init__(contents)
+        self.owner = owner
+
+    def _check(self) -> None:
+        import threading
+
+        assert threading.get_ident() == self.owner, "read from another thread"
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self._check()
+        return super().items()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._check()
+        return super().__iter__()
+
+
+def test_metrics_scrapes_never_read_the_pool_and_a_second_server_starts_clean() -> None:
+    import threading
+    import urllib.request
+
+    port = free_port()
+
+    async def run() -> list[str]:
+        pages = []
+        for _ in range(2):  # a second server in the same process: no duplicate series
+            endpoint = network.serve_metrics(parse_config(["--metrics-port", str(port)]))
+            assert endpoint is not None and endpoint.port == port
+            pool = ActorPool(_Handle, 1)
+            await pool.start()
+            endpoint.watch(pool, None, every_s=0.01)
+            held = await pool.acquire(pool_key("alice", "c"))
+            waiter = asyncio.ensure_future(pool.acquire(pool_key("bob", "c")))
+            await asyncio.sleep(0.05)  # the loop copies the gauges
+            waiters = pool._waiters
+            pool._waiters = _LoopOnly(threading.get_ident(), waiters)  # type: ignore[assignment]
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            def scrape(url: str = url) -> str:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    return str(reply.read().decode())
+
+            pages.append(await asyncio.to_thread(scrape))
+            pool._waiters = waiters
+            waiter.cancel()
+            pool.release(held)
+            thread = endpoint._thread
+            endpoint.close()
+            assert not thread.is_alive()
+        return pages
+
+    for page in asyncio.run(run()):
+        assert 'gradserve_queue_depth{tenant="bob"} 1.0' in page, page
+        assert 'gradserve_workers{state="alive"} 1.0' in page
+
+
+# ------------------------------------------------------------- the tenant check
+
+
+def test_the_tenant_check_leaves_the_event_loop_free_and_clips_the_id(tmp_path: Path) -> None:
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from gradserve_server import calls
+    from gradserve_server.errors import ServiceError
+    from gradserve_server.servicer import GradientServicer
+
+    store = JobStore(tmp_path)
+    service = SimpleNamespace(config=SimpleNamespace(stream_stall_s=1.0))
+    servicer = GradientServicer(service, SimpleNamespace(store=store))  # type: ignore[arg-type]
+    long_id = "j" * 10_000
+    store.create_job(long_id, "", None, "h", [NewTask("t", b"", 1)], tenant="alice")
+
+    def busy_store() -> None:  # as a 100,000-task insert holds the store's lock
+        with store._lock:
+            time.sleep(0.4)
+
+    async def run() -> tuple[int, calls.Call, str]:
+        call = calls.Call("GetJob", identity=Identity("bob"))
+        calls.begin(call)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        holder = threading.Thread(target=busy_store)
+        holder.start()
+        time.sleep(0.05)
+        try:
+            with pytest.raises(ServiceError) as info:
+                await servicer._owned(long_id)  # alice's: bob is told there is no such job
+        finally:
+            ticker.cancel()
+            holder.join()
+        return ticks, call, str(info.value)
+
+    try:
+        ticks, call, refused = asyncio.run(run())
+    finally:
+        store.close()
+    assert ticks >= 10, "the event loop stood still while the store was busy"
+    assert call.notes["job"].startswith("j" * 200) and len(call.notes["job"]) < 300
+    assert "no job 'jjj" in refused and len(refused) < 400
+
+
+# ------------------------------------------------------------- shutdown order
+
+
+def test_shutdown_drains_calls_before_it_closes_the_job_store(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gradserve_server.jobs import JobManager
+    from gradserve_server.main import shut_down
+
+    jobs = JobManager(parse_config(["--data-dir", str(tmp_path)]), SimpleNamespace())  # type: ignore[arg-type]
+    seen: list[object] = []
+
+    class Draining:
+        """A server with one call in flight that reads the store as it finishes."""
+
+        async def stop(self, grace: float) -> None:
+            await asyncio.sleep(0.05)
+            seen.append(jobs.store.job_tenant("job-x"))
+
+    asyncio.run(shut_down(Draining(), jobs, drain_s=1.0))
+    assert seen == [None]  # the store answered the draining call
+    with pytest.raises(sqlite3.ProgrammingError):  # and is closed once it is done
+        jobs.store.job_tenant("job-x")
+
+
+def test_a_caller_nobody_identified_has_no_rights() -> None:
+    from gradserve_server import calls
+    from gradserve_server.auth import ANONYMOUS
+
+    async def inside() -> tuple[Identity, Identity]:
+        calls.begin(calls.Call("GetJob"))  # begun, not yet admitted by the interceptor
+        return calls.identity(), calls.current().identity  # type: ignore[union-attr]
+
+    outside = asyncio.run(asyncio.to_thread(calls.identity))  # a context with no call
+    for who in (outside, *asyncio.run(inside())):
+        assert not who.admin and who.tenant != ANONYMOUS.tenant
+
+
+def test_a_refused_callers_request_is_never_parsed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import grpc
+
+    from gradserve_server.interceptor import CallInterceptor
+
+    path = tmp_path / "tokens"
+    path.write_text("alice alice-token-0123456789\n")
+    path.chmod(0o600)
+    parsed: list[bytes] = []
+
+    def parse(data: bytes) -> bytes:
+        parsed.append(data)
+        return data
+
+    async def handle(request: bytes, context: object) -> bytes:
+        raise AssertionError("a refused call reached its handler")
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=parse)
+
+    async def intercepted(metadata: tuple[tuple[str, str], ...]) -> grpc.RpcMethodHandler:
+        details = SimpleNamespace(method="/gradserve.v1.GradientService/Compute",
+                                  invocation_metadata=metadata)  # fmt: skip
+        return await CallInterceptor(Authenticator(path)).intercept_service(
+            continuation,
+            details,  # type: ignore[arg-type]
+        )
+
+    for refused in ((), (("authorization", "Bearer nope-nope-nope-nope"),)):
+        handler = asyncio.run(intercepted(refused))
+        handler.request_deserializer(b"\x0a" * 1000)
+    assert parsed == []
+    handler = asyncio.run(intercepted((("authorization", "Bearer alice-token-0123456789"),)))
+    handler.request_deserializer(b"ok")
+    assert parsed == [b"ok"]

@@ -99,8 +99,10 @@ class JobManager:
             log.info("resuming %d unfinished jobs", len(active))
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="job-retention")
 
-    async def stop(self) -> None:
-        """Stop running jobs where they are (a restart resumes them) and close the store."""
+    async def halt(self) -> None:
+        """Stop running jobs where they are (a restart resumes them) and end every
+        watch with UNAVAILABLE, so that neither holds the server's drain. The store
+        stays open for the calls still draining; :meth:`stop` closes it."""
         self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -109,6 +111,10 @@ class JobManager:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, *filter(None, [self._sweeper]), return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Halt (if not yet) and close the store: after the calls have drained."""
+        await self.halt()
         self.store.close()
 
     def _launch(self, job_id: str) -> None:
