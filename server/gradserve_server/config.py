@@ -386,7 +386,8 @@ def _add_operations_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     return ServerConfig(
         host=args.host,
         port=args.port,
