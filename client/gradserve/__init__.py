@@ -20,6 +20,7 @@ from gradserve.errors import (
 )
 from gradserve.jobs import AsyncJob, Job
 from gradserve.results import (
+    Certificate,
     CheckReport,
     ComputeResult,
     JobStatus,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "Certificate",
     "CheckReport",
     "Client",
     "ComputeResult",

@@ -96,10 +96,18 @@ def cmd_compute(args: argparse.Namespace) -> int:
             wrt=args.wrt or None,
             batched=args.batched,
             dtype=args.dtype,
+            verify=args.verify,
         )
     _print_array("", result[args.command])
     for warning in result.metadata.warnings:
         print(f"note: {warning}", file=sys.stderr)
+    cert = result.metadata.certificate
+    if cert is not None:
+        print(
+            f"note: certified: forward and reverse mode agree to {cert.disagreement:.1e} "
+            f"(tolerance {cert.tolerance:.1e})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -159,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--wrt", action="append", default=[])
         p.add_argument("--batched", action="store_true")
         p.add_argument("--dtype", choices=["float32", "float64"], default=None)
+        p.add_argument(
+            "--verify",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="certify the answer by a second AD route (default: where it is cheap)",
+        )
         p.set_defaults(handler=cmd_compute)
     p = sub.add_parser("check", help="check derivatives; exits 1 when the check fails")
     p.add_argument("function")

@@ -46,12 +46,41 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """How well two automatic-differentiation routes agreed on a certified answer.
+
+    ``disagreement`` is the largest ``|a - b| / (scale + 1)`` over the ``checks``
+    and ``points`` (``a`` and ``b`` the same random projection of the derivative by
+    forward and by reverse mode, ``scale`` the magnitude of the terms they sum); an
+    answer is returned only when it is at most ``tolerance``. ``skipped`` names
+    checks that could not run (a function without forward-mode AD).
+    """
+
+    disagreement: float
+    tolerance: float
+    checks: tuple[str, ...]
+    points: int
+    skipped: tuple[str, ...] = ()
+
+    @classmethod
+    def _from_proto(cls, msg: pb.Certificate) -> Certificate:
+        return cls(
+            disagreement=float(msg.disagreement),
+            tolerance=float(msg.tolerance),
+            checks=tuple(msg.checks),
+            points=int(msg.points),
+            skipped=tuple(msg.skipped),
+        )
+
+
+@dataclass(frozen=True)
 class Metadata:
     """How a computation ran.
 
     ``execution_path`` is ``"vmap"`` or ``"per_point"`` (data-dependent control
     flow); ``unconnected`` names inputs the output does not depend on (their
-    derivatives are zeros).
+    derivatives are zeros). ``certificate`` is set when the answer was checked by a
+    second route (``verify=``), else ``None``.
     """
 
     execution_path: str = ""
@@ -64,6 +93,7 @@ class Metadata:
     wall_seconds: float = 0.0
     jacobian_mode: str = ""
     warnings: tuple[str, ...] = ()
+    certificate: Certificate | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
@@ -78,6 +108,9 @@ class Metadata:
             wall_seconds=float(msg.wall_seconds),
             jacobian_mode=msg.jacobian_mode,
             warnings=tuple(msg.warnings),
+            certificate=(
+                Certificate._from_proto(msg.certificate) if msg.HasField("certificate") else None
+            ),
         )
 
 

@@ -53,6 +53,9 @@ class OpsRequest:
     tangents: dict[str, torch.Tensor] | None = None
     vector: dict[str, torch.Tensor] | None = None
     allow_vmap: bool = True
+    # check the answer by a second route (gradserve_workers.certify) before returning
+    # it; None: where that is cheap (certify.default_verify)
+    verify: bool | None = False
 
 
 @dataclass
@@ -72,6 +75,8 @@ class OpsResult:
     unconnected: tuple[str, ...]
     jacobian_mode: str | None
     out_shape: tuple[int, ...]
+    # a gradserve_workers.certify.Certificate when the request asked to verify
+    certificate: Any = None
 
 
 # ---------------------------------------------------------------------------

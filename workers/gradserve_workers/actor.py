@@ -13,6 +13,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,11 @@ def _guarded(work: Callable[[], ChunkResult]) -> ChunkResult:
 def classify(error: BaseException) -> ChunkError:
     """Turn an exception from the language or the ops into something the server maps."""
     from gradserve_workers import lang
+    from gradserve_workers.certify import CertificateError
     from gradserve_workers.ops import OpsError
 
+    if isinstance(error, CertificateError):  # the service's fault: INTERNAL, said in full
+        return ChunkError("internal", str(error))
     if isinstance(error, lang.LimitExceededError):
         return ChunkError("limit", str(error), getattr(error, "line", None), error.column)
     if isinstance(error, lang.SpecError):
@@ -168,6 +172,7 @@ class GradActor:
             tangents=tensors(TANGENT) or None,
             vector=tensors(VECTOR) or None,
             allow_vmap=spec.source_hash not in self._per_point,
+            verify=spec.verify,
         )
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:
@@ -181,6 +186,7 @@ class GradActor:
             unconnected=tuple(result.unconnected),
             jacobian_mode=result.jacobian_mode,
             out_shape=tuple(result.out_shape),
+            certificate=None if result.certificate is None else asdict(result.certificate),
         )
 
     def check(

@@ -31,6 +31,8 @@ class ComputeSpec:
     jacobian_mode: str = "auto"
     chunk_size: int | None = None
     limits: dict[str, int] = field(default_factory=dict)
+    # certify the answer (gradserve_workers.certify); None: where it is cheap
+    verify: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class ChunkResult:
     seconds: float = 0.0
     actor: str = ""
     error: ChunkError | None = None
+    # the fields of a gradserve_workers.certify.Certificate, when the answer was certified
+    certificate: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.store import ChunkRow, TaskRow
-from gradserve_server.service import describe_execution
+from gradserve_server.service import describe_certificate, describe_execution
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
@@ -64,6 +64,7 @@ def build_metadata(
     )
     vmapped = all(i.get("vmapped", True) for i in infos) if batched and infos else None
     describe_execution(meta, vmapped, unconnected)
+    describe_certificate(meta, [i.get("certificate") for i in infos])
     return meta
 
 

@@ -149,6 +149,7 @@ class TaskRunner:
             "unconnected": list(result.unconnected),
             "jacobian_mode": result.jacobian_mode,
             "out_shape": list(result.out_shape),
+            "certificate": result.certificate,
             "seconds": result.seconds,
             "actor": result.actor,
             "report": codec.report_to_json(result.report) if result.report is not None else None,
