@@ -18,6 +18,7 @@ from torch.utils import _pytree as pytree
 
 from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
 from .lang.compile import CompiledFunction
+from .lang.table import ROUTES, functions_called, unsafe_transforms
 
 Fn = Callable[..., torch.Tensor]
 
@@ -68,6 +69,10 @@ class OpsResult:
     dimension. ``vmapped`` is ``False`` when the per-point loop ran (the function has
     data-dependent control flow, or ``allow_vmap=False``). ``unconnected`` lists the
     ``wrt`` inputs the output does not depend on (their derivatives are zeros).
+    ``routes`` says which operations ran by a safe strategy instead of the direct
+    transform, because the function calls a function for which that transform is
+    wrong under this torch (see ``lang.table.ROUTES``): one ``"op: strategy (because
+    of f, g)"`` per rerouted operation; empty when everything ran directly.
     """
 
     outputs: dict[str, dict[str, torch.Tensor]]
@@ -75,8 +80,14 @@ class OpsResult:
     unconnected: tuple[str, ...]
     jacobian_mode: str | None
     out_shape: tuple[int, ...]
+    routes: tuple[str, ...] = ()
     # a gradserve_workers.certify.Certificate when the request asked to verify
     certificate: Any = None
+
+    @property
+    def strategy(self) -> str:
+        """``"direct"``, or ``"rerouted"`` when some operation took a safe route."""
+        return "rerouted" if self.routes else "direct"
 
 
 # ---------------------------------------------------------------------------
@@ -404,6 +415,7 @@ def _point_ops(
     ops: tuple[str, ...],
     *,
     jac_mode: str,
+    reverse_hessian: bool,
     chunk_size: int | None,
     cotangent: torch.Tensor | None,
     tangents: tuple[torch.Tensor, ...] | None,
@@ -415,7 +427,8 @@ def _point_ops(
 
     Functions without forward-mode AD (a custom ``autograd.Function`` with no ``jvp``)
     get reverse mode instead; a forward Jacobian that fell back appends ``"reverse"``
-    to ``notes``.
+    to ``notes``. ``reverse_hessian`` computes the Hessian reverse-over-reverse from
+    the start (the route around functions whose nested forward mode is wrong).
     """
     res: dict[str, Any] = {}
     argnums = tuple(range(len(primals)))
@@ -429,14 +442,18 @@ def _point_ops(
             gr, v = torch.func.grad_and_value(gs, argnums)(*w)
             return gr, (gr, v)
 
-        try:
-            hess, _, (grads, value) = jacfwd_chunked(
-                grad_aux, primals, has_aux=True, vmap_ok=vmap_ok, chunk_size=chunk_size
-            )
-        except Exception as exc:
-            if not forward_ad_unsupported(exc):
-                raise
-            # reverse-over-reverse for functions without forward-mode AD
+        hess = None
+        if not reverse_hessian:
+            try:
+                hess, _, (grads, value) = jacfwd_chunked(
+                    grad_aux, primals, has_aux=True, vmap_ok=vmap_ok, chunk_size=chunk_size
+                )
+            except Exception as exc:
+                if not forward_ad_unsupported(exc):
+                    raise
+        if hess is None:
+            # reverse-over-reverse: for functions without forward-mode AD, and the route
+            # around functions whose nested forward mode is wrong
             hess, (grads, value) = torch.func.jacrev(
                 grad_aux, argnums, has_aux=True, chunk_size=chunk_size if vmap_ok else 1
             )(*primals)
@@ -755,6 +772,42 @@ def _chunks(
     return inner, outer
 
 
+def functions_of(fn: Fn) -> frozenset[str] | None:
+    """The language's table functions ``fn`` calls; ``None`` for a callable that is not
+    a compiled program (its transforms cannot be known, and run directly)."""
+    if not isinstance(fn, CompiledFunction):
+        return None
+    return functions_called(fn.program.tree)
+
+
+def plan_routes(fn: Fn, ops: Sequence[str], jac_mode: str | None, batched: bool) -> dict[str, str]:
+    """op -> a route's description, for each op whose direct transform is unsafe for
+    a function ``fn`` calls (see ``lang.table``)."""
+    functions = functions_of(fn)
+    if not functions:
+        return {}
+    unsafe = unsafe_transforms(functions)
+    where = "batch" if batched else "point"
+    direct = {
+        "value": "value",
+        "grad": "grad",
+        "jacobian": f"jacobian-{jac_mode or 'reverse'}",
+        "hessian": "hessian",
+        "vjp": "vjp",
+        "jvp": "jvp",
+        "hvp": "hvp",
+    }
+    routes: dict[str, str] = {}
+    for op in ops:
+        transform = f"{direct[op]}@{where}"
+        if transform in unsafe:
+            route = ROUTES[transform]
+            assert route.op == op
+            because = ", ".join(unsafe[transform])
+            routes[op] = f"{op}: {route.strategy} (direct {transform} is unsafe for {because})"
+    return routes
+
+
 def compute_impl(
     fn: Fn,
     input_names: Sequence[str],
@@ -762,9 +815,12 @@ def compute_impl(
     request: OpsRequest,
     *,
     detect_unconnected: bool = True,
+    route: bool = True,
 ) -> OpsResult:
     """:func:`gradserve_workers.ops.compute`; ``detect_unconnected=False`` skips the
-    connectivity probe (``unconnected`` is then empty), for callers that do not report it."""
+    connectivity probe (``unconnected`` is then empty), for callers that do not report
+    it. ``route=False`` runs every transform directly, even where it is known to be
+    wrong: for the conformance tests that watch whether a route is still needed."""
     plan = _plan(input_names, inputs, request)
     check_finite(plan.call, plan.names, inputs, plan.batched)
     ops = plan.ops
@@ -790,6 +846,10 @@ def compute_impl(
         if "jacobian" in ops
         else None
     )
+    routes = plan_routes(fn, ops, jac_mode, plan.batched) if route else {}
+    if "jacobian" in routes:
+        jac_mode = "reverse"
+    reverse_hessian = "hessian" in routes
     inner, outer = _chunks(ops, request, peak, in_numel, out0.numel(), jac_mode, plan)
 
     # extra per-point arguments (cotangent, tangents, vector)
@@ -847,6 +907,7 @@ def compute_impl(
             primals,
             ops,
             jac_mode=jac_mode or "reverse",
+            reverse_hessian=reverse_hessian,
             chunk_size=inner,
             cotangent=cot,
             tangents=tan,
@@ -923,4 +984,5 @@ def compute_impl(
         unconnected=unconnected,
         jacobian_mode=jac_mode,
         out_shape=out_shape,
+        routes=tuple(routes[op] for op in ops if op in routes),
     )

@@ -122,8 +122,9 @@ def default_verify(
 
 def hessian_by_forward(result: OpsResult) -> bool:
     """Whether ``result``'s Hessian ran forward-over-reverse (``jacfwd`` of the
-    gradient), the ops' default; reverse-over-reverse otherwise."""
-    return getattr(result, "hessian_strategy", "forward-over-reverse") == "forward-over-reverse"
+    gradient, the ops' direct transform), not rerouted to reverse-over-reverse (see
+    ``OpsResult.routes``)."""
+    return not any(route.startswith("hessian:") for route in result.routes)
 
 
 def rtol_for(dtype: torch.dtype) -> float:

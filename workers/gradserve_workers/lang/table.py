@@ -22,13 +22,20 @@ __all__ = [
     "CONSTRUCTS",
     "EXPRESSION_NODES",
     "FUNCTIONS",
+    "OPERATIONS",
     "REFUSED_NODES",
     "REFUSED_OPERATORS",
     "REQUIRED",
+    "ROUTES",
     "STATEMENT_NODES",
+    "TRANSFORMS",
     "UNARY_OPERATORS",
     "FunctionSpec",
     "Param",
+    "Route",
+    "functions_called",
+    "route_table",
+    "unsafe_transforms",
 ]
 
 
@@ -62,6 +69,9 @@ class FunctionSpec:
     Required parameters are positional only; optional ones can be given by position
     or by keyword. `example` is a one-line expression over the documentation inputs
     x, y (vectors of 3) and A, B (3x3 matrices, A symmetric positive definite).
+    `unsafe` maps each transform (see TRANSFORMS) that gives wrong derivatives through
+    this function under the pinned torch to the reason; a program that calls it is
+    computed by the transform's route (see ROUTES) instead.
     """
 
     name: str
@@ -69,6 +79,7 @@ class FunctionSpec:
     category: str
     summary: str
     example: str
+    unsafe: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
     keywords: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -279,13 +290,80 @@ _TABLE: list[tuple[str, str, str, str, str]] = [
 ]
 
 
+# -- transform safety ---------------------------------------------------------------
+#
+# A transform is what the worker runs for one operation, at one point ("@point") or
+# vmapped over a batch of points ("@batch"); "jacobian-forward" pushes tangent
+# columns through jvp (vmapped over columns), "hessian" is forward-over-reverse
+# (jvp of grad, vmapped over columns), "hvp" is jvp of grad.
+OPERATIONS = (
+    "value",
+    "grad",
+    "jacobian-forward",
+    "jacobian-reverse",
+    "hessian",
+    "vjp",
+    "jvp",
+    "hvp",
+)
+TRANSFORMS = tuple(f"{op}@{where}" for op in OPERATIONS for where in ("point", "batch"))
+
+
+@dataclass(frozen=True)
+class Route:
+    """What runs instead of an unsafe transform: ``strategy`` names it in a result's
+    metadata; ``op`` is the operation it answers."""
+
+    op: str
+    strategy: str
+    summary: str
+
+
+ROUTES: MappingProxyType[str, Route] = MappingProxyType(
+    {
+        "jacobian-forward@batch": Route(
+            "jacobian",
+            "reverse-jacobian",
+            "reverse-mode Jacobian (vjp over cotangent columns), vmapped over points",
+        ),
+        "hessian@batch": Route(
+            "hessian",
+            "reverse-over-reverse-hessian",
+            "reverse-over-reverse Hessian (vjp of grad over columns), vmapped over points",
+        ),
+    }
+)
+
+_LU_NESTED_FORWARD = (
+    "forward-mode AD vmapped twice (over columns and over points) through an LU "
+    "factorisation is silently wrong in torch 2.13 (pytorch issues 192540, 196695, "
+    "196696, 196697)"
+)
+
+# Measured, not guessed: tests/conformance runs every function's direct transforms
+# against independent references and fails when an entry here is no longer wrong
+# (a torch upgrade fixed it) or a transform not listed here is.
+_UNSAFE: dict[str, dict[str, str]] = {
+    name: {"jacobian-forward@batch": _LU_NESTED_FORWARD, "hessian@batch": _LU_NESTED_FORWARD}
+    for name in ("det", "logdet", "solve")
+}
+
+
 def _build() -> dict[str, FunctionSpec]:
     table: dict[str, FunctionSpec] = {}
     for name, params, category, summary, example in _TABLE:
         assert name not in table, name
+        unsafe = _UNSAFE.get(name, {})
+        assert set(unsafe) <= set(ROUTES), f"{name}: an unsafe transform without a route"
         table[name] = FunctionSpec(
-            name, tuple(_p(p) for p in params.split()), category, summary, example
+            name,
+            tuple(_p(p) for p in params.split()),
+            category,
+            summary,
+            example,
+            MappingProxyType(dict(unsafe)),
         )
+    assert set(_UNSAFE) <= set(table), "safety recorded for a function not in the table"
     return table
 
 
@@ -439,3 +517,56 @@ CONSTRUCTS: MappingProxyType[str, str] = MappingProxyType(
         "pass": "if n > 0: pass",
     }
 )
+
+
+def functions_called(tree: ast.AST) -> frozenset[str]:
+    """The table functions a (validated) program calls: the language has no function
+    values, so every call of a table function is an ``ast.Call`` of its name."""
+    return frozenset(
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in FUNCTIONS
+    )
+
+
+def unsafe_transforms(functions: frozenset[str] | set[str]) -> dict[str, tuple[str, ...]]:
+    """transform -> the given functions (sorted) for which it is unsafe.
+
+    >>> unsafe_transforms({"sin", "det"})["hessian@batch"]
+    ('det',)
+    >>> unsafe_transforms({"sin"})
+    {}
+    """
+    found: dict[str, list[str]] = {}
+    for name in sorted(functions):
+        for transform in FUNCTIONS[name].unsafe:
+            found.setdefault(transform, []).append(name)
+    return {t: tuple(names) for t, names in found.items()}
+
+
+def route_table() -> str:
+    """The route table as docs/conformance.md prints it (markdown): every function x
+    transform that is rerouted, with the route and the reason; every other pair of
+    TRANSFORMS runs directly."""
+    lines = [
+        "| function | transform | runs as | reason |",
+        "|---|---|---|---|",
+    ]
+    for name, spec in FUNCTIONS.items():
+        for transform in TRANSFORMS:
+            if transform in spec.unsafe:
+                route = ROUTES[transform]
+                lines.append(
+                    f"| `{name}` | `{transform}` | rerouted: {route.summary} "
+                    f"(`{route.strategy}`) | {spec.unsafe[transform]} |"
+                )
+    direct = sorted(n for n, spec in FUNCTIONS.items() if not spec.unsafe)
+    lines += [
+        "",
+        f"Direct for every transform ({len(direct)} functions): "
+        + ", ".join(f"`{n}`" for n in direct)
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
