@@ -188,7 +188,8 @@ def certify(
     in_shapes = [tuple(args[i].shape[1:]) for i in wrt_idx]
     (u,) = unit([out_shape])
     v = unit(in_shapes)
-    a = unit(in_shapes)
+    # a second projection for second-order answers only (random draws cost)
+    a = unit(in_shapes) if "hessian" in ops or "hvp" in ops else v
     # each answer against the route that did not make it: a reverse Jacobian against
     # a jvp, a forward one against a vjp; a forward-over-reverse Hessian against a
     # reverse-over-reverse product and the other way round
