@@ -116,13 +116,62 @@ def measure(reps: int, points_list: tuple[int | None, ...]) -> list[dict[str, An
     return rows
 
 
+def measure_calls(reps: int) -> list[dict[str, Any]]:
+    """The same A/B for whole calls through a real server (one worker), wall time:
+    what a user waits for, the RPC and Ray included."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _harness import start_server
+
+    import gradserve
+
+    rng = np.random.default_rng(0)
+    cases = [
+        ("grad n=16", "sum(sin(x) * x + x ** 3)", "grad", rng.normal(size=16), False),
+        ("hessian n=16", "sum(sin(x) * x + x ** 3)", "hessian", rng.normal(size=16), False),
+        ("jacobian 64", "tanh(2 * x) * cos(x)", "jacobian", rng.normal(size=64), False),
+        ("grad n=16 x64", "sum(sin(x) * x + x ** 3)", "grad", rng.normal(size=(64, 16)), True),
+        ("hessian 64 x16", "sum(sin(x) * x + x ** 3)", "hessian", rng.normal(size=(16, 64)), True),
+    ]
+    rows = []
+    with start_server(1) as server, gradserve.Client(server.address, timeout=120) as client:
+        for label, source, op, x, batched in cases:
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(reps + 2):
+                for verify in (False, True):
+                    started = time.perf_counter()
+                    client.compute(source, {"x": x}, [op], batched=batched, verify=verify)
+                    if i >= 2:
+                        times[verify].append(time.perf_counter() - started)
+            m_off, m_on = statistics.median(times[False]), statistics.median(times[True])
+            rows.append({"case": label, "op": op, "off_ms": 1e3 * m_off, "on_ms": 1e3 * m_on,
+                         "cost": (m_on - m_off) / m_off})  # fmt: skip
+            print(
+                f"call {label:16s} off {1e3 * m_off:7.2f} ms  on {1e3 * m_on:7.2f} ms"
+                f"  cost {100 * (m_on - m_off) / m_off:+6.1f} %",
+                flush=True,
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=41, help="calls per side (medians)")
     p.add_argument("--points", type=int, default=64, help="points of the batched calls")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--calls", action="store_true", help="whole calls through a server instead")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.calls:
+        rows = measure_calls(args.reps)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=1)
+        return 0
     rows = measure(args.reps, (None, args.points))
     by_op: dict[str, list[float]] = {}
     for row in rows:

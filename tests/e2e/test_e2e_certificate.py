@@ -67,8 +67,8 @@ def test_verify_false_and_the_default(client: gradserve.Client) -> None:
     # default: small ops are not certified (the certificate would cost more than 15 %)
     small = client.compute(SCALAR, {"x": X}, ["grad", "hessian"])
     assert small.metadata.certificate is None
-    # ... a Hessian with 64 columns is
-    big_x = np.linspace(-1, 1, 64)
+    # ... a Hessian with 256 columns is
+    big_x = np.linspace(-1, 1, 256)
     big = client.compute(SCALAR, {"x": big_x}, ["hessian"])
     _assert_certified(big.metadata.certificate, 1)
     np.testing.assert_allclose(
