@@ -162,6 +162,17 @@ def _dot_out(u: np.ndarray, jac: np.ndarray, n_out: int) -> np.ndarray:
 
 
 def check_program(source: str, seed: int, stats: Stats, *, verify: bool = True) -> None:
+    """:func:`compare_program`, with any unexpected failure (a well-typed program that
+    does not run) reported as a :class:`Mismatch` that shows the program."""
+    try:
+        compare_program(source, seed, stats, verify=verify)
+    except (Mismatch, Unusable):
+        raise
+    except Exception as exc:
+        raise Mismatch(f"{type(exc).__name__}: {exc}\n{_where(source, seed)}") from exc
+
+
+def compare_program(source: str, seed: int, stats: Stats, *, verify: bool = True) -> None:
     """Compare every op of ``source`` at the points of ``seed``; raise :class:`Mismatch`
     (with the program) when the service is wrong, :class:`Unusable` when the program
     cannot be compared there. ``verify=False`` turns the certificate off, so that
