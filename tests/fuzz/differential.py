@@ -91,7 +91,7 @@ def points(seed: int) -> dict[str, np.ndarray]:
 
 def _run(
     source: str, arrays: Mapping[str, np.ndarray], op: str, mode: str, wrt: tuple[str, ...],
-    batched: bool, verify: bool,
+    batched: bool, verify: bool, dtype: str = "float64",
 ) -> dict[str, np.ndarray]:  # fmt: skip
     spec = ComputeSpec(
         source=source,
@@ -99,7 +99,7 @@ def _run(
         ops=(op,),
         wrt=wrt,
         batched=batched,
-        dtype="float64",
+        dtype=dtype,
         jacobian_mode=mode,
         verify=verify,
     )
@@ -187,19 +187,10 @@ def compare_program(source: str, seed: int, stats: Stats, *, verify: bool = True
     refs = [_reference(fn, p, scalar) for p in at]
     out_shape = probe.shape
     n_out = len(out_shape)
-    rng = np.random.default_rng(seed + 1)
-    cot = rng.normal(size=(2, *out_shape))
-    tan = {n: rng.normal(size=(2, *SHAPES[n])) for n in FIRST}
-    vec = {n: rng.normal(size=(2, *SHAPES[n])) for n in SECOND}
+    extras = _extras(seed, out_shape)
     for label, op, mode, wrt in OPS_SCALAR if scalar else OPS_VECTOR:
         for batched in (False, True):
-            arrays: dict[str, np.ndarray] = {n: (pts[n] if batched else pts[n][0]) for n in NAMES}
-            if op == "vjp":
-                arrays[COTANGENT] = cot if batched else np.asarray(cot[0])
-            if op == "jvp":
-                arrays.update({TANGENT + n: (tan[n] if batched else tan[n][0]) for n in wrt})
-            if op == "hvp":
-                arrays.update({VECTOR + n: (vec[n] if batched else vec[n][0]) for n in wrt})
+            arrays = _arrays(pts, extras, op, wrt, batched)
             try:
                 ours = _run(source, arrays, op, mode, wrt, batched, verify)
             except Mismatch as exc:
@@ -207,10 +198,65 @@ def compare_program(source: str, seed: int, stats: Stats, *, verify: bool = True
             for i in range(2 if batched else 1):
                 got = {k: (v[i] if batched else v) for k, v in ours.items()}
                 try:
-                    _compare(op, got, refs[i], i, cot, tan, vec, n_out)
+                    _compare(op, got, refs[i], i, *extras, n_out)
                 except Mismatch as exc:
                     where = f"{label}, {'batched point ' + str(i) if batched else 'one point'}"
                     raise Mismatch(f"{where}: {exc}\n{_where(source, seed)}") from None
+            stats.results[f"{label} {'batched' if batched else 'one point'}"] += 1
+    stats.programs += 1
+
+
+Extras = tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]
+
+
+def _extras(seed: int, out_shape: tuple[int, ...]) -> Extras:
+    """Cotangents, tangents and vectors for two points."""
+    rng = np.random.default_rng(seed + 1)
+    cot = rng.normal(size=(2, *out_shape))
+    tan = {n: rng.normal(size=(2, *SHAPES[n])) for n in FIRST}
+    vec = {n: rng.normal(size=(2, *SHAPES[n])) for n in SECOND}
+    return cot, tan, vec
+
+
+def _arrays(
+    pts: Mapping[str, np.ndarray], extras: Extras, op: str, wrt: tuple[str, ...], batched: bool
+) -> dict[str, np.ndarray]:
+    """What the server would send the worker for ``op``: both points, or the first."""
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return a if batched else np.asarray(a[0])
+
+    cot, tan, vec = extras
+    arrays = {n: pick(pts[n]) for n in NAMES}
+    if op == "vjp":
+        arrays[COTANGENT] = pick(cot)
+    if op == "jvp":
+        arrays.update({TANGENT + n: pick(tan[n]) for n in wrt})
+    if op == "hvp":
+        arrays.update({VECTOR + n: pick(vec[n]) for n in wrt})
+    return arrays
+
+
+def certify_in_float32(source: str, seed: int, stats: Stats) -> None:
+    """Every op of ``source`` in float32 with the certificate on: no false alarm on a
+    right answer (float32's rounding is far larger), and float32 results."""
+    fn = lang.compile_function(source)
+    if fn.inputs != NAMES:
+        raise Unusable(f"inputs {fn.inputs}")
+    pts = {n: a.astype(np.float32) for n, a in points(seed).items()}
+    out_shape = np.asarray(reference.from_torch(fn)(*(pts[n][0] for n in NAMES))).shape
+    extras = _extras(seed, out_shape)
+    for label, op, mode, wrt in OPS_SCALAR if not out_shape else OPS_VECTOR:
+        for batched in (False, True):
+            arrays = _arrays(pts, extras, op, wrt, batched)
+            arrays = {k: a.astype(np.float32) for k, a in arrays.items()}
+            try:
+                ours = _run(source, arrays, op, mode, wrt, batched, True, "float32")
+            except Mismatch as exc:
+                raise Mismatch(f"float32 {exc}\n{_where(source, seed)}") from None
+            wrong = {k: str(a.dtype) for k, a in ours.items() if a.dtype != np.float32}
+            if wrong:
+                raise Mismatch(f"float32 {label}: results in {wrong}\n{_where(source, seed)}")
             stats.results[f"{label} {'batched' if batched else 'one point'}"] += 1
     stats.programs += 1
 

@@ -2,16 +2,18 @@
 operation through the worker's real code path, against the independent reference.
 
 ``make test`` runs the saved corpus and a short hypothesis run (``GRADSERVE_FUZZ_SECONDS``,
-default 15 s, from hypothesis seed ``GRADSERVE_FUZZ_SEED``, default 0); ``make fuzz``
-runs for minutes from a fresh seed. Each run prints how many programs and
-results it compared. A program that fails is printed with the lines to save it into
-tests/fuzz/corpus/, where it runs on every ``make test`` from then on.
+default 12 s, and a third of that in float32 with the certificate; hypothesis seed
+``GRADSERVE_FUZZ_SEED``, default 0); ``make fuzz`` runs for minutes from a fresh seed.
+Each run prints how many programs and results it compared. A program that fails is
+printed with the lines to save it into tests/fuzz/corpus/, where it runs on every
+``make test`` from then on.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
@@ -20,10 +22,18 @@ from hypothesis import strategies as st
 from gradserve_workers import _ops_impl
 from gradserve_workers.lang.table import FUNCTIONS
 
-from .differential import Mismatch, Stats, Unusable, check_program, finite_seconds, seed_of
+from .differential import (
+    Mismatch,
+    Stats,
+    Unusable,
+    certify_in_float32,
+    check_program,
+    finite_seconds,
+    seed_of,
+)
 from .grammar import NOT_GENERATED, RULES, Program, corpus, program
 
-SECONDS = finite_seconds(os.environ.get("GRADSERVE_FUZZ_SECONDS"), 15.0)
+SECONDS = finite_seconds(os.environ.get("GRADSERVE_FUZZ_SECONDS"), 12.0)
 MAX_PROGRAMS = int(os.environ.get("GRADSERVE_FUZZ_PROGRAMS", "1000000"))
 FIRST_SEED = int(os.environ.get("GRADSERVE_FUZZ_SEED", "0"))
 PER_ROUND = 10
@@ -54,21 +64,21 @@ def test_the_corpus_agrees_with_the_reference(capsys: pytest.CaptureFixture[str]
     assert stats.programs == len(CORPUS)
 
 
-def test_random_programs_agree_with_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
+def _rounds(seconds: float, compare: Callable[[str, int, Stats], None]) -> tuple[Stats, int]:
+    """Hypothesis rounds of a few programs each until ``seconds`` are spent; round k is
+    hypothesis seed k + GRADSERVE_FUZZ_SEED, so a run is reproducible."""
     stats = Stats()
-    deadline = time.monotonic() + SECONDS
+    deadline = time.monotonic() + seconds
 
-    def check(prog: Program, seed: int) -> None:
+    def check(prog: Program, points_seed: int) -> None:
         try:
-            check_program(prog.source, seed, stats)
+            compare(prog.source, points_seed, stats)
         except Unusable:
             stats.unusable += 1
 
-    # rounds of a few examples each, until the time is spent; round k is hypothesis
-    # seed k (+ GRADSERVE_FUZZ_SEED), so a run is reproducible
-    batch = 0
+    rounds = 0
     while time.monotonic() < deadline and stats.programs < MAX_PROGRAMS:
-        run = seed(FIRST_SEED + batch)(
+        run = seed(FIRST_SEED + rounds)(
             settings(
                 max_examples=PER_ROUND,
                 deadline=None,
@@ -77,9 +87,23 @@ def test_random_programs_agree_with_the_reference(capsys: pytest.CaptureFixture[
             )(given(program(), st.integers(0, 10_000))(check))
         )
         run()
-        batch += 1
-    _report(capsys, f"random programs ({SECONDS:.0f} s, seeds {FIRST_SEED}+{batch})", stats)
+        rounds += 1
+    return stats, rounds
+
+
+def test_random_programs_agree_with_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    stats, rounds = _rounds(SECONDS, check_program)
+    _report(capsys, f"random programs ({SECONDS:.0f} s, seeds {FIRST_SEED}+{rounds})", stats)
     assert stats.programs >= 5, stats.summary()
+
+
+def test_random_programs_in_float32_pass_their_certificate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seconds = SECONDS / 3
+    stats, rounds = _rounds(seconds, certify_in_float32)
+    _report(capsys, f"float32 certificates ({seconds:.0f} s, seeds {FIRST_SEED}+{rounds})", stats)
+    assert stats.programs >= 3, stats.summary()
 
 
 LU_PROGRAMS = [source for name, source in CORPUS if name.startswith("lu-")]

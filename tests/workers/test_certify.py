@@ -249,3 +249,17 @@ def test_default_policy_certifies_large_hessians(op: str, n: int, expected: bool
     fn = right_scalar if op in ("grad", "hessian") else right_vec
     result = compute(fn, ["x"], {"x": x}, OpsRequest((op,), batched=True, verify=None))
     assert (result.certificate is not None) == expected
+
+
+@pytest.mark.parametrize(("op", "kw"), [("jacobian", {"jacobian_mode": "forward"}), ("jvp", {})])
+def test_float32_forward_mode_answers_stay_float32(op: str, kw: dict[str, Any]) -> None:
+    """torch 2.13's forward AD makes the tangent of ``sum(x) / 5.0`` float64 for a float32
+    ``x``; the ops return it in float32 (found by certifying random float32 programs)."""
+    fn = lang.compile_function("sum(x) / 5.0")
+    x = torch.tensor([1.0, 2.0, 3.0])
+    if op == "jvp":
+        kw = {"tangents": {"x": torch.ones(3)}}
+    result = compute(fn, ["x"], {"x": x}, OpsRequest((op,), verify=True, **kw))
+    (answer,) = result.outputs[op].values()
+    assert answer.dtype == torch.float32
+    assert torch.allclose(answer, torch.full_like(answer, 0.2 * (3.0 if op == "jvp" else 1.0)))

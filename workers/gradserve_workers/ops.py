@@ -126,9 +126,20 @@ def compute(
     gradserve_workers.ops.OpsError: grad(f): f returns shape (3,), not a scalar. ...
     """
     result = compute_impl(fn, input_names, inputs, request)
+    _materialize_zeros(result)
     verify = request.verify
     if verify is None:
         verify = default_verify(request, result, inputs)
     if verify:
         result.certificate = certify(fn, input_names, inputs, request, result, name=describe(fn))
     return result
+
+
+def _materialize_zeros(result: OpsResult) -> None:
+    """Replace torch's lazy ``ZeroTensor`` results (a batched hvp of a function whose
+    second derivative vanishes, e.g. ``sum(abs(x))``) by real zeros: nothing
+    downstream (numpy, the wire) can read them."""
+    for by_key in result.outputs.values():
+        for key, t in by_key.items():
+            if t._is_zerotensor():
+                by_key[key] = torch.zeros(t.shape, dtype=t.dtype, device=t.device)
