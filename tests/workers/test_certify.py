@@ -263,3 +263,15 @@ def test_float32_forward_mode_answers_stay_float32(op: str, kw: dict[str, Any]) 
     (answer,) = result.outputs[op].values()
     assert answer.dtype == torch.float32
     assert torch.allclose(answer, torch.full_like(answer, 0.2 * (3.0 if op == "jvp" else 1.0)))
+
+
+def test_a_certificate_failure_reaches_the_caller_as_internal_with_its_message() -> None:
+    import grpc
+
+    from gradserve_server.errors import from_chunk_error, to_status
+
+    with pytest.raises(CertificateError) as info:
+        compute(wrong_scalar, ["x"], {"x": POINT}, _request("grad", POINT, False))
+    status = to_status(from_chunk_error(classify(info.value)))
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert "grad(" in status.message and "the derivative certificate failed" in status.message
