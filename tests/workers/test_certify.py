@@ -275,3 +275,22 @@ def test_a_certificate_failure_reaches_the_caller_as_internal_with_its_message()
     status = to_status(from_chunk_error(classify(info.value)))
     assert status.code is grpc.StatusCode.INTERNAL
     assert "grad(" in status.message and "the derivative certificate failed" in status.message
+
+
+def test_the_server_merges_chunk_certificates() -> None:
+    from gradserve.v1 import gradserve_pb2 as pb
+    from gradserve_server.service import describe_certificate
+
+    def cert(disagreement: float, points: int, skipped: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {"disagreement": disagreement, "tolerance": 1e-6, "checks": ("c",),
+                "points": points, "seconds": 0.0, "skipped": skipped}  # fmt: skip
+
+    meta = pb.ComputeMetadata()
+    describe_certificate(meta, [cert(1e-17, 3), cert(4e-16, 2, ("s",))])
+    assert meta.HasField("certificate")
+    assert meta.certificate.disagreement == 4e-16 and meta.certificate.points == 5
+    assert list(meta.certificate.skipped) == ["s"] and list(meta.certificate.checks) == ["c"]
+    # a chunk that was not certified: the answer as a whole is not
+    partial = pb.ComputeMetadata()
+    describe_certificate(partial, [cert(1e-17, 3), None])
+    assert not partial.HasField("certificate")
