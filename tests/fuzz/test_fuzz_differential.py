@@ -54,14 +54,16 @@ def test_every_table_function_is_generated() -> None:
 
 def test_the_corpus_agrees_with_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(CORPUS) >= 10
-    stats = Stats()
+    stats, stats32 = Stats(), Stats()
     for name, source in CORPUS:
         try:
             check_program(source, seed_of(source), stats)
+            certify_in_float32(source, seed_of(source), stats32)
         except Unusable as exc:  # a saved program must stay usable
             raise AssertionError(f"corpus program {name} is unusable: {exc}") from None
     _report(capsys, "corpus", stats)
-    assert stats.programs == len(CORPUS)
+    _report(capsys, "corpus, float32 certificates", stats32)
+    assert stats.programs == stats32.programs == len(CORPUS)
 
 
 def _rounds(seconds: float, compare: Callable[[str, int, Stats], None]) -> tuple[Stats, int]:
