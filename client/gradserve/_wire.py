@@ -50,7 +50,8 @@ def as_float_array(value: Any, *, dtype: str | None = None, where: str = "input"
         target = arr.dtype
     else:
         target = np.dtype("float64")
-    return np.ascontiguousarray(arr, dtype=target.newbyteorder("<"))
+    # asarray(order="C"), not ascontiguousarray: that makes a 0-d array 1-d
+    return np.asarray(arr, dtype=target.newbyteorder("<"), order="C")
 
 
 def encode(arr: np.ndarray, *, with_data: bool = True) -> pb.Tensor:
@@ -64,7 +65,7 @@ def fill(msg: pb.Tensor, arr: np.ndarray, *, with_data: bool = True) -> np.ndarr
     """Write an array into a Tensor message in place (a message built and then
     appended to another is copied whole); returns the little-endian C-order array
     whose bytes the message holds, or would hold."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # keeps a 0-d array 0-d (ascontiguousarray would not)
     dtype = np.dtype(arr.dtype).newbyteorder("=")
     if dtype not in _TO_PROTO:
         raise WireError(f"unsupported dtype {arr.dtype}; use float32 or float64")

@@ -25,6 +25,7 @@ _PATHS = {
     pb.EXECUTION_PATH_UNSPECIFIED: "",
     pb.EXECUTION_PATH_VMAP: "vmap",
     pb.EXECUTION_PATH_PER_POINT: "per_point",
+    pb.EXECUTION_PATH_SINGLE: "single",
 }
 CHECK_KINDS = {
     pb.CHECK_KIND_UNSPECIFIED: "",
@@ -78,9 +79,15 @@ class Metadata:
     """How a computation ran.
 
     ``execution_path`` is ``"vmap"`` or ``"per_point"`` (data-dependent control
-    flow); ``unconnected`` names inputs the output does not depend on (their
-    derivatives are zeros). ``certificate`` is set when the answer was checked by a
-    second route (``verify=``), else ``None``.
+    flow) for ``batched=True``, ``"single"`` for one point; ``unconnected`` names
+    inputs the output does not depend on (their derivatives are zeros).
+    ``strategy`` is ``"direct"``, or ``"rerouted"`` when an operation ran by a safe
+    strategy because the function calls one for which the direct transform is wrong
+    under the server's torch; ``routes`` then says which, one line per operation
+    (e.g. ``"hessian: reverse-over-reverse-hessian (direct hessian@batch is unsafe
+    for logdet)"``).
+    ``certificate`` is set when the answer was checked by a second route
+    (``verify=``), else ``None``.
     """
 
     execution_path: str = ""
@@ -93,6 +100,8 @@ class Metadata:
     wall_seconds: float = 0.0
     jacobian_mode: str = ""
     warnings: tuple[str, ...] = ()
+    strategy: str = ""
+    routes: tuple[str, ...] = ()
     certificate: Certificate | None = None
 
     @classmethod
@@ -108,6 +117,8 @@ class Metadata:
             wall_seconds=float(msg.wall_seconds),
             jacobian_mode=msg.jacobian_mode,
             warnings=tuple(msg.warnings),
+            strategy=msg.strategy,
+            routes=tuple(msg.routes),
             certificate=(
                 Certificate._from_proto(msg.certificate) if msg.HasField("certificate") else None
             ),

@@ -191,7 +191,10 @@ class ComputeService:
             points=bound.points,
         )
         describe_execution(
-            meta, all(r.vmapped for r in results) if bound.batched else None, unconnected
+            meta,
+            all(r.vmapped for r in results) if bound.batched else None,
+            unconnected,
+            _merged_routes(r.routes for r in results),
         )
         describe_certificate(meta, [r.certificate for r in results])
         return meta
@@ -448,12 +451,25 @@ def describe_certificate(
     )
 
 
+def _merged_routes(per_chunk: Iterable[Sequence[str]]) -> list[str]:
+    """Every route any chunk took, once, in the order first seen."""
+    return list(dict.fromkeys(r for routes in per_chunk for r in routes))
+
+
 def describe_execution(
-    meta: pb.ComputeMetadata, vmapped: bool | None, unconnected: Iterable[str]
+    meta: pb.ComputeMetadata,
+    vmapped: bool | None,
+    unconnected: Iterable[str],
+    routes: Sequence[str] = (),
 ) -> None:
-    """The execution path and the warnings a user should read (``vmapped`` is None
-    when nothing was mapped over points)."""
-    if vmapped is not None:
+    """The execution path, the strategy (direct, or the routes taken around transforms
+    known to be wrong) and the warnings a user should read (``vmapped`` is None when
+    nothing was mapped over points: one point)."""
+    meta.strategy = "rerouted" if routes else "direct"
+    meta.routes[:] = list(routes)
+    if vmapped is None:
+        meta.execution_path = pb.EXECUTION_PATH_SINGLE
+    else:
         meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
         if not vmapped:
             meta.warnings.append(

@@ -154,6 +154,36 @@ _UNARY_DOMAINS: dict[str, Sampler] = {
     "erfc": normal(),
 }
 
+# Analytic elementwise functions as numpy writes them for complex arguments: their
+# derivatives by the complex step, exact to rounding, are a second reference.
+COMPLEX_FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "tanh": np.tanh,
+    "asinh": np.arcsinh,
+    "acosh": np.arccosh,
+    "atanh": np.arctanh,
+    "exp": np.exp,
+    "expm1": np.expm1,
+    "log": np.log,
+    "log1p": np.log1p,
+    "log2": np.log2,
+    "log10": np.log10,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda z: 1 / np.sqrt(z),
+    "square": np.square,
+    "reciprocal": np.reciprocal,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "softplus": lambda z: np.log1p(np.exp(z)),
+    "silu": lambda z: z / (1 + np.exp(-z)),
+}
+
 # Functions whose derivative is zero wherever it exists: the case multiplies by x so
 # that the program still has a derivative to compare (and the zero part is checked).
 _PIECEWISE_CONSTANT = frozenset({"sign", "floor", "ceil", "round", "trunc"})

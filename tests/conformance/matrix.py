@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -220,7 +221,71 @@ class Verdict:
         return self.shape_ok and self.ratio <= 1.0
 
 
-def compare(ref: Reference, batched: bool, answers: Mapping[str, OpsResult]) -> list[Verdict]:
+class Answer(Protocol):
+    """What :func:`compare` reads of an answer: ``OpsResult``, or :func:`from_sdk`'s."""
+
+    outputs: Mapping[str, Mapping[str, Any]]
+    routes: tuple[str, ...]
+
+
+@dataclass
+class SdkAnswer:
+    outputs: dict[str, dict[str, Any]]
+    routes: tuple[str, ...]
+
+
+def _numpy(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return np.asarray(t.detach().numpy(force=True), dtype=np.float64)
+    return np.asarray(t, dtype=np.float64)
+
+
+def sdk_answers(client: Any, ref: Reference, batched: bool) -> dict[str, SdkAnswer]:
+    """The matrix's four requests through a real server (``gradserve.Client``), the
+    SDK's results keyed like ``OpsResult.outputs``."""
+    case = ref.case
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return a if batched else a[0]
+
+    inputs = {k: pick(v) for k, v in ref.inputs.items()}
+    tangents = {k: pick(v) for k, v in ref.tangents.items()}
+    answers = {}
+    for label, (program, ops, mode) in REQUESTS.items():
+        if program == "vector":
+            source, args = case.vector_source(), inputs
+        else:
+            source, args = case.scalar_source(), dict(inputs, w=pick(ref.weights))
+        res = client.compute(
+            source,
+            args,
+            list(ops),
+            wrt=list(case.wrt),
+            batched=batched,
+            dtype=ref.dtype,
+            mode=mode,
+            cotangent=pick(ref.cotangent) if "vjp" in ops else None,
+            tangents=tangents if "jvp" in ops else None,
+            vector=tangents if "hvp" in ops else None,
+        )
+        outputs: dict[str, dict[str, Any]] = {}
+        for op in ops:
+            got = res[op]
+            if op in ("value", "jvp"):
+                outputs[op] = {"": got}
+            elif op == "hessian":
+                outputs[op] = {
+                    f"{a},{b}": got if len(case.wrt) == 1 else got[a][b]
+                    for a in case.wrt
+                    for b in case.wrt
+                }
+            else:
+                outputs[op] = {w: got if len(case.wrt) == 1 else got[w] for w in case.wrt}
+        answers[label] = SdkAnswer(outputs, tuple(res.metadata.routes))
+    return answers
+
+
+def compare(ref: Reference, batched: bool, answers: Mapping[str, Answer]) -> list[Verdict]:
     """One verdict per operation of :data:`OPERATIONS`."""
     verdicts = []
     eps = EPS[ref.dtype]
@@ -234,7 +299,7 @@ def compare(ref: Reference, batched: bool, answers: Mapping[str, OpsResult]) -> 
                 want, err = want[0], err_all[key][0]
             else:
                 err = err_all[key]
-            got = got_all[key].detach().numpy(force=True).astype(np.float64)
+            got = _numpy(got_all[key])
             if got.shape != want.shape:
                 shape_ok = False
                 detail += f" {key or op}: shape {got.shape} != {want.shape};"
@@ -254,7 +319,7 @@ def compare(ref: Reference, batched: bool, answers: Mapping[str, OpsResult]) -> 
     return verdicts
 
 
-def routes_of(answers: Mapping[str, OpsResult]) -> dict[str, tuple[str, ...]]:
+def routes_of(answers: Mapping[str, Answer]) -> dict[str, tuple[str, ...]]:
     """The routes each request reported, by operation."""
     return {
         operation: tuple(r for r in answers[label].routes if r.startswith(op + ":"))

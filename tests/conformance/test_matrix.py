@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
+from support import reference as R
 
 from gradserve_workers.lang.table import FUNCTIONS, ROUTES
 
-from .cases import CASES, Case
-from .matrix import DTYPES, Reference, compare, reference, routes_of, transform, worker_answers
+from .cases import CASES, COMPLEX_FORMS, Case
+from .matrix import (
+    DTYPES,
+    EPS,
+    GROWTH,
+    Reference,
+    compare,
+    reference,
+    routes_of,
+    transform,
+    worker_answers,
+)
 
 BY_NAME = {c.name: c for c in CASES}
 
@@ -75,3 +87,20 @@ def test_route_is_still_needed(function: str, transform_name: str) -> None:
     )
     # and nothing else is: the table names exactly the wrong transforms
     assert set(wrong) <= set(FUNCTIONS[function].unsafe), sorted(wrong)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_analytic_functions_against_the_complex_step(batched: bool) -> None:
+    """A second, independent reference for the analytic elementwise functions: the
+    complex step of numpy's implementation, exact to rounding."""
+    failures = []
+    for name, form in COMPLEX_FORMS.items():
+        ref = _reference(name, "float64")
+        jac = worker_answers(ref, batched)["forward"].outputs["jacobian"]["x"].numpy()
+        for i in range(jac.shape[0] if batched else 1):
+            want = R.complex_step_jacobian(form, ref.inputs["x"][i])
+            got = jac[i] if batched else jac
+            tol = GROWTH * EPS["float64"] * np.max(np.abs(want))
+            if np.max(np.abs(got - want)) > tol:
+                failures.append(f"{name} point {i}: {np.max(np.abs(got - want)):.3g} > {tol:.3g}")
+    assert not failures, failures

@@ -1,4 +1,8 @@
-"""Functions with a hand-written (possibly wrong) derivative, for checking checks."""
+"""Functions with a hand-written (possibly wrong) derivative, for checking checks.
+
+Not an oracle: these build the *subject* of a check (a function whose backward is a
+claim, as gradcheck sees it); the checks compare it with finite differences. Tests
+that need a reference derivative use support.reference (or support.oracle)."""
 
 from __future__ import annotations
 

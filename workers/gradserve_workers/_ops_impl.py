@@ -6,6 +6,7 @@ Everything here is pure torch: no Ray, no gRPC. The public names are re-exported
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from torch.utils import _pytree as pytree
 from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
 from .lang.compile import CompiledFunction
 from .lang.table import ROUTES, functions_called, unsafe_transforms
+from .lang.validate import Program
 
 Fn = Callable[..., torch.Tensor]
 
@@ -71,8 +73,9 @@ class OpsResult:
     ``wrt`` inputs the output does not depend on (their derivatives are zeros).
     ``routes`` says which operations ran by a safe strategy instead of the direct
     transform, because the function calls a function for which that transform is
-    wrong under this torch (see ``lang.table.ROUTES``): one ``"op: strategy (because
-    of f, g)"`` per rerouted operation; empty when everything ran directly.
+    wrong under this torch (see ``lang.table.ROUTES``): one ``"op: strategy (direct
+    transform is unsafe for f, g)"`` per rerouted operation; empty when everything ran
+    directly.
     """
 
     outputs: dict[str, dict[str, torch.Tensor]]
@@ -787,7 +790,14 @@ def functions_of(fn: Fn) -> frozenset[str] | None:
     a compiled program (its transforms cannot be known, and run directly)."""
     if not isinstance(fn, CompiledFunction):
         return None
-    return functions_called(fn.program.tree)
+    return _program_functions(fn.program)
+
+
+@functools.lru_cache(maxsize=1024)
+def _program_functions(program: Program) -> frozenset[str]:
+    # a program is immutable and hashed by identity; actors keep their compiled
+    # programs, so each is walked once
+    return functions_called(program.tree)
 
 
 def plan_routes(fn: Fn, ops: Sequence[str], jac_mode: str | None, batched: bool) -> dict[str, str]:

@@ -187,6 +187,7 @@ class GradActor:
             jacobian_mode=result.jacobian_mode,
             out_shape=tuple(result.out_shape),
             certificate=None if result.certificate is None else asdict(result.certificate),
+            routes=tuple(result.routes),
         )
 
     def check(

@@ -82,6 +82,7 @@ class ChunkResult:
     unconnected: tuple[str, ...] = ()
     jacobian_mode: str | None = None
     out_shape: tuple[int, ...] = ()
+    routes: tuple[str, ...] = ()  # see ops.OpsResult.routes
     seconds: float = 0.0
     actor: str = ""
     error: ChunkError | None = None

@@ -41,6 +41,7 @@ class ExecutionPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXECUTION_PATH_UNSPECIFIED: _ClassVar[ExecutionPath]
     EXECUTION_PATH_VMAP: _ClassVar[ExecutionPath]
     EXECUTION_PATH_PER_POINT: _ClassVar[ExecutionPath]
+    EXECUTION_PATH_SINGLE: _ClassVar[ExecutionPath]
 
 class CheckKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -78,6 +79,7 @@ VERIFY_OFF: Verify
 EXECUTION_PATH_UNSPECIFIED: ExecutionPath
 EXECUTION_PATH_VMAP: ExecutionPath
 EXECUTION_PATH_PER_POINT: ExecutionPath
+EXECUTION_PATH_SINGLE: ExecutionPath
 CHECK_KIND_UNSPECIFIED: CheckKind
 CHECK_KIND_FINITE_DIFFERENCE: CheckKind
 CHECK_KIND_CLAIMED_GRAD: CheckKind
@@ -192,7 +194,7 @@ class Certificate(_message.Message):
     def __init__(self, disagreement: _Optional[float] = ..., tolerance: _Optional[float] = ..., checks: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeMetadata(_message.Message):
-    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "certificate")
+    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "certificate", "strategy", "routes")
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     UNCONNECTED_FIELD_NUMBER: _ClassVar[int]
     OUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,8 @@ class ComputeMetadata(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     execution_path: ExecutionPath
     unconnected: _containers.RepeatedScalarFieldContainer[str]
     out_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -215,7 +219,9 @@ class ComputeMetadata(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     points: int
     certificate: Certificate
-    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ...) -> None: ...
+    strategy: str
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ..., strategy: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeResponse(_message.Message):
     __slots__ = ("results", "metadata")

@@ -28,7 +28,7 @@ def fsync_dir(path: Path) -> None:
 
 def save_atomic(path: Path, arr: np.ndarray) -> None:
     """Write ``arr`` as little-endian ``.npy`` at ``path``, whole or not at all."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # keeps a 0-d array 0-d (ascontiguousarray would not)
     arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "wb") as f:

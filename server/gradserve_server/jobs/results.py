@@ -63,7 +63,8 @@ def build_metadata(
         points=row.points,
     )
     vmapped = all(i.get("vmapped", True) for i in infos) if batched and infos else None
-    describe_execution(meta, vmapped, unconnected)
+    routes = list(dict.fromkeys(r for i in infos for r in i.get("routes", [])))
+    describe_execution(meta, vmapped, unconnected, routes)
     describe_certificate(meta, [i.get("certificate") for i in infos])
     return meta
 

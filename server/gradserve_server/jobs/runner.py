@@ -150,6 +150,7 @@ class TaskRunner:
             "jacobian_mode": result.jacobian_mode,
             "out_shape": list(result.out_shape),
             "certificate": result.certificate,
+            "routes": list(result.routes),
             "seconds": result.seconds,
             "actor": result.actor,
             "report": codec.report_to_json(result.report) if result.report is not None else None,

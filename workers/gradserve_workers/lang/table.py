@@ -319,6 +319,9 @@ class Route:
     summary: str
 
 
+# Forward mode vmapped once (looping over the columns in Python, within the vmap over
+# points) is right too; reverse mode was measured faster at 4 to 64 inputs (an A/B
+# in one process: 1.4-1.8x for Jacobians, 1.3-3x for Hessians).
 ROUTES: MappingProxyType[str, Route] = MappingProxyType(
     {
         "jacobian-forward@batch": Route(
