@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile test-deploy
+.PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile test-deploy fuzz
 
 $(STAMP): $(filter-out requirements/bench.txt,$(wildcard requirements/*.txt)) client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
 		workers/setup.py workers/gradserve_workers/native/compare_rows.c \
@@ -44,6 +44,13 @@ test-hostile: $(STAMP)
 # 10 min warm): docker/test-deploy.sh, docs/deployment.md "Testing the deployment".
 test-deploy: $(STAMP)
 	PYTHON=$(PY) bash docker/test-deploy.sh $(PYTEST_ARGS)
+# The random-program differential test for longer than `make test` gives it:
+# FUZZ_SECONDS (default 600) of programs from fresh hypothesis seeds (FUZZ_SEED).
+FUZZ_SECONDS ?= 600
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: $(STAMP)
+	GRADSERVE_FUZZ_SECONDS=$(FUZZ_SECONDS) GRADSERVE_FUZZ_SEED=$(FUZZ_SEED) \
+		$(PY) -m pytest tests/fuzz -k random --timeout=0 $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --grpc_python_out=client \

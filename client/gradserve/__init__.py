@@ -21,6 +21,7 @@ from gradserve.errors import (
 )
 from gradserve.jobs import AsyncJob, Job
 from gradserve.results import (
+    Certificate,
     CheckReport,
     ComputeResult,
     JobStatus,
@@ -38,6 +39,7 @@ __all__ = [
     "TLS",
     "AsyncClient",
     "AsyncJob",
+    "Certificate",
     "CheckReport",
     "Client",
     "ComputeResult",

@@ -79,6 +79,16 @@ def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict
     return arrays
 
 
+def _verify(verify: bool | None, op: str) -> Any:
+    if verify is None:
+        return pb.VERIFY_DEFAULT
+    if not isinstance(verify, bool):
+        raise InvalidArgumentError(
+            f"{_call_form(op)}: verify must be True, False or None (the server's default)"
+        )
+    return pb.VERIFY_ON if verify else pb.VERIFY_OFF
+
+
 def _wrt(wrt: str | Sequence[str] | None) -> list[str]:
     if wrt is None:
         return []
@@ -250,6 +260,7 @@ class BaseClient:
         cotangent: Any = None,
         tangents: Inputs | None = None,
         vector: Inputs | None = None,
+        verify: bool | None = None,
     ) -> OutgoingCompute:
         op = ops[0] if len(ops) == 1 else "compute"
         if not isinstance(fn, str):
@@ -271,6 +282,7 @@ class BaseClient:
             dtype=_dtype(dtype, op),
             jacobian_mode=_JACOBIAN_MODES[mode],
             chunk_size=chunk_size or 0,
+            verify=_verify(verify, op),
         )
         # headers only: the bytes stay in the arrays until the transport is chosen
         arrays: dict[tuple[str, str], np.ndarray] = {}
@@ -440,90 +452,114 @@ class BaseClient:
         cotangent: Any = None,
         tangents: Inputs | None = None,
         vector: Inputs | None = None,
+        verify: bool | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Several operations in one call; returns a :class:`ComputeResult`.
 
         Operations share work where they can (``value`` and ``grad`` in one pass).
+        ``verify=True`` certifies every derivative by a second route (forward
+        against reverse mode) before it is returned, ``False`` never, ``None`` where
+        that is cheap; ``metadata.certificate`` says how well the routes agreed, and
+        a disagreement raises :class:`~gradserve.errors.InternalError`.
         """
         req = self._compute_request(
             fn, inputs, list(ops), wrt=wrt, batched=batched, dtype=dtype, mode=mode,
             chunk_size=chunk_size, cotangent=cotangent, tangents=tangents, vector=vector,
+            verify=verify,
         )  # fmt: skip
         return self._run_compute(req, None, timeout)
 
     def value(
         self, fn: str, inputs: Inputs, *, batched: bool = False, dtype: str | None = None,
-        timeout: float | None = None,
+        verify: bool | None = None, timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``f(inputs)``; with ``batched=True`` one row per point."""
-        req = self._compute_request(fn, inputs, ["value"], batched=batched, dtype=dtype)
+        """``f(inputs)``; with ``batched=True`` one row per point. A value has no
+        derivative to certify: ``verify`` is accepted for symmetry and ignored."""
+        req = self._compute_request(
+            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify
+        )
         return self._run_compute(req, "value", timeout)
 
     def grad(
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
-        batched: bool = False, dtype: str | None = None, timeout: float | None = None,
+        batched: bool = False, dtype: str | None = None, verify: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:  # fmt: skip
         """The gradient of a scalar function: one array per ``wrt`` input.
 
         One array when there is one input (or one ``wrt`` name), else a dict.
+        ``verify``: see :meth:`compute`.
         """
-        req = self._compute_request(fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype)
+        req = self._compute_request(
+            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify
+        )
         return self._run_compute(req, "grad", timeout)
 
     def jacobian(
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, mode: str = "auto",
-        chunk_size: int | None = None, timeout: float | None = None,
+        chunk_size: int | None = None, verify: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse."""
+        """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse.
+        ``verify``: see :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["jacobian"], wrt=wrt, batched=batched, dtype=dtype, mode=mode,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, verify=verify,
         )  # fmt: skip
         return self._run_compute(req, "jacobian", timeout)
 
     def hessian(
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, chunk_size: int | None = None,
-        timeout: float | None = None,
+        verify: bool | None = None, timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``."""
+        """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``.
+        ``verify``: see :meth:`compute`."""
         req = self._compute_request(
-            fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype, chunk_size=chunk_size
-        )
+            fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype,
+            chunk_size=chunk_size, verify=verify,
+        )  # fmt: skip
         return self._run_compute(req, "hessian", timeout)
 
     def vjp(
         self, fn: str, inputs: Inputs, cotangent: Any, *, wrt: str | Sequence[str] | None = None,
-        batched: bool = False, dtype: str | None = None, timeout: float | None = None,
+        batched: bool = False, dtype: str | None = None, verify: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``cotangentᵀ J`` per input; the cotangent is shaped like the output."""
+        """``cotangentᵀ J`` per input; the cotangent is shaped like the output.
+        ``verify``: see :meth:`compute`."""
         req = self._compute_request(
-            fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent
-        )
+            fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent,
+            verify=verify,
+        )  # fmt: skip
         return self._run_compute(req, "vjp", timeout)
 
     def jvp(
         self, fn: str, inputs: Inputs, tangents: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
-        dtype: str | None = None, timeout: float | None = None,
+        dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``J · tangent``, shaped like the output; one tangent per ``wrt`` input."""
+        """``J · tangent``, shaped like the output; one tangent per ``wrt`` input.
+        ``verify``: see :meth:`compute`."""
         req = self._compute_request(
-            fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents
-        )
+            fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents,
+            verify=verify,
+        )  # fmt: skip
         return self._run_compute(req, "jvp", timeout)
 
     def hvp(
         self, fn: str, inputs: Inputs, vector: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
-        dtype: str | None = None, timeout: float | None = None,
+        dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
     ) -> Any:  # fmt: skip
-        """``H · vector`` per input (forward-over-reverse)."""
+        """``H · vector`` per input (forward-over-reverse). ``verify``: see
+        :meth:`compute`."""
         req = self._compute_request(
-            fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector
-        )
+            fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector,
+            verify=verify,
+        )  # fmt: skip
         return self._run_compute(req, "hvp", timeout)
 
     def check(

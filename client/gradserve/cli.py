@@ -115,10 +115,18 @@ def cmd_compute(args: argparse.Namespace) -> int:
             batched=args.batched,
             dtype=args.dtype,
             **vectors,
+            verify=args.verify,
         )
     _print_array("", result[args.command])
     for warning in result.metadata.warnings:
         print(f"note: {warning}", file=sys.stderr)
+    cert = result.metadata.certificate
+    if cert is not None:
+        print(
+            f"note: certified: forward and reverse mode agree to {cert.disagreement:.1e} "
+            f"(tolerance {cert.tolerance:.1e})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -211,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, action="append", required=True, metavar="[NAME=]VALUE",
                 help="one per wrt input, shaped like it",
             )  # fmt: skip
+        p.add_argument(
+            "--verify",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="certify the answer by a second AD route (default: where it is cheap)",
+        )
         p.set_defaults(handler=cmd_compute)
     p = sub.add_parser("check", help="check derivatives; exits 1 when the check fails")
     p.add_argument("function")

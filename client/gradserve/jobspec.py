@@ -42,7 +42,7 @@ JobSpec = Mapping[str, Any] | str | os.PathLike[str]
 _JOB_KEYS = {"name", "tasks"}
 _TASK_KEYS = {
     "id", "function", "inputs", "batched", "ops", "check", "wrt", "dtype", "mode",
-    "cotangent", "tangents", "vector",
+    "cotangent", "tangents", "vector", "verify",
 }  # fmt: skip
 _CHECK_OPTIONS = {"atol", "rtol", "eps", "order", "fast", "seed"}
 _CLAIM_KINDS = {
@@ -137,6 +137,12 @@ def _task(task: Any, index: int, base: Path, where: str) -> pb.Task:
     if mode not in _MODES:
         raise fail("mode", f"must be one of {list(_MODES)}, not {mode!r}")
     msg.jacobian_mode = _MODES[mode]
+    verify = task.get("verify")
+    if verify not in (None, True, False):
+        raise fail(
+            "verify", f"must be true, false or absent (the server's default), not {verify!r}"
+        )
+    msg.verify = pb.VERIFY_DEFAULT if verify is None else pb.VERIFY_ON if verify else pb.VERIFY_OFF
     inputs = task.get("inputs")
     if not isinstance(inputs, Mapping) or not inputs:
         raise fail("inputs", "a mapping from input name to values, {npy: path} or {sample: ...}")

@@ -47,6 +47,34 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """How well two automatic-differentiation routes agreed on a certified answer.
+
+    ``disagreement`` is the largest ``|a - b| / (scale + 1)`` over the ``checks``
+    and ``points`` (``a`` and ``b`` the same random projection of the derivative by
+    forward and by reverse mode, ``scale`` the magnitude of the terms they sum); an
+    answer is returned only when it is at most ``tolerance``. ``skipped`` names
+    checks that could not run (a function without forward-mode AD).
+    """
+
+    disagreement: float
+    tolerance: float
+    checks: tuple[str, ...]
+    points: int
+    skipped: tuple[str, ...] = ()
+
+    @classmethod
+    def _from_proto(cls, msg: pb.Certificate) -> Certificate:
+        return cls(
+            disagreement=float(msg.disagreement),
+            tolerance=float(msg.tolerance),
+            checks=tuple(msg.checks),
+            points=int(msg.points),
+            skipped=tuple(msg.skipped),
+        )
+
+
+@dataclass(frozen=True)
 class Metadata:
     """How a computation ran.
 
@@ -58,6 +86,8 @@ class Metadata:
     under the server's torch; ``routes`` then says which, one line per operation
     (e.g. ``"hessian: reverse-over-reverse-hessian (direct hessian@batch is unsafe
     for logdet)"``).
+    ``certificate`` is set when the answer was checked by a second route
+    (``verify=``), else ``None``.
     """
 
     execution_path: str = ""
@@ -72,6 +102,7 @@ class Metadata:
     warnings: tuple[str, ...] = ()
     strategy: str = ""
     routes: tuple[str, ...] = ()
+    certificate: Certificate | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
@@ -88,6 +119,9 @@ class Metadata:
             warnings=tuple(msg.warnings),
             strategy=msg.strategy,
             routes=tuple(msg.routes),
+            certificate=(
+                Certificate._from_proto(msg.certificate) if msg.HasField("certificate") else None
+            ),
         )
 
 

@@ -170,6 +170,7 @@ class ComputeService:
             chunk_size=int(req.chunk_size) or None,
             limits=self.limits,
             reply_budget=admitted.reply_budget,
+            verify=_VERIFY.get(req.verify),
         )
         bound = binding.Bound(program, arrays, req.batched, points, dtype, wrt, per_point, extra)
         return bound, spec
@@ -237,6 +238,7 @@ class ComputeService:
             unconnected,
             _merged_routes(r.routes for r in results),
         )
+        describe_certificate(meta, [r.certificate for r in results])
         return meta
 
     async def _dispatch(
@@ -519,6 +521,30 @@ def chunk_submitter(
         return lambda h: getattr(h, method).remote(spec, arrays, first, last)
     message = pack_call(ChunkCall(spec, arrays, first, last))  # once, for any retry
     return lambda h: h.run.remote(message)
+
+
+# the request's Verify choice; absent: the workers' default (certified where cheap)
+_VERIFY = {pb.VERIFY_ON: True, pb.VERIFY_OFF: False}
+
+
+def describe_certificate(
+    meta: pb.ComputeMetadata, certificates: Sequence[Mapping[str, Any] | None]
+) -> None:
+    """The chunks' certificates as one (the worst agreement, the points summed), set
+    only when every chunk was certified."""
+    if not certificates or any(c is None for c in certificates):
+        return
+    certs = [c for c in certificates if c is not None]
+    first = certs[0]
+    meta.certificate.CopyFrom(
+        pb.Certificate(
+            disagreement=max(float(c["disagreement"]) for c in certs),
+            tolerance=float(first["tolerance"]),
+            checks=list(first["checks"]),
+            points=sum(int(c["points"]) for c in certs),
+            skipped=sorted({s for c in certs for s in c["skipped"]}),
+        )
+    )
 
 
 def _merged_routes(per_chunk: Iterable[Sequence[str]]) -> list[str]:

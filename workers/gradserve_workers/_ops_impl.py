@@ -57,6 +57,9 @@ class OpsRequest:
     allow_vmap: bool = True
     # checked once the output's shape is known, before any derivative is computed
     reply_budget: ReplyBudget | None = None
+    # check the answer by a second route (gradserve_workers.certify) before returning
+    # it; None: where that is cheap (certify.default_verify)
+    verify: bool | None = False
 
 
 @dataclass
@@ -82,6 +85,8 @@ class OpsResult:
     jacobian_mode: str | None
     out_shape: tuple[int, ...]
     routes: tuple[str, ...] = ()
+    # a gradserve_workers.certify.Certificate when the request asked to verify
+    certificate: Any = None
 
     @property
     def strategy(self) -> str:
@@ -298,14 +303,24 @@ def _bind(fn: Fn, point_args: Sequence[Any], wrt_idx: Sequence[int]) -> Fn:
     return g
 
 
+def _tangent_dtypes(out: Any, tan: Any) -> Any:
+    """Each tangent in its primal's dtype: torch 2.13's forward AD gives a float64
+    tangent for a float32 scalar divided by a Python number (``sum(x) / 5.0``)."""
+    return pytree.tree_map(lambda t, o: t.to(o.dtype) if t.dtype != o.dtype else t, tan, out)
+
+
 def _jvp(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any]:
     """``torch.func.jvp`` without aux, typed: ``(out, tangent_out)``."""
-    return cast(tuple[Any, Any], torch.func.jvp(func, primals, tangents))
+    out, tan = cast(tuple[Any, Any], torch.func.jvp(func, primals, tangents))
+    return out, _tangent_dtypes(out, tan)
 
 
 def _jvp_aux(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any, Any]:
     """``torch.func.jvp`` with ``has_aux=True``, typed: ``(out, tangent_out, aux)``."""
-    return cast(tuple[Any, Any, Any], torch.func.jvp(func, primals, tangents, has_aux=True))
+    out, tan, aux = cast(
+        tuple[Any, Any, Any], torch.func.jvp(func, primals, tangents, has_aux=True)
+    )
+    return out, _tangent_dtypes(out, tan), aux
 
 
 def vjp_fn_of(func: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,11 @@ def _parsed(source: str, max_chars: int) -> Any:
 def classify(error: BaseException) -> ChunkError:
     """Turn an exception from the language or the ops into something the server maps."""
     from gradserve_workers import lang, registry
+    from gradserve_workers.certify import CertificateError
     from gradserve_workers.ops import OpsError
 
+    if isinstance(error, CertificateError):  # the service's fault: INTERNAL, said in full
+        return ChunkError("internal", str(error))
     raised = registry.failure_message(error)
     if raised is not None:  # the operator's registered function failed on these inputs
         return ChunkError("invalid", raised)
@@ -307,6 +311,7 @@ class GradActor:
             vector=tensors(VECTOR) or None,
             allow_vmap=spec.source_hash not in self._per_point,
             reply_budget=spec.reply_budget,
+            verify=spec.verify,
         )
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:
@@ -320,6 +325,7 @@ class GradActor:
             unconnected=tuple(result.unconnected),
             jacobian_mode=result.jacobian_mode,
             out_shape=tuple(result.out_shape),
+            certificate=None if result.certificate is None else asdict(result.certificate),
             routes=tuple(result.routes),
         )
 

@@ -37,6 +37,7 @@ from ._ops_impl import (
     compute_impl,
 )
 from ._vmap import is_data_dependent_error, vmap_or_loop
+from .certify import certify, default_verify, describe
 
 # The classes live in the private module; present them as this module's own (in
 # tracebacks, reprs and pickles).
@@ -69,6 +70,12 @@ def compute(
     dtype. A function with data-dependent control flow is run point by point when
     ``vmap`` refuses it (``result.vmapped`` is then ``False``; the caller may cache
     that and pass ``allow_vmap=False`` next time).
+
+    With ``request.verify`` (``None``: where that is cheap, see
+    :func:`~gradserve_workers.certify.default_verify`) the answer is checked by a
+    second route before it is returned (``result.certificate``; see
+    :mod:`gradserve_workers.certify`), and a disagreement raises
+    :class:`~gradserve_workers.certify.CertificateError`.
 
     Raises :class:`OpsError` (a ``ValueError``) for a request that cannot be answered,
     e.g. ``grad`` of a non-scalar function, and :class:`NonFiniteInputError` when an
@@ -118,4 +125,21 @@ def compute(
     ...
     gradserve_workers.ops.OpsError: grad(f): f returns shape (3,), not a scalar. ...
     """
-    return compute_impl(fn, input_names, inputs, request)
+    result = compute_impl(fn, input_names, inputs, request)
+    _materialize_zeros(result)
+    verify = request.verify
+    if verify is None:
+        verify = default_verify(request, result, inputs)
+    if verify:
+        result.certificate = certify(fn, input_names, inputs, request, result, name=describe(fn))
+    return result
+
+
+def _materialize_zeros(result: OpsResult) -> None:
+    """Replace torch's lazy ``ZeroTensor`` results (a batched hvp of a function whose
+    second derivative vanishes, e.g. ``sum(abs(x))``) by real zeros: nothing
+    downstream (numpy, the wire) can read them."""
+    for by_key in result.outputs.values():
+        for key, t in by_key.items():
+            if t._is_zerotensor():
+                by_key[key] = torch.zeros(t.shape, dtype=t.dtype, device=t.device)

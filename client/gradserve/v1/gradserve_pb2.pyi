@@ -30,6 +30,12 @@ class JacobianMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JACOBIAN_MODE_FORWARD: _ClassVar[JacobianMode]
     JACOBIAN_MODE_REVERSE: _ClassVar[JacobianMode]
 
+class Verify(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERIFY_DEFAULT: _ClassVar[Verify]
+    VERIFY_ON: _ClassVar[Verify]
+    VERIFY_OFF: _ClassVar[Verify]
+
 class ExecutionPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXECUTION_PATH_UNSPECIFIED: _ClassVar[ExecutionPath]
@@ -67,6 +73,9 @@ OP_HVP: Op
 JACOBIAN_MODE_AUTO: JacobianMode
 JACOBIAN_MODE_FORWARD: JacobianMode
 JACOBIAN_MODE_REVERSE: JacobianMode
+VERIFY_DEFAULT: Verify
+VERIFY_ON: Verify
+VERIFY_OFF: Verify
 EXECUTION_PATH_UNSPECIFIED: ExecutionPath
 EXECUTION_PATH_VMAP: ExecutionPath
 EXECUTION_PATH_PER_POINT: ExecutionPath
@@ -104,7 +113,7 @@ class TensorPiece(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ComputeRequest(_message.Message):
-    __slots__ = ("function", "inputs", "ops", "wrt", "batched", "dtype", "jacobian_mode", "chunk_size", "cotangent", "tangents", "vector")
+    __slots__ = ("function", "inputs", "ops", "wrt", "batched", "dtype", "jacobian_mode", "chunk_size", "cotangent", "tangents", "vector", "verify")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +146,7 @@ class ComputeRequest(_message.Message):
     COTANGENT_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     function: str
     inputs: _containers.MessageMap[str, Tensor]
     ops: _containers.RepeatedScalarFieldContainer[Op]
@@ -148,7 +158,8 @@ class ComputeRequest(_message.Message):
     cotangent: Tensor
     tangents: _containers.MessageMap[str, Tensor]
     vector: _containers.MessageMap[str, Tensor]
-    def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., chunk_size: _Optional[int] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    verify: Verify
+    def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., chunk_size: _Optional[int] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ..., verify: _Optional[_Union[Verify, str]] = ...) -> None: ...
 
 class Output(_message.Message):
     __slots__ = ("input", "input2", "tensor")
@@ -168,8 +179,22 @@ class OpResult(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[Output]
     def __init__(self, op: _Optional[_Union[Op, str]] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ...) -> None: ...
 
+class Certificate(_message.Message):
+    __slots__ = ("disagreement", "tolerance", "checks", "points", "skipped")
+    DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    disagreement: float
+    tolerance: float
+    checks: _containers.RepeatedScalarFieldContainer[str]
+    points: int
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, disagreement: _Optional[float] = ..., tolerance: _Optional[float] = ..., checks: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ComputeMetadata(_message.Message):
-    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "strategy", "routes")
+    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "certificate", "strategy", "routes")
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     UNCONNECTED_FIELD_NUMBER: _ClassVar[int]
     OUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +205,7 @@ class ComputeMetadata(_message.Message):
     JACOBIAN_MODE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     execution_path: ExecutionPath
@@ -192,9 +218,10 @@ class ComputeMetadata(_message.Message):
     jacobian_mode: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
     points: int
+    certificate: Certificate
     strategy: str
     routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., strategy: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ..., strategy: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeResponse(_message.Message):
     __slots__ = ("results", "metadata")
@@ -479,7 +506,7 @@ class CheckSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[CheckKind, str]] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., options: _Optional[_Union[CheckOptions, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "function", "inputs", "batched", "ops", "check", "wrt", "dtype", "jacobian_mode", "cotangent", "tangents", "vector")
+    __slots__ = ("id", "function", "inputs", "batched", "ops", "check", "wrt", "dtype", "jacobian_mode", "cotangent", "tangents", "vector", "verify")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -513,6 +540,7 @@ class Task(_message.Message):
     COTANGENT_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     id: str
     function: str
     inputs: _containers.MessageMap[str, InputSpec]
@@ -525,7 +553,8 @@ class Task(_message.Message):
     cotangent: Tensor
     tangents: _containers.MessageMap[str, Tensor]
     vector: _containers.MessageMap[str, Tensor]
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputSpec]] = ..., batched: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., check: _Optional[_Union[CheckSpec, _Mapping]] = ..., wrt: _Optional[_Iterable[str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    verify: Verify
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputSpec]] = ..., batched: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., check: _Optional[_Union[CheckSpec, _Mapping]] = ..., wrt: _Optional[_Iterable[str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ..., verify: _Optional[_Union[Verify, str]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("name", "tasks", "idempotency_key")

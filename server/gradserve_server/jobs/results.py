@@ -18,7 +18,7 @@ from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.store import ChunkRow, TaskRow
-from gradserve_server.service import describe_execution
+from gradserve_server.service import describe_certificate, describe_execution
 from gradserve_server.streams import STREAM_PIECE_BYTES
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
@@ -65,6 +65,7 @@ def build_metadata(
     vmapped = all(i.get("vmapped", True) for i in infos) if batched and infos else None
     routes = list(dict.fromkeys(r for i in infos for r in i.get("routes", [])))
     describe_execution(meta, vmapped, unconnected, routes)
+    describe_certificate(meta, [i.get("certificate") for i in infos])
     return meta
 
 

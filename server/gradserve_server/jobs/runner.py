@@ -216,6 +216,7 @@ class TaskRunner:
             "unconnected": list(result.unconnected),
             "jacobian_mode": result.jacobian_mode,
             "out_shape": list(result.out_shape),
+            "certificate": result.certificate,
             "routes": list(result.routes),
             "seconds": result.seconds,
             "actor": result.actor,

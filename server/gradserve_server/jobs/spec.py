@@ -200,6 +200,7 @@ def compute_request(task: pb.Task) -> pb.ComputeRequest:
         batched=task.batched or has_sample(task),
         dtype=task.dtype,
         jacobian_mode=task.jacobian_mode,
+        verify=task.verify,
     )
     for name, spec in task.inputs.items():
         if spec.WhichOneof("source") == "tensor":

@@ -151,9 +151,23 @@ def binary(ctx: Context, symbol: str, left: Any, right: Any, what: str) -> Any:
         return scalars.binary(symbol, left, right, ctx.limits.max_int)
     if symbol == "@":
         return ctx.matmul(left, right, what)
-    a, b = ctx.arith(left), ctx.arith(right)
+    a, b = _zero_dim_float(ctx.arith(left), right), _zero_dim_float(ctx.arith(right), left)
     ctx.broadcast((a, b), what)
     return _TENSOR_OPS[symbol](a, b)
+
+
+def _zero_dim_float(value: Any, other: Any) -> Any:
+    """A Python float meeting a 0-d floating tensor, as a tensor of that dtype: torch
+    2.13's forward AD gives ``0.5 * t`` a float64 tangent for a 0-d float32 ``t`` (the
+    primal stays float32), which later ops refuse or carry into float64 results."""
+    if (
+        isinstance(value, float)
+        and isinstance(other, torch.Tensor)
+        and other.ndim == 0
+        and other.is_floating_point()
+    ):
+        return torch.tensor(value, dtype=other.dtype, device=other.device)
+    return value
 
 
 def _compare(ctx: Context, symbol: str, left: Any, right: Any, what: str) -> Any:

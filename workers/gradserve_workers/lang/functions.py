@@ -351,7 +351,8 @@ def _outer(ctx: Context, x: object, y: object) -> torch.Tensor:
 def _kron(ctx: Context, x: object, y: object) -> torch.Tensor:
     a, b = ctx.tensor(x), ctx.tensor(y)
     ctx.check_numel(a.numel() * b.numel(), "the result of kron()")
-    return torch.kron(a, b)
+    # torch 2.13's kron views its operands: a transposed one (kron(A, A.T)) fails
+    return torch.kron(a.contiguous(), b.contiguous())
 
 
 @_register("trace")
