@@ -52,6 +52,7 @@ class Budgets:
     message_bytes: int
     # stored results: enforced by the job manager
     job_bytes: int = 0
+    tenant_stored_bytes: int = 0
     stored_bytes: int = 0
 
     @classmethod
@@ -67,6 +68,7 @@ class Budgets:
             tensor_elements=int(config.limits["max_tensor_elements"]),
             message_bytes=config.max_message_bytes,
             job_bytes=int(b.get("max_job_bytes", 0)),
+            tenant_stored_bytes=int(b.get("max_tenant_stored_bytes", 0)),
             stored_bytes=int(b.get("max_stored_bytes", 0)),
         )
 

@@ -88,6 +88,18 @@ def check_counts(req: pb.SubmitJobRequest) -> None:
             f"SubmitJob: the idempotency key is over {MAX_KEY_CHARS} characters",
             "idempotency_key",
         )
+    _no_control(req.name, "SubmitJob: the name", "name")
+    _no_control(req.idempotency_key, "SubmitJob: the idempotency key", "idempotency_key")
+
+
+def _no_control(text: str, what: str, field: str) -> None:
+    at = bounded.control_char(text)
+    if at is not None:
+        raise invalid(
+            f"{what} has a control character ({text[at]!r}) at position {at}; names, ids "
+            "and keys are printable text",
+            field,
+        )
 
 
 def _check_sizes(task: pb.Task, index: int, where: str, bounds: SizeBounds) -> None:
@@ -155,7 +167,10 @@ def validate(req: pb.SubmitJobRequest, bounds: SizeBounds | None = None) -> list
         where = f"SubmitJob: {_where(index, task)}"
         task_id = task.id or str(index)
         if len(task_id) > MAX_TASK_ID_CHARS:
-            raise invalid(f"{where}: the id is over {MAX_TASK_ID_CHARS} characters", "id")
+            raise invalid(
+                f"{where}: the id is over {MAX_TASK_ID_CHARS} characters", f"tasks[{index}].id"
+            )
+        _no_control(task_id, f"{where}: the id", f"tasks[{index}].id")
         if task_id in seen:
             raise invalid(
                 f"{where}: the id {task_id!r} is already used by task {seen[task_id]}; "
