@@ -134,7 +134,7 @@ def _sample(shape: list[int], count: int, dtype: int = pb.DTYPE_UNSPECIFIED) -> 
             "RESOURCE_EXHAUSTED",
             "18446744073709551618 sampled elements",
         ),
-        (_task(x=_sample([2], 0)), "INVALID_ARGUMENT", "count >= 1"),
+        (_task(x=_sample([2], 0)), "INVALID_ARGUMENT", "count must be at least 1"),
         (_task(**{"y" * 14_000: _sample([1], 1)}), "INVALID_ARGUMENT", "input name of 14000"),
         (
             pb.Task(function="x" * 30_000, ops=[pb.OP_GRAD], inputs={"x": _sample([1], 1)}),
@@ -153,6 +153,23 @@ def test_submit_refuses_sizes_from_the_spec_alone(task: pb.Task, code: str, mess
     assert info.value.code.name == code
     assert time.perf_counter() - started < 0.1  # nothing was drawn or allocated
     assert len(info.value.message) < 600
+
+
+def test_calls_and_jobs_check_a_sample_spec_with_one_function() -> None:
+    config = ServerConfig(max_points=10)
+    budgets = Budgets.from_config(config)
+    for bad, words in (
+        (pb.SampleSpec(shape=[2, -1], count=3), "sample shape [2, -1] is not a valid shape"),
+        (pb.SampleSpec(shape=[2], count=0), "sample count must be at least 1, not 0"),
+    ):
+        with pytest.raises(ServiceError) as call:
+            budgets.estimate_samples({"x": bad}, "check(fn, inputs)")
+        task = _task(x=pb.InputSpec(sample=bad))
+        with pytest.raises(ServiceError) as job:
+            spec.validate(pb.SubmitJobRequest(tasks=[task]), spec.SizeBounds.of(config, budgets))
+        assert words in call.value.message and words in job.value.message
+        assert call.value.code == job.value.code
+    assert spec.SizeBounds.of(config, budgets).max_sample_elements == 160
 
 
 def test_too_many_tasks_is_refused_before_looking_at_any() -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import compute_itemsize
 from gradserve_server.errors import ServiceError, exhausted
 from gradserve_server.jobs.store import JobStore
 
@@ -72,25 +73,21 @@ class Shapes:
 def shapes(task: pb.Task) -> Shapes:
     sampled = any(s.WhichOneof("source") == "sample" for s in task.inputs.values())
     elements: dict[str, tuple[int, int]] = {}
-    float32 = []
+    dtypes = []
     for name, spec in task.inputs.items():
         if spec.WhichOneof("source") == "sample":
             dims = [int(d) for d in spec.sample.shape]
             elements[name] = (int(spec.sample.count), math.prod(dims))
-            float32.append(spec.sample.dtype == pb.DTYPE_FLOAT32)
+            dtypes.append(spec.sample.dtype)
         else:
             dims = [int(d) for d in spec.tensor.shape]
             if (task.batched or sampled) and dims:
                 elements[name] = (dims[0], math.prod(dims[1:]))
             else:
                 elements[name] = (1, math.prod(dims))
-            float32.append(spec.tensor.dtype == pb.DTYPE_FLOAT32)
+            dtypes.append(spec.tensor.dtype)
     points = max([1, *(rows for rows, _ in elements.values())])
-    if task.dtype:
-        itemsize = 4 if task.dtype == pb.DTYPE_FLOAT32 else 8
-    else:
-        itemsize = 4 if float32 and all(float32) else 8
-    return Shapes(points, elements, itemsize)
+    return Shapes(points, elements, compute_itemsize(task.dtype, dtypes))
 
 
 def task_input_bytes(task: pb.Task) -> int:
