@@ -32,11 +32,77 @@ from gradserve_workers.replies import (
 # Tensors on the wire have at most this many dimensions: NumPy refuses more than 64,
 # and a Jacobian's result has the output's and the input's dimensions (and the points').
 MAX_DIMS = 32
-_ITEMSIZE = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT64: 8}
+# Bytes per element of each wire dtype (unspecified: float64, what sampled points and
+# a request without a dtype compute in unless every input is float32).
+ITEMSIZE: dict[int, int] = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT64: 8}
+# A call's or task's sampled elements, all inputs together, are bounded by this many
+# times --max-points (as well as by --max-request-bytes).
+SAMPLE_ELEMENTS_PER_POINT = 16
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def itemsize(dtype: int) -> int:
+    """Bytes per element of ``dtype``; float64's for an unspecified one."""
+    return ITEMSIZE.get(dtype, 8)
+
+
+def compute_itemsize(dtype: int, input_dtypes: Iterable[int]) -> int:
+    """Bytes per element a request computes in: its own dtype, else float32's only
+    when every input is float32 (binding.resolve_dtype's rule).
+
+    >>> compute_itemsize(pb.DTYPE_UNSPECIFIED, [pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64])
+    8
+    """
+    if dtype in ITEMSIZE:
+        return ITEMSIZE[dtype]
+    return 4 if set(input_dtypes) == {pb.DTYPE_FLOAT32} else 8
+
+
+def max_sample_elements(max_points: int) -> int:
+    """The sampled elements one call or task may draw, all inputs together."""
+    return max_points * SAMPLE_ELEMENTS_PER_POINT
+
+
+@dataclass(frozen=True)
+class SampleCost:
+    """A sampled input's size, from its spec's numbers (Python integers: no wrap)."""
+
+    count: int
+    shape: tuple[int, ...]
+    itemsize: int
+
+    @property
+    def per_point(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def elements(self) -> int:
+        return self.count * self.per_point
+
+    @property
+    def nbytes(self) -> int:
+        return self.elements * self.itemsize
+
+
+def sample_cost(spec: pb.SampleSpec, where: str, field: str | None = None) -> SampleCost:
+    """The one check of a SampleSpec's count and shape, before anything is drawn;
+    its size for the budgets that apply where it is used.
+
+    >>> sample_cost(pb.SampleSpec(shape=[3, 2**62], count=2), "x").elements
+    27670116110564327424
+    """
+    if spec.count < 1:
+        raise invalid(f"{where}: sample count must be at least 1, not {spec.count}", field or where)
+    shape = tuple(int(d) for d in spec.shape)
+    if any(d < 0 for d in shape):
+        raise invalid(
+            f"{where}: sample shape {list(shape)} is not a valid shape (a negative dimension)",
+            field or where,
+        )
+    return SampleCost(int(spec.count), shape, itemsize(spec.dtype))
 
 
 @dataclass(frozen=True)
@@ -53,6 +119,7 @@ class Budgets:
     message_bytes: int
     # stored results: enforced by the job manager
     job_bytes: int = 0
+    tenant_stored_bytes: int = 0
     stored_bytes: int = 0
 
     @classmethod
@@ -68,6 +135,7 @@ class Budgets:
             tensor_elements=int(config.limits["max_tensor_elements"]),
             message_bytes=config.max_message_bytes,
             job_bytes=int(b.get("max_job_bytes", 0)),
+            tenant_stored_bytes=int(b.get("max_tenant_stored_bytes", 0)),
             stored_bytes=int(b.get("max_stored_bytes", 0)),
         )
 
@@ -77,7 +145,7 @@ class Budgets:
         """A wire tensor's shape, refused if it is malformed or has a dimension no
         tensor of this server could have (``[0, 2**62]`` holds no bytes, but nothing
         that takes it apart would survive it)."""
-        if msg.dtype not in _ITEMSIZE:
+        if msg.dtype not in ITEMSIZE:
             raise invalid(f"{where}: dtype must be float32 or float64", where)
         return self.dims(tuple(int(d) for d in msg.shape), where)
 
@@ -125,13 +193,13 @@ class Budgets:
             for name, msg in tensors.items():
                 where = f"{what} {name!r}" if name else what
                 shape = self.shape(msg, where)
-                input_bytes += math.prod(shape) * _ITEMSIZE[msg.dtype]
+                input_bytes += math.prod(shape) * ITEMSIZE[msg.dtype]
                 if what == "input":
                     shapes[name or (inputs[0] if len(inputs) == 1 else "")] = shape
         cotangent: tuple[int, ...] | None = None
         if req.HasField("cotangent"):
             cotangent = self.shape(req.cotangent, "cotangent")
-            input_bytes += math.prod(cotangent) * _ITEMSIZE[req.cotangent.dtype]
+            input_bytes += math.prod(cotangent) * ITEMSIZE[req.cotangent.dtype]
         lead = 1 if req.batched else 0
         points = max((s[0] for s in shapes.values() if s), default=1) if req.batched else 1
         per_point = sum(math.prod(s[lead:]) for s in shapes.values())
@@ -141,10 +209,10 @@ class Budgets:
             out = math.prod(cotangent[lead:])
         elif not NEEDS_OUTPUT_SHAPE.intersection(ops):
             out = 1  # grad and hessian need a scalar output; the rest do not use it
-        itemsize = _ITEMSIZE.get(req.dtype) or _itemsize_of(req.inputs.values())
-        reply = reply_elements(ops, 1 if out is None else out, n) * points * itemsize
+        size = compute_itemsize(req.dtype, (t.dtype for t in req.inputs.values()))
+        reply = reply_elements(ops, 1 if out is None else out, n) * points * size
         return ComputeEstimate(
-            call, tuple(ops), points, per_point, input_bytes, reply, out, n, itemsize
+            call, tuple(ops), points, per_point, input_bytes, reply, out, n, size
         )
 
     def estimate_samples(self, samples: Mapping[str, pb.SampleSpec], call: str) -> int:
@@ -153,28 +221,22 @@ class Budgets:
         total = 0
         for name, spec in samples.items():
             where = f"{call}: input {name!r}" if name else f"{call}: input"
-            if spec.count < 1:
-                raise invalid(f"{where}: sample count must be at least 1, not {spec.count}", where)
-            if any(d < 0 for d in spec.shape):
-                raise invalid(
-                    f"{where}: sample shape {list(spec.shape)} is not a valid shape", where
-                )
-            shape = self.dims(tuple(int(d) for d in spec.shape), f"{where}: sample shape")
-            if spec.count > self.points > 0:
+            cost = sample_cost(spec, where)
+            shape = self.dims(cost.shape, f"{where}: sample shape")
+            if cost.count > self.points > 0:
                 raise exhausted(
-                    f"{where}: {spec.count} sampled points is over the server's limit of "
+                    f"{where}: {cost.count} sampled points is over the server's limit of "
                     f"{self.points} ({flag('max_points')})",
                     where,
                 )
-            elements = math.prod(shape)
-            if elements > self.input_elements > 0:
+            if cost.per_point > self.input_elements > 0:
                 raise exhausted(
-                    f"{where}: sample shape {list(shape)} has {elements} elements per point, "
-                    f"over the limit of {self.input_elements} ({flag('max_input_elements')})",
+                    f"{where}: sample shape {list(shape)} has {cost.per_point} elements per "
+                    f"point, over the limit of {self.input_elements} "
+                    f"({flag('max_input_elements')})",
                     where,
                 )
-            itemsize = 4 if spec.dtype == pb.DTYPE_FLOAT32 else 8
-            total += int(spec.count) * elements * itemsize
+            total += cost.nbytes
         self._within(total, self.request_bytes, "max_request_bytes", f"{call}: sampled inputs")
         return total
 
@@ -220,12 +282,6 @@ class Budgets:
                 f"{what} would take {size:,} bytes, over the server's budget of {limit:,} "
                 f"bytes per call ({flag(name)})"
             )
-
-
-def _itemsize_of(tensors: Iterable[pb.Tensor]) -> int:
-    # the dtype a request without one computes in (binding.resolve_dtype's rule)
-    kinds = {t.dtype for t in tensors}
-    return 4 if kinds == {pb.DTYPE_FLOAT32} else 8
 
 
 @dataclass(frozen=True)

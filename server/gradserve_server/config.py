@@ -33,8 +33,10 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_inflight_bytes": 1 << 30,
     # all server streams together: pieces written but not yet taken by their readers
     "max_stream_bytes": 64 << 20,
-    # a job's stored results, and all jobs' together (enforced by the job manager)
+    # a job's stored results and specs, one tenant's jobs' together, and all jobs'
+    # together (enforced by the job manager)
     "max_job_bytes": 1 << 30,
+    "max_tenant_stored_bytes": 4 << 30,
     "max_stored_bytes": 16 << 30,
 }
 
@@ -111,8 +113,11 @@ class ServerConfig:
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMIT_DEFAULTS))
     log_level: str = "INFO"
     # --- jobs: retention (docs/jobs.md); ended jobs and their results are deleted
-    # this long after they end (0 keeps them)
-    job_ttl_s: float = 7 * 86400.0
+    # this long after they end. 0 (the default) keeps them: retention is opt-in, so
+    # upgrading never deletes what a user was told is done
+    job_ttl_s: float = 0.0
+    # queued or running jobs one tenant may have (0: no limit)
+    max_active_jobs_per_tenant: int = 100
     # the byte budgets of budgets.Budgets (see BUDGET_DEFAULTS and docs/limits.md)
     budgets: Mapping[str, int] = field(default_factory=lambda: dict(BUDGET_DEFAULTS))
     # network, identity and observability (docs/operations.md)
@@ -286,9 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--job-ttl",
         type=parse_duration,
-        default=_env("JOB_TTL", "7d"),
+        default=_env("JOB_TTL", "0"),
         help="delete ended jobs and their results this long after they end "
-        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 7d) ($GRADSERVE_JOB_TTL)",
+        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 0) ($GRADSERVE_JOB_TTL)",
+    )
+    p.add_argument(
+        "--max-active-jobs-per-tenant",
+        type=int,
+        default=_env("MAX_ACTIVE_JOBS_PER_TENANT", "100"),
+        help="queued or running jobs one tenant may have; 0: no limit "
+        "($GRADSERVE_MAX_ACTIVE_JOBS_PER_TENANT, default 100)",
     )
     add_worker_budget_flags(p)
     for name, default in LIMIT_DEFAULTS.items():
@@ -405,6 +417,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         log_level=args.log_level,
         # --- jobs: retention
         job_ttl_s=args.job_ttl,
+        max_active_jobs_per_tenant=max(0, args.max_active_jobs_per_tenant),
         budgets={name: getattr(args, name) for name in BUDGET_DEFAULTS},
         tls_cert=_path(args.tls_cert),
         tls_key=_path(args.tls_key),

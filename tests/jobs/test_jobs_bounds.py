@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def _sample(shape: list[int], count: int, dtype: int = pb.DTYPE_UNSPECIFIED) -> 
             "RESOURCE_EXHAUSTED",
             "18446744073709551618 sampled elements",
         ),
-        (_task(x=_sample([2], 0)), "INVALID_ARGUMENT", "count >= 1"),
+        (_task(x=_sample([2], 0)), "INVALID_ARGUMENT", "count must be at least 1"),
         (_task(**{"y" * 14_000: _sample([1], 1)}), "INVALID_ARGUMENT", "input name of 14000"),
         (
             pb.Task(function="x" * 30_000, ops=[pb.OP_GRAD], inputs={"x": _sample([1], 1)}),
@@ -152,6 +153,23 @@ def test_submit_refuses_sizes_from_the_spec_alone(task: pb.Task, code: str, mess
     assert info.value.code.name == code
     assert time.perf_counter() - started < 0.1  # nothing was drawn or allocated
     assert len(info.value.message) < 600
+
+
+def test_calls_and_jobs_check_a_sample_spec_with_one_function() -> None:
+    config = ServerConfig(max_points=10)
+    budgets = Budgets.from_config(config)
+    for bad, words in (
+        (pb.SampleSpec(shape=[2, -1], count=3), "sample shape [2, -1] is not a valid shape"),
+        (pb.SampleSpec(shape=[2], count=0), "sample count must be at least 1, not 0"),
+    ):
+        with pytest.raises(ServiceError) as call:
+            budgets.estimate_samples({"x": bad}, "check(fn, inputs)")
+        task = _task(x=pb.InputSpec(sample=bad))
+        with pytest.raises(ServiceError) as job:
+            spec.validate(pb.SubmitJobRequest(tasks=[task]), spec.SizeBounds.of(config, budgets))
+        assert words in call.value.message and words in job.value.message
+        assert call.value.code == job.value.code
+    assert spec.SizeBounds.of(config, budgets).max_sample_elements == 160
 
 
 def test_too_many_tasks_is_refused_before_looking_at_any() -> None:
@@ -187,11 +205,15 @@ def test_result_estimates_from_shapes() -> None:
 
 def test_job_flags_parse() -> None:
     config = parse_config(
-        ["--job-ttl", "12h", "--max-job-bytes", "1000", "--max-stored-bytes", "0"]
-    )
+        ["--job-ttl", "12h", "--max-job-bytes", "1000", "--max-stored-bytes", "0",
+         "--max-tenant-stored-bytes", "500", "--max-active-jobs-per-tenant", "7"]
+    )  # fmt: skip
     budgets = Budgets.from_config(config)
     assert (config.job_ttl_s, budgets.job_bytes, budgets.stored_bytes) == (43200.0, 1000, 0)
-    assert parse_config([]).job_ttl_s == 7 * 86400
+    assert (budgets.tenant_stored_bytes, config.max_active_jobs_per_tenant) == (500, 7)
+    defaults = parse_config([])
+    assert Budgets.from_config(defaults).tenant_stored_bytes == 4 << 30
+    assert defaults.max_active_jobs_per_tenant == 100
     assert parse_duration("0") == 0.0
     for bad in ("soon", "-1", "inf"):
         with pytest.raises(Exception, match="duration"):
@@ -314,6 +336,24 @@ def test_sweep_deletes_expired_jobs_and_orphaned_files(tmp_path: Path) -> None:
     store.close()
 
 
+def test_retention_is_opt_in_so_an_upgrade_keeps_old_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GRADSERVE_JOB_TTL", raising=False)
+    assert parse_config([]).job_ttl_s == 0 == ServerConfig().job_ttl_s
+    manager = _manager(tmp_path, job_ttl_s=parse_config([]).job_ttl_s)
+    store = manager.store
+    store.create_job("ancient", "", "", "h", [NewTask("t", b"s", 1)])
+    store.finish_job("ancient", "succeeded")
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE jobs SET finished_at = finished_at - 400 * 86400")
+    db.commit()
+    db.close()
+    assert asyncio.run(manager.sweep()) == 0  # what start() runs first
+    assert store.get_job("ancient") is not None
+    store.close()
+
+
 def test_quota_charges_and_refuses(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     quotas = quota.Quotas(store, per_job=1000, per_server=1500)
@@ -340,6 +380,102 @@ def test_quota_charges_and_refuses(tmp_path: Path) -> None:
     store.add_written("deleted-meanwhile", 100)  # a late chunk of a deleted job
     assert store.usage("deleted-meanwhile") == (0, 0)
     store.close()
+
+
+def _creator(store: JobStore, job_id: str, tenant: str = "") -> Callable[[], tuple[str, bool]]:
+    return lambda: store.create_job(job_id, "", "", "h", [NewTask("t", b"s", 1)], tenant)
+
+
+def test_result_quotas_are_per_tenant_and_tell_only_the_callers_own_usage(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path)
+    quotas = quota.Quotas(store, per_job=0, per_server=2500, per_tenant=1000)
+    job = quota.Estimate(900, 900, 0)
+    assert quotas.admit(job, _creator(store, "a1", "alice"), "alice") == ("a1", True)
+    with pytest.raises(ServiceError, match="--max-tenant-stored-bytes") as info:
+        quotas.admit(job, _creator(store, "a2", "alice"), "alice")
+    assert "your jobs already take 900 bytes" in info.value.message
+    # alice's jobs do not count against bob's quota
+    assert quotas.admit(job, _creator(store, "b1", "bob"), "bob") == ("b1", True)
+    with pytest.raises(ServiceError, match="--max-stored-bytes") as info:
+        quotas.admit(quota.Estimate(800, 800, 0), _creator(store, "c1", "carol"), "carol")
+    # the backstop says nothing of what the others store (1800) or what is left (700)
+    message = info.value.message
+    assert info.value.code.name == "RESOURCE_EXHAUSTED"
+    assert not any(n in message for n in ("1800", "1.8 kB", "700", "2500", "2.5 kB")), message
+    assert store.get_job("a2") is None and store.get_job("c1") is None
+    # writing is charged against the tenant's quota too, and says only its own total
+    quotas.charge("b1", 900)
+    with pytest.raises(ServiceError, match="--max-tenant-stored-bytes") as info:
+        quotas.charge("b1", 200)
+    assert "1.1 kB" in info.value.message and "1.8" not in info.value.message
+    store.close()
+
+
+def test_active_jobs_are_capped_per_tenant(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    quotas = quota.Quotas(store, per_job=0, per_server=0, active_per_tenant=2)
+    job = quota.Estimate(10, 10, 0)
+    for n in range(2):
+        quotas.admit(job, _creator(store, f"a{n}", "alice"), "alice")
+    with pytest.raises(ServiceError, match="--max-active-jobs-per-tenant") as info:
+        quotas.admit(job, _creator(store, "a2", "alice"), "alice")
+    assert info.value.code.name == "RESOURCE_EXHAUSTED" and "you have 2 jobs" in info.value.message
+    assert quotas.admit(job, _creator(store, "b0", "bob"), "bob")[1]
+    store.finish_job("a0", "succeeded")  # an ended job no longer counts
+    assert quotas.admit(job, _creator(store, "a2", "alice"), "alice")[1]
+    store.close()
+
+
+def test_specs_and_reports_count_so_check_jobs_cannot_grow_the_store_unbounded(
+    tmp_path: Path,
+) -> None:
+    # a check stores no arrays, but its spec (here 800 kB of inline tensor) and its
+    # report stay in the database until the job is deleted
+    task = pb.Task(function="sum(x)", check=pb.CheckSpec())
+    task.inputs["x"].tensor.CopyFrom(
+        pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[100_000], data=bytes(800_000))
+    )
+    req = pb.SubmitJobRequest(tasks=[task])
+    found = quota.estimate(req.tasks)
+    assert found.total == found.records > 800_000
+    sampled = pb.Task(check=pb.CheckSpec(), inputs={"x": _sample([3], 50_000)})
+    assert quota.task_record_bytes(sampled) >= 50_000 * quota.CHECK_POINT_BYTES
+    store = JobStore(tmp_path)
+    quotas = quota.Quotas(store, per_job=0, per_server=0, per_tenant=4_000_000)
+    admitted = 0
+    with pytest.raises(ServiceError, match="--max-tenant-stored-bytes"):
+        for n in range(10):
+            quotas.admit(found, _creator(store, f"j{n}", "t"), "t")
+            store.finish_job(f"j{n}", "succeeded")
+            admitted += 1
+    assert admitted == 4
+    # an ended job keeps counting its records (they are 'written' from the start)
+    assert store.usage("j0") == (found.total, found.records)
+    assert store.claimed_bytes("t") == 4 * found.records
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "req"),
+    [
+        ("name", pb.SubmitJobRequest(name="a\nb")),
+        ("idempotency_key", pb.SubmitJobRequest(idempotency_key="alice\x1fkey")),
+        ("tasks[1].id", pb.SubmitJobRequest(tasks=[pb.Task(id="ok"), pb.Task(id="t\x00")])),
+    ],
+)
+def test_control_characters_in_names_keys_and_ids_are_refused(
+    field: str, req: pb.SubmitJobRequest
+) -> None:
+    if not req.tasks:
+        req.tasks.append(pb.Task())
+    for task in req.tasks:
+        task.function, task.ops[:] = "sum(x)", [pb.OP_GRAD]
+        task.inputs["x"].CopyFrom(_sample([1], 1))
+    with pytest.raises(ServiceError, match="control character") as info:
+        spec.validate(req)
+    assert info.value.code.name == "INVALID_ARGUMENT" and info.value.field == field
 
 
 # ------------------------------------------------------------- sharing (item 8)

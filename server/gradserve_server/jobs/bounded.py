@@ -8,6 +8,8 @@ reply grows with what a user sent.
 
 from __future__ import annotations
 
+import re
+
 # An error message as stored and as sent back in Job.errors and TaskResult.error.
 MAX_ERROR_CHARS = 2_000
 # Read back at most this much: a message clipped when stored keeps its marker whole.
@@ -34,3 +36,18 @@ def marked(head: str, total: int, limit: int) -> str:
     if total <= limit:
         return head
     return f"{head[:limit]}… [{total - limit} more characters]"
+
+
+# C0 and C1 control characters and DEL: never part of a name, and the job store
+# uses one (\x1f) to scope a tenant's idempotency keys.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def control_char(text: str) -> int | None:
+    r"""The index of the first control character in ``text``, or None.
+
+    >>> control_char("a\x1fb"), control_char("tab\there"), control_char("ok é")
+    (1, 3, None)
+    """
+    found = _CONTROL.search(text)
+    return found.start() if found else None

@@ -73,7 +73,10 @@ class JobManager:
         self.store = JobStore(config.data_dir)
         self.notifier = Notifier()
         budgets = Budgets.from_config(config)
-        self.quotas = Quotas(self.store, budgets.job_bytes, budgets.stored_bytes)
+        self.quotas = Quotas(
+            self.store, budgets.job_bytes, budgets.stored_bytes, budgets.tenant_stored_bytes,
+            config.max_active_jobs_per_tenant,
+        )  # fmt: skip
         self.feeds: Feeds[tuple[JobRow, pb.Job]] = Feeds(
             self.notifier, self._feed_read, WATCH_INTERVAL_S
         )
@@ -232,7 +235,7 @@ class JobManager:
 
             if req.idempotency_key and self.store.job_for_key(req.idempotency_key, tenant):
                 return create()  # a retry: its job is stored (or the key conflicts)
-            return self.quotas.admit(estimate, create)
+            return self.quotas.admit(estimate, create, tenant)
 
         async def store_and_launch() -> str:
             job_id, created = await asyncio.to_thread(admit_and_create)

@@ -1,11 +1,16 @@
-"""Result quotas: a job's stored bytes estimated from shapes before it runs, then
+"""Storage quotas: a job's stored bytes estimated from its spec before it runs, then
 charged chunk by chunk as its results are written.
 
-Two budgets (docs/jobs.md, docs/limits.md): ``--max-job-bytes`` per job and
-``--max-stored-bytes`` for everything the server keeps. At submission the job's
-estimate must fit both (and the data directory's free space); the server's total
-counts what ended jobs wrote and, for active jobs, the larger of their estimate and
-what they wrote so far, so an admitted job is not starved by one admitted after it.
+Four bounds (docs/jobs.md, docs/limits.md): ``--max-job-bytes`` per job,
+``--max-tenant-stored-bytes`` for everything one tenant's jobs keep,
+``--max-stored-bytes`` for everything the server keeps (a backstop), and
+``--max-active-jobs-per-tenant`` queued or running jobs per tenant. A job's bytes are
+its result files and its rows in the job store: each task's spec (inline tensors
+and all) and an estimate of its check report. At submission the job's estimate must
+fit all of them (and the data disk's free space); a total counts what ended jobs
+wrote and, for active jobs, the larger of their estimate and what they wrote so far,
+so an admitted job is not starved by one admitted after it. A refusal tells a tenant
+about its own jobs only: the server's totals are other tenants' business.
 
 The estimate is a lower bound where a shape is only known by running the function
 (a Jacobian of a function with several outputs; taken as one output): writing is
@@ -15,6 +20,7 @@ RESOURCE_EXHAUSTED instead of filling the disk.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import threading
@@ -24,11 +30,20 @@ from pathlib import Path
 
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import compute_itemsize
 from gradserve_server.errors import ServiceError, exhausted
 from gradserve_server.jobs.store import JobStore
 
+log = logging.getLogger("gradserve.jobs")
+
 # A .npy file's header: bytes on disk beyond the array's own.
 NPY_HEADER_BYTES = 128
+# A task's row and chunk rows beyond its spec (ids, states, metadata, manifest).
+TASK_ROW_BYTES = 512
+# A check's report (numbers, worst element, message) beyond its per-point flags, and
+# per point: a flag in the report and one in its chunk's record (JSON).
+CHECK_REPORT_BYTES = 1024
+CHECK_POINT_BYTES = 8
 
 
 def size_text(nbytes: int) -> str:
@@ -58,25 +73,21 @@ class Shapes:
 def shapes(task: pb.Task) -> Shapes:
     sampled = any(s.WhichOneof("source") == "sample" for s in task.inputs.values())
     elements: dict[str, tuple[int, int]] = {}
-    float32 = []
+    dtypes = []
     for name, spec in task.inputs.items():
         if spec.WhichOneof("source") == "sample":
             dims = [int(d) for d in spec.sample.shape]
             elements[name] = (int(spec.sample.count), math.prod(dims))
-            float32.append(spec.sample.dtype == pb.DTYPE_FLOAT32)
+            dtypes.append(spec.sample.dtype)
         else:
             dims = [int(d) for d in spec.tensor.shape]
             if (task.batched or sampled) and dims:
                 elements[name] = (dims[0], math.prod(dims[1:]))
             else:
                 elements[name] = (1, math.prod(dims))
-            float32.append(spec.tensor.dtype == pb.DTYPE_FLOAT32)
+            dtypes.append(spec.tensor.dtype)
     points = max([1, *(rows for rows, _ in elements.values())])
-    if task.dtype:
-        itemsize = 4 if task.dtype == pb.DTYPE_FLOAT32 else 8
-    else:
-        itemsize = 4 if float32 and all(float32) else 8
-    return Shapes(points, elements, itemsize)
+    return Shapes(points, elements, compute_itemsize(task.dtype, dtypes))
 
 
 def task_input_bytes(task: pb.Task) -> int:
@@ -111,41 +122,76 @@ def task_result_bytes(task: pb.Task) -> int:
     return found.points * per_point * found.itemsize + NPY_HEADER_BYTES * len(ops)
 
 
+def task_record_bytes(task: pb.Task) -> int:
+    """The bytes a task's rows take in the job store: its spec as stored (inline
+    tensors included), the bookkeeping of its row and chunks, and for a check the
+    report (a fixed part and, per point, its pass flag in the report and in its
+    chunks' records).
+
+    >>> task_record_bytes(pb.Task(function="sum(x)", ops=[pb.OP_GRAD]))
+    523
+    >>> task_record_bytes(pb.Task(check=pb.CheckSpec(), inputs={"x": pb.InputSpec(
+    ...     sample=pb.SampleSpec(shape=[3], count=1000))}))
+    9553
+    """
+    nbytes = task.ByteSize() + TASK_ROW_BYTES
+    if task.HasField("check"):
+        nbytes += CHECK_REPORT_BYTES + CHECK_POINT_BYTES * shapes(task).points
+    return nbytes
+
+
 @dataclass(frozen=True)
 class Estimate:
-    total: int
+    total: int  # results and records
     largest: int  # the largest task's bytes
     largest_index: int
+    records: int = 0  # the job's rows in the store: taken from the moment it is stored
 
 
 def estimate(tasks: Sequence[pb.Task]) -> Estimate:
-    total, largest, where = 0, 0, 0
+    total, largest, where, records = 0, 0, 0, 0
     for index, task in enumerate(tasks):
-        nbytes = task_result_bytes(task)
+        rows = task_record_bytes(task)
+        nbytes = task_result_bytes(task) + rows
         total += nbytes
+        records += rows
         if nbytes > largest:
             largest, where = nbytes, index
-    return Estimate(total, largest, where)
+    return Estimate(total, largest, where, records)
 
 
 class Quotas:
-    """The two result budgets, checked against the store; 0 turns one off."""
+    """The storage bounds, checked against the store; 0 turns one off."""
 
-    def __init__(self, store: JobStore, per_job: int, per_server: int) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        per_job: int,
+        per_server: int,
+        per_tenant: int = 0,
+        active_per_tenant: int = 0,
+    ) -> None:
         self.store = store
         self.per_job = per_job
         self.per_server = per_server
+        self.per_tenant = per_tenant
+        self.active_per_tenant = active_per_tenant
         # admission and charging read the totals and then add to them
         self._lock = threading.Lock()
 
     def _free_disk(self) -> int:
         return shutil.disk_usage(self.store.results_dir).free
 
-    def admit(self, job: Estimate, create: Callable[[], tuple[str, bool]]) -> tuple[str, bool]:
-        """Refuse a job whose estimate does not fit; else ``create()`` it and reserve
-        its estimate, atomically with respect to other admissions and charges."""
+    def admit(
+        self, job: Estimate, create: Callable[[], tuple[str, bool]], tenant: str = ""
+    ) -> tuple[str, bool]:
+        """Refuse a job that does not fit; else ``create()`` it and reserve its
+        estimate, atomically with respect to other admissions and charges."""
         largest = f" (task {job.largest_index} alone: {size_text(job.largest)})"
-        what = f"SubmitJob: the job's results are estimated at {size_text(job.total)}{largest}"
+        what = (
+            f"SubmitJob: the job's results and spec are estimated at {size_text(job.total)}"
+            f"{largest}"
+        )
         if self.per_job and job.total > self.per_job:
             raise exhausted(
                 f"{what}, over the per-job result quota of {size_text(self.per_job)} "
@@ -153,25 +199,42 @@ class Quotas:
                 "tasks",
             )
         with self._lock:
-            if self.per_server:
-                claimed = self.store.claimed_bytes()
-                if claimed + job.total > self.per_server:
+            if self.active_per_tenant:
+                active = self.store.active_count(tenant)
+                if active >= self.active_per_tenant:
                     raise exhausted(
-                        f"{what}, but the server's result store quota of "
-                        f"{size_text(self.per_server)} (--max-stored-bytes) has "
-                        f"{size_text(max(0, self.per_server - claimed))} left; delete ended "
-                        "jobs (gradserve jobs delete ID) or wait for --job-ttl to remove them",
+                        f"SubmitJob: you have {active} jobs queued or running, the limit of "
+                        f"{self.active_per_tenant} per tenant (--max-active-jobs-per-tenant); "
+                        "wait for one to end, or cancel one",
+                    )
+            if self.per_tenant:
+                mine = self.store.claimed_bytes(tenant)
+                if mine + job.total > self.per_tenant:
+                    raise exhausted(
+                        f"{what}, but your jobs already take {size_text(mine)} of your "
+                        f"stored-results quota of {size_text(self.per_tenant)} "
+                        "(--max-tenant-stored-bytes); delete ended jobs (gradserve jobs "
+                        "delete ID)",
                         "tasks",
                     )
+            if self.per_server and self.store.claimed_bytes() + job.total > self.per_server:
+                log.warning("SubmitJob refused: the result store (--max-stored-bytes) is full")
+                raise exhausted(
+                    f"{what}, more than the server's result store has room for now "
+                    "(--max-stored-bytes); try again later, or ask its operator",
+                    "tasks",
+                )
             free = self._free_disk()
             if job.total > free:
+                log.warning("SubmitJob refused: %s free on the data disk", size_text(free))
                 raise exhausted(
-                    f"{what}, more than the {size_text(free)} free on the server's data disk",
+                    f"{what}, more than the server's data disk has free; try again later, "
+                    "or ask its operator",
                     "tasks",
                 )
             job_id, created = create()
             if created:
-                self.store.reserve_usage(job_id, job.total)
+                self.store.reserve_usage(job_id, job.total, job.records)
             return job_id, created
 
     def charge(self, job_id: str, nbytes: int) -> None:
@@ -183,14 +246,17 @@ class Quotas:
                     f"the job's results reached {size_text(written + nbytes)}, over the "
                     f"per-job result quota of {size_text(self.per_job)} (--max-job-bytes)"
                 )
-            if self.per_server:
-                claimed = self.store.claimed_bytes()
-                claimed += max(estimate_bytes, written + nbytes) - max(estimate_bytes, written)
-                if claimed > self.per_server:
+            # what this charge adds to the totals: an active job already claims its estimate
+            grows = max(estimate_bytes, written + nbytes) - max(estimate_bytes, written)
+            if self.per_tenant:
+                mine = self.store.claimed_bytes(self.store.job_tenant(job_id) or "") + grows
+                if mine > self.per_tenant:
                     raise _over(
-                        f"the server's stored results would reach {size_text(claimed)}, over "
-                        f"its quota of {size_text(self.per_server)} (--max-stored-bytes)"
+                        f"your jobs' stored results would reach {size_text(mine)}, over your "
+                        f"quota of {size_text(self.per_tenant)} (--max-tenant-stored-bytes)"
                     )
+            if self.per_server and self.store.claimed_bytes() + grows > self.per_server:
+                raise _over("the server's result store is full (--max-stored-bytes)")
             self.store.add_written(job_id, nbytes)
 
     def refund(self, job_id: str, nbytes: int) -> None:

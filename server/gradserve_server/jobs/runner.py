@@ -23,6 +23,7 @@ import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, numeric, sampling
+from gradserve_server.budgets import max_sample_elements
 from gradserve_server.errors import (
     ServiceError,
     exhausted,
@@ -134,7 +135,7 @@ class TaskRunner:
         if spec.has_sample(task):
             if not all(s.WhichOneof("source") == "sample" for s in task.inputs.values()):
                 raise invalid("compute(fn, inputs): sample every input or none", "inputs")
-            limit = self.service.config.max_points * 16
+            limit = max_sample_elements(self.service.config.max_points)
             for name, s in task.inputs.items():
                 where = f"compute(fn, inputs): input {name!r}"
                 sampled[name] = sampling.draw(s.sample, where, limit)

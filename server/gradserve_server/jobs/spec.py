@@ -11,12 +11,16 @@ the same error a unary call would get.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server.budgets import Budgets
+from gradserve_server.budgets import (
+    SAMPLE_ELEMENTS_PER_POINT,
+    Budgets,
+    max_sample_elements,
+    sample_cost,
+)
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import exhausted, invalid
 from gradserve_server.jobs import bounded, quota
@@ -65,7 +69,7 @@ class SizeBounds:
     def of(cls, config: ServerConfig, budgets: Budgets) -> SizeBounds:
         return cls(
             max_points=config.max_points,
-            max_sample_elements=config.max_points * 16,
+            max_sample_elements=max_sample_elements(config.max_points),
             max_source_chars=config.limits.get("max_source_chars", cls.max_source_chars),
             max_task_input_bytes=budgets.request_bytes,
         )
@@ -87,6 +91,18 @@ def check_counts(req: pb.SubmitJobRequest) -> None:
         raise invalid(
             f"SubmitJob: the idempotency key is over {MAX_KEY_CHARS} characters",
             "idempotency_key",
+        )
+    _no_control(req.name, "SubmitJob: the name", "name")
+    _no_control(req.idempotency_key, "SubmitJob: the idempotency key", "idempotency_key")
+
+
+def _no_control(text: str, what: str, field: str) -> None:
+    at = bounded.control_char(text)
+    if at is not None:
+        raise invalid(
+            f"{what} has a control character ({text[at]!r}) at position {at}; names, ids "
+            "and keys are printable text",
+            field,
         )
 
 
@@ -112,14 +128,7 @@ def _check_sizes(task: pb.Task, index: int, where: str, bounds: SizeBounds) -> N
     for name, spec in task.inputs.items():
         if spec.WhichOneof("source") != "sample":
             continue
-        dims = [int(d) for d in spec.sample.shape]
-        if spec.sample.count < 1 or any(d < 0 for d in dims):
-            raise invalid(
-                f"{where}: input {name!r}: a sample needs count >= 1 and no negative "
-                f"dimension (count {spec.sample.count}, shape {dims})",
-                f"{field}.inputs",
-            )
-        sampled += int(spec.sample.count) * math.prod(dims)
+        sampled += sample_cost(spec.sample, f"{where}: input {name!r}", f"{field}.inputs").elements
     points = task_points(task)
     if points > bounds.max_points:
         raise exhausted(
@@ -130,7 +139,8 @@ def _check_sizes(task: pb.Task, index: int, where: str, bounds: SizeBounds) -> N
     if sampled > bounds.max_sample_elements:
         raise exhausted(
             f"{where}: {sampled} sampled elements is over the limit of "
-            f"{bounds.max_sample_elements} per task (16 x --max-points)",
+            f"{bounds.max_sample_elements} per task "
+            f"({SAMPLE_ELEMENTS_PER_POINT} x --max-points)",
             f"{field}.inputs",
         )
     held = quota.task_input_bytes(task)
@@ -155,7 +165,10 @@ def validate(req: pb.SubmitJobRequest, bounds: SizeBounds | None = None) -> list
         where = f"SubmitJob: {_where(index, task)}"
         task_id = task.id or str(index)
         if len(task_id) > MAX_TASK_ID_CHARS:
-            raise invalid(f"{where}: the id is over {MAX_TASK_ID_CHARS} characters", "id")
+            raise invalid(
+                f"{where}: the id is over {MAX_TASK_ID_CHARS} characters", f"tasks[{index}].id"
+            )
+        _no_control(task_id, f"{where}: the id", f"tasks[{index}].id")
         if task_id in seen:
             raise invalid(
                 f"{where}: the id {task_id!r} is already used by task {seen[task_id]}; "

@@ -644,13 +644,17 @@ class JobStore:
 
     # ------------------------------------------------------------- usage
 
-    def reserve_usage(self, job_id: str, estimate_bytes: int) -> None:
+    def reserve_usage(self, job_id: str, estimate_bytes: int, written_bytes: int = 0) -> None:
+        """Record a new job's estimate, and ``written_bytes`` it already takes (its
+        spec and report rows, counted as written: they stay until it is deleted)."""
         self._write(
             [
                 (
-                    "INSERT INTO job_usage (job_id, estimate_bytes) VALUES (?, ?) "
-                    "ON CONFLICT (job_id) DO UPDATE SET estimate_bytes = excluded.estimate_bytes",
-                    (job_id, estimate_bytes),
+                    "INSERT INTO job_usage (job_id, estimate_bytes, written_bytes) "
+                    "VALUES (?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                    "estimate_bytes = excluded.estimate_bytes, "
+                    "written_bytes = excluded.written_bytes",
+                    (job_id, estimate_bytes, written_bytes),
                 )
             ]
         )
@@ -675,13 +679,22 @@ class JobStore:
         )
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
-    def claimed_bytes(self) -> int:
-        """The result bytes the server stands behind: what ended jobs wrote, and for
-        active jobs the larger of their estimate and what they wrote so far."""
+    def claimed_bytes(self, tenant: str | None = None) -> int:
+        """The bytes the server stands behind: what ended jobs wrote, and for active
+        jobs the larger of their estimate and what they wrote so far. ``tenant``: that
+        tenant's jobs only (None: everyone's)."""
+        where, args = ("WHERE j.tenant = ?", [tenant]) if tenant is not None else ("", [])
         rows = self._read(
             "SELECT COALESCE(SUM(CASE WHEN j.state IN (?, ?) "
             "THEN MAX(u.estimate_bytes, u.written_bytes) ELSE u.written_bytes END), 0) "
-            "FROM job_usage u JOIN jobs j ON j.id = u.job_id",
-            ACTIVE,
+            f"FROM job_usage u JOIN jobs j ON j.id = u.job_id {where}",
+            [*ACTIVE, *args],
+        )
+        return int(rows[0][0])
+
+    def active_count(self, tenant: str) -> int:
+        """How many of ``tenant``'s jobs are queued or running."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state IN (?, ?)", (tenant, *ACTIVE)
         )
         return int(rows[0][0])
