@@ -39,7 +39,7 @@ test: lint typecheck pytest
 HOSTILE_FUZZ_SECONDS ?= 600
 test-hostile: $(STAMP)
 	GRADSERVE_HOSTILE_SCALE=full GRADSERVE_FUZZ_SECONDS=$(HOSTILE_FUZZ_SECONDS) \
-		$(PY) -m pytest tests/hostile --timeout=1800 $(PYTEST_ARGS)
+		$(PY) -m pytest tests/hostile tests/hostile/load_hostile.py --timeout=1800 $(PYTEST_ARGS)
 # The compose deployment on a real Docker engine (Debian host, as root; about
 # 10 min warm): docker/test-deploy.sh, docs/deployment.md "Testing the deployment".
 test-deploy: $(STAMP)
