@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): $(filter-out requirements/bench.txt,$(wildcard requirements/*.txt)) client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
 		workers/setup.py workers/gradserve_workers/native/compare_rows.c \
-		examples/gradserve_example_functions/pyproject.toml tests/support/registered/pyproject.toml
+		examples/custom_gradients_package/pyproject.toml tests/support/registered/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -e ./client -e ./workers -e ./server
 	# registered functions (the gradserve.functions entry points): the example's, the tests'
-	$(PY) -m pip install -q --no-deps -e ./examples/gradserve_example_functions \
+	$(PY) -m pip install -q --no-deps -e ./examples/custom_gradients_package \
 		-e ./tests/support/registered
 	touch $(STAMP)
 

@@ -1,7 +1,7 @@
 """Registered functions (``fn="@NAME"``) through the real server and its workers.
 
 One extra real server (joined to the session's Ray cluster) serves this module with
-the example package's functions (examples/gradserve_example_functions: a right
+the example package's functions (examples/custom_gradients_package: a right
 and a wrong hand-written backward) and the tests' misbehaving ones
 (tests/support/registered), and a short chunk timeout for the slow one.
 
