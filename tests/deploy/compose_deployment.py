@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ class Deployment:
     files: list[Path]
     grpc_port: int
     ray_port: int
+    metrics_port: int
     env: dict[str, str] = field(repr=False)
 
     @property
@@ -160,7 +162,7 @@ class Deployment:
         self.compose("down", "--timeout", "90", *extra, timeout=300)
 
 
-def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
+def compose_files(grpc_port: int, ray_port: int, metrics_port: int) -> list[Path]:
     """docker-compose.yml less `ports:`, and the host-network override."""
     STATE.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -180,6 +182,10 @@ def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
                     "GRADSERVE_NODE_IP": RAY_IP,
                     "GRADSERVE_RAY_PORT": str(ray_port),
                     "GRADSERVE_RAY_EXTRA_ARGS": f"--ray-client-server-port={free_port()}",
+                    # on the host's network: a free port, on loopback (the image's
+                    # 0.0.0.0:9464 would be every interface of the host, and taken)
+                    "GRADSERVE_METRICS_HOST": "127.0.0.1",
+                    "GRADSERVE_METRICS_PORT": str(metrics_port),
                 },
                 "healthcheck": {
                     "test": [
@@ -235,8 +241,8 @@ def anonymous_volumes() -> set[str]:
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    grpc_port, ray_port = free_port(), free_port()
-    dep = Deployment(compose_files(grpc_port, ray_port), grpc_port, ray_port, compose_env())
+    ports = free_port(), free_port(), free_port()
+    dep = Deployment(compose_files(*ports), *ports, compose_env())
     dep.down("--volumes")  # what an interrupted earlier run left
     before = anonymous_volumes()
     record(base_image=dep.env["GRADSERVE_PYTHON_IMAGE"], workers=WORKERS)
@@ -302,6 +308,10 @@ def test_three_ray_nodes_and_no_object_store_on_disk(deployment: Deployment) -> 
         info = client.server_info()
     assert info.workers == 1 + WORKERS  # one actor per container
     assert info.ray_address == f"{RAY_IP}:{deployment.ray_port}"
+    # the server's /metrics, on the host's loopback
+    url = f"http://127.0.0.1:{deployment.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        assert "gradserve_" in reply.read().decode()
 
 
 # ------------------------------------------------------------------ the SDK
