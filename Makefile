@@ -40,8 +40,9 @@ HOSTILE_FUZZ_SECONDS ?= 600
 test-hostile: $(STAMP)
 	GRADSERVE_HOSTILE_SCALE=full GRADSERVE_FUZZ_SECONDS=$(HOSTILE_FUZZ_SECONDS) \
 		$(PY) -m pytest tests/hostile tests/hostile/load_hostile.py --timeout=1800 $(PYTEST_ARGS)
-# The compose deployment on a real Docker engine (Debian host, as root; about
-# 10 min warm): docker/test-deploy.sh, docs/deployment.md "Testing the deployment".
+# The compose deployment on a real Docker engine (Debian host, as root; 3-5 min
+# warm, about 10 when a requirement changed): docker/test-deploy.sh,
+# docs/deployment.md "Testing the deployment".
 test-deploy: $(STAMP)
 	PYTHON=$(PY) bash docker/test-deploy.sh $(PYTEST_ARGS)
 # The random-program differential test for longer than `make test` gives it:

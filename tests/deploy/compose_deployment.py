@@ -24,10 +24,13 @@ import ipaddress
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+from support.certs import CA
 from support.cluster import free_port
 
 import gradserve
@@ -105,6 +109,7 @@ class Deployment:
     files: list[Path]
     grpc_port: int
     ray_port: int
+    metrics_port: int
     env: dict[str, str] = field(repr=False)
 
     @property
@@ -160,7 +165,7 @@ class Deployment:
         self.compose("down", "--timeout", "90", *extra, timeout=300)
 
 
-def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
+def compose_files(grpc_port: int, ray_port: int, metrics_port: int) -> list[Path]:
     """docker-compose.yml less `ports:`, and the host-network override."""
     STATE.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -180,6 +185,10 @@ def compose_files(grpc_port: int, ray_port: int) -> list[Path]:
                     "GRADSERVE_NODE_IP": RAY_IP,
                     "GRADSERVE_RAY_PORT": str(ray_port),
                     "GRADSERVE_RAY_EXTRA_ARGS": f"--ray-client-server-port={free_port()}",
+                    # on the host's network: a free port, on loopback (the image's
+                    # 0.0.0.0:9464 would be every interface of the host, and taken)
+                    "GRADSERVE_METRICS_HOST": "127.0.0.1",
+                    "GRADSERVE_METRICS_PORT": str(metrics_port),
                 },
                 "healthcheck": {
                     "test": [
@@ -235,8 +244,8 @@ def anonymous_volumes() -> set[str]:
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    grpc_port, ray_port = free_port(), free_port()
-    dep = Deployment(compose_files(grpc_port, ray_port), grpc_port, ray_port, compose_env())
+    ports = free_port(), free_port(), free_port()
+    dep = Deployment(compose_files(*ports), *ports, compose_env())
     dep.down("--volumes")  # what an interrupted earlier run left
     before = anonymous_volumes()
     record(base_image=dep.env["GRADSERVE_PYTHON_IMAGE"], workers=WORKERS)
@@ -302,6 +311,10 @@ def test_three_ray_nodes_and_no_object_store_on_disk(deployment: Deployment) -> 
         info = client.server_info()
     assert info.workers == 1 + WORKERS  # one actor per container
     assert info.ray_address == f"{RAY_IP}:{deployment.ray_port}"
+    # the server's /metrics, on the host's loopback
+    url = f"http://127.0.0.1:{deployment.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        assert "gradserve_" in reply.read().decode()
 
 
 # ------------------------------------------------------------------ the SDK
@@ -487,3 +500,119 @@ def test_down_leaves_only_the_named_volumes(deployment: Deployment) -> None:
     ]
     assert not shims, f"container shims left behind: {shims}"
     record(down_left=sorted(project_volumes()))
+
+
+# ------------------------------------------------------------------ TLS and tenants
+
+
+CONTAINER_UID = 10001  # the image's gradserve user: it must read the mounted secrets
+
+
+def tls_secrets(directory: Path) -> tuple[Path, dict[str, str]]:
+    """A CA, the server's chain (its certificate, then the CA's: the health check
+    verifies with it) and key, and a token file of two tenants, as docs/operations.md
+    mounts them; the CA's path and the tokens by tenant."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    ca = CA(directory, "deploy-ca")
+    pair = ca.issue("server", server=True)
+    chain = directory / "server.crt"
+    chain.write_bytes(pair.cert.read_bytes() + ca.path.read_bytes())
+    tokens = {tenant: secrets.token_hex(32) for tenant in ("alice", "bob")}
+    token_file = directory / "tokens"
+    token_file.write_text("".join(f"{t} {tok}\n" for t, tok in tokens.items()))
+    for path, mode in ((chain, 0o644), (pair.key, 0o600), (token_file, 0o600)):
+        os.chown(path, CONTAINER_UID, CONTAINER_UID)
+        path.chmod(mode)
+    return ca.path, tokens
+
+
+def tls_override(directory: Path) -> Path:
+    """docs/operations.md's compose-secrets override, on the host's network: the
+    server listens on every address, which the server allows only with tokens or
+    mutual TLS now that GRADSERVE_INSECURE is 0."""
+    override = {
+        "services": {
+            "server": {
+                "environment": {
+                    "GRADSERVE_HOST": "0.0.0.0",
+                    "GRADSERVE_TLS_CERT": "/run/secrets/server.crt",
+                    "GRADSERVE_TLS_KEY": "/run/secrets/server.key",
+                    "GRADSERVE_AUTH_TOKEN_FILE": "/run/secrets/tokens",
+                    "GRADSERVE_INSECURE": "0",
+                    # the server alone: its own actor answers the calls below
+                    "GRADSERVE_WAIT_FOR_NODES": "1",
+                },
+                "secrets": ["server.crt", "server.key", "tokens"],
+            }
+        },
+        "secrets": {
+            "server.crt": {"file": str(directory / "server.crt")},
+            "server.key": {"file": str(directory / "server.key")},
+            "tokens": {"file": str(directory / "tokens")},
+        },
+    }
+    path = STATE / "docker-compose.tls.yml"
+    path.write_text(yaml.safe_dump(override, sort_keys=False))
+    return path
+
+
+def refused(
+    client: gradserve.Client, error: type[Exception], call: Callable[[gradserve.Client], Any]
+) -> None:
+    with client, pytest.raises(error):
+        call(client)
+
+
+def test_tls_and_tenant_tokens_from_mounted_secrets(deployment: Deployment) -> None:
+    """The server again, alone, from docs/operations.md's override: TLS and a token
+    file mounted as compose secrets, GRADSERVE_INSECURE=0, on every address. Its
+    health check turns healthy over TLS; from the host, a tenant's token over TLS
+    computes and sees only its own jobs, while plaintext and token-less calls are
+    refused; `down` leaves nothing but the named volumes."""
+    assert deployment.containers(all=True) == [], "the previous test's down did not run"
+    directory = STATE / "secrets"
+    ca, tokens = tls_secrets(directory)
+    dep = replace(deployment, files=[*deployment.files, tls_override(directory)])
+    started = time.monotonic()
+    try:
+        dep.compose("up", "-d", "--no-build", "server")
+        healthy = dep.wait_healthy()
+        server = dep.containers("server")[0]
+        env = docker("inspect", "--format", "{{json .Config.Env}}", server)
+        assert '"GRADSERVE_INSECURE=0"' in env and '"GRADSERVE_HOST=0.0.0.0"' in env, env
+        # the health check spoke TLS: in plaintext, the same probe fails
+        probe = ["python", "/opt/gradserve/docker/healthcheck.py", dep.address]
+        plain = subprocess.run(
+            [DOCKER, "exec", "-e", "GRADSERVE_TLS_CERT=", server, *probe],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert plain.returncode == 1, (plain.stdout, plain.stderr)
+        assert "SERVING" in docker("exec", server, *probe, timeout=60)
+
+        tls = gradserve.TLS(ca=str(ca))
+        x = np.array([0.3, -1.2, 2.0])
+        with gradserve.Client(dep.address, token=tokens["alice"], tls=tls, timeout=120) as c:
+            np.testing.assert_allclose(c.grad("sum(x ** 3)", x), 3 * x**2, rtol=1e-12)
+            task = {"id": "t", "function": "sum(x ** 3)", "inputs": {"x": x.tolist()}}
+            job = c.submit({"name": "alice", "tasks": [{**task, "ops": ["value"]}]})
+            assert job.wait(timeout=120).state == "succeeded"
+            # a tenant lists its own jobs: not bob's, nor the default tenant's
+            # job of the plaintext deployment before (still in the data volume)
+            assert [j.id for j in c.jobs()] == [job.id]
+            with pytest.raises(gradserve.NotFoundError):
+                c.job(JOB["id"]).status()
+        bob = gradserve.Client(dep.address, token=tokens["bob"], tls=tls, timeout=60)
+        refused(bob, gradserve.NotFoundError, lambda c: c.job(job.id).status())
+        tokenless = gradserve.Client(dep.address, tls=tls, timeout=60)
+        refused(tokenless, gradserve.UnauthenticatedError, lambda c: c.grad("sum(x ** 3)", x))
+        plaintext = gradserve.Client(dep.address, token=tokens["alice"], timeout=60)
+        refused(plaintext, gradserve.UnavailableError, lambda c: c.grad("sum(x ** 3)", x))
+    finally:
+        (STATE / "compose-tls.log").write_text(dep.logs(tail="all"))
+        dep.down()
+        shutil.rmtree(directory, ignore_errors=True)
+    record(tls_up_healthy_s=round(healthy, 1), tls_run_s=round(time.monotonic() - started, 1))
+    assert dep.containers(all=True) == []
+    declared = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"]
+    assert project_volumes() == {f"{PROJECT}_{name}" for name in declared}
