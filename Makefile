@@ -36,11 +36,11 @@ test: lint typecheck pytest
 
 # The hostile-load suite at full size (1,000 unread streams, 150 pieces of
 # 8 MiB...) and a 10-minute protocol fuzz; `make test` runs it small.
+# The load test is named in a run of its own: beside its folder pytest drops it.
 HOSTILE_FUZZ_SECONDS ?= 600
 test-hostile: $(STAMP)
 	GRADSERVE_HOSTILE_SCALE=full GRADSERVE_FUZZ_SECONDS=$(HOSTILE_FUZZ_SECONDS) \
 		$(PY) -m pytest tests/hostile --timeout=1800 $(PYTEST_ARGS)
-	# named on its own: beside its folder pytest would drop it as a duplicate
 	GRADSERVE_HOSTILE_SCALE=full $(PY) -m pytest tests/hostile/load_hostile.py -s $(PYTEST_ARGS)
 # The compose deployment on a real Docker engine (Debian host, as root; 3-5 min
 # warm, about 10 when a requirement changed): docker/test-deploy.sh,
