@@ -1,16 +1,19 @@
 """The finite difference's own error (Richardson, h and h/2) beside the worst element.
 
-Measured on the gradcheck parity corpus (test_check_parity.py): every wrong
-backward is a real disagreement, beyond the difference's error; every right one
-checked at a tolerance tighter than finite differences can resolve (the
-borderline failures of a strict check) is named noise; no verdict changes.
+Measured on the gradcheck parity corpus (test_check_parity.py) at first order and on
+the custom-function corpus's second-order part (support/custom_functions.py): every
+wrong backward is a real disagreement, beyond the difference's error; every right one
+checked at a tolerance tighter than finite differences can resolve (the borderline
+failures of a strict check) is named noise; no verdict changes.
 """
 
 from __future__ import annotations
 
 import torch
+from support.custom_functions import SECOND_ORDER, draw
 from test_check_parity import CORPUS, as_function
 
+from gradserve_workers._check_impl import finite_difference_check_impl
 from gradserve_workers.check import finite_difference_check
 from gradserve_workers.report import beyond_fd_error
 
@@ -57,3 +60,60 @@ def test_the_estimate_reaches_the_client(client) -> None:  # type: ignore[no-unt
     assert "within the noise of finite differences" in report.message
     report = client.check("sum(x ** 3)", {"x": [1.0, 2.0]})
     assert report.passed and report.worst.fd_error is not None
+
+
+# ----------------------------------------------------------------- second order
+
+# Hessians by differences of the gradient resolve ~1e-9 relative at best at eps=1e-6
+STRICT2 = {"atol": 1e-13, "rtol": 1e-13}
+
+
+def _second(case, **tolerances):  # type: ignore[no-untyped-def]
+    names = [f"in{i}" for i in range(len(case.shapes))]
+    points = dict(zip(names, draw(case, 12, seed=2), strict=True))
+    kwargs = {"batched": True, "order": 2, "atol": 1e-5, "rtol": 1e-3, **tolerances}
+    bare = finite_difference_check_impl(
+        case.fn, names, points, wrt=None, eps=1e-6, fast=False, fast_threshold=0,
+        num_projections=4, seed=0, allow_vmap=True, columns=None, **kwargs,
+    )  # fmt: skip
+    return finite_difference_check(case.fn, names, points, **kwargs), bare
+
+
+def test_second_order_estimates_name_wrong_backwards_and_noise() -> None:
+    """On the order-2 corpus (custom_functions.SECOND_ORDER): every wrong double
+    backward is beyond the estimate, every right one failed by a strict tolerance is
+    within it, and the estimate changes no verdict (the check without it agrees)."""
+    for case in SECOND_ORDER:
+        for tolerances in ({}, STRICT2):
+            estimated, bare = _second(case, **tolerances)
+            assert (estimated.passed, estimated.point_passed) == (bare.passed, bare.point_passed)
+            assert bare.worst is not None and bare.worst.fd_error is None
+            w = estimated.worst
+            assert w is not None and w.fd_error is not None, case.name
+            if not case.right:
+                assert not estimated.passed and beyond_fd_error(w), (case.name, estimated.message)
+                assert "a real disagreement" in estimated.message
+            elif tolerances:
+                assert not estimated.passed, case.name  # strict enough to fail them all
+                assert not beyond_fd_error(w), (case.name, estimated.message)
+                assert "within the noise of finite differences" in estimated.message
+            else:
+                assert estimated.passed, case.name
+
+
+def test_a_mixed_second_derivative_differences_the_right_gradient() -> None:
+    """d²f / dx dA of xᵀAx is x (an element of the gradient in x, differenced along A):
+    the estimate is that of a smooth, linear-in-A gradient, tiny beside the values."""
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    a = torch.eye(3, dtype=torch.float64) + 0.1
+    f = lambda x, a: x @ (a @ x)  # noqa: E731
+    r = finite_difference_check(f, ["x", "a"], {"x": x, "a": a}, order=2, atol=0, rtol=1e-14)
+    assert r.worst is not None and r.worst.fd_error is not None
+    assert r.worst.fd_error < 1e-7 * max(1.0, abs(r.worst.numeric))
+
+
+def test_the_second_order_estimate_reaches_the_client(client) -> None:  # type: ignore[no-untyped-def]
+    report = client.check("sum(exp(3 * x))", {"x": [0.5, 1.0]}, order=2, atol=1e-13, rtol=1e-13)
+    assert not report.passed
+    assert report.worst.fd_error is not None and report.worst.beyond_fd_error is False
+    assert "within the noise of finite differences" in report.message

@@ -71,7 +71,7 @@ def finite_difference_check(
 
     Where one-sided differences disagree and keep disagreeing at a smaller step (a
     kink: ``relu`` or ``abs`` at 0), the report says ``non_differentiable`` and fails.
-    At first order the worst element carries the difference's own error estimate
+    In the element-wise check the worst element carries the difference's own error estimate
     (``worst.fd_error``, Richardson with ``eps`` and ``eps/2``, see ``fd_error``): the
     message says whether the error is beyond it or within finite-difference noise.
 

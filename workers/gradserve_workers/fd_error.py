@@ -4,7 +4,8 @@ A central difference ``D(h) = (f(x + h) - f(x - h)) / 2h`` is off by ``c·h²``
 (truncation) plus round-off ``~ ε·|f| / h``. ``D(h)`` and ``D(h/2)`` differ by
 about ``¾·c·h²`` plus their round-offs, so ``|D(h) - D(h/2)|·4/3`` plus the
 round-off bound estimates the error of the difference the check compared with
-(the numdifftools idea, for one element: four more evaluations of ``f``). The
+(the numdifftools idea, for one element: four more evaluations of ``f``; of its
+gradient for a second-order check, which differences the gradient). The
 report then tells a real disagreement (the error is far beyond this estimate)
 from the noise of finite differences (it is within it: a tighter tolerance than
 the differences can resolve).
@@ -33,7 +34,9 @@ def with_error_estimate(
     batched: bool,
     eps: float,
 ) -> CheckReport:
-    """``report`` with ``worst.fd_error`` set, for a first-order element-wise check.
+    """``report`` with ``worst.fd_error`` set, for an element-wise check: first order
+    (a difference of ``f``) or second order (a difference of the gradient, whose
+    element ``d²f / da[i] db[j]`` differences ``df / da[i]`` along ``b[j]``).
 
     >>> from gradserve_workers.check import finite_difference_check
     >>> x = torch.tensor([0.5, 2.0], dtype=F64)
@@ -42,19 +45,24 @@ def with_error_estimate(
     >>> r = with_error_estimate(r, f, ["x"], {"x": x}, batched=False, eps=1e-6)
     >>> r.worst.fd_error < 1e-3 < r.worst.numeric
     True
+    >>> r = finite_difference_check(f, ["x"], {"x": x}, order=2)
+    >>> r.worst.fd_error < 1e-3 < r.worst.numeric
+    True
     """
     w = report.worst
-    if (
-        w is None
-        or report.order != 1
-        or report.kind != "finite_difference"
-        or w.projection is not None
-        or w.input not in inputs
-    ):
+    if w is None or report.kind != "finite_difference" or w.projection is not None:
+        return report
+    if report.order == 1:
+        row, column = None, w.input
+    elif report.order == 2 and "," in w.input:
+        row, column = w.input.split(",", 1)
+    else:
+        return report
+    if column not in inputs or (row is not None and row not in inputs):
         return report
     names = list(input_names)
     point = [(inputs[n][w.point] if batched else inputs[n]).detach().to(F64).clone() for n in names]
-    target = names.index(w.input)
+    target = names.index(column)
     flat = point[target].reshape(-1)
     element = _flat_index(w.input_index, tuple(point[target].shape))
 
@@ -63,8 +71,11 @@ def with_error_estimate(
         moved = flat.clone()
         moved[element] += step
         args[target] = moved.reshape(point[target].shape)
-        with torch.no_grad():
-            out = torch.as_tensor(fn(*args)).to(F64)
+        if row is None:
+            with torch.no_grad():
+                out = torch.as_tensor(fn(*args)).to(F64)
+        else:
+            out = _gradient(fn, args, names.index(row))
         value = out[tuple(w.output_index)] if w.output_index else out.reshape(-1)[0]
         return float(value), float(out.abs().max())
 
@@ -78,6 +89,16 @@ def with_error_estimate(
     roundoff = EPS64 * max(s1, s2, s3, s4) / eps
     estimated = replace(report, worst=replace(w, fd_error=truncation + roundoff))
     return replace(estimated, message=describe(estimated))
+
+
+def _gradient(fn: Fn, args: list[torch.Tensor], row: int) -> torch.Tensor:
+    """``df / d args[row]`` at ``args`` (float64): what a second-order check differences."""
+    args = list(args)
+    args[row] = args[row].detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = torch.as_tensor(fn(*args)).to(F64).reshape(())
+        (grad,) = torch.autograd.grad(out, args[row], allow_unused=True)
+    return torch.zeros_like(args[row]) if grad is None else grad.detach()
 
 
 def _flat_index(index: Sequence[int], shape: tuple[int, ...]) -> int:
