@@ -117,3 +117,23 @@ def test_the_second_order_estimate_reaches_the_client(client) -> None:  # type: 
     assert not report.passed
     assert report.worst.fd_error is not None and report.worst.beyond_fd_error is False
     assert "within the noise of finite differences" in report.message
+
+
+def test_fast_mode_failures_carry_the_estimate_at_both_orders() -> None:
+    """A failing fast check re-checks its failing points element by element; that
+    worst element carries the estimate (a passing one names a projection: none)."""
+    for case in (SECOND_ORDER[-1], SECOND_ORDER[0]):
+        names = [f"in{i}" for i in range(len(case.shapes))]
+        points = dict(zip(names, draw(case, 12, seed=2), strict=True))
+        r = finite_difference_check(case.fn, names, points, batched=True, order=2, fast=True)
+        assert r.mode == "fast" and r.passed == case.right and r.worst is not None
+        if case.right:
+            assert r.worst.projection is not None and r.worst.fd_error is None
+        else:
+            assert r.worst.projection is None and beyond_fd_error(r.worst), r.message
+    name, f, _, bad, low, high = CORPUS[0]
+    x = low + (high - low) * torch.rand(4, generator=torch.Generator().manual_seed(11),
+                                        dtype=torch.float64)  # fmt: skip
+    r = finite_difference_check(as_function(f, bad), ["x"], {"x": x}, fast=True)
+    assert r.mode == "fast" and not r.passed and r.worst is not None
+    assert beyond_fd_error(r.worst), (name, r.message)
