@@ -9,12 +9,14 @@ failures of a strict check) is named noise; no verdict changes.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from support.custom_functions import SECOND_ORDER, draw
 from test_check_parity import CORPUS, as_function
 
 from gradserve_workers._check_impl import finite_difference_check_impl
 from gradserve_workers.check import finite_difference_check
+from gradserve_workers.fd_error import F64, _projection
 from gradserve_workers.report import beyond_fd_error
 
 # finite_difference_check attaches the estimate; the verdicts are gradcheck's
@@ -121,19 +123,41 @@ def test_the_second_order_estimate_reaches_the_client(client) -> None:  # type: 
 
 def test_fast_mode_failures_carry_the_estimate_at_both_orders() -> None:
     """A failing fast check re-checks its failing points element by element; that
-    worst element carries the estimate (a passing one names a projection: none)."""
+    worst element carries the estimate; a passing one names a projection, whose
+    difference along the check's own random u, projected on v, carries it."""
     for case in (SECOND_ORDER[-1], SECOND_ORDER[0]):
         names = [f"in{i}" for i in range(len(case.shapes))]
         points = dict(zip(names, draw(case, 12, seed=2), strict=True))
         r = finite_difference_check(case.fn, names, points, batched=True, order=2, fast=True)
         assert r.mode == "fast" and r.passed == case.right and r.worst is not None
-        if case.right:
-            assert r.worst.projection is not None and r.worst.fd_error is None
-        else:
-            assert r.worst.projection is None and beyond_fd_error(r.worst), r.message
+        assert r.worst.fd_error is not None
+        assert (r.worst.projection is None) != case.right
+        assert beyond_fd_error(r.worst) != case.right, r.message
     name, f, _, bad, low, high = CORPUS[0]
     x = low + (high - low) * torch.rand(4, generator=torch.Generator().manual_seed(11),
                                         dtype=torch.float64)  # fmt: skip
     r = finite_difference_check(as_function(f, bad), ["x"], {"x": x}, fast=True)
     assert r.mode == "fast" and not r.passed and r.worst is not None
     assert beyond_fd_error(r.worst), (name, r.message)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_projection_s_estimate_differences_along_the_check_s_own_directions(order: int) -> None:
+    """The estimate's D(h) is the check's numeric vᵀJu: same u and v, same step."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(5, 3, generator=g, dtype=F64)
+    if order == 1:
+        f = lambda x, y: torch.sin(torch.outer(x, y)) * y.sum()  # noqa: E731
+    else:
+        f = lambda x, y: (torch.sin(torch.outer(x, y)) * y.sum()).sum()  # noqa: E731
+    for seed in (0, 7):
+        r = finite_difference_check(f, ["x", "y"], {"x": x, "y": y}, batched=True, order=order,
+                                    fast=True, seed=seed, num_projections=3)  # fmt: skip
+        w = r.worst
+        assert r.passed and w is not None and w.projection is not None and w.fd_error is not None
+        point = [x[w.point], y[w.point]]
+        along = _projection(f, ["x", "y"], point, w, order, seed, 3)
+        assert along is not None
+        (plus, _), (minus, _) = along(1e-6), along(-1e-6)
+        assert abs((plus - minus) / 2e-6 - w.numeric) <= 1e-9 * max(1.0, abs(w.numeric))
+        assert w.fd_error < 1e-6 * max(1.0, abs(w.numeric)) and not beyond_fd_error(w)
