@@ -22,7 +22,7 @@ from gradserve_server.errors import invalid
 from gradserve_workers.report import CheckReport
 from gradserve_workers.tasks import CLAIM, CheckSpec
 
-__all__ = ["CLAIM", "claim_values", "reference_spec", "three_way"]
+__all__ = ["CLAIM", "claim_values", "claims_of", "reference_spec", "three_way"]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -80,6 +80,11 @@ def claim_values(
     if not np.isfinite(values).all():
         raise invalid(f"{call}: the claimed {kind} for {key!r} holds NaN or Inf", "claims")
     return values
+
+
+def claims_of(bound: binding.Bound) -> dict[str, np.ndarray]:
+    """The numeric claims a check was bound with, by key (what :func:`three_way` reads)."""
+    return {k[len(CLAIM) :]: v for k, v in bound.extra.items() if k.startswith(CLAIM)}
 
 
 def reference_spec(spec: CheckSpec) -> CheckSpec:

@@ -419,7 +419,7 @@ class ComputeService:
         report, results = await self._checked(bound, spec, tenant)
         if spec.numeric:  # and autograd against finite differences, to name the odd one
             reference, more = await self._checked(bound, numeric.reference_spec(spec), tenant)
-            claims = {k[len(numeric.CLAIM) :]: v for k, v in bound.extra.items()}
+            claims = numeric.claims_of(bound)
             report = numeric.three_way(report, reference, claims, bound.batched)
             results += more
         meta = self._metadata([replace(r, unconnected=()) for r in results], bound, started)

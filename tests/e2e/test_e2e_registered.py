@@ -115,6 +115,30 @@ def test_a_numeric_claim_names_a_wrong_backward_as_the_odd_one_out(
     assert report.passed and report.autograd_matches_finite_differences is True
 
 
+def test_a_job_s_numeric_claim_gets_the_unary_call_s_three_way_verdict(
+    rc: gradserve.Client,
+) -> None:
+    # the job's last step reads the claim back from the task's stored spec
+    p = _points(300, seed=8)
+    true_grad = np.einsum("nij,nj->ni", p["A"] + p["A"].transpose(0, 2, 1), p["x"])
+    unary = rc.check("@quad_form_buggy", p, grad={"x": true_grad}, batched=True)
+    inputs = {k: v.tolist() for k, v in p.items()}
+    job = rc.submit(
+        {
+            "tasks": [
+                {"id": "claim", "function": "@quad_form_buggy", "inputs": inputs,
+                 "batched": True, "check": {"grad_values": {"x": true_grad.tolist()}}},
+            ]
+        }
+    )  # fmt: skip
+    assert job.wait(timeout=120).state == "succeeded"
+    (task,) = job.results()
+    assert task.check is not None and not task.check.passed
+    assert task.check.autograd_matches_finite_differences is False
+    assert "autograd (the function's own derivative) is the odd one out" in task.check.three_way
+    assert task.check.three_way == unary.three_way
+
+
 def test_a_function_without_a_vmap_rule_runs_per_point(rc: gradserve.Client) -> None:
     x = np.random.default_rng(5).normal(size=(20, 3))
     result = rc.compute("@no_vmap_rule", {"x": x}, ops=["grad"], batched=True)

@@ -71,7 +71,7 @@ def finite_difference_check(
 
     Where one-sided differences disagree and keep disagreeing at a smaller step (a
     kink: ``relu`` or ``abs`` at 0), the report says ``non_differentiable`` and fails.
-    At first order the worst element carries the difference's own error estimate
+    The worst element (or projection) carries the difference's own error estimate
     (``worst.fd_error``, Richardson with ``eps`` and ``eps/2``, see ``fd_error``): the
     message says whether the error is beyond it or within finite-difference noise.
 
@@ -119,7 +119,16 @@ def finite_difference_check(
         columns=columns,
     )
     # the worst element's difference carries its own error estimate
-    return with_error_estimate(report, fn, input_names, inputs, batched=batched, eps=eps)
+    return with_error_estimate(
+        report,
+        fn,
+        input_names,
+        inputs,
+        batched=batched,
+        eps=eps,
+        seed=seed,
+        num_projections=num_projections,
+    )
 
 
 def claimed_check(

@@ -245,12 +245,15 @@ class TaskRunner:
                 [c.start for c in check],
             )
             if reference:  # a numeric claim: which of claim, autograd, differences disagree
+                claims, batched_claims = await self._claims(task)
                 merged = numeric.three_way(
                     merged,
                     merge_reports(
                         [codec.report_from_json((c.info or {})["report"]) for c in reference],
                         [c.start for c in reference],
                     ),
+                    claims,
+                    batched_claims,
                 )
             report = report_to_proto(merged, meta.execution_path).SerializeToString()
         await asyncio.to_thread(
@@ -261,3 +264,19 @@ class TaskRunner:
             report,
             meta.SerializeToString(),
         )
+
+    async def _claims(self, task: pb.Task) -> tuple[dict[str, np.ndarray], bool]:
+        """The task's numeric claims, read back from its stored spec (the chunks keep
+        only reports) by binding its check again: the three-way verdict reads the claim
+        where autograd and finite differences part, as a unary call does. Should that
+        fail, the verdict goes without (the claim's own check already ran)."""
+        try:
+            async with self._holding(quota.task_input_bytes(task)):
+                bound, _ = await asyncio.to_thread(
+                    self.service.bind_check, spec.check_request(task)
+                )
+        except ServiceError as error:
+            log.info("job %s: claims not read back for the three-way verdict: %s",
+                     self.job_id, error)  # fmt: skip
+            return {}, False
+        return numeric.claims_of(bound), bound.batched
