@@ -8,9 +8,11 @@ from the server streams' budget (``--max-stream-bytes``) only once there is a pi
 to make: a stream waiting for its next message to exist (a job's results stream
 waits for its next task, which may take hours) holds no room. Streams that nobody
 reads hold a piece or two each and, all together, at most that budget; the rest
-wait for room, holding nothing but a small header. A reader that takes no piece
-for ``--stream-stall-seconds`` loses its stream, and the room, with ABORTED: it was
-slow, not over a budget, and the SDK resumes a job's results where it left off.
+wait for room, holding only the message they wait to send: a header, or a piece
+cut from a ComputeStream reply (held whole anyway, in ``--max-inflight-bytes``).
+A reader that takes no piece for ``--stream-stall-seconds`` loses its stream, and
+the room, with ABORTED: it was slow, not over a budget, and the SDK resumes a job's
+results where it left off.
 """
 
 from __future__ import annotations
