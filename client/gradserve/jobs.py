@@ -10,6 +10,7 @@ for :class:`gradserve.AsyncClient`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -69,30 +70,39 @@ def _group(parts: Iterable[pb.TaskResultPart]) -> Iterator[TaskResult]:
 
 class _Reconnect:
     """What to do when a job's stream breaks: ride out a server restart (UNAVAILABLE)
-    for up to RECONNECT_SECONDS, raise anything else as the SDK's error. Shared by the
-    sync and the async handles, which differ only in how they wait before retrying."""
+    for up to RECONNECT_SECONDS, and a results stream the server closed because its
+    reader fell behind (ABORTED: it resumes at its next task); raise anything else as
+    the SDK's error. Shared by the sync and the async handles, which differ only in
+    how they wait before retrying."""
 
-    def __init__(self, job_id: str, timeout: float | None = None) -> None:
+    def __init__(self, job_id: str, timeout: float | None = None, resumable: bool = False) -> None:
         self.job_id = job_id
         self.timeout = timeout
+        self.resumable = resumable
         self._since: float | None = None
 
     def delivered(self) -> None:
         """The stream is working again: a later outage gets the whole window."""
         self._since = None
 
-    def check(self, error: grpc.RpcError) -> None:
-        """Raise, or return to have the caller retry after a pause."""
+    def check(self, error: grpc.RpcError) -> float:
+        """Raise, or return how long the caller pauses before it retries."""
         code = error.code()  # type: ignore[attr-defined]
         if code is grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout is not None:
             raise DeadlineExceededError(
                 f"job {self.job_id} did not finish within {self.timeout:g} s"
             ) from None
-        if code is not grpc.StatusCode.UNAVAILABLE:
+        resume = code is grpc.StatusCode.ABORTED and self.resumable
+        if code is not grpc.StatusCode.UNAVAILABLE and not resume:
             raise from_rpc_error(error) from None
+        first = self._since is None
         self._since = self._since or time.monotonic()
         if time.monotonic() - self._since > RECONNECT_SECONDS:
+            if resume:
+                raise from_rpc_error(error) from None
             raise UnavailableError(f"job {self.job_id}: {error.details()}") from None  # type: ignore[attr-defined]
+        # a reader that fell behind resumes at once (it was delivered to until now)
+        return 0.0 if resume and first else _RETRY_PAUSE
 
 
 class Job:
@@ -149,8 +159,7 @@ class Job:
                     if status.done:
                         return status
             except grpc.RpcError as error:
-                reconnect.check(error)
-            time.sleep(_RETRY_PAUSE)
+                time.sleep(reconnect.check(error))
 
     def results(self, start_task: int = 0) -> Iterator[TaskResult]:
         """Each task's result in task order, as tasks finish (waits for running ones).
@@ -159,7 +168,7 @@ class Job:
         """
         c = self._client
         next_task = start_task
-        reconnect = _Reconnect(self.id)
+        reconnect = _Reconnect(self.id, resumable=True)
         while True:
             call = c._stub.GetJobResults(
                 pb.GetJobResultsRequest(job_id=self.id, start_task=next_task),
@@ -172,10 +181,10 @@ class Job:
                     yield result
                 return
             except grpc.RpcError as error:
-                reconnect.check(error)
+                pause = reconnect.check(error)
             finally:
                 call.cancel()
-            time.sleep(_RETRY_PAUSE)
+            time.sleep(pause)
 
 
 class AsyncJob:
@@ -204,8 +213,6 @@ class AsyncJob:
         return JobStatus._from_proto(msg.job)
 
     async def wait(self, timeout: float | None = None, progress: bool = False) -> JobStatus:
-        import asyncio
-
         bar = ProgressBar() if progress else None
         deadline = None if timeout is None else time.monotonic() + timeout
         reconnect = _Reconnect(self.id, timeout)
@@ -224,30 +231,40 @@ class AsyncJob:
                     if status.done:
                         return status
             except grpc.RpcError as error:
-                reconnect.check(error)
+                pause = reconnect.check(error)
             finally:
                 call.cancel()
-            await asyncio.sleep(_RETRY_PAUSE)
+            await asyncio.sleep(pause)
 
     async def results(self, start_task: int = 0) -> AsyncIterator[TaskResult]:
-        """Each task's result in task order, as tasks finish (``async for``)."""
+        """Each task's result in task order, as tasks finish (``async for``); a dropped
+        connection, or a stream closed because its reader fell behind, resumes at the
+        next task."""
         c = self._client
-        call = c._stub.GetJobResults(
-            pb.GetJobResultsRequest(job_id=self.id, start_task=start_task), metadata=c._metadata
-        )
-        grouper = _Grouper()
-        try:
-            async for part in call:
-                done = grouper.add(part)
-                if done is not None:
-                    yield done
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
-        last = grouper.finish()
-        if last is not None:
-            yield last
+        next_task = start_task
+        reconnect = _Reconnect(self.id, resumable=True)
+        while True:
+            call = c._stub.GetJobResults(
+                pb.GetJobResultsRequest(job_id=self.id, start_task=next_task),
+                metadata=c._metadata,
+            )
+            grouper = _Grouper()
+            try:
+                async for part in call:
+                    done = grouper.add(part)
+                    if done is not None:
+                        reconnect.delivered()
+                        next_task = done.task_index + 1
+                        yield done
+                last = grouper.finish()
+                if last is not None:
+                    yield last
+                return
+            except grpc.RpcError as error:
+                pause = reconnect.check(error)
+            finally:
+                call.cancel()
+            await asyncio.sleep(pause)
 
 
 def job_states(states: Iterable[str] | str | None) -> list[pb.JobState]:

@@ -66,6 +66,10 @@ def not_found(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.NOT_FOUND, message)
 
 
+def aborted(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.ABORTED, message)
+
+
 def unavailable(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
 

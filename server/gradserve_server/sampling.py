@@ -12,21 +12,19 @@ import math
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.budgets import sample_cost
 from gradserve_server.errors import exhausted, invalid
 
 
 def draw(spec: pb.SampleSpec, where: str, max_elements: int) -> np.ndarray:
     """``count`` points of ``shape``: an array of shape ``(count, *shape)``."""
-    shape = tuple(int(d) for d in spec.shape)
-    if spec.count < 1:
-        raise invalid(f"{where}: sample count must be at least 1", where)
-    if any(d < 0 for d in shape):
-        raise invalid(f"{where}: sample shape {shape} has a negative dimension", where)
-    total = int(spec.count) * math.prod(shape)  # Python ints: [3, 2**62 + ...] cannot wrap
-    if total > max_elements:
-        raise exhausted(f"{where}: {total} sampled elements is over the limit of {max_elements}")
+    cost = sample_cost(spec, where)  # Python ints: [3, 2**62 + ...] cannot wrap
+    if cost.elements > max_elements:
+        raise exhausted(
+            f"{where}: {cost.elements} sampled elements is over the limit of {max_elements}"
+        )
     rng = np.random.default_rng(int(spec.seed))
-    size = (int(spec.count), *shape)
+    size = (cost.count, *cost.shape)
     which = spec.distribution.WhichOneof("dist")
     if which == "normal":
         d = spec.distribution.normal

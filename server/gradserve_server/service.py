@@ -15,7 +15,7 @@ import ray
 from gradserve import _wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, numeric, sampling
-from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight
+from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight, max_sample_elements
 from gradserve_server.config import ServerConfig
 from gradserve_server.encoding import report_to_proto
 from gradserve_server.errors import from_chunk_error, invalid
@@ -336,7 +336,9 @@ class ComputeService:
             where = f"input {name!r}" if name else "input"
             if sources[name] == "sample":
                 given[name] = sampling.draw(
-                    input_spec.sample, f"{call}: {where}", self.config.max_points * 16
+                    input_spec.sample,
+                    f"{call}: {where}",
+                    max_sample_elements(self.config.max_points),
                 )
             else:
                 self.budgets.shape(input_spec.tensor, where)

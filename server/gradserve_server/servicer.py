@@ -107,6 +107,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             slots = stream_outputs(done.outputs, resp.results)
             del done
 
+            # pieces are cut as they are sent, each one ahead of its room at most
             async def reply() -> AsyncIterator[pb.ComputeResponsePart]:
                 yield pb.ComputeResponsePart(header=resp)
                 for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):

@@ -27,6 +27,7 @@ from gradserve_server.jobs.feed import Feeds
 from gradserve_server.jobs.manager import JobManager, _decode_token
 from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.store import DB_NAME, JobStore, NewTask
+from gradserve_server.streams import Later
 
 BOMB = "\n".join(
     [
@@ -524,7 +525,7 @@ def test_a_results_stream_ends_cleanly_when_its_job_is_deleted(tmp_path: Path) -
 
         async def read() -> None:
             async for part in manager.results("j", 0):
-                parts.append(part)
+                parts.append(await part.make() if isinstance(part, Later) else part)
 
         reader = asyncio.create_task(read())
         while len(parts) < 2:  # task 0's header and its one piece; task 1 is waited for

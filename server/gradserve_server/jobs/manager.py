@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -46,6 +47,7 @@ from gradserve_server.jobs.runner import TaskRunner
 from gradserve_server.jobs.store import JobRow, JobStore, KeyConflict
 from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
+from gradserve_server.streams import Later
 
 log = logging.getLogger("gradserve.jobs")
 
@@ -341,8 +343,11 @@ class JobManager:
                 yield pb.JobEvent(job=job, message=_describe(previous, row))
             previous = row
 
-    async def results(self, job_id: str, start_task: int) -> AsyncIterator[pb.TaskResultPart]:
-        """Each task from ``start_task`` on, in order, as it finishes; ends with the job."""
+    async def results(
+        self, job_id: str, start_task: int
+    ) -> AsyncIterator[pb.TaskResultPart | Later]:
+        """Each task from ``start_task`` on, in order, as it finishes; ends with the job.
+        Waiting for a task holds nothing; pieces are read once the stream has room."""
         row, _ = await self._read_or_raise(job_id)
         if start_task < 0:
             raise invalid("GetJobResults: start_task must be >= 0", "start_task")
@@ -367,11 +372,29 @@ class JobManager:
             task_dir = self.store.task_dir(job_id, idx)
             try:
                 async for part in results.stream_task(task, task_dir, state == store.CANCELLED):
-                    yield part
+                    yield (
+                        self._read_guarded(part, job_id, gone) if isinstance(part, Later) else part
+                    )
             except (OSError, ValueError):
-                if await asyncio.to_thread(self.store.job_state, job_id) is None:
-                    raise not_found(gone) from None
+                await self._raise_if_deleted(job_id, gone)
                 raise
+
+    def _read_guarded(self, piece: Later, job_id: str, gone: str) -> Later:
+        """``piece``, whose read (made later, by the stream) fails as NOT_FOUND if the
+        job was deleted meanwhile."""
+
+        async def make() -> Any:
+            try:
+                return await piece.make()
+            except (OSError, ValueError):
+                await self._raise_if_deleted(job_id, gone)
+                raise
+
+        return Later(make)
+
+    async def _raise_if_deleted(self, job_id: str, gone: str) -> None:
+        if await asyncio.to_thread(self.store.job_state, job_id) is None:
+            raise not_found(gone) from None
 
     # ------------------------------------------------------------- retention
 

@@ -9,6 +9,7 @@ piece at a time however large the task's results are.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.store import ChunkRow, TaskRow
 from gradserve_server.service import describe_certificate, describe_execution
-from gradserve_server.streams import STREAM_PIECE_BYTES
+from gradserve_server.streams import STREAM_PIECE_BYTES, Later
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
@@ -129,7 +130,9 @@ def _slot_files(row: TaskRow, task_dir: Path) -> list[list[Path]]:
 
 async def stream_task(
     row: TaskRow, task_dir: Path, job_cancelled: bool
-) -> AsyncIterator[pb.TaskResultPart]:
+) -> AsyncIterator[pb.TaskResultPart | Later]:
+    """The task's header, then its arrays' pieces, each read only when the stream has
+    room for it (:class:`~gradserve_server.streams.Later`)."""
     yield pb.TaskResultPart(header=header(row, job_cancelled))
     if row.state != "succeeded":
         return
@@ -138,10 +141,14 @@ async def stream_task(
         for path in paths:
             reader = await asyncio.to_thread(NpyReader, path)
             try:
-                while data := await asyncio.to_thread(reader.next_piece, STREAM_PIECE_BYTES):
-                    yield pb.TaskResultPart(
-                        piece=pb.TensorPiece(slot=slot, offset=offset, data=data)
-                    )
-                    offset += len(data)
+                for start in range(0, reader.nbytes, STREAM_PIECE_BYTES):
+                    # read once the stream has room for it (streams.send_paced)
+                    yield Later(functools.partial(_read_piece, reader, slot, offset + start))
+                offset += reader.nbytes
             finally:
                 reader.close()
+
+
+async def _read_piece(reader: NpyReader, slot: int, offset: int) -> pb.TaskResultPart:
+    data = await asyncio.to_thread(reader.next_piece, STREAM_PIECE_BYTES)
+    return pb.TaskResultPart(piece=pb.TensorPiece(slot=slot, offset=offset, data=data))
