@@ -132,7 +132,9 @@ def test_followers_of_a_running_job_hold_no_stream_budget(
     of the 8 MiB stream budget if each reserved its room before its next message
     existed; they hold none, and another caller's ComputeStream reply still streams."""
     sample = {"sample": {"dist": "normal", "shape": [4], "count": 300, "seed": 1}}
-    tasks = [{"function": SLOW, "inputs": {"x": sample}, "ops": ["grad"]}] * 60
+    tasks = [
+        {"function": SLOW, "inputs": {"x": sample}, "ops": ["grad"]}
+    ] * 600  # ~0.1 s each: the job outlives the wait below
     job = hostile_client.submit({"tasks": tasks})
     followers: list[tuple[grpc.Channel, object]] = []
     try:
