@@ -26,7 +26,8 @@ from gradserve_server.jobs import bounded, codec, files, quota, spec
 from gradserve_server.jobs.feed import Feeds
 from gradserve_server.jobs.manager import JobManager, _decode_token
 from gradserve_server.jobs.notify import Notifier
-from gradserve_server.jobs.store import DB_NAME, JobStore, NewTask
+from gradserve_server.jobs.rows import NewTask
+from gradserve_server.jobs.store import DB_NAME, JobStore
 from gradserve_server.streams import Later
 
 BOMB = "\n".join(

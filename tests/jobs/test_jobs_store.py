@@ -11,7 +11,8 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.errors import ServiceError
 from gradserve_server.jobs import codec, files, spec
 from gradserve_server.jobs.results import build_outputs
-from gradserve_server.jobs.store import JobStore, KeyConflict, NewTask
+from gradserve_server.jobs.rows import KeyConflict, NewTask
+from gradserve_server.jobs.store import JobStore
 from gradserve_workers.report import CheckReport, Kink, WorstElement
 
 
@@ -121,7 +122,7 @@ def test_a_torn_write_leaves_only_a_temporary_that_is_cleaned(tmp_path: Path) ->
 
 
 def test_output_manifest_stacks_chunks_along_points() -> None:
-    from gradserve_server.jobs.store import ChunkRow
+    from gradserve_server.jobs.rows import ChunkRow
 
     def chunk(i: int, rows: int) -> ChunkRow:
         entry = {

@@ -29,7 +29,8 @@ from gradserve_server.config import (
     parse_config,
     parse_duration,
 )
-from gradserve_server.jobs.store import JobStore, NewTask
+from gradserve_server.jobs.rows import NewTask
+from gradserve_server.jobs.store import JobStore
 from gradserve_server.logs import JsonFormatter, TextFormatter
 from gradserve_server.pool import ActorPool, pool_key
 

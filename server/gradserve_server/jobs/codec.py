@@ -7,7 +7,7 @@ from typing import Any
 
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs import bounded
-from gradserve_server.jobs.store import JobRow
+from gradserve_server.jobs.rows import JobRow
 from gradserve_workers.report import CheckReport, Kink, WorstElement
 
 STATE_NUMBERS = {

@@ -43,8 +43,9 @@ from gradserve_server.jobs import bounded, codec, files, quota, results, spec, s
 from gradserve_server.jobs.feed import Feeds
 from gradserve_server.jobs.notify import Notifier
 from gradserve_server.jobs.quota import Quotas
+from gradserve_server.jobs.rows import JobRow, KeyConflict, NewTask
 from gradserve_server.jobs.runner import TaskRunner
-from gradserve_server.jobs.store import JobRow, JobStore, KeyConflict
+from gradserve_server.jobs.store import JobStore
 from gradserve_server.pool import pool_key
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import Later
@@ -222,7 +223,7 @@ class JobManager:
             raise unavailable("the server is shutting down; submit again when it is back")
         spec.check_counts(req)  # before any per-task work
 
-        def prepare() -> tuple[list[store.NewTask], quota.Estimate, str]:
+        def prepare() -> tuple[list[NewTask], quota.Estimate, str]:
             return spec.validate(req, self.bounds), quota.estimate(req.tasks), spec.spec_hash(req)
 
         # CPU-bound for 100,000 tasks: off the event loop, which keeps serving

@@ -18,7 +18,7 @@ from typing import Any
 from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
-from gradserve_server.jobs.store import ChunkRow, TaskRow
+from gradserve_server.jobs.rows import ChunkRow, TaskRow
 from gradserve_server.service import describe_certificate, describe_execution
 from gradserve_server.streams import STREAM_PIECE_BYTES, Later
 

@@ -34,7 +34,8 @@ from gradserve_server.errors import (
 from gradserve_server.jobs import codec, files, quota, spec
 from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.results import build_metadata, build_outputs
-from gradserve_server.jobs.store import ChunkRow, JobStore, TaskRow
+from gradserve_server.jobs.rows import ChunkRow, TaskRow
+from gradserve_server.jobs.store import JobStore
 from gradserve_server.service import ComputeService, report_to_proto
 from gradserve_workers.report import merge_reports
 from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec

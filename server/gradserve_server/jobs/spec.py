@@ -24,7 +24,7 @@ from gradserve_server.budgets import (
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import exhausted, invalid
 from gradserve_server.jobs import bounded, quota
-from gradserve_server.jobs.store import NewTask
+from gradserve_server.jobs.rows import NewTask
 
 MAX_TASKS = 100_000
 MAX_NAME_CHARS = 200

@@ -18,11 +18,25 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gradserve_server.jobs import bounded
+from gradserve_server.jobs.rows import (
+    CHUNK_COLUMNS,
+    JOB_SELECT,
+    TASK_COLUMNS,
+    ChunkRow,
+    JobRow,
+    KeyConflict,
+    NewTask,
+    TaskRow,
+    chunk_from_row,
+    clip_error,
+    job_or_stand_in,
+    scoped_key,
+    task_from_row,
+)
 
 SCHEMA_VERSION = 1
 DB_NAME = "jobs.sqlite3"
@@ -92,181 +106,6 @@ CREATE TABLE IF NOT EXISTS job_usage (
     written_bytes INTEGER NOT NULL DEFAULT 0
 );
 """
-
-
-@dataclass(frozen=True)
-class JobRow:
-    """A job with its progress, aggregated over its tasks."""
-
-    seq: int
-    id: str
-    name: str
-    state: str
-    idempotency_key: str
-    spec_hash: str
-    created_at: float
-    started_at: float
-    finished_at: float
-    tasks_total: int
-    tasks_done: int  # finished: succeeded or failed
-    tasks_failed: int
-    points_total: int
-    points_done: int
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    job_id: str
-    idx: int
-    task_id: str
-    spec: bytes
-    points: int
-    state: str
-    units_total: int
-    units_done: int
-    error_code: str | None
-    error_message: str | None
-    report: bytes | None
-    metadata: bytes | None
-    outputs: list[dict[str, Any]] | None  # the manifest written by finish_task
-    started_at: float
-    finished_at: float
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    task_idx: int
-    phase: str
-    chunk_idx: int
-    start: int
-    stop: int
-    state: str
-    executions: int
-    files: list[dict[str, Any]] | None  # [{"op", "key", "file", "dtype", "shape"}]
-    info: dict[str, Any] | None  # how it ran: vmapped, actor, seconds, report ...
-
-
-@dataclass(frozen=True)
-class NewTask:
-    task_id: str
-    spec: bytes
-    points: int
-
-
-class KeyConflict(Exception):
-    """An idempotency key that is already used by a job with a different spec."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
-        self.job_id = job_id
-
-
-_JOB_SELECT = """
-SELECT j.seq, j.id, j.name, j.state, j.idempotency_key, j.spec_hash, j.created_at,
-       j.started_at, j.finished_at,
-       COUNT(t.idx),
-       COALESCE(SUM(t.state IN ('succeeded', 'failed')), 0),
-       COALESCE(SUM(t.state = 'failed'), 0),
-       COALESCE(SUM(t.points), 0),
-       COALESCE(SUM(CASE
-           WHEN t.state IN ('succeeded', 'failed') THEN t.points
-           WHEN t.units_total > 0 THEN MIN(t.points, t.units_done * t.points / t.units_total)
-           ELSE 0 END), 0)
-FROM jobs j LEFT JOIN tasks t ON t.job_id = j.id
-"""
-
-
-def _job(row: Sequence[Any]) -> JobRow:
-    return JobRow(
-        seq=int(row[0]),
-        id=row[1],
-        name=row[2],
-        state=row[3],
-        idempotency_key=_unscoped_key(row[4] or ""),
-        spec_hash=row[5],
-        created_at=float(row[6]),
-        started_at=float(row[7]),
-        finished_at=float(row[8]),
-        tasks_total=int(row[9]),
-        tasks_done=int(row[10]),
-        tasks_failed=int(row[11]),
-        points_total=int(row[12]),
-        points_done=int(row[13]),
-    )
-
-
-def _clip_error(message: str) -> str:
-    return bounded.clip(message, bounded.MAX_ERROR_CHARS)
-
-
-def _job_or_broken(row: Sequence[Any]) -> JobRow:
-    """A job row, or for one that does not convert (written by something else), a
-    stand-in that says so: one damaged row must not fail every listing."""
-    try:
-        return _job(row)
-    except (TypeError, ValueError, IndexError):
-        return JobRow(
-            seq=int(row[0]), id=str(row[1]), name="(this job's record is damaged)",
-            state="unknown", idempotency_key="", spec_hash="", created_at=0.0,
-            started_at=0.0, finished_at=0.0, tasks_total=0, tasks_done=0, tasks_failed=0,
-            points_total=0, points_done=0,
-        )  # fmt: skip
-
-
-_TASK_COLUMNS = (
-    "job_id, idx, task_id, spec, points, state, units_total, units_done, error_code, "
-    "error_message, report, metadata, outputs, started_at, finished_at"
-)
-
-
-def _task(row: Sequence[Any]) -> TaskRow:
-    return TaskRow(
-        job_id=row[0],
-        idx=int(row[1]),
-        task_id=row[2],
-        spec=bytes(row[3]),
-        points=int(row[4]),
-        state=row[5],
-        units_total=int(row[6]),
-        units_done=int(row[7]),
-        error_code=row[8],
-        error_message=row[9],
-        report=bytes(row[10]) if row[10] is not None else None,
-        metadata=bytes(row[11]) if row[11] is not None else None,
-        outputs=json.loads(row[12]) if row[12] else None,
-        started_at=float(row[13]),
-        finished_at=float(row[14]),
-    )
-
-
-_CHUNK_COLUMNS = "task_idx, phase, chunk_idx, start, stop, state, executions, files, info"
-
-
-def _chunk(row: Sequence[Any]) -> ChunkRow:
-    return ChunkRow(
-        task_idx=int(row[0]),
-        phase=row[1],
-        chunk_idx=int(row[2]),
-        start=int(row[3]),
-        stop=int(row[4]),
-        state=row[5],
-        executions=int(row[6]),
-        files=json.loads(row[7]) if row[7] else None,
-        info=json.loads(row[8]) if row[8] else None,
-    )
-
-
-# A tenant's idempotency keys are stored as TENANT + _KEY_SEP + KEY (the column is
-# UNIQUE across tenants); the default tenant's as they are, as before tenants.
-_KEY_SEP = "\x1f"
-
-
-def _scoped_key(tenant: str, key: str) -> str:
-    return f"{tenant}{_KEY_SEP}{key}" if key and tenant else key
-
-
-def _unscoped_key(stored: str) -> str:
-    return stored.rpartition(_KEY_SEP)[2]
 
 
 def _add_tenants(db: sqlite3.Connection) -> None:
@@ -346,7 +185,7 @@ class JobStore:
         (created False) when the spec matches and raises KeyConflict when not.
         Keys are the tenant's own: another tenant's equal key is another key."""
         now = time.time()
-        idempotency_key = _scoped_key(tenant, idempotency_key)
+        idempotency_key = scoped_key(tenant, idempotency_key)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -378,8 +217,8 @@ class JobStore:
         return job_id, True
 
     def get_job(self, job_id: str) -> JobRow | None:
-        rows = self._read(_JOB_SELECT + " WHERE j.id = ? GROUP BY j.seq", (job_id,))
-        return _job_or_broken(rows[0]) if rows else None
+        rows = self._read(JOB_SELECT + " WHERE j.id = ? GROUP BY j.seq", (job_id,))
+        return job_or_stand_in(rows[0]) if rows else None
 
     def list_jobs(
         self,
@@ -401,9 +240,9 @@ class JobStore:
         if before_seq is not None:
             where.append("j.seq < ?")
             args.append(before_seq)
-        sql = _JOB_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql = JOB_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " GROUP BY j.seq ORDER BY j.seq DESC LIMIT ?"
-        return [_job_or_broken(r) for r in self._read(sql, (*args, limit))]
+        return [job_or_stand_in(r) for r in self._read(sql, (*args, limit))]
 
     def job_tenant(self, job_id: str) -> str | None:
         """The tenant that submitted the job (None: no such job)."""
@@ -467,9 +306,9 @@ class JobStore:
 
     def task(self, job_id: str, idx: int) -> TaskRow | None:
         rows = self._read(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id = ? AND idx = ?", (job_id, idx)
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? AND idx = ?", (job_id, idx)
         )
-        return _task(rows[0]) if rows else None
+        return task_from_row(rows[0]) if rows else None
 
     def task_states(self, job_id: str) -> list[tuple[int, str]]:
         return [
@@ -532,7 +371,7 @@ class JobStore:
                 (
                     "UPDATE tasks SET state = ?, error_code = ?, error_message = ?, "
                     "finished_at = ? WHERE job_id = ? AND idx = ?",
-                    (FAILED, code, _clip_error(message), time.time(), job_id, idx),
+                    (FAILED, code, clip_error(message), time.time(), job_id, idx),
                 )
             ]
         )
@@ -540,12 +379,12 @@ class JobStore:
     # ------------------------------------------------------------- chunks
 
     def chunks(self, job_id: str, idx: int, phase: str | None = None) -> list[ChunkRow]:
-        sql = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE job_id = ? AND task_idx = ?"
+        sql = f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE job_id = ? AND task_idx = ?"
         args: list[Any] = [job_id, idx]
         if phase is not None:
             sql += " AND phase = ?"
             args.append(phase)
-        return [_chunk(r) for r in self._read(sql + " ORDER BY phase, chunk_idx", args)]
+        return [chunk_from_row(r) for r in self._read(sql + " ORDER BY phase, chunk_idx", args)]
 
     def begin_chunk(self, job_id: str, idx: int, phase: str, chunk_idx: int) -> None:
         """Count a dispatch before it happens: a recomputed chunk shows up as executions > 1."""
@@ -635,7 +474,7 @@ class JobStore:
 
     def job_for_key(self, idempotency_key: str, tenant: str = "") -> str | None:
         rows = self._read(
-            "SELECT id FROM jobs WHERE idempotency_key = ?", (_scoped_key(tenant, idempotency_key),)
+            "SELECT id FROM jobs WHERE idempotency_key = ?", (scoped_key(tenant, idempotency_key),)
         )
         return str(rows[0][0]) if rows else None
 
