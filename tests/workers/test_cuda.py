@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradserve_workers import _check_impl, _ops_impl
+from gradserve_workers import _check_impl, transforms
 from gradserve_workers.actor import GradActor
 from gradserve_workers.check import claimed_check, finite_difference_check
 from gradserve_workers.lang import compile_function
@@ -104,7 +104,7 @@ def test_chunked_batches_agree_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     fn = compile_function("sum(outer(x, x)) + sum(sin(x))")
     x = points(12, 40).to(CUDA)
     whole = compute(fn, ["x"], {"x": x}, OpsRequest(ops=("grad",), batched=True))
-    monkeypatch.setattr(_ops_impl, "BATCH_ELEMENTS", 40 * 40 * 3 * 2)  # 2 points a chunk
+    monkeypatch.setattr(transforms, "BATCH_ELEMENTS", 40 * 40 * 3 * 2)  # 2 points a chunk
     monkeypatch.setattr(_check_impl, "EVAL_BUDGET", 2 * 1600 * 3)
     chunked = compute(fn, ["x"], {"x": x}, OpsRequest(ops=("grad",), batched=True))
     torch.testing.assert_close(chunked.outputs["grad"]["x"], whole.outputs["grad"]["x"])

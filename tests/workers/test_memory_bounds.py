@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradserve_workers import _check_impl, _ops_impl
+from gradserve_workers import _check_impl, transforms
 from gradserve_workers.lang import compile_function
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,19 +82,19 @@ def test_full_check_of_a_function_with_a_large_intermediate() -> None:
 
 def test_measure_reports_the_largest_intermediate() -> None:
     fn = compile_function("def f(x):\n    y = outer(x, x)\n    return sum(y) + sum(sin(x))")
-    out, peak = _ops_impl.measure(fn, [torch.ones(300, dtype=torch.float64)])
+    out, peak = transforms.measure(fn, [torch.ones(300, dtype=torch.float64)])
     assert peak == 300 * 300
     assert float(out) == pytest.approx(300 * 300 + 300 * float(torch.sin(torch.tensor(1.0))))
     # a plain callable: its inputs and output stand in
-    assert _ops_impl.measure(lambda x: x.sum(), [torch.ones(7)])[1] == 7
+    assert transforms.measure(lambda x: x.sum(), [torch.ones(7)])[1] == 7
 
 
 @pytest.mark.parametrize(
     ("per_item", "items", "expected"),
-    [(10, 5, None), (_ops_impl.BATCH_ELEMENTS, 5, 1), (_ops_impl.BATCH_ELEMENTS // 4, 9, 4)],
+    [(10, 5, None), (transforms.BATCH_ELEMENTS, 5, 1), (transforms.BATCH_ELEMENTS // 4, 9, 4)],
 )
 def test_chunk_sizes(per_item: int, items: int, expected: int | None) -> None:
-    assert _ops_impl.chunk_for(per_item, items) == expected
+    assert transforms.chunk_for(per_item, items) == expected
 
 
 def test_check_batches_shrink_with_the_intermediate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,6 +124,6 @@ def test_check_batches_shrink_with_the_intermediate(monkeypatch: pytest.MonkeyPa
 def test_chained_comparisons_count_their_combined_size() -> None:
     """``a < b < c`` combines two comparisons that may broadcast to more than either."""
     fn = compile_function("sum(unsqueeze(x, 1) < 0 < unsqueeze(x, 0))")
-    out, peak = _ops_impl.measure(fn, [torch.linspace(-1, 1, 300, dtype=torch.float64)])
+    out, peak = transforms.measure(fn, [torch.linspace(-1, 1, 300, dtype=torch.float64)])
     assert peak >= 300 * 300
     assert float(out) == 150 * 150  # negatives (rows) times positives (columns)

@@ -16,16 +16,10 @@ from typing import Any
 import torch
 
 from . import _native, _perturb, _routes_taken
-from ._ops_impl import (
-    Fn,
-    OpsError,
-    OpsRequest,
-    check_finite,
-    compute_impl,
-    measure,
-)
+from ._ops_impl import OpsError, OpsRequest, check_finite, compute_impl
 from ._vmap import is_data_dependent_error, vmap_or_loop
 from .report import CheckReport, Kink, WorstElement, describe, largest
+from .transforms import Fn, measure
 
 F64 = torch.float64
 TINY = 1e-300

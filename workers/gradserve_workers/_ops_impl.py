@@ -14,14 +14,23 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from torch.utils import _pytree as pytree
 
 from ._vmap import is_data_dependent_error, loop_map, vmap_or_loop
 from .lang.compile import CompiledFunction
 from .lang.routes import ROUTES, unsafe_transforms
 from .replies import ReplyBudget
-
-Fn = Callable[..., torch.Tensor]
+from .transforms import (
+    Fn,
+    as_scalar,
+    bind_wrt,
+    choose_jacobian_mode,
+    chunk_for,
+    forward_ad_unsupported,
+    jacfwd_chunked,
+    jvp_of,
+    measure,
+    vjp_fn_of,
+)
 
 OPS = ("value", "grad", "jacobian", "hessian", "vjp", "jvp", "hvp")
 JACOBIAN_MODES = ("auto", "forward", "reverse")
@@ -261,168 +270,6 @@ def _scalar_message(op: str, out_shape: tuple[int, ...]) -> str:
 # per-point computations
 
 
-# elements one vmapped batch may hold in one intermediate: points (and Jacobian
-# columns) are mapped in chunks below it, so a function with large intermediates
-# cannot make a batch allocate points x intermediate at once
-BATCH_ELEMENTS = 1 << 26
-
-
-def measure(fn: Fn, point_args: Sequence[Any]) -> tuple[torch.Tensor, int]:
-    """``fn`` at one point, and the most elements of any tensor it made: the function
-    language measures its intermediates; for other callables the inputs and the
-    output stand in."""
-    if isinstance(fn, CompiledFunction):
-        out, peak = fn.measure(*point_args)
-    else:
-        out, peak = fn(*point_args), 0
-    if not isinstance(out, torch.Tensor):
-        out = torch.as_tensor(out)
-    sizes = [a.numel() for a in point_args if isinstance(a, torch.Tensor)]
-    return out, max([int(peak), out.numel(), *sizes])
-
-
-def chunk_for(per_item: int, items: int) -> int | None:
-    """How many items to map at once so that ``per_item`` elements each stay within
-    :data:`BATCH_ELEMENTS`; ``None`` when all of them fit."""
-    chunk = BATCH_ELEMENTS // max(per_item, 1)
-    return None if chunk >= items else max(1, chunk)
-
-
-def _bind(fn: Fn, point_args: Sequence[Any], wrt_idx: Sequence[int]) -> Fn:
-    """``g(*wrt_tensors)``: ``fn`` with every input not in ``wrt`` held fixed."""
-
-    def g(*w: torch.Tensor) -> torch.Tensor:
-        args = list(point_args)
-        for i, t in zip(wrt_idx, w, strict=True):
-            args[i] = t
-        out = fn(*args)
-        if not isinstance(out, torch.Tensor):
-            out = torch.as_tensor(out)
-        return out
-
-    return g
-
-
-def _tangent_dtypes(out: Any, tan: Any) -> Any:
-    """Each tangent in its primal's dtype: torch 2.13's forward AD gives a float64
-    tangent for a float32 scalar divided by a Python number (``sum(x) / 5.0``)."""
-    return pytree.tree_map(lambda t, o: t.to(o.dtype) if t.dtype != o.dtype else t, tan, out)
-
-
-def _jvp(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any]:
-    """``torch.func.jvp`` without aux, typed: ``(out, tangent_out)``."""
-    out, tan = cast(tuple[Any, Any], torch.func.jvp(func, primals, tangents))
-    return out, _tangent_dtypes(out, tan)
-
-
-def _jvp_aux(func: Callable[..., Any], primals: Any, tangents: Any) -> tuple[Any, Any, Any]:
-    """``torch.func.jvp`` with ``has_aux=True``, typed: ``(out, tangent_out, aux)``."""
-    out, tan, aux = cast(
-        tuple[Any, Any, Any], torch.func.jvp(func, primals, tangents, has_aux=True)
-    )
-    return out, _tangent_dtypes(out, tan), aux
-
-
-def vjp_fn_of(func: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:
-    """``torch.func.vjp`` without aux, typed: ``(out, vjp_fn)``."""
-    return cast(tuple[Any, Callable[..., Any]], torch.func.vjp(func, *primals))
-
-
-def _scalar(g: Fn) -> Fn:
-    def gs(*w: torch.Tensor) -> torch.Tensor:
-        return g(*w).reshape(())
-
-    return gs
-
-
-def jacfwd_chunked(
-    func: Callable[..., Any],
-    primals: Sequence[torch.Tensor],
-    *,
-    has_aux: bool = False,
-    vmap_ok: bool = True,
-    chunk_size: int | None = None,
-) -> tuple[Any, Any, Any]:
-    """Forward-mode Jacobian of ``func`` w.r.t. every primal; returns ``(jac, out, aux)``.
-
-    ``jac`` has ``torch.func.jacfwd``'s structure for a tuple ``argnums`` (output
-    pytree outside, a tuple over primals inside; each leaf ``out_shape + in_shape``).
-    Columns are pushed ``chunk_size`` at a time through ``vmap(jvp)``, or one by one
-    with a Python loop when ``vmap_ok`` is false (data-dependent control flow).
-    """
-    primals = tuple(primals)
-    sizes = [p.numel() for p in primals]
-    total = sum(sizes)
-    chunk = max(1, min(chunk_size or total, total))
-
-    def push(*tangents: torch.Tensor) -> Any:
-        if has_aux:
-            out, tan, aux = _jvp_aux(func, primals, tangents)
-            return tan, out, aux
-        out, tan = _jvp(func, primals, tangents)
-        return tan, out, ()
-
-    if total == 0:  # nothing to differentiate with respect to: empty Jacobian blocks
-        out_e, aux_e = (func(*primals), None) if not has_aux else func(*primals)
-        leaves_e, spec_e = pytree.tree_flatten(out_e)
-        jac_e = [tuple(o.new_zeros((*o.shape, *p.shape)) for p in primals) for o in leaves_e]
-        return pytree.tree_unflatten(jac_e, spec_e), out_e, aux_e
-    tangent_chunks: list[list[Any]] = []
-    out0: Any = None
-    aux0: Any = None
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        rows = stop - start
-        basis = torch.zeros(rows, total, dtype=primals[0].dtype, device=primals[0].device)
-        dev = primals[0].device
-        basis[torch.arange(rows, device=dev), torch.arange(start, stop, device=dev)] = 1
-        parts = []
-        offset = 0
-        for p, s in zip(primals, sizes, strict=True):
-            parts.append(basis[:, offset : offset + s].reshape((rows, *p.shape)).to(p.dtype))
-            offset += s
-        if vmap_ok:
-            tan, out, aux = torch.func.vmap(push)(*parts)
-        else:
-            tan, out, aux = loop_map(push, parts, [0] * len(parts))
-        if out0 is None:
-            out0 = pytree.tree_map(lambda t: t[0], out)
-            aux0 = pytree.tree_map(lambda t: t[0], aux) if has_aux else None
-        tangent_chunks.append(pytree.tree_flatten(tan)[0])
-    _, spec = pytree.tree_flatten(out0)
-    leaves = []
-    for j in range(len(tangent_chunks[0])):
-        cols = torch.cat([chunk_leaves[j] for chunk_leaves in tangent_chunks], dim=0)
-        cols = cols.movedim(0, -1)  # out_shape + (total,)
-        per_arg = []
-        offset = 0
-        for p, s in zip(primals, sizes, strict=True):
-            block = cols[..., offset : offset + s]
-            per_arg.append(block.reshape((*cols.shape[:-1], *p.shape)))
-            offset += s
-        leaves.append(tuple(per_arg))
-    return pytree.tree_unflatten(leaves, spec), out0, aux0
-
-
-def forward_ad_unsupported(exc: BaseException) -> bool:
-    """True when ``exc`` says forward-mode AD is not implemented for some operation."""
-    if not isinstance(exc, (NotImplementedError, RuntimeError)):
-        return False
-    msg = str(exc)
-    return "forward mode AD" in msg or "forward AD" in msg or "jvp function" in msg
-
-
-def choose_jacobian_mode(mode: str, out_numel: int, in_numel: int) -> str:
-    """``auto`` -> reverse when the output is no larger than the inputs, else forward.
-
-    >>> choose_jacobian_mode("auto", 1, 10), choose_jacobian_mode("auto", 10, 1)
-    ('reverse', 'forward')
-    """
-    if mode != "auto":
-        return mode
-    return "reverse" if out_numel <= in_numel else "forward"
-
-
 def _point_ops(
     g: Fn,
     primals: tuple[torch.Tensor, ...],
@@ -448,7 +295,7 @@ def _point_ops(
     argnums = tuple(range(len(primals)))
     value: torch.Tensor | None = None
     grads: Any = None
-    gs = _scalar(g)
+    gs = as_scalar(g)
 
     if "hessian" in ops:
 
@@ -479,7 +326,7 @@ def _point_ops(
             return torch.func.grad_and_value(gs, argnums)(*w)
 
         try:
-            (grads, value), (hv, _) = _jvp(grad_v, primals, vector)
+            (grads, value), (hv, _) = jvp_of(grad_v, primals, vector)
         except Exception as exc:
             if not forward_ad_unsupported(exc):
                 raise
@@ -515,7 +362,7 @@ def _point_ops(
         res["vjp"] = vjp_fn(cotangent)
     if "jvp" in ops:
         assert tangents is not None
-        value, res["jvp"] = _jvp(g, primals, tangents)
+        value, res["jvp"] = jvp_of(g, primals, tangents)
     if "grad" in ops:
         if grads is None:
             grads, value = torch.func.grad_and_value(gs, argnums)(*primals)
@@ -665,7 +512,7 @@ def _probe_unconnected(
     v = torch.randn(out_shape, generator=gen, dtype=out_dtype).to(first[0].device)
 
     def vjp_point(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        g = _bind(fn, args, cand_idx)
+        g = bind_wrt(fn, args, cand_idx)
         _, vjp_fn = vjp_fn_of(g, *(args[i] for i in cand_idx))
         return tuple(vjp_fn(v))
 
@@ -723,7 +570,7 @@ def _unbatched_grad(
     plain autograd, whose result also says which inputs have a zero derivative."""
     with torch.enable_grad():
         leaves = [first[i].detach().requires_grad_(True) for i in plan.wrt_idx]
-        out = _bind(fn, first, plan.wrt_idx)(*leaves)
+        out = bind_wrt(fn, first, plan.wrt_idx)(*leaves)
         _check_output(plan, out, True)
         found: Sequence[torch.Tensor | None] = (None,) * len(leaves)
         if out.requires_grad:
@@ -916,7 +763,7 @@ def compute_impl(
         cot = rest.pop(0) if has_cot else None
         tan = tuple(rest[:n_tan]) if n_tan else None
         vec = tuple(rest[n_tan : n_tan + n_vec]) if n_vec else None
-        g = _bind(fn, point, plan.wrt_idx)
+        g = bind_wrt(fn, point, plan.wrt_idx)
         primals = tuple(point[i] for i in plan.wrt_idx)
         return _point_ops(
             g,

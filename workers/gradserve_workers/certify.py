@@ -40,19 +40,18 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ._ops_impl import (
+from ._ops_impl import OpsRequest, OpsResult
+from ._vmap import is_data_dependent_error, loop_map
+from .transforms import (
     BATCH_ELEMENTS,
     Fn,
-    OpsRequest,
-    OpsResult,
-    _bind,
-    _jvp,
-    _scalar,
+    as_scalar,
+    bind_wrt,
     forward_ad_unsupported,
+    jvp_of,
     measure,
     vjp_fn_of,
 )
-from ._vmap import is_data_dependent_error, loop_map
 
 __all__ = [
     "DEFAULT_OPS",
@@ -275,17 +274,17 @@ def _products(
 
     def per_point(*xs: torch.Tensor) -> dict[str, Any]:
         point, uu, vv, aa = xs[:n_in], xs[n_in], xs[n_in + 1 : n_in + 1 + k], xs[n_in + 1 + k :]
-        g = _bind(fn, point, wrt_idx)
+        g = bind_wrt(fn, point, wrt_idx)
         primals = tuple(point[i] for i in wrt_idx)
         out: dict[str, Any] = {}
         if want["jv"]:
-            out["jv"] = _jvp(g, primals, tuple(vv))[1]
+            out["jv"] = jvp_of(g, primals, tuple(vv))[1]
         if want["uj"]:
             out["uj"] = tuple(vjp_fn_of(g, *primals)[1](uu))
         if want["hb"] or want["ah"]:
-            grad_g = torch.func.grad(_scalar(g), tuple(range(k)))
+            grad_g = torch.func.grad(as_scalar(g), tuple(range(k)))
             if want["hb"]:
-                out["hb"] = tuple(_jvp(grad_g, primals, tuple(vv))[1])
+                out["hb"] = tuple(jvp_of(grad_g, primals, tuple(vv))[1])
             if want["ah"]:
                 out["ah"] = tuple(vjp_fn_of(grad_g, *primals)[1](tuple(aa)))
         return out

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from ._check_impl import CheckError, claimed_check_impl, finite_difference_check_impl
-from ._ops_impl import Fn
 from .fd_error import with_error_estimate
 from .report import CheckReport, Kink, WorstElement, merge_reports, merge_shards
 from .tasks import FULL_CHECK_MAX_INPUTS
+from .transforms import Fn
 
 CheckError.__module__ = __name__
 

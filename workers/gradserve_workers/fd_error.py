@@ -20,8 +20,8 @@ from dataclasses import replace
 import torch
 
 from ._check_impl import _unit_rows
-from ._ops_impl import Fn
 from .report import CheckReport, WorstElement, describe
+from .transforms import Fn
 
 F64 = torch.float64
 EPS64 = float(torch.finfo(F64).eps)

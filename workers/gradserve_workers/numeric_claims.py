@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ._ops_impl import Fn
 from .check import claimed_check
 from .report import CheckReport
 from .tasks import CLAIM
+from .transforms import Fn
 
 __all__ = ["CLAIM", "numeric_claimed_check"]
 

@@ -33,11 +33,11 @@ from ._ops_impl import (
     OpsError,
     OpsRequest,
     OpsResult,
-    choose_jacobian_mode,
     compute_impl,
 )
 from ._vmap import is_data_dependent_error, vmap_or_loop
 from .certify import certify, default_verify, describe
+from .transforms import choose_jacobian_mode
 
 # The classes live in the private module; present them as this module's own (in
 # tracebacks, reprs and pickles).
