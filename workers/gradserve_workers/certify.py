@@ -43,10 +43,10 @@ from torch.utils import _pytree as pytree
 from ._ops_impl import OpsRequest, OpsResult
 from ._vmap import is_data_dependent_error, loop_map
 from .transforms import (
-    BATCH_ELEMENTS,
     Fn,
     as_scalar,
     bind_wrt,
+    chunk_for,
     forward_ad_unsupported,
     jvp_of,
     measure,
@@ -317,8 +317,7 @@ def _map_points(
         # a few copies of the function's largest intermediate per point mapped at once
         with torch.no_grad():
             _, peak = measure(fn, [t[0] for t in args])
-        chunk = BATCH_ELEMENTS // max(8 * peak, 1)
-        chunk_size = None if chunk >= n_points else max(1, chunk)
+        chunk_size = chunk_for(8 * peak, n_points)
         try:
             return dict(torch.func.vmap(per_point, chunk_size=chunk_size)(*all_args))
         except Exception as exc:
