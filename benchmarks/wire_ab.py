@@ -1,8 +1,8 @@
 """A/B of the wire-path changes, interleaved in one process (robust to a noisy machine).
 
 A: the previous code (PieceAssembler reassembly; np.concatenate + tobytes for replies).
-B: the current ``_wire.join_pieces`` (decoded straight from the joined bytes) and
-``_wire.join_arrays`` + ``encode``.
+B: the current ``wire.join_pieces`` (decoded straight from the joined bytes) and
+``wire.join_arrays`` + ``encode``.
 
 Run: ``python benchmarks/wire_ab.py [POINTS]`` (default 1,000,000 points x 10 float64).
 """
@@ -17,36 +17,36 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 
 
 def _old_fill(slots: Sequence[pb.Tensor], pieces: Sequence[pb.TensorPiece]) -> Any:
-    assembler = _wire.PieceAssembler([_wire.expected_bytes(t) for t in slots])
+    assembler = wire.PieceAssembler([wire.expected_bytes(t) for t in slots])
     for piece in pieces:
         assembler.add(piece)
     for tensor, blob in zip(slots, assembler.finish(), strict=True):
         tensor.data = blob
-    return _wire.decode(slots[0])
+    return wire.decode(slots[0])
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     x = np.random.default_rng(0).standard_normal((n, 10))
-    pieces = list(_wire.split_pieces([x.data.cast("B")]))
+    pieces = list(wire.split_pieces([x.data.cast("B")]))
     chunks = np.array_split(x, 6)
 
     def fill(old: bool) -> Any:
-        header = _wire.encode(x, with_data=False)
+        header = wire.encode(x, with_data=False)
         if old:
             return _old_fill([header], pieces)
-        return _wire.decode(header, data=_wire.join_pieces([header], pieces)[0])
+        return wire.decode(header, data=wire.join_pieces([header], pieces)[0])
 
     cases: dict[str, Callable[[], Any]] = {
         "A reassemble": lambda: fill(True),
         "B reassemble": lambda: fill(False),
-        "A reply": lambda: _wire.encode(np.concatenate(chunks)),
-        "B reply": lambda: _wire.encode(_wire.join_arrays(chunks)),
+        "A reply": lambda: wire.encode(np.concatenate(chunks)),
+        "B reply": lambda: wire.encode(wire.join_arrays(chunks)),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(7):

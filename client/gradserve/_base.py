@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve._claims import Claim
 from gradserve._claims import claim as _claim
 from gradserve._claims import claimed as _claimed
@@ -58,9 +58,9 @@ def _call_form(op: str) -> str:
 def _dtype(dtype: str | None, op: str) -> Any:
     if dtype is None:
         return pb.DTYPE_UNSPECIFIED
-    if dtype not in _wire.DTYPE_NAMES:
+    if dtype not in wire.DTYPE_NAMES:
         raise InvalidArgumentError(f"{_call_form(op)}: dtype must be 'float32' or 'float64'")
-    return _wire.DTYPE_NAMES[dtype]
+    return wire.DTYPE_NAMES[dtype]
 
 
 def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict[str, np.ndarray]:
@@ -73,8 +73,8 @@ def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict
             raise InvalidArgumentError(f"{_call_form(op)}: {what} names must be strings")
         where = f"{_call_form(op)}: {what} {name!r}" if name else f"{_call_form(op)}: {what}"
         try:
-            arrays[name] = _wire.as_float_array(value, dtype=dtype, where=where)
-        except _wire.WireError as exc:
+            arrays[name] = wire.as_float_array(value, dtype=dtype, where=where)
+        except wire.WireError as exc:
             raise InvalidArgumentError(str(exc)) from None
     return arrays
 
@@ -174,14 +174,14 @@ class OutgoingCompute:
     def unary(self) -> pb.ComputeRequest:
         req = pb.ComputeRequest()
         req.CopyFrom(self.header)
-        for tensor, arr in zip(_wire.request_slots(req), self.arrays, strict=True):
+        for tensor, arr in zip(wire.request_slots(req), self.arrays, strict=True):
             tensor.data = arr.tobytes()
         return req
 
     def parts(self) -> Iterator[pb.ComputeRequestPart]:
         yield pb.ComputeRequestPart(header=self.header)
         blobs = [arr.data.cast("B") for arr in self.arrays]
-        for piece in _wire.split_pieces(blobs):
+        for piece in wire.split_pieces(blobs):
             yield pb.ComputeRequestPart(piece=piece)
 
 
@@ -192,19 +192,19 @@ class StreamedReply:
 
     def __init__(self) -> None:
         self._header: pb.ComputeResponse | None = None
-        self._assembler: _wire.PieceAssembler | None = None
+        self._assembler: wire.PieceAssembler | None = None
 
     def add(self, part: pb.ComputeResponsePart) -> None:
         if self._assembler is None:
             if not part.HasField("header"):
                 raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
             self._header = part.header
-            slots = _wire.result_slots(self._header.results)
-            self._assembler = _wire.PieceAssembler([_wire.expected_bytes(t) for t in slots])
+            slots = wire.result_slots(self._header.results)
+            self._assembler = wire.PieceAssembler([wire.expected_bytes(t) for t in slots])
         else:
             try:
                 self._assembler.add(part.piece)
-            except _wire.WireError as exc:
+            except wire.WireError as exc:
                 raise DataLossError(f"ComputeStream: the reply is damaged: {exc}") from None
 
     def result(self) -> ComputeResult:
@@ -212,7 +212,7 @@ class StreamedReply:
             raise InvalidArgumentError("ComputeStream: the reply did not start with a header")
         try:
             blobs = self._assembler.finish()
-        except _wire.WireError as exc:
+        except wire.WireError as exc:
             raise DataLossError(f"ComputeStream: the reply is damaged: {exc}") from None
         return BaseClient._decode_compute(self._header, blobs)
 
@@ -287,16 +287,16 @@ class BaseClient:
         # headers only: the bytes stay in the arrays until the transport is chosen
         arrays: dict[tuple[str, str], np.ndarray] = {}
         for name, arr in _named_arrays(inputs, "input", op, dtype).items():
-            req.inputs[name].CopyFrom(_wire.encode(arr, with_data=False))
+            req.inputs[name].CopyFrom(wire.encode(arr, with_data=False))
             arrays["inputs", name] = arr
         if cotangent is not None:
             (arr,) = _named_arrays(cotangent, "cotangent", op, dtype).values()
-            req.cotangent.CopyFrom(_wire.encode(arr, with_data=False))
+            req.cotangent.CopyFrom(wire.encode(arr, with_data=False))
             arrays["cotangent", ""] = arr
         for field, given in (("tangents", tangents), ("vector", vector)):
             if given is not None:
                 for name, arr in _named_arrays(given, field, op, dtype).items():
-                    getattr(req, field)[name].CopyFrom(_wire.encode(arr, with_data=False))
+                    getattr(req, field)[name].CopyFrom(wire.encode(arr, with_data=False))
                     arrays[field, name] = arr
         order = [("inputs", n) for n in sorted(req.inputs)]
         order += [("cotangent", "")] if req.HasField("cotangent") else []
@@ -310,8 +310,8 @@ class BaseClient:
     ) -> ComputeResult:
         """Arrays zero-copy over the reply's bytes (or over a streamed reply's blobs)."""
         arrays = [
-            _wire.decode(t, f"result {i}", None if blobs is None else blobs[i])
-            for i, t in enumerate(_wire.result_slots(resp.results))
+            wire.decode(t, f"result {i}", None if blobs is None else blobs[i])
+            for i, t in enumerate(wire.result_slots(resp.results))
         ]
         return ComputeResult(
             outputs=shape_outputs(resp.results, arrays),
@@ -364,7 +364,7 @@ class BaseClient:
         req.options.CopyFrom(options)
         if inputs is not None:
             for name, arr in _named_arrays(inputs, "input", "check", dtype).items():
-                req.inputs[name].tensor.CopyFrom(_wire.encode(arr))
+                req.inputs[name].tensor.CopyFrom(wire.encode(arr))
         if sample is not None:
             samples = sample if isinstance(sample, Mapping) else {"": sample}
             for name, spec in samples.items():
@@ -413,10 +413,10 @@ class BaseClient:
 
     @staticmethod
     def _task_result(header: pb.TaskResult, pieces: Sequence[pb.TensorPiece]) -> TaskResult:
-        slots = _wire.result_slots(header.results)
-        blobs = _wire.join_pieces(slots, pieces)
+        slots = wire.result_slots(header.results)
+        blobs = wire.join_pieces(slots, pieces)
         where = f"task {header.task_id} result"
-        arrays = [_wire.decode(t, where, blob) for t, blob in zip(slots, blobs, strict=True)]
+        arrays = [wire.decode(t, where, blob) for t, blob in zip(slots, blobs, strict=True)]
         return TaskResult(
             task_index=header.task_index,
             task_id=header.task_id,

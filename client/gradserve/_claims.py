@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.errors import InvalidArgumentError
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -39,10 +39,10 @@ def claim(first: str, second: str, value: Any, call: str) -> pb.Claim:
         return msg
     where = f"{call}: the claim for {first!r}" if first else f"{call}: the claim"
     try:
-        arr = _wire.as_float_array(value, dtype="float64", where=where)
-    except _wire.WireError as exc:
+        arr = wire.as_float_array(value, dtype="float64", where=where)
+    except wire.WireError as exc:
         raise InvalidArgumentError(f"{exc}; a claim is source text or numbers (an array)") from None
-    msg.values.CopyFrom(_wire.encode(arr))
+    msg.values.CopyFrom(wire.encode(arr))
     return msg
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import _safeload, _wire
+from gradserve import _safeload, wire
 from gradserve._base import BaseClient
 from gradserve._claims import VALUES, numeric_claims_in_job
 from gradserve._suggest import unknown_key
@@ -118,7 +118,7 @@ def _task(task: Any, index: int, base: Path, where: str) -> pb.Task:
         id=str(task.get("id", "")),
         function=function,
         batched=bool(task.get("batched", False)),
-        dtype=_wire.DTYPE_NAMES[dtype] if dtype else pb.DTYPE_UNSPECIFIED,
+        dtype=wire.DTYPE_NAMES[dtype] if dtype else pb.DTYPE_UNSPECIFIED,
     )
     ops = task.get("ops", [])
     ops = [ops] if isinstance(ops, str) else ops
@@ -201,8 +201,8 @@ def _tensor(value: Any, base: Path, dtype: str | None, key: str, fail: Any) -> p
         except (TypeError, ValueError):
             raise fail(key, "give numbers or nested lists of numbers") from None
     try:
-        return _wire.encode(_wire.as_float_array(value, dtype=dtype, where="value"))
-    except _wire.WireError as exc:
+        return wire.encode(wire.as_float_array(value, dtype=dtype, where="value"))
+    except wire.WireError as exc:
         raise fail(key, str(exc)) from None
 
 

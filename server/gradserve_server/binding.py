@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.errors import exhausted, invalid
@@ -102,8 +102,8 @@ def decode_map(tensors: Mapping[str, pb.Tensor], what: str) -> dict[str, np.ndar
     out = {}
     for name, msg in tensors.items():
         try:
-            out[name] = _wire.decode(msg, f"{what} {name!r}" if name else what)
-        except _wire.WireError as exc:
+            out[name] = wire.decode(msg, f"{what} {name!r}" if name else what)
+        except wire.WireError as exc:
             raise invalid(str(exc), what) from None
     return out
 
@@ -121,11 +121,11 @@ def request_arrays(
     keys += [("tangent", n) for n in sorted(req.tangents)]
     keys += [("vector", n) for n in sorted(req.vector)]
     out: dict[str, dict[str, np.ndarray]] = {}
-    for index, ((what, name), msg) in enumerate(zip(keys, _wire.request_slots(req), strict=True)):
+    for index, ((what, name), msg) in enumerate(zip(keys, wire.request_slots(req), strict=True)):
         where = f"{what} {name!r}" if name else what
         try:
-            arr = _wire.decode(msg, where, None if blobs is None else blobs[index])
-        except _wire.WireError as exc:
+            arr = wire.decode(msg, where, None if blobs is None else blobs[index])
+        except wire.WireError as exc:
             raise invalid(str(exc), what) from None
         out.setdefault(what, {})[name] = arr
     return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_workers.report import CheckReport, beyond_fd_error
@@ -89,20 +89,20 @@ def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any)
         result = into.add(op=_OP_NUMBERS[op])
         for key, arr in by_key.items():
             first, _, second = key.partition(",")
-            _wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
+            wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
 
 
 def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: Any) -> list[Any]:
     """Op results' dtypes and shapes in the repeated field ``into``, for a streamed
     reply; returns each slot's bytes as its chunks' buffers in order, for
-    :func:`gradserve._wire.split_pieces` to send without joining them."""
+    :func:`gradserve.wire.split_pieces` to send without joining them."""
     slots = []
     for op, by_key in outputs.items():
         result = into.add(op=_OP_NUMBERS[op])
         for key, parts in by_key.items():
             first, _, second = key.partition(",")
             tensor = result.outputs.add(input=first, input2=second).tensor
-            head = _wire.fill(tensor, parts[0], with_data=False)
+            head = wire.fill(tensor, parts[0], with_data=False)
             rest = [np.ascontiguousarray(p, dtype=head.dtype) for p in parts[1:]]
             if rest:  # chunks of points: C-order arrays stack by concatenating their bytes
                 tensor.shape[0] = sum(int(p.shape[0]) for p in parts)

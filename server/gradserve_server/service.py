@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, numeric, sampling
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight, max_sample_elements
@@ -69,7 +69,7 @@ class Computed:
     def joined(self) -> dict[str, dict[str, np.ndarray]]:
         """Each output as one array (one copy, into a bytes object a reply sends as is)."""
         return {
-            op: {k: p[0] if len(p) == 1 else _wire.join_arrays(p) for k, p in by_key.items()}
+            op: {k: p[0] if len(p) == 1 else wire.join_arrays(p) for k, p in by_key.items()}
             for op, by_key in self.outputs.items()
         }
 

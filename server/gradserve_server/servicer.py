@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 from gradserve_server import __version__, calls
@@ -110,7 +110,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
             # pieces are cut as they are sent, each one ahead of its room at most
             async def reply() -> AsyncIterator[pb.ComputeResponsePart]:
                 yield pb.ComputeResponsePart(header=resp)
-                for piece in _wire.split_pieces(slots, STREAM_PIECE_BYTES):
+                for piece in wire.split_pieces(slots, STREAM_PIECE_BYTES):
                     yield pb.ComputeResponsePart(piece=piece)
 
             await send_paced(
@@ -127,7 +127,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         call is done with them. A sender that sends nothing for the stall limit
         loses its stream (and the reservation it held)."""
         header: pb.ComputeRequest | None = None
-        assembler: _wire.PieceAssembler | None = None
+        assembler: wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
             while True:
@@ -146,22 +146,22 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                         raise invalid("ComputeStream: a second header arrived")
                     header = part.header
                     self.service.admit_compute(header)
-                    slots = _wire.request_slots(header)
-                    sizes = [_wire.expected_bytes(t) for t in slots]
+                    slots = wire.request_slots(header)
+                    sizes = [wire.expected_bytes(t) for t in slots]
                     held = self.service.inflight.take(sum(sizes), "ComputeStream: the request")
-                    assembler = _wire.PieceAssembler(sizes)
+                    assembler = wire.PieceAssembler(sizes)
                 elif assembler is None:
                     raise invalid("ComputeStream: a piece arrived before the header")
                 else:
                     try:
                         assembler.add(part.piece)
-                    except _wire.WireError as exc:
+                    except wire.WireError as exc:
                         raise invalid(f"ComputeStream: {exc}", "piece") from None
             if header is None or assembler is None or held is None:
                 raise invalid("ComputeStream: the request stream was empty")
             try:
                 return header, assembler.finish(), held
-            except _wire.WireError as exc:
+            except wire.WireError as exc:
                 raise invalid(f"ComputeStream: {exc}", "piece") from None
         except BaseException:
             if held is not None:

@@ -5,51 +5,51 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", ">f8"])
 def test_round_trip_is_exact(dtype: str) -> None:
     arr = np.arange(24, dtype=dtype).reshape(2, 3, 4) / 7
-    msg = _wire.encode(arr)
+    msg = wire.encode(arr)
     assert len(msg.data) == arr.size * arr.itemsize
-    back = _wire.decode(msg)
+    back = wire.decode(msg)
     np.testing.assert_array_equal(back, arr)
     assert back.dtype.byteorder in "<="
 
 
 def test_bytes_are_little_endian() -> None:
-    msg = _wire.encode(np.array([1.0], dtype=np.float64))
+    msg = wire.encode(np.array([1.0], dtype=np.float64))
     assert msg.data == bytes.fromhex("000000000000f03f")
 
 
 def test_wrong_size_is_refused() -> None:
     msg = pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=b"\0" * 16)
-    with pytest.raises(_wire.WireError, match="needs 24 bytes, got 16"):
-        _wire.decode(msg, "input 'x'")
+    with pytest.raises(wire.WireError, match="needs 24 bytes, got 16"):
+        wire.decode(msg, "input 'x'")
 
 
 def test_ints_become_float64_and_strings_are_refused() -> None:
-    assert _wire.as_float_array([1, 2]).dtype == np.float64
-    with pytest.raises(_wire.WireError, match="expected numbers"):
-        _wire.as_float_array(["a"])
+    assert wire.as_float_array([1, 2]).dtype == np.float64
+    with pytest.raises(wire.WireError, match="expected numbers"):
+        wire.as_float_array(["a"])
 
 
 def test_pieces_tile_each_slot() -> None:
-    blobs = [b"a" * (_wire.PIECE_BYTES * 2 + 5), b"", b"xyz"]
-    pieces = list(_wire.split_pieces(blobs))
-    assert all(len(p.data) <= _wire.PIECE_BYTES for p in pieces)
-    asm = _wire.PieceAssembler([len(b) for b in blobs])
+    blobs = [b"a" * (wire.PIECE_BYTES * 2 + 5), b"", b"xyz"]
+    pieces = list(wire.split_pieces(blobs))
+    assert all(len(p.data) <= wire.PIECE_BYTES for p in pieces)
+    asm = wire.PieceAssembler([len(b) for b in blobs])
     for p in reversed(pieces):
         asm.add(p)
     assert asm.finish() == blobs
 
 
 def test_missing_piece_is_detected() -> None:
-    asm = _wire.PieceAssembler([10])
+    asm = wire.PieceAssembler([10])
     asm.add(pb.TensorPiece(slot=0, offset=0, data=b"12345"))
-    with pytest.raises(_wire.WireError, match="received 5 of 10"):
+    with pytest.raises(wire.WireError, match="received 5 of 10"):
         asm.finish()
-    with pytest.raises(_wire.WireError, match="overruns"):
+    with pytest.raises(wire.WireError, match="overruns"):
         asm.add(pb.TensorPiece(slot=0, offset=8, data=b"123"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gradserve
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -22,7 +22,7 @@ def stub(address: str) -> Iterator[pb_grpc.GradientServiceStub]:
 
 def _header(n: int = 4) -> pb.ComputeRequest:
     req = pb.ComputeRequest(function="sum(x * x)", ops=[pb.OP_GRAD])
-    req.inputs["x"].CopyFrom(_wire.encode(np.arange(n, dtype=float), with_data=False))
+    req.inputs["x"].CopyFrom(wire.encode(np.arange(n, dtype=float), with_data=False))
     return req
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from support.cluster import ServerProcess
 from support.hostile import Watch, scaled, stream_call
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
 
@@ -130,7 +130,7 @@ def test_bytes_held_for_incoming_streams_are_capped(
     def slow_parts() -> Iterator[pb.ComputeRequestPart]:
         yield header("sum(x * x)", {"x": [points, 4]}, batched=True)
         go.wait(60)
-        for p in _wire.split_pieces([blob]):
+        for p in wire.split_pieces([blob]):
             yield pb.ComputeRequestPart(piece=p)
 
     def send() -> None:

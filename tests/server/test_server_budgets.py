@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gradserve import _wire
+from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.budgets import MAX_DIMS, Budgets, InFlight
 from gradserve_server.config import BUDGET_DEFAULTS, ServerConfig, parse_config
@@ -149,17 +149,17 @@ def test_the_pool_of_bytes_in_flight_refuses_or_waits() -> None:
 
 def test_pieces_tile_each_slot_in_any_order_or_are_refused() -> None:
     data = np.arange(4.0).tobytes()
-    asm = _wire.PieceAssembler([32])
+    asm = wire.PieceAssembler([32])
     for offset in (24, 0, 16, 8):
         asm.add(pb.TensorPiece(slot=0, offset=offset, data=data[offset : offset + 8]))
     assert asm.finish() == [data]
-    asm = _wire.PieceAssembler([32])
+    asm = wire.PieceAssembler([32])
     asm.add(pb.TensorPiece(slot=0, offset=0, data=data[:24]))
     asm.add(pb.TensorPiece(slot=0, offset=8, data=data[8:16]))
-    with pytest.raises(_wire.WireError, match="overlaps"):
+    with pytest.raises(wire.WireError, match="overlaps"):
         asm.finish()
-    asm = _wire.PieceAssembler([4096])
-    with pytest.raises(_wire.WireError, match="more than 21 pieces"):
+    asm = wire.PieceAssembler([4096])
+    with pytest.raises(wire.WireError, match="more than 21 pieces"):
         for i in range(4096):
             asm.add(pb.TensorPiece(slot=0, offset=i, data=b"x"))
 
