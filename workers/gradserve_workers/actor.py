@@ -139,11 +139,9 @@ class GradActor:
         self._per_point: set[str] = set()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # All work runs on this one thread, so its glibc arena holds nothing but the
-        # computations' memory. Run on Ray's thread, a call's large arrays had to
-        # fit between the small objects Ray left in the heap since the last call: in
-        # some worker processes every call took ~2,000 page faults (8 MB touched
-        # afresh, 3-7 ms of a 12 ms shard) and the heap grew by up to 200 MB over 30
-        # calls; on its own thread, measured: no faults, no growth.
+        # computations' memory: on Ray's thread, a call's large arrays land between
+        # the small objects Ray leaves in the heap, which costs page faults on every
+        # call and grows the heap (docs/performance.md, "A thread of its own").
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
         # Import what a call runs now, while the pool waits for the actor to start: a
         # first call spent seconds importing, where no cancel or deadline is checked.

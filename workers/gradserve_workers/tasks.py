@@ -114,12 +114,10 @@ def pack_call(call: ChunkCall) -> bytes:
     """``call`` as one message, arrays in band.
 
     Ray serialises each argument of a call on its own and hands arrays over out of
-    band, which pays off only for large ones. A bare actor call with a spec and an
-    array as four arguments, against the same as one packed message (medians of
-    150): 1.78 against 1.38 ms at 8 KiB, 2.10 against 1.69 ms at 96 KiB, 3.03 against
-    3.03 ms at 256 KiB (both through Ray's object store from 100 KiB on), 3.45
-    against 3.13 ms at 512 KiB. The server and its workers trust each other as Ray's
-    own pickling does; users never reach this.
+    band, which pays off only for large arrays; a chunk's arrays are mostly small,
+    so one packed message is cheaper up to ~0.5 MiB and no dearer beyond (figures in
+    docs/performance.md, "Chunk calls as one message"). The server and its workers
+    trust each other as Ray's own pickling does; users never reach this.
     """
     return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
 
