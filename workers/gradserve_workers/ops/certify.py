@@ -40,9 +40,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ._ops_impl import OpsRequest, OpsResult
-from ._vmap import is_data_dependent_error, loop_map
-from .transforms import (
+from .._vmap import is_data_dependent_error, loop_map
+from ..transforms import (
     Fn,
     as_scalar,
     bind_wrt,
@@ -52,6 +51,7 @@ from .transforms import (
     measure,
     vjp_fn_of,
 )
+from .request import OpsRequest, OpsResult
 
 __all__ = [
     "DEFAULT_OPS",
