@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._vmap import is_data_dependent_error
 from . import scalars
 from .errors import (
     DataDependentControlFlow,
@@ -35,7 +36,7 @@ from .functions import IMPLEMENTATIONS
 from .layout import Layout, Positions, Where, syntax_key
 from .limits import Limits
 from .routes import functions_called
-from .runtime import Context, is_vmap_error, shape_text, to_int, transpose_last
+from .runtime import Context, shape_text, to_int, transpose_last
 from .table import (
     BINARY_OPERATORS,
     COMPARE_OPERATORS,
@@ -97,7 +98,7 @@ _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 def _translate(exc: Exception, where: Where) -> LangError:
     """A torch/Python exception as one of ours, positioned at the failing node."""
-    if is_vmap_error(exc):
+    if is_data_dependent_error(exc):
         return DataDependentControlFlow(
             f"{where.text}: needs the value of a tensor, which vmap cannot provide "
             "(data-dependent control flow)",

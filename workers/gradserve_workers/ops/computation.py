@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .._vmap import is_data_dependent_error, loop_map
+from .._vmap import is_data_dependent_error, vmap_or_loop
 from ..transforms import Fn, bind_wrt, choose_jacobian_mode, chunk_for, measure
 from .certify import certify, default_verify, describe
 from .connectivity import find_unconnected, zero_or_unused
@@ -217,35 +217,26 @@ def _run_points(
     allow_vmap: bool,
     chunk_size: int | None,
 ) -> tuple[dict[str, Any], bool]:
-    """``per_point`` over the points (``vmap``), or ``per_point_loop`` point by point
-    when the function has data-dependent control flow; and whether ``vmap`` ran."""
-    vmapped = allow_vmap
-    res: dict[str, Any] | None = None
+    """``per_point`` over the points (``vmap``; at one unbatched point, with vmap inside
+    its transforms), or ``per_point_loop`` (without) when the function has
+    data-dependent control flow; and whether ``vmap`` ran."""
     if batched:
-        in_dims = [0] * len(all_args)
-        if allow_vmap:
-            try:
-                res = torch.func.vmap(per_point, in_dims=tuple(in_dims), chunk_size=chunk_size)(
-                    *all_args
-                )
-            except Exception as exc:
-                if not is_data_dependent_error(exc):
-                    raise
-                vmapped = False
-        if res is None:
-            res = loop_map(per_point_loop, all_args, in_dims)
-    else:
-        if allow_vmap:
-            try:
-                res = per_point(*all_args)
-            except Exception as exc:
-                if not is_data_dependent_error(exc):
-                    raise
-                vmapped = False
-        if res is None:
-            res = per_point_loop(*all_args)
-    assert res is not None
-    return res, vmapped
+        res, vmapped = vmap_or_loop(
+            per_point,
+            all_args,
+            [0] * len(all_args),
+            allow_vmap=allow_vmap,
+            chunk_size=chunk_size,
+            loop_f=per_point_loop,
+        )
+        return dict(res), vmapped
+    if allow_vmap:
+        try:
+            return per_point(*all_args), True
+        except Exception as exc:
+            if not is_data_dependent_error(exc):
+                raise
+    return per_point_loop(*all_args), False
 
 
 def _outputs(
