@@ -93,11 +93,7 @@ class ExpressionChecks(Checker):
     def _load_name(self, node: ast.Name) -> object:
         name = node.id
         if name.startswith("_"):
-            raise self.error(
-                node,
-                f"names starting with `_` are not allowed (`{name}`)",
-                "the language has no access to Python internals",
-            )
+            raise self._private_name(node, name)
         if name in CONSTANTS:
             return CONSTANTS[name]
         if name in FUNCTIONS:
@@ -139,6 +135,13 @@ class ExpressionChecks(Checker):
             f"undefined name `{name}`",
             suggest(name, (*self.possible, *FUNCTIONS, *CONSTANTS))
             or "inputs are the parameters of the def; assign other names before using them",
+        )
+
+    def _private_name(self, node: ast.AST, name: str) -> SpecError:
+        return self.error(
+            node,
+            f"names starting with `_` are not allowed (`{name}`)",
+            "the language has no access to Python internals",
         )
 
     def _operator(self, node: ast.AST, op: ast.AST) -> str:
@@ -293,11 +296,7 @@ class ExpressionChecks(Checker):
             )
         name = func.id
         if name.startswith("_"):
-            raise self.error(
-                func,
-                f"names starting with `_` are not allowed (`{name}`)",
-                "the language has no access to Python internals",
-            )
+            raise self._private_name(func, name)
         for arg in node.args:
             if isinstance(arg, ast.Starred):
                 raise self.error(arg, "*args is not allowed; pass the arguments one by one")

@@ -52,6 +52,18 @@ def always_returns(stmts: Sequence[ast.stmt]) -> bool:
     return False
 
 
+def without_docstring(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    """A def's body less its docstring, which is allowed and ignored."""
+    if (
+        stmts
+        and isinstance(stmts[0], ast.Expr)
+        and isinstance(stmts[0].value, ast.Constant)
+        and isinstance(stmts[0].value.value, str)
+    ):
+        return stmts[1:]
+    return stmts
+
+
 class Checker:
     """The state of one validation run and its error helpers; the node checks are in
     :mod:`.check_expressions` and :mod:`.check_statements`."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .checker import without_docstring
 from .compile_expressions import ExpressionCompiler
 from .errors import FunctionRuntimeError, LangError
 from .evaluate import BREAK, CONTINUE, Evaluator, Executor, Frame, Return, binary, guard
@@ -41,15 +42,7 @@ class StatementCompiler(ExpressionCompiler):
     def body(self) -> Evaluator:
         node = self.program.node
         if isinstance(node, ast.FunctionDef):
-            stmts = node.body
-            if (
-                stmts
-                and isinstance(stmts[0], ast.Expr)
-                and isinstance(stmts[0].value, ast.Constant)
-                and isinstance(stmts[0].value.value, str)
-            ):
-                stmts = stmts[1:]  # docstring
-            block = self.block(stmts)
+            block = self.block(without_docstring(node.body))
             where = self.where(node)
 
             def run_def(frame: Frame) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .check_statements import StatementChecks
-from .checker import Kind, always_returns, assigned_names
+from .checker import Kind, always_returns, assigned_names, without_docstring
 from .errors import LimitExceededError, SourceLines, SpecError
 from .limits import Limits
 from .parse import check_size, parse_source
@@ -160,14 +160,7 @@ class _Validator(StatementChecks):
                 f"inputs ({', '.join(self.known)})",
                 "name the parameters like the inputs",
             )
-        body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            body = body[1:]  # a docstring: allowed, and ignored
+        body = without_docstring(node.body)
         self.possible = set(params)
         self.assigned_anywhere = assigned_names(body) | set(params)
         self.block(body)
