@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from gradserve_workers import lang
-from gradserve_workers.certify import CertificateError
-from gradserve_workers.ops import OpsRequest, compute
+from gradserve_workers.ops import CertificateError, OpsRequest, compute
 
 # (label, source, input shapes per point, ops); every input is differentiated
 CASES: tuple[tuple[str, str, dict[str, tuple[int, ...]], tuple[str, ...]], ...] = (

@@ -8,7 +8,7 @@ the programs under ``no_grad``, nothing is differentiated by autograd). jvp, vjp
 hvp come from the reference Jacobian and Hessian (with their error estimates).
 
 :func:`worker_answers` asks ``gradserve_workers`` the way the actor does (the
-compiled program, ``compute_impl``) in four requests per batching mode:
+compiled program, ``ops.compute``) in four requests per batching mode:
 
 - ``value + jacobian(forward) + jvp + vjp`` of the vector program,
 - ``jacobian(reverse)`` of it,
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from support import reference as R
 
-from gradserve_workers._ops_impl import OpsRequest, OpsResult, compute_impl
 from gradserve_workers.lang import CompiledFunction, compile_function
+from gradserve_workers.ops import OpsRequest, OpsResult, compute
 
 from .cases import Case
 
@@ -200,7 +200,7 @@ def worker_answers(ref: Reference, batched: bool, *, route: bool = True) -> dict
             tangents=tangents if "jvp" in ops else None,
             vector=tangents if "hvp" in ops else None,
         )
-        answers[label] = compute_impl(fn, list(args), args, request, route=route)
+        answers[label] = compute(fn, list(args), args, request, route=route)
     return answers
 
 

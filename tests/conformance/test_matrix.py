@@ -1,6 +1,6 @@
 """The conformance matrix: every function of the language's table (cases.py), every
 operation, unbatched and batched, float64 and float32, through the worker's code path
-(compiled program, ``compute_impl``), against references that do not use autograd.
+(compiled program, ``ops.compute``), against references that do not use autograd.
 
 It also holds the route table to account both ways: a transform the table calls
 unsafe must still be wrong when run directly (else the detour is needless and the

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradserve_workers._ops_impl import plan_routes
 from gradserve_workers.check import finite_difference_check
 from gradserve_workers.lang import compile_function, parse_and_validate
 from gradserve_workers.lang.routes import ROUTES, functions_called, unsafe_transforms
 from gradserve_workers.lang.table import FUNCTIONS
+from gradserve_workers.ops.routing import plan_routes
 
 LOGDET = "def f(x, A):\n    return logdet(A @ A.T + diag(1 + (x * x) ** 2))\n"
 SOLVE = "def f(x, A):\n    return erf(solve(A @ A.T + 4 * eye(4), cat((x[1:], x[:1]))))\n"

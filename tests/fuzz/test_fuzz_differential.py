@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from gradserve_workers import _ops_impl
 from gradserve_workers.lang.table import FUNCTIONS
+from gradserve_workers.ops import computation
 
 from .differential import (
     Mismatch,
@@ -119,7 +119,7 @@ def test_the_differential_test_sees_torch_bug_when_routes_are_off(
     programs, and the reference comparison and the certificate each say so on their
     own: the test sees what the routes hide. (Switching the routes off is the only
     patch: it exposes torch's behaviour, it does not stand in for ours.)"""
-    monkeypatch.setattr(_ops_impl, "plan_routes", lambda *args, **kwargs: {})
+    monkeypatch.setattr(computation, "plan_routes", lambda *args, **kwargs: {})
     with pytest.raises(Mismatch, match="the derivative certificate failed"):
         check_program(source, seed_of(source), Stats())
     with pytest.raises(Mismatch, match="off by"):

@@ -1,4 +1,4 @@
-"""The derivative certificate (gradserve_workers.certify): it withholds wrong derivatives
+"""The derivative certificate (gradserve_workers.ops.certify): it withholds wrong derivatives
 and passes right ones, with the agreement it measured.
 
 Wrong derivatives come from two honest sources, never from patching our code: a
@@ -19,13 +19,13 @@ import torch
 
 from gradserve_workers import lang
 from gradserve_workers.actor import classify
-from gradserve_workers.certify import (
+from gradserve_workers.ops import OpsRequest, OpsResult, compute
+from gradserve_workers.ops.certify import (
     DEFAULT_MIN_COLUMNS,
     CertificateError,
     certify,
     rtol_for,
 )
-from gradserve_workers.ops import OpsRequest, OpsResult, compute
 
 
 class SinWrongBackward(torch.autograd.Function):

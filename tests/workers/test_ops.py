@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import oracle as AF
 
-from gradserve_workers import _vmap, ops, transforms
+from gradserve_workers import _vmap, transforms
 from gradserve_workers.ops import (
     NonFiniteInputError,
     OpsError,
     OpsRequest,
+    computation,
     compute,
     vmap_or_loop,
 )
@@ -70,7 +71,7 @@ def stack(results: list[torch.Tensor], batch: int | None) -> torch.Tensor:
 # doctests
 
 
-@pytest.mark.parametrize("module", [ops, transforms, _vmap])
+@pytest.mark.parametrize("module", [computation, transforms, _vmap])
 def test_doctests(module: object) -> None:
     res = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert res.failed == 0 and res.attempted > 0

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from . import _native, _perturb, _routes_taken
-from ._ops_impl import OpsError, OpsRequest, check_finite, compute_impl
 from ._vmap import is_data_dependent_error, vmap_or_loop
+from .ops import OpsError, OpsRequest, check_finite, compute_impl
 from .report import CheckReport, Kink, WorstElement, describe, largest
 from .transforms import Fn, measure
 

@@ -16,21 +16,22 @@ from torch.utils import _pytree as pytree
 
 __all__ = ["is_data_dependent_error", "loop_map", "vmap_or_loop"]
 
-_DDCF_MARKERS = (
-    "data-dependent control flow",
-    "calling .item()",
-    # a torch.autograd.Function without generate_vmap_rule or a vmap staticmethod
-    "does not have vmap support",
-)
+# Lower-case fragments of torch's refusals to run a function under vmap because it
+# needs a value: a tensor in ``if``/``while`` ("data-dependent control flow"),
+# ``.item()``, in-place writes into an unbatched tensor, random ops, an
+# ``autograd.Function`` without ``generate_vmap_rule`` ("does not have vmap support").
+# Broad on purpose: a false positive costs a per-point rerun, which raises the real
+# error again; a false negative would fail a function that runs point by point.
+_MARKERS = ("vmap", "data-dependent", "batched tensor")
 
 
 def is_data_dependent_error(exc: BaseException) -> bool:
-    """True when ``exc`` says a function cannot be vmapped because of its control flow.
+    """True when ``exc`` says a function cannot be vmapped and must run point by point.
 
-    Recognises the function language's own ``DataDependentControlFlow`` exception (by
-    class name, so this module does not import the language) and torch's ``vmap:``
-    runtime errors (tensor used in ``if``/``while``, ``.item()``, in-place writes into
-    an unbatched tensor).
+    The one rule, for the op path, the check engine and the function language (which
+    turns such an error into its ``DataDependentControlFlow``): that exception (by
+    class name, so this module does not import the language), or a ``RuntimeError``
+    whose message names vmap, data-dependence or a batched tensor.
 
     >>> is_data_dependent_error(RuntimeError("vmap: It looks like you're attempting "
     ...     "to use a Tensor in some data-dependent control flow."))
@@ -42,9 +43,8 @@ def is_data_dependent_error(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, RuntimeError):
         return False
-    message = str(exc)
-    lowered = message.lower()
-    return message.startswith("vmap:") or any(m in lowered for m in _DDCF_MARKERS)
+    text = str(exc).lower()
+    return any(marker in text for marker in _MARKERS)
 
 
 def _batch_size(args: Sequence[Any], in_dims: Sequence[int | None]) -> int:
@@ -86,11 +86,15 @@ def vmap_or_loop(
     in_dims: Sequence[int | None],
     *,
     allow_vmap: bool = True,
+    chunk_size: int | None = None,
+    loop_f: Callable[..., Any] | None = None,
 ) -> tuple[Any, bool]:
     """Map ``f`` over the leading dimension; return ``(outputs, vmapped)``.
 
-    Tries ``torch.func.vmap`` when ``allow_vmap``; falls back to :func:`loop_map` when
-    the function has data-dependent control flow (``vmapped`` is then ``False``).
+    Tries ``torch.func.vmap`` (``chunk_size`` points at once) when ``allow_vmap``;
+    falls back to :func:`loop_map` of ``loop_f`` (default ``f``: a variant that does
+    not vmap inside) when :func:`is_data_dependent_error` says the function needs
+    values (``vmapped`` is then ``False``). Any other exception propagates.
 
     >>> def f(a):
     ...     return a * 2 if a.sum() > 0 else a * 3
@@ -103,8 +107,8 @@ def vmap_or_loop(
     """
     if allow_vmap:
         try:
-            return torch.func.vmap(f, in_dims=tuple(in_dims))(*args), True
+            return torch.func.vmap(f, in_dims=tuple(in_dims), chunk_size=chunk_size)(*args), True
         except Exception as exc:
             if not is_data_dependent_error(exc):
                 raise
-    return loop_map(f, args, in_dims), False
+    return loop_map(f if loop_f is None else loop_f, args, in_dims), False

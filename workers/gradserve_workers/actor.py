@@ -88,8 +88,7 @@ def _parsed(source: str, max_chars: int) -> Any:
 def classify(error: BaseException) -> ChunkError:
     """Turn an exception from the language or the ops into something the server maps."""
     from gradserve_workers import lang, registry
-    from gradserve_workers.certify import CertificateError
-    from gradserve_workers.ops import OpsError
+    from gradserve_workers.ops import CertificateError, OpsError
 
     if isinstance(error, CertificateError):  # the service's fault: INTERNAL, said in full
         return ChunkError("internal", str(error))

@@ -37,7 +37,7 @@ class ComputeSpec:
     limits: dict[str, int] = field(default_factory=dict)
     # the reply's budget, when the server could not check it without the output's shape
     reply_budget: ReplyBudget | None = None
-    # certify the answer (gradserve_workers.certify); None: where it is cheap
+    # certify the answer (gradserve_workers.ops.certify); None: where it is cheap
     verify: bool | None = None
 
 
@@ -96,7 +96,7 @@ class ChunkResult:
     seconds: float = 0.0
     actor: str = ""
     error: ChunkError | None = None
-    # the fields of a gradserve_workers.certify.Certificate, when the answer was certified
+    # the fields of a gradserve_workers.ops.certify.Certificate, when the answer was certified
     certificate: dict[str, Any] | None = None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch._C import _functorch
 
+from .._vmap import is_data_dependent_error
 from . import sizes
 from .errors import DataDependentControlFlow, FunctionRuntimeError, LimitExceededError
 from .limits import Limits
@@ -27,7 +28,6 @@ __all__ = [
     "Context",
     "Watch",
     "current_watch",
-    "is_vmap_error",
     "shape_text",
     "to_int",
     "to_number",
@@ -111,19 +111,6 @@ def _real(value: torch.Tensor) -> torch.Tensor:
 def shape_text(shape: torch.Size | tuple[int, ...]) -> str:
     """(3, 4) and (5,) like Python prints tuples; torch.Size would add noise."""
     return str(tuple(int(d) for d in shape))
-
-
-def is_vmap_error(exc: BaseException) -> bool:
-    """True for the RuntimeErrors torch.func.vmap raises when a value is needed.
-
-    bool() or .item() of a batched tensor raise "vmap: It looks like you're ...
-    data-dependent control flow" / "... calling .item()". Any vmap-specific
-    failure is worth a retry point by point, so the test is deliberately broad.
-    """
-    if not isinstance(exc, RuntimeError):
-        return False
-    text = str(exc).lower()
-    return "vmap" in text or "data-dependent" in text or "batched tensor" in text
 
 
 def to_number(value: object, what: str) -> int | float:
@@ -381,7 +368,7 @@ class Context:
             try:
                 return bool(value)
             except RuntimeError as exc:
-                if is_vmap_error(exc):
+                if is_data_dependent_error(exc):
                     raise DataDependentControlFlow(
                         f"the condition {what} depends on the value of a tensor, which "
                         "vmap cannot provide (data-dependent control flow)"

@@ -40,9 +40,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ._ops_impl import OpsRequest, OpsResult
-from ._vmap import is_data_dependent_error, loop_map
-from .transforms import (
+from .._vmap import vmap_or_loop
+from ..transforms import (
     Fn,
     as_scalar,
     bind_wrt,
@@ -52,6 +51,7 @@ from .transforms import (
     measure,
     vjp_fn_of,
 )
+from .request import OpsRequest, OpsResult
 
 __all__ = [
     "DEFAULT_OPS",
@@ -313,17 +313,16 @@ def _map_points(
         # one point (an unbatched call): no vmap to pay for
         out = per_point(*(t[0] for t in all_args))
         return dict(pytree.tree_map(lambda t: t.unsqueeze(0), out))
+    chunk_size = None
     if allow_vmap:
         # a few copies of the function's largest intermediate per point mapped at once
         with torch.no_grad():
             _, peak = measure(fn, [t[0] for t in args])
         chunk_size = chunk_for(8 * peak, n_points)
-        try:
-            return dict(torch.func.vmap(per_point, chunk_size=chunk_size)(*all_args))
-        except Exception as exc:
-            if not is_data_dependent_error(exc):
-                raise
-    return dict(loop_map(per_point, all_args, in_dims))
+    out, _ = vmap_or_loop(
+        per_point, all_args, in_dims, allow_vmap=allow_vmap, chunk_size=chunk_size
+    )
+    return dict(out)
 
 
 def _dot(
