@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from gradserve._base import TLS
 from gradserve._client import Client
+from gradserve._config import TLS
 from gradserve.errors import GradserveError, InvalidSpecError
 from gradserve.results import JobStatus
 

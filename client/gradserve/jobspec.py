@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from gradserve import _safeload, wire
-from gradserve._base import BaseClient
-from gradserve._claims import VALUES, numeric_claims_in_job
+from gradserve._claims import VALUES, claims_for, numeric_claims_in_job
 from gradserve._suggest import unknown_key
 from gradserve.errors import InvalidArgumentError
 from gradserve.results import OP_NAMES
@@ -61,8 +60,16 @@ class JobSpecError(InvalidArgumentError):
     """A job spec that cannot be submitted; the message names the task and key."""
 
 
-def load(job: JobSpec, *, name: str | None = None) -> pb.SubmitJobRequest:
+def load(
+    job: JobSpec, *, name: str | None = None, idempotency_key: str | None = None
+) -> pb.SubmitJobRequest:
     """A SubmitJobRequest from a dict, or from the path of a ``.yaml``/``.yml``/``.json`` file."""
+    req = _load(job, name)
+    req.idempotency_key = idempotency_key or ""
+    return req
+
+
+def _load(job: JobSpec, name: str | None) -> pb.SubmitJobRequest:
     if isinstance(job, Mapping):
         return _parse(job, Path.cwd(), "job", name)
     if not isinstance(job, str | os.PathLike):
@@ -225,7 +232,7 @@ def _check(check: Any, wrt: list[str], fail: Any, base: Path = Path(".")) -> pb.
         kind = claimed[0]
         spec.kind = _CLAIM_KINDS[kind]
         try:
-            spec.claims.extend(BaseClient._claims(check[kind], wrt, f"check.{kind}"))
+            spec.claims.extend(claims_for(check[kind], wrt, f"check.{kind}"))
         except InvalidArgumentError as exc:
             raise fail(f"check.{kind}", exc.message) from None
     options = spec.options

@@ -21,6 +21,12 @@ OP_NAMES: dict[str, Any] = {
 }
 OP_BY_NUMBER = {number: name for name, number in OP_NAMES.items()}
 
+# What the one-operation calls return: one array when there is one input (or one
+# ``wrt`` name), else a dict by input name; a Hessian of several inputs is a nested
+# dict of blocks ``H[a][b]``.
+Derivative = np.ndarray | dict[str, np.ndarray]
+Hessian = np.ndarray | dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]
+
 _PATHS = {
     pb.EXECUTION_PATH_UNSPECIFIED: "",
     pb.EXECUTION_PATH_VMAP: "vmap",
