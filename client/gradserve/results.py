@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve.wire import DTYPE_NAMES
 
 OP_NAMES: dict[str, Any] = {
     "value": pb.OP_VALUE,
@@ -20,6 +21,7 @@ OP_NAMES: dict[str, Any] = {
     "hvp": pb.OP_HVP,
 }
 OP_BY_NUMBER = {number: name for name, number in OP_NAMES.items()}
+DTYPES = {number: name for name, number in DTYPE_NAMES.items()}
 
 # What the one-operation calls return: one array when there is one input (or one
 # ``wrt`` name), else a dict by input name; a Hessian of several inputs is a nested
@@ -163,6 +165,9 @@ class WorstElement:
     # and whether abs_error is beyond it (a real disagreement) or within its noise
     fd_error: float | None = None
     beyond_fd_error: bool | None = None
+    # fast mode, when no element-wise check could follow: the random projection vᵀJu
+    # that failed (the indices are then empty)
+    projection: int | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.WorstElement) -> WorstElement:
@@ -177,6 +182,7 @@ class WorstElement:
             rel_error=msg.rel_error,
             fd_error=msg.fd_error if msg.HasField("fd_error") else None,
             beyond_fd_error=msg.beyond_fd_error if msg.HasField("beyond_fd_error") else None,
+            projection=int(msg.projection) if msg.HasField("projection") else None,
         )
 
 
@@ -185,7 +191,8 @@ class Kink:
     """Where one-sided differences disagree: the function is not differentiable there.
 
     ``right`` and ``left`` are the forward and backward differences, ``autograd``
-    what autograd returns there (a subgradient at best), ``at`` the input value.
+    what autograd returns there (a subgradient at best), ``at`` the input value
+    (``None`` along a random direction in fast mode, where ``direction`` says which).
     """
 
     point: int
@@ -196,6 +203,7 @@ class Kink:
     right: float
     left: float
     autograd: float
+    direction: int | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.Kink) -> Kink:
@@ -208,6 +216,7 @@ class Kink:
             right=msg.right,
             left=msg.left,
             autograd=msg.autograd,
+            direction=int(msg.direction) if msg.HasField("direction") else None,
         )
 
 
@@ -218,7 +227,8 @@ class CheckReport:
     ``worst`` names the element with the largest error (``numeric`` holds the
     finite difference, or the claimed value for claimed-derivative checks);
     ``non_differentiable`` says the function has a kink at a checked point, and
-    ``kink`` says where, with the one-sided derivatives side by side. ``metadata``
+    ``kink`` says where, with the one-sided derivatives side by side. ``dtype`` is the
+    inputs' dtype (both sides are compared in float64). ``metadata``
     says how the check ran (chunks, workers, seconds); a check in a job's task
     result carries it on the task instead.
     """
@@ -247,6 +257,9 @@ class CheckReport:
     # (one sentence), and whether autograd matched finite differences
     three_way: str = ""
     autograd_matches_finite_differences: bool | None = None
+    # the inputs' dtype, "float32" or "float64" (both sides are compared in float64);
+    # "" from a server that does not say
+    dtype: str = ""
 
     @property
     def worst_point(self) -> int | None:
@@ -284,6 +297,7 @@ class CheckReport:
                 else None
             ),
             max_asymmetry=msg.max_asymmetry,
+            dtype=DTYPES.get(msg.dtype, ""),
             metadata=Metadata() if metadata is None else Metadata._from_proto(metadata),
         )
 

@@ -47,6 +47,7 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
     if report.autograd_matches_fd is not None:
         msg.autograd_matches_finite_differences = report.autograd_matches_fd
     msg.max_asymmetry = report.max_asymmetry
+    msg.dtype = wire.DTYPE_NAMES.get(report.dtype, pb.DTYPE_UNSPECIFIED)
     kink = report.kink
     if kink is not None:
         msg.kink.CopyFrom(
@@ -62,6 +63,8 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
         )
         if kink.at is not None:
             msg.kink.at = kink.at
+        if kink.direction is not None:
+            msg.kink.direction = kink.direction
     if report.worst is not None:
         w = report.worst
         msg.worst.CopyFrom(
@@ -79,6 +82,8 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
         if w.fd_error is not None:
             msg.worst.fd_error = w.fd_error
             msg.worst.beyond_fd_error = bool(beyond_fd_error(w))
+        if w.projection is not None:
+            msg.worst.projection = w.projection
     return msg
 
 

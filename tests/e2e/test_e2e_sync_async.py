@@ -113,7 +113,8 @@ async def checks(c: Any) -> dict[str, Any]:
     good = await call(c, "check", "sum(sin(x))", {"x": [0.1, 0.2]})
     wrong = await call(c, "check", "sum(x * x)", {"x": [1.0, 2.0]}, grad="3 * x")
     second = await call(c, "check", "sum(x ** 3)", {"x": [1.0, 2.0]}, order=2)
-    return {"good": good, "wrong": wrong, "second": second}
+    single = await call(c, "check", "sum(x * x)", {"x": np.ones(2, np.float32)})
+    return {"good": good, "wrong": wrong, "second": second, "single": single}
 
 
 def test_checks_agree(address: str) -> None:
@@ -121,6 +122,7 @@ def test_checks_agree(address: str) -> None:
     assert sync == async_  # CheckReport equality leaves out how it ran (metadata)
     assert sync["good"].passed and not sync["wrong"].passed and sync["second"].passed
     assert sync["wrong"].kind == "claimed_grad" and sync["second"].symmetric is True
+    assert sync["single"].dtype == "float32" and sync["good"].dtype == "float64"
 
 
 async def errors(c: Any) -> list[tuple[str, str, Any]]:
@@ -187,6 +189,7 @@ def test_jobs_agree(address: str) -> None:
     assert sync["final"][0] == "sync-async" and sync["listed"]
     assert sync["from_second"] == [1, 2]
     assert sync["results"][1][2].passed and sync["results"][2][3] == "INVALID_ARGUMENT"
+    assert sync["results"][1][2].dtype == "float64"
 
 
 # ------------------------------------------------------------- a cut results stream
