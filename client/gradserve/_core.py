@@ -14,9 +14,8 @@ import numpy as np
 from gradserve import wire
 from gradserve._claims import Claim, claimed, claims_for
 from gradserve.errors import DataLossError, InvalidArgumentError
+from gradserve.names import CHECK_KINDS, CLAIM_KINDS, DTYPES, JACOBIAN_MODES, JOB_STATES, OPS
 from gradserve.results import (
-    JOB_STATE_NUMBERS,
-    OP_NAMES,
     CheckReport,
     ComputeResult,
     JobStatus,
@@ -30,17 +29,6 @@ from gradserve.v1 import gradserve_pb2 as pb
 # Requests with more tensor bytes than this go through the streaming call.
 STREAM_THRESHOLD_BYTES = 1024 * 1024
 
-_JACOBIAN_MODES: dict[str, Any] = {
-    "auto": pb.JACOBIAN_MODE_AUTO,
-    "forward": pb.JACOBIAN_MODE_FORWARD,
-    "reverse": pb.JACOBIAN_MODE_REVERSE,
-}
-_CLAIM_KINDS: dict[str, Any] = {
-    "grad": pb.CHECK_KIND_CLAIMED_GRAD,
-    "jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
-    "hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
-}
-
 Inputs = Mapping[str, Any] | Any
 
 
@@ -51,9 +39,9 @@ def _call_form(op: str) -> str:
 def _dtype(dtype: str | None, op: str) -> Any:
     if dtype is None:
         return pb.DTYPE_UNSPECIFIED
-    if dtype not in wire.DTYPE_NAMES:
-        raise InvalidArgumentError(f"{_call_form(op)}: dtype must be 'float32' or 'float64'")
-    return wire.DTYPE_NAMES[dtype]
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"{_call_form(op)}: dtype must be one of {list(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _named_arrays(values: Inputs, what: str, op: str, dtype: str | None) -> dict[str, np.ndarray]:
@@ -137,22 +125,22 @@ def compute_request(
     op = ops[0] if len(ops) == 1 else "compute"
     if not isinstance(fn, str):
         raise InvalidArgumentError(f"{_call_form(op)}: fn must be source text, e.g. 'sin(x)'")
-    unknown = [o for o in ops if o not in OP_NAMES]
+    unknown = [o for o in ops if o not in OPS]
     if unknown:
         raise InvalidArgumentError(
-            f"{_call_form(op)}: unknown operation {unknown[0]!r}; use one of {list(OP_NAMES)}"
+            f"{_call_form(op)}: unknown operation {unknown[0]!r}; use one of {list(OPS)}"
         )
-    if mode not in _JACOBIAN_MODES:
+    if mode not in JACOBIAN_MODES:
         raise InvalidArgumentError(
-            f"{_call_form(op)}: mode must be one of {list(_JACOBIAN_MODES)}, not {mode!r}"
+            f"{_call_form(op)}: mode must be one of {list(JACOBIAN_MODES)}, not {mode!r}"
         )
     req = pb.ComputeRequest(
         function=fn,
-        ops=[OP_NAMES[o] for o in ops],
+        ops=[OPS[o] for o in ops],
         wrt=_wrt(wrt),
         batched=batched,
         dtype=_dtype(dtype, op),
-        jacobian_mode=_JACOBIAN_MODES[mode],
+        jacobian_mode=JACOBIAN_MODES[mode],
         chunk_size=chunk_size or 0,
         verify=_verify(verify, op),
     )
@@ -275,10 +263,10 @@ def check_request(
         raise InvalidArgumentError(f"{call}: give inputs, or sample= to draw points")
     if given:
         (kind,) = given
-        req.kind = _CLAIM_KINDS[kind]
+        req.kind = CLAIM_KINDS[kind]
         req.claims.extend(claims_for(claims[kind], wrt_names, call))
     else:
-        req.kind = pb.CHECK_KIND_FINITE_DIFFERENCE
+        req.kind = CHECK_KINDS["finite_difference"]
     return req
 
 
@@ -294,12 +282,13 @@ def job_states(states: Iterable[str] | str | None) -> list[Any]:
     if states is None:
         return []
     names = [states] if isinstance(states, str) else list(states)
-    known = [n for n in JOB_STATE_NUMBERS if n != "unspecified"]
     out = []
     for name in names:
-        if name not in known:
-            raise InvalidArgumentError(f"jobs(states=...): unknown state {name!r}; use {known}")
-        out.append(JOB_STATE_NUMBERS[name])
+        if name not in JOB_STATES:
+            raise InvalidArgumentError(
+                f"jobs(states=...): unknown state {name!r}; use {list(JOB_STATES)}"
+            )
+        out.append(JOB_STATES[name])
     return out
 
 
