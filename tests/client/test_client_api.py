@@ -8,7 +8,6 @@ import dataclasses
 import inspect
 import subprocess
 import sys
-import textwrap
 import typing
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -211,33 +210,47 @@ def test_async_methods_are_the_sync_ones_awaited(sync: type, async_: type) -> No
         assert twin_hints.get("return") not in (None, typing.Any), f"{name} returns Any"
 
 
-def test_mypy_catches_a_missing_await(tmp_path: Path) -> None:
-    program = tmp_path / "missing_await.py"
-    program.write_text(
-        textwrap.dedent(
-            """
-            import gradserve
+MISSING_AWAIT = """
+import gradserve
 
-            async def main() -> None:
-                async with gradserve.AsyncClient() as client:
-                    report = client.check("sum(x * x)", {"x": [1.0]})
-                    print(report.passed)
-                    ok = await client.check("sum(x * x)", {"x": [1.0]})
-                    print(ok.passed)
-                    value = client.value("x", [1.0])
-                    print(value.shape)
+async def main() -> None:
+    async with gradserve.AsyncClient() as client:
+        report = client.check("sum(x * x)", {"x": [1.0]})
+        print(report.passed)
+        ok = await client.check("sum(x * x)", {"x": [1.0]})
+        print(ok.passed)
+        value = client.value("x", [1.0])
+        print(value.shape)
 
-            def sync(client: gradserve.Client) -> None:
-                print(client.check("x", [1.0]).passed, client.value("x", [1.0]).shape)
-            """
-        )
-    )
+def sync(client: gradserve.Client) -> None:
+    print(client.check("x", [1.0]).passed, client.value("x", [1.0]).shape)
+"""
+
+
+@pytest.fixture(scope="module")
+def mypy_as_python_3_10(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """mypy's errors over the SDK and a user's program, as Python 3.10 (the oldest
+    the SDK supports, see client/pyproject.toml): one run for both tests below."""
+    program = tmp_path_factory.mktemp("mypy") / "missing_await.py"
+    program.write_text(MISSING_AWAIT)
     mypy = subprocess.run(
         [sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent",
-         "--config-file", str(ROOT / "pyproject.toml"), str(program)],
-        capture_output=True, text=True, cwd=ROOT, timeout=240,
+         "--python-version", "3.10", "--config-file", str(ROOT / "pyproject.toml"),
+         str(PACKAGE), str(program)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
-    errors = [line for line in mypy.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 2, mypy.stdout
+    return [line for line in mypy.stdout.splitlines() if ": error:" in line]
+
+
+def test_mypy_catches_a_missing_await(mypy_as_python_3_10: list[str]) -> None:
+    errors = [e for e in mypy_as_python_3_10 if "missing_await.py" in e]
+    assert len(errors) == 2, mypy_as_python_3_10
     assert ':7: error: "Coroutine[Any, Any, CheckReport]" has no attribute "passed"' in errors[0]
     assert ":11: error:" in errors[1] and "ndarray" in errors[1]
+
+
+def test_the_sdk_type_checks_as_python_3_10(mypy_as_python_3_10: list[str]) -> None:
+    ours = [e for e in mypy_as_python_3_10 if "missing_await.py" not in e]
+    assert not ours, ours
+    requires = (ROOT / "client/pyproject.toml").read_text()
+    assert 'requires-python = ">=3.10"' in requires
