@@ -51,8 +51,16 @@ class AsyncClient:
         tls: TLS | bool | None = None,
     ) -> None:
         self._rpc = AsyncRpc(ClientConfig(address, token, timeout, tls))
-        self.address: str = self._rpc.config.address
-        self.timeout: float | None = timeout
+
+    @property
+    def address(self) -> str:
+        """The server's address, as given or from $GRADSERVE_ADDRESS."""
+        return self._rpc.config.address
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of a call, in seconds (None: none)."""
+        return self._rpc.config.timeout
 
     async def close(self) -> None:
         await self._rpc.close()

@@ -50,8 +50,16 @@ class Client:
         tls: TLS | bool | None = None,
     ) -> None:
         self._rpc = SyncRpc(ClientConfig(address, token, timeout, tls))
-        self.address: str = self._rpc.config.address
-        self.timeout: float | None = timeout
+
+    @property
+    def address(self) -> str:
+        """The server's address, as given or from $GRADSERVE_ADDRESS."""
+        return self._rpc.config.address
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of a call, in seconds (None: none)."""
+        return self._rpc.config.timeout
 
     def close(self) -> None:
         self._rpc.close()
