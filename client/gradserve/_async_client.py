@@ -4,6 +4,7 @@ over a grpc.aio channel (:class:`gradserve._rpc.AsyncRpc`). Its methods are
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,8 +79,10 @@ class AsyncClient:
             except _RetryAsStream:
                 pass  # the reply is over the server's message limit: stream it
         reply = StreamedReply()
-        async for part in self._rpc.compute_stream(req.parts(), timeout):
-            reply.add(part)
+        # closed at once should a part be refused: the call is cancelled, not left open
+        async with contextlib.aclosing(self._rpc.compute_stream(req.parts(), timeout)) as parts:
+            async for part in parts:
+                reply.add(part)
         return reply.result()
 
     # ------------------------------------------------------------- operations

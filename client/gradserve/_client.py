@@ -3,6 +3,7 @@ over a blocking channel (:class:`gradserve._rpc.SyncRpc`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,8 +78,10 @@ class Client:
             except _RetryAsStream:
                 pass  # the reply is over the server's message limit: stream it
         reply = StreamedReply()
-        for part in self._rpc.compute_stream(req.parts(), timeout):
-            reply.add(part)
+        # closed at once should a part be refused: the call is cancelled, not left open
+        with contextlib.closing(self._rpc.compute_stream(req.parts(), timeout)) as parts:
+            for part in parts:
+                reply.add(part)
         return reply.result()
 
     # ------------------------------------------------------------- operations
