@@ -17,6 +17,7 @@ MODULES = {
     "gradserve.cli": True,
     "gradserve.plot": True,
     "gradserve.sampling": True,
+    "gradserve.names": True,
     "gradserve._suggest": True,
     "gradserve_server.planner": True,
 }

@@ -7,8 +7,8 @@ array([ 0.,  4.,  8., 12.])
 """
 
 from gradserve._async_client import AsyncClient
-from gradserve._base import TLS
 from gradserve._client import Client
+from gradserve._config import TLS
 from gradserve.errors import (
     DeadlineExceededError,
     GradserveError,

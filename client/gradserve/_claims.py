@@ -46,6 +46,27 @@ def claim(first: str, second: str, value: Any, call: str) -> pb.Claim:
     return msg
 
 
+def claims_for(claims: Any, wrt: list[str], call: str) -> list[pb.Claim]:
+    """The claims of a check: one (for the one ``wrt`` input), or a dict by input
+    (``"a,b"`` or ``(a, b)`` keys for a Hessian's blocks)."""
+    if not isinstance(claims, Mapping):  # one claim: source text, or numbers
+        if len(wrt) > 1:
+            raise InvalidArgumentError(
+                f"{call}: one claim but wrt names {len(wrt)} inputs; give a dict by input"
+            )
+        return [claim(wrt[0] if wrt else "", "", claims, call)]
+    out = []
+    for key, source in claims.items():
+        if isinstance(key, tuple):
+            first, second = key
+        elif isinstance(key, str) and "," in key:
+            first, second = (k.strip() for k in key.split(",", 1))
+        else:
+            first, second = key, ""
+        out.append(claim(first, second, source, call))
+    return out
+
+
 # a job file's key for numeric claims: grad_values, jacobian_values, hessian_values
 VALUES = "_values"
 

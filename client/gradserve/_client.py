@@ -1,39 +1,45 @@
-"""The blocking client: the shared logic of BaseClient over a grpc channel."""
+"""The blocking client: the pure request/response logic of :mod:`gradserve._core`
+over a blocking channel (:class:`gradserve._rpc.SyncRpc`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import grpc
+import numpy as np
 
-from gradserve import jobspec
-from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute, StreamedReply
-from gradserve.errors import from_rpc_error
-from gradserve.jobs import Job, job_states
+from gradserve import _core, jobspec
+from gradserve._claims import Claim
+from gradserve._config import TLS, ClientConfig
+from gradserve._core import Inputs, OutgoingCompute, StreamedReply
+from gradserve._rpc import SyncRpc
+from gradserve.errors import _RetryAsStream
+from gradserve.jobs import Job
 from gradserve.jobspec import JobSpec
-from gradserve.results import CheckReport, ComputeResult, JobStatus, ServerInfo
+from gradserve.results import (
+    CheckReport,
+    ComputeResult,
+    Derivative,
+    Hessian,
+    JobStatus,
+    ServerInfo,
+)
+from gradserve.sampling import Sample
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-
-T = TypeVar("T")
 
 
-def _wants_retry_as_stream(error: grpc.RpcError) -> bool:
-    trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
-    return RETRY_STREAM_KEY in trailing
-
-
-class Client(BaseClient):
+class Client:
     """A blocking gradserve client.
 
     >>> with Client("127.0.0.1:50051") as client:          # doctest: +SKIP
     ...     client.grad("2 * dot(x, x)", {"x": [0.0, 1.0, 2.0, 3.0]})
     array([ 0.,  4.,  8., 12.])
 
-    ``token``: the bearer token (default $GRADSERVE_TOKEN); ``tls``: a
-    :class:`gradserve.TLS`, or True for the system's CAs (default: TLS when
-    $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
+    ``address`` defaults to $GRADSERVE_ADDRESS, then 127.0.0.1:50051; ``token``: the
+    bearer token (default $GRADSERVE_TOKEN); ``timeout``: the default deadline of a
+    call in seconds; ``tls``: a :class:`gradserve.TLS`, or True for the system's CAs
+    (default: TLS when $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
     """
 
     def __init__(
@@ -44,17 +50,20 @@ class Client(BaseClient):
         timeout: float | None = None,
         tls: TLS | bool | None = None,
     ) -> None:
-        super().__init__(address, token=token, timeout=timeout, tls=tls)
-        if self._credentials is None:
-            self._channel = grpc.insecure_channel(self.address, options=self._channel_options)
-        else:
-            self._channel = grpc.secure_channel(
-                self.address, self._credentials, options=self._channel_options
-            )
-        self._stub = pb_grpc.GradientServiceStub(self._channel)
+        self._rpc = SyncRpc(ClientConfig(address, token, timeout, tls))
+
+    @property
+    def address(self) -> str:
+        """The server's address, as given or from $GRADSERVE_ADDRESS."""
+        return self._rpc.config.address
+
+    @property
+    def timeout(self) -> float | None:
+        """The default deadline of a call, in seconds (None: none)."""
+        return self._rpc.config.timeout
 
     def close(self) -> None:
-        self._channel.close()
+        self._rpc.close()
 
     def __enter__(self) -> Client:
         return self
@@ -62,44 +71,163 @@ class Client(BaseClient):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None) -> T:
-        try:
-            return fn(request, timeout=self._deadline(timeout), metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-
-    def _stream_compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
+    def _compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
+        if not req.wants_stream:
+            try:
+                return _core.decode_compute(self._rpc.compute(req.unary(), timeout))
+            except _RetryAsStream:
+                pass  # the reply is over the server's message limit: stream it
         reply = StreamedReply()
-        try:
-            for part in self._stub.ComputeStream(
-                req.parts(), timeout=self._deadline(timeout), metadata=self._metadata
-            ):
+        # closed at once should a part be refused: the call is cancelled, not left open
+        with contextlib.closing(self._rpc.compute_stream(req.parts(), timeout)) as parts:
+            for part in parts:
                 reply.add(part)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
         return reply.result()
 
-    def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
-        if req.wants_stream:
-            result = self._stream_compute(req, timeout)
-        else:
-            try:
-                resp = self._stub.Compute(
-                    req.unary(), timeout=self._deadline(timeout), metadata=self._metadata
-                )
-                result = self._decode_compute(resp)
-            except grpc.RpcError as error:
-                if not _wants_retry_as_stream(error):
-                    raise from_rpc_error(error) from None
-                result = self._stream_compute(req, timeout)
-        return result if pick is None else result[pick]
+    # ------------------------------------------------------------- operations
 
-    def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:
-        return self._decode_check(self._call(self._stub.Check, req, timeout))
+    def compute(
+        self, fn: str, inputs: Inputs, ops: Sequence[str], *,
+        wrt: str | Sequence[str] | None = None, batched: bool = False,
+        dtype: str | None = None, mode: str = "auto", chunk_size: int | None = None,
+        cotangent: Any = None, tangents: Inputs | None = None, vector: Inputs | None = None,
+        verify: bool | None = None, timeout: float | None = None,
+    ) -> ComputeResult:  # fmt: skip
+        """Several operations in one call; returns a :class:`ComputeResult`.
+
+        Operations share work where they can (``value`` and ``grad`` in one pass).
+        ``verify=True`` certifies every derivative by a second route (forward
+        against reverse mode) before it is returned, ``False`` never, ``None`` where
+        that is cheap; ``metadata.certificate`` says how well the routes agreed, and
+        a disagreement raises :class:`~gradserve.errors.InternalError`.
+        """
+        req = _core.compute_request(
+            fn, inputs, list(ops), wrt=wrt, batched=batched, dtype=dtype, mode=mode,
+            chunk_size=chunk_size, cotangent=cotangent, tangents=tangents, vector=vector,
+            verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)
+
+    def value(
+        self, fn: str, inputs: Inputs, *, batched: bool = False, dtype: str | None = None,
+        verify: bool | None = None, timeout: float | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """``f(inputs)``; with ``batched=True`` one row per point. A value has no
+        derivative to certify: ``verify`` is accepted for symmetry and ignored."""
+        req = _core.compute_request(
+            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify
+        )
+        return self._compute(req, timeout)["value"]
+
+    def grad(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, verify: bool | None = None,
+        timeout: float | None = None,
+    ) -> Derivative:  # fmt: skip
+        """The gradient of a scalar function: one array per ``wrt`` input.
+
+        One array when there is one input (or one ``wrt`` name), else a dict.
+        ``verify``: see :meth:`compute`.
+        """
+        req = _core.compute_request(
+            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify
+        )
+        return self._compute(req, timeout)["grad"]
+
+    def jacobian(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, mode: str = "auto",
+        chunk_size: int | None = None, verify: bool | None = None,
+        timeout: float | None = None,
+    ) -> Derivative:  # fmt: skip
+        """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse.
+        ``verify``: see :meth:`compute`."""
+        req = _core.compute_request(
+            fn, inputs, ["jacobian"], wrt=wrt, batched=batched, dtype=dtype, mode=mode,
+            chunk_size=chunk_size, verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)["jacobian"]
+
+    def hessian(
+        self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, chunk_size: int | None = None,
+        verify: bool | None = None, timeout: float | None = None,
+    ) -> Hessian:  # fmt: skip
+        """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``.
+        ``verify``: see :meth:`compute`."""
+        req = _core.compute_request(
+            fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype,
+            chunk_size=chunk_size, verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)["hessian"]
+
+    def vjp(
+        self, fn: str, inputs: Inputs, cotangent: Any, *, wrt: str | Sequence[str] | None = None,
+        batched: bool = False, dtype: str | None = None, verify: bool | None = None,
+        timeout: float | None = None,
+    ) -> Derivative:  # fmt: skip
+        """``cotangentᵀ J`` per input; the cotangent is shaped like the output.
+        ``verify``: see :meth:`compute`."""
+        req = _core.compute_request(
+            fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent,
+            verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)["vjp"]
+
+    def jvp(
+        self, fn: str, inputs: Inputs, tangents: Inputs, *,
+        wrt: str | Sequence[str] | None = None, batched: bool = False,
+        dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """``J · tangent``, shaped like the output; one tangent per ``wrt`` input.
+        ``verify``: see :meth:`compute`."""
+        req = _core.compute_request(
+            fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents,
+            verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)["jvp"]
+
+    def hvp(
+        self, fn: str, inputs: Inputs, vector: Inputs, *,
+        wrt: str | Sequence[str] | None = None, batched: bool = False,
+        dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+    ) -> Derivative:  # fmt: skip
+        """``H · vector`` per input (forward-over-reverse). ``verify``: see
+        :meth:`compute`."""
+        req = _core.compute_request(
+            fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector,
+            verify=verify,
+        )  # fmt: skip
+        return self._compute(req, timeout)["hvp"]
+
+    def check(
+        self, fn: str, inputs: Inputs | None = None, *, wrt: str | Sequence[str] | None = None,
+        grad: Claim | Mapping[str, Claim] | None = None,
+        jacobian: Claim | Mapping[str, Claim] | None = None,
+        hessian: Claim | Mapping[Any, Claim] | None = None, order: int = 1,
+        atol: float | None = None, rtol: float | None = None, eps: float | None = None,
+        fast: bool | None = None, batched: bool = False,
+        sample: Sample | Mapping[str, Sample] | None = None, dtype: str | None = None,
+        seed: int = 0, timeout: float | None = None,
+    ) -> CheckReport:  # fmt: skip
+        """Check derivatives; returns a :class:`CheckReport`.
+
+        Without claims, autograd is checked against central finite differences
+        (float64, gradcheck's tolerances by default). With ``grad=``,
+        ``jacobian=`` or ``hessian=`` (function-language source, or numbers), the
+        claim is checked against autograd at ``inputs`` or at points drawn by
+        ``sample=``.
+        """
+        req = _core.check_request(
+            fn, inputs, wrt=wrt, grad=grad, jacobian=jacobian, hessian=hessian, order=order,
+            atol=atol, rtol=rtol, eps=eps, fast=fast, batched=batched, sample=sample,
+            dtype=dtype, seed=seed,
+        )  # fmt: skip
+        return _core.decode_check(self._rpc.check(req, timeout))
 
     def server_info(self, *, timeout: float | None = None) -> ServerInfo:
         """Version, workers, limits and the function table of the server."""
-        msg = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+        msg = self._rpc.get_server_info(pb.GetServerInfoRequest(), timeout)
         return ServerInfo._from_proto(msg)
 
     # ------------------------------------------------------------- jobs
@@ -117,14 +245,12 @@ class Client(BaseClient):
         Submitting again with the same ``idempotency_key`` returns the same job
         (the same key with a different spec raises AlreadyExistsError).
         """
-        req = jobspec.load(job, name=name)
-        req.idempotency_key = idempotency_key or ""
-        msg = self._call(self._stub.SubmitJob, req, timeout)
-        return Job(self, msg.id)
+        req = jobspec.load(job, name=name, idempotency_key=idempotency_key)
+        return Job(self._rpc, self._rpc.submit_job(req, timeout).id)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (raises NotFoundError on first use if unknown)."""
-        return Job(self, job_id)
+        return Job(self._rpc, job_id)
 
     def delete_job(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
         """Delete a job and its results (cancelling it first if it is active); its
@@ -140,10 +266,7 @@ class Client(BaseClient):
     ) -> list[JobStatus]:
         """Every job (newest first), optionally only those in ``states``."""
         out: list[JobStatus] = []
-        req = pb.ListJobsRequest(page_size=page_size, states=job_states(states))
-        while True:
-            resp = self._call(self._stub.ListJobs, req, timeout)
-            out += [JobStatus._from_proto(m) for m in resp.jobs]
-            if not resp.next_page_token:
-                return out
-            req.page_token = resp.next_page_token
+        req: pb.ListJobsRequest | None = _core.list_jobs_request(states, page_size)
+        while req is not None:
+            req = _core.next_page(req, self._rpc.list_jobs(req, timeout), out)
+        return out

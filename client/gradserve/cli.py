@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from gradserve._base import TLS
 from gradserve._client import Client
+from gradserve._config import TLS
 from gradserve.errors import GradserveError, InvalidSpecError
+from gradserve.names import DTYPES
 from gradserve.results import JobStatus
 
 _RANGE = re.compile(r"^\s*(linspace|arange)\s*\(([^()]*)\)\s*$")
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE")
         p.add_argument("--wrt", action="append", default=[])
         p.add_argument("--batched", action="store_true")
-        p.add_argument("--dtype", choices=["float32", "float64"], default=None)
+        p.add_argument("--dtype", choices=list(DTYPES), default=None)
         if op == "vjp":
             p.add_argument(
                 "--cotangent", required=True, metavar="VALUE", help="shaped like the output"

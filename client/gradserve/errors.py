@@ -7,6 +7,9 @@ code is missing from it, so a new code never surfaces as a raw ``grpc.RpcError``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 
 __all__ = [
@@ -175,6 +178,23 @@ SPEC_LINE_KEY = "gradserve-spec-line"
 SPEC_COLUMN_KEY = "gradserve-spec-column"
 # Every call's id, in its trailing metadata (the server's log line has it too).
 REQUEST_ID_KEY = "gradserve-request-id"
+# Set by the server on a unary reply that would be over its message limit: the
+# client sends the request again through the streaming call.
+RETRY_STREAM_KEY = "gradserve-retry-stream"
+
+
+class _RetryAsStream(ResourceExhaustedError):
+    """A unary reply too large for one message; the clients retry it as a stream,
+    so it reaches a user only if the streaming call is unavailable too."""
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Around every gRPC call of the SDK: a ``grpc.RpcError`` leaves as the SDK's error."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
 
 
 def from_rpc_error(error: grpc.RpcError) -> GradserveError:
@@ -185,6 +205,8 @@ def from_rpc_error(error: grpc.RpcError) -> GradserveError:
     if hasattr(error, "trailing_metadata"):
         trailing = dict(error.trailing_metadata() or ())
     request_id = trailing.get(REQUEST_ID_KEY)
+    if RETRY_STREAM_KEY in trailing:
+        return _RetryAsStream(details, code=code.name, request_id=request_id)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         line, column = trailing.get(SPEC_LINE_KEY), trailing.get(SPEC_COLUMN_KEY)
         if line is not None and column is not None:

@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from gradserve import _safeload, wire
-from gradserve._base import BaseClient
-from gradserve._claims import VALUES, numeric_claims_in_job
+from gradserve._claims import VALUES, claims_for, numeric_claims_in_job
 from gradserve._suggest import unknown_key
 from gradserve.errors import InvalidArgumentError
-from gradserve.results import OP_NAMES
+from gradserve.names import CHECK_KINDS, CLAIM_KINDS, DTYPES, JACOBIAN_MODES, OPS
 from gradserve.sampling import sample_from_mapping
 from gradserve.v1 import gradserve_pb2 as pb
 
@@ -45,24 +44,22 @@ _TASK_KEYS = {
     "cotangent", "tangents", "vector", "verify",
 }  # fmt: skip
 _CHECK_OPTIONS = {"atol", "rtol", "eps", "order", "fast", "seed"}
-_CLAIM_KINDS = {
-    "grad": pb.CHECK_KIND_CLAIMED_GRAD,
-    "jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
-    "hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
-}
-_MODES = {
-    "auto": pb.JACOBIAN_MODE_AUTO,
-    "forward": pb.JACOBIAN_MODE_FORWARD,
-    "reverse": pb.JACOBIAN_MODE_REVERSE,
-}
 
 
 class JobSpecError(InvalidArgumentError):
     """A job spec that cannot be submitted; the message names the task and key."""
 
 
-def load(job: JobSpec, *, name: str | None = None) -> pb.SubmitJobRequest:
+def load(
+    job: JobSpec, *, name: str | None = None, idempotency_key: str | None = None
+) -> pb.SubmitJobRequest:
     """A SubmitJobRequest from a dict, or from the path of a ``.yaml``/``.yml``/``.json`` file."""
+    req = _load(job, name)
+    req.idempotency_key = idempotency_key or ""
+    return req
+
+
+def _load(job: JobSpec, name: str | None) -> pb.SubmitJobRequest:
     if isinstance(job, Mapping):
         return _parse(job, Path.cwd(), "job", name)
     if not isinstance(job, str | os.PathLike):
@@ -112,31 +109,31 @@ def _task(task: Any, index: int, base: Path, where: str) -> pb.Task:
     if not isinstance(function, str) or not function.strip():
         raise fail("function", "give the function's source, e.g. 'sum(sin(x))'")
     dtype = task.get("dtype")
-    if dtype not in (None, "float32", "float64"):
-        raise fail("dtype", f"must be float32 or float64, not {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise fail("dtype", f"must be one of {list(DTYPES)}, not {dtype!r}")
     msg = pb.Task(
         id=str(task.get("id", "")),
         function=function,
         batched=bool(task.get("batched", False)),
-        dtype=wire.DTYPE_NAMES[dtype] if dtype else pb.DTYPE_UNSPECIFIED,
+        dtype=DTYPES[dtype] if dtype else pb.DTYPE_UNSPECIFIED,
     )
     ops = task.get("ops", [])
     ops = [ops] if isinstance(ops, str) else ops
     if not isinstance(ops, Sequence):
         raise fail("ops", "a list of operations, e.g. [grad, hessian]")
     for op in ops:
-        if op not in OP_NAMES:
-            raise fail("ops", f"unknown operation {op!r}; use any of {list(OP_NAMES)}")
-        msg.ops.append(OP_NAMES[op])
+        if op not in OPS:
+            raise fail("ops", f"unknown operation {op!r}; use any of {list(OPS)}")
+        msg.ops.append(OPS[op])
     wrt = task.get("wrt", [])
     wrt = [wrt] if isinstance(wrt, str) else wrt
     if not isinstance(wrt, Sequence) or not all(isinstance(w, str) for w in wrt):
         raise fail("wrt", "an input name or a list of them")
     msg.wrt.extend(wrt)
     mode = task.get("mode", "auto")
-    if mode not in _MODES:
-        raise fail("mode", f"must be one of {list(_MODES)}, not {mode!r}")
-    msg.jacobian_mode = _MODES[mode]
+    if mode not in JACOBIAN_MODES:
+        raise fail("mode", f"must be one of {list(JACOBIAN_MODES)}, not {mode!r}")
+    msg.jacobian_mode = JACOBIAN_MODES[mode]
     verify = task.get("verify")
     if verify not in (None, True, False):
         raise fail(
@@ -211,21 +208,21 @@ def _check(check: Any, wrt: list[str], fail: Any, base: Path = Path(".")) -> pb.
         check = {}
     if not isinstance(check, Mapping):
         raise fail("check", "true, or a mapping like {grad: '4 * x', atol: 1e-6}")
-    allowed = set(_CLAIM_KINDS) | _CHECK_OPTIONS | {k + VALUES for k in _CLAIM_KINDS}
+    allowed = set(CLAIM_KINDS) | _CHECK_OPTIONS | {k + VALUES for k in CLAIM_KINDS}
     unknown = sorted(set(check) - allowed)
     if unknown:
         raise fail(f"check.{unknown[0]}", unknown_key(unknown[0], allowed))
     # numeric claims (grad_values: file.npy, inline numbers, or a dict by input)
     check = numeric_claims_in_job(check, base, fail)
-    claimed = [k for k in _CLAIM_KINDS if k in check]
+    claimed = [k for k in CLAIM_KINDS if k in check]
     if len(claimed) > 1:
         raise fail("check", f"give one claim kind, not {claimed}")
-    spec = pb.CheckSpec(kind=pb.CHECK_KIND_FINITE_DIFFERENCE)
+    spec = pb.CheckSpec(kind=CHECK_KINDS["finite_difference"])
     if claimed:
         kind = claimed[0]
-        spec.kind = _CLAIM_KINDS[kind]
+        spec.kind = CLAIM_KINDS[kind]
         try:
-            spec.claims.extend(BaseClient._claims(check[kind], wrt, f"check.{kind}"))
+            spec.claims.extend(claims_for(check[kind], wrt, f"check.{kind}"))
         except InvalidArgumentError as exc:
             raise fail(f"check.{kind}", exc.message) from None
     options = spec.options

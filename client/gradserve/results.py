@@ -8,42 +8,21 @@ from typing import Any
 
 import numpy as np
 
+from gradserve.names import (
+    CHECK_KIND_BY_NUMBER,
+    DTYPE_BY_NUMBER,
+    EXECUTION_PATH_BY_NUMBER,
+    JOB_STATE_BY_NUMBER,
+    OP_BY_NUMBER,
+    TERMINAL_STATES,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 
-OP_NAMES: dict[str, Any] = {
-    "value": pb.OP_VALUE,
-    "grad": pb.OP_GRAD,
-    "jacobian": pb.OP_JACOBIAN,
-    "hessian": pb.OP_HESSIAN,
-    "vjp": pb.OP_VJP,
-    "jvp": pb.OP_JVP,
-    "hvp": pb.OP_HVP,
-}
-OP_BY_NUMBER = {number: name for name, number in OP_NAMES.items()}
-
-_PATHS = {
-    pb.EXECUTION_PATH_UNSPECIFIED: "",
-    pb.EXECUTION_PATH_VMAP: "vmap",
-    pb.EXECUTION_PATH_PER_POINT: "per_point",
-    pb.EXECUTION_PATH_SINGLE: "single",
-}
-CHECK_KINDS = {
-    pb.CHECK_KIND_UNSPECIFIED: "",
-    pb.CHECK_KIND_FINITE_DIFFERENCE: "finite_difference",
-    pb.CHECK_KIND_CLAIMED_GRAD: "claimed_grad",
-    pb.CHECK_KIND_CLAIMED_JACOBIAN: "claimed_jacobian",
-    pb.CHECK_KIND_CLAIMED_HESSIAN: "claimed_hessian",
-}
-JOB_STATES = {
-    pb.JOB_STATE_UNSPECIFIED: "unspecified",
-    pb.JOB_STATE_QUEUED: "queued",
-    pb.JOB_STATE_RUNNING: "running",
-    pb.JOB_STATE_SUCCEEDED: "succeeded",
-    pb.JOB_STATE_FAILED: "failed",
-    pb.JOB_STATE_CANCELLED: "cancelled",
-}
-JOB_STATE_NUMBERS = {name: number for number, name in JOB_STATES.items()}
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# What the one-operation calls return: one array when there is one input (or one
+# ``wrt`` name), else a dict by input name; a Hessian of several inputs is a nested
+# dict of blocks ``H[a][b]``.
+Derivative = np.ndarray | dict[str, np.ndarray]
+Hessian = np.ndarray | dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -107,7 +86,7 @@ class Metadata:
     @classmethod
     def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
         return cls(
-            execution_path=_PATHS.get(msg.execution_path, ""),
+            execution_path=EXECUTION_PATH_BY_NUMBER.get(msg.execution_path, ""),
             unconnected=tuple(msg.unconnected),
             out_shape=tuple(int(d) for d in msg.out_shape),
             points=int(msg.points),
@@ -157,6 +136,9 @@ class WorstElement:
     # and whether abs_error is beyond it (a real disagreement) or within its noise
     fd_error: float | None = None
     beyond_fd_error: bool | None = None
+    # fast mode, when no element-wise check could follow: the random projection vᵀJu
+    # that failed (the indices are then empty)
+    projection: int | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.WorstElement) -> WorstElement:
@@ -171,6 +153,7 @@ class WorstElement:
             rel_error=msg.rel_error,
             fd_error=msg.fd_error if msg.HasField("fd_error") else None,
             beyond_fd_error=msg.beyond_fd_error if msg.HasField("beyond_fd_error") else None,
+            projection=int(msg.projection) if msg.HasField("projection") else None,
         )
 
 
@@ -179,7 +162,8 @@ class Kink:
     """Where one-sided differences disagree: the function is not differentiable there.
 
     ``right`` and ``left`` are the forward and backward differences, ``autograd``
-    what autograd returns there (a subgradient at best), ``at`` the input value.
+    what autograd returns there (a subgradient at best), ``at`` the input value
+    (``None`` along a random direction in fast mode, where ``direction`` says which).
     """
 
     point: int
@@ -190,6 +174,7 @@ class Kink:
     right: float
     left: float
     autograd: float
+    direction: int | None = None
 
     @classmethod
     def _from_proto(cls, msg: pb.Kink) -> Kink:
@@ -202,6 +187,7 @@ class Kink:
             right=msg.right,
             left=msg.left,
             autograd=msg.autograd,
+            direction=int(msg.direction) if msg.HasField("direction") else None,
         )
 
 
@@ -212,7 +198,8 @@ class CheckReport:
     ``worst`` names the element with the largest error (``numeric`` holds the
     finite difference, or the claimed value for claimed-derivative checks);
     ``non_differentiable`` says the function has a kink at a checked point, and
-    ``kink`` says where, with the one-sided derivatives side by side. ``metadata``
+    ``kink`` says where, with the one-sided derivatives side by side. ``dtype`` is the
+    inputs' dtype (both sides are compared in float64). ``metadata``
     says how the check ran (chunks, workers, seconds); a check in a job's task
     result carries it on the task instead.
     """
@@ -241,6 +228,9 @@ class CheckReport:
     # (one sentence), and whether autograd matched finite differences
     three_way: str = ""
     autograd_matches_finite_differences: bool | None = None
+    # the inputs' dtype, "float32" or "float64" (both sides are compared in float64);
+    # "" from a server that does not say
+    dtype: str = ""
 
     @property
     def worst_point(self) -> int | None:
@@ -255,7 +245,7 @@ class CheckReport:
     ) -> CheckReport:
         return cls(
             passed=msg.passed,
-            kind=CHECK_KINDS.get(msg.kind, ""),
+            kind=CHECK_KIND_BY_NUMBER.get(msg.kind, ""),
             order=int(msg.order),
             mode=msg.mode,
             max_abs_error=msg.max_abs_error,
@@ -269,7 +259,7 @@ class CheckReport:
             rtol=msg.rtol,
             eps=msg.eps,
             num_points=int(msg.num_points),
-            execution_path=_PATHS.get(msg.execution_path, ""),
+            execution_path=EXECUTION_PATH_BY_NUMBER.get(msg.execution_path, ""),
             kink=Kink._from_proto(msg.kink) if msg.HasField("kink") else None,
             three_way=msg.three_way,
             autograd_matches_finite_differences=(
@@ -278,6 +268,7 @@ class CheckReport:
                 else None
             ),
             max_asymmetry=msg.max_asymmetry,
+            dtype=DTYPE_BY_NUMBER.get(msg.dtype, ""),
             metadata=Metadata() if metadata is None else Metadata._from_proto(metadata),
         )
 
@@ -362,7 +353,7 @@ class JobStatus:
         return cls(
             id=msg.id,
             name=msg.name,
-            state=JOB_STATES.get(msg.state, "unspecified"),
+            state=JOB_STATE_BY_NUMBER.get(msg.state, "unspecified"),
             tasks_total=msg.tasks_total,
             tasks_done=msg.tasks_done,
             tasks_failed=msg.tasks_failed,

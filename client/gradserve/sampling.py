@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradserve._suggest import unknown_key
+from gradserve.names import DTYPES
 from gradserve.v1 import gradserve_pb2 as pb
 
 
@@ -38,10 +39,8 @@ class Sample:
         spec = pb.SampleSpec(
             distribution=distribution, shape=list(self.shape), count=self.count, seed=self.seed
         )
-        if self.dtype == "float32":
-            spec.dtype = pb.DTYPE_FLOAT32
-        elif self.dtype == "float64":
-            spec.dtype = pb.DTYPE_FLOAT64
+        if self.dtype is not None:
+            spec.dtype = DTYPES[self.dtype]
         return spec
 
 
@@ -75,4 +74,7 @@ def sample_from_mapping(spec: Mapping[str, Any], where: str = "sample") -> Sampl
         params = (float(spec.get("mean", 0.0)), float(spec.get("std", 1.0)))
     else:
         raise ValueError(f"{where}: dist must be uniform or normal, not {dist!r}")
-    return Sample(dist, params, shape, count, seed, spec.get("dtype"))
+    dtype = spec.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{where}: dtype must be one of {list(DTYPES)}, not {dtype!r}")
+    return Sample(dist, params, shape, count, seed, dtype)

@@ -17,18 +17,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gradserve import wire
-from gradserve.results import OP_BY_NUMBER
+from gradserve.names import DTYPE_BY_NUMBER, OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.errors import exhausted, invalid
 from gradserve_workers import lang
 
 T = TypeVar("T")
-DTYPES: dict[Any, str] = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT64: "float64"}
-MODES: dict[Any, str] = {
-    pb.JACOBIAN_MODE_AUTO: "auto",
-    pb.JACOBIAN_MODE_FORWARD: "forward",
-    pb.JACOBIAN_MODE_REVERSE: "reverse",
-}
 
 
 @dataclass
@@ -132,8 +126,8 @@ def request_arrays(
 
 
 def resolve_dtype(requested: Any, arrays: Mapping[str, np.ndarray], default: str) -> str:
-    if requested in DTYPES:
-        return DTYPES[requested]
+    if requested in DTYPE_BY_NUMBER:
+        return DTYPE_BY_NUMBER[requested]
     kinds = {str(a.dtype) for a in arrays.values()}
     if not kinds:
         return default

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from gradserve.names import DTYPES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import memory
 from gradserve_server.config import ServerConfig
@@ -34,7 +37,7 @@ from gradserve_workers.replies import (
 MAX_DIMS = 32
 # Bytes per element of each wire dtype (unspecified: float64, what sampled points and
 # a request without a dtype compute in unless every input is float32).
-ITEMSIZE: dict[int, int] = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT64: 8}
+ITEMSIZE: dict[int, int] = {number: np.dtype(name).itemsize for name, number in DTYPES.items()}
 # A call's or task's sampled elements, all inputs together, are bounded by this many
 # times --max-points (as well as by --max-request-bytes).
 SAMPLE_ELEMENTS_PER_POINT = 16

@@ -9,17 +9,9 @@ from typing import Any
 import numpy as np
 
 from gradserve import wire
-from gradserve.results import OP_BY_NUMBER
+from gradserve.names import CHECK_KINDS, DTYPES, OPS
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_workers.report import CheckReport, beyond_fd_error
-
-_REPORT_KINDS = {
-    "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
-    "claimed_grad": pb.CHECK_KIND_CLAIMED_GRAD,
-    "claimed_jacobian": pb.CHECK_KIND_CLAIMED_JACOBIAN,
-    "claimed_hessian": pb.CHECK_KIND_CLAIMED_HESSIAN,
-}
-_OP_NUMBERS: dict[str, Any] = {name: number for number, name in OP_BY_NUMBER.items()}
 
 
 def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb.CheckReport:
@@ -27,7 +19,7 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
     it (single for one unbatched point, else vmap or per point), so the two agree."""
     msg = pb.CheckReport(
         passed=report.passed,
-        kind=_REPORT_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
+        kind=CHECK_KINDS.get(report.kind, pb.CHECK_KIND_UNSPECIFIED),
         order=report.order,
         mode=report.mode,
         max_abs_error=report.max_abs_error,
@@ -47,6 +39,7 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
     if report.autograd_matches_fd is not None:
         msg.autograd_matches_finite_differences = report.autograd_matches_fd
     msg.max_asymmetry = report.max_asymmetry
+    msg.dtype = DTYPES.get(report.dtype, pb.DTYPE_UNSPECIFIED)
     kink = report.kink
     if kink is not None:
         msg.kink.CopyFrom(
@@ -62,6 +55,8 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
         )
         if kink.at is not None:
             msg.kink.at = kink.at
+        if kink.direction is not None:
+            msg.kink.direction = kink.direction
     if report.worst is not None:
         w = report.worst
         msg.worst.CopyFrom(
@@ -79,6 +74,8 @@ def report_to_proto(report: CheckReport, execution_path: pb.ExecutionPath) -> pb
         if w.fd_error is not None:
             msg.worst.fd_error = w.fd_error
             msg.worst.beyond_fd_error = bool(beyond_fd_error(w))
+        if w.projection is not None:
+            msg.worst.projection = w.projection
     return msg
 
 
@@ -86,7 +83,7 @@ def outputs_to_proto(outputs: Mapping[str, Mapping[str, np.ndarray]], into: Any)
     """Op results built in place in the repeated field ``into`` (each array's bytes
     copied at most once)."""
     for op, by_key in outputs.items():
-        result = into.add(op=_OP_NUMBERS[op])
+        result = into.add(op=OPS[op])
         for key, arr in by_key.items():
             first, _, second = key.partition(",")
             wire.fill(result.outputs.add(input=first, input2=second).tensor, arr)
@@ -98,7 +95,7 @@ def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: 
     :func:`gradserve.wire.split_pieces` to send without joining them."""
     slots = []
     for op, by_key in outputs.items():
-        result = into.add(op=_OP_NUMBERS[op])
+        result = into.add(op=OPS[op])
         for key, parts in by_key.items():
             first, _, second = key.partition(",")
             tensor = result.outputs.add(input=first, input2=second).tensor

@@ -21,15 +21,13 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gradserve.errors import SPEC_COLUMN_KEY, SPEC_LINE_KEY
+from gradserve.errors import RETRY_STREAM_KEY, SPEC_COLUMN_KEY, SPEC_LINE_KEY
 from gradserve_server import calls, memory
 from gradserve_workers import lang
 from gradserve_workers.registry import UnknownFunctionError
 from gradserve_workers.tasks import ChunkError
 
 log = logging.getLogger("gradserve.server")
-
-RETRY_STREAM_KEY = "gradserve-retry-stream"
 
 
 class ServiceError(Exception):

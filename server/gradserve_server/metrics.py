@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gradserve.names import JOB_STATES
 from gradserve_server.auth import tenant_label
 from gradserve_server.pool import ActorPool, tenant_of
 
@@ -143,7 +144,7 @@ class _PoolCollector(Collector):
             except Exception as error:  # the store closed while stopping: skip the gauge
                 log.debug("job counts unavailable: %s", error)
                 return
-            for state_name in ("queued", "running", "succeeded", "failed", "cancelled"):
+            for state_name in JOB_STATES:
                 counts.add_metric([state_name], by_state.get(state_name, 0))
             yield counts
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from gradserve.names import DTYPE_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.budgets import sample_cost
 from gradserve_server.errors import exhausted, invalid
@@ -47,5 +48,5 @@ def draw(spec: pb.SampleSpec, where: str, max_elements: int) -> np.ndarray:
         arr = rng.uniform(low, high, size=size)
     else:  # pragma: no cover - a future distribution this server does not know
         raise invalid(f"{where}: unknown distribution {which}", where)
-    dtype = "float32" if spec.dtype == pb.DTYPE_FLOAT32 else "float64"
+    dtype = DTYPE_BY_NUMBER.get(spec.dtype, "float64")
     return np.ascontiguousarray(arr, dtype=dtype)

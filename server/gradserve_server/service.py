@@ -13,6 +13,7 @@ import numpy as np
 import ray
 
 from gradserve import wire
+from gradserve.names import CHECK_KIND_BY_NUMBER, JACOBIAN_MODE_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import binding, dispatch, numeric, sampling
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight, max_sample_elements
@@ -46,12 +47,8 @@ from gradserve_workers.tasks import (
 # Arrays above this size go to the object store once instead of with every chunk.
 OBJECT_STORE_BYTES = 256 * 1024
 
-_CHECK_KIND_NAMES = {
-    pb.CHECK_KIND_FINITE_DIFFERENCE: "finite_difference",
-    pb.CHECK_KIND_CLAIMED_GRAD: "grad",
-    pb.CHECK_KIND_CLAIMED_JACOBIAN: "jacobian",
-    pb.CHECK_KIND_CLAIMED_HESSIAN: "hessian",
-}
+# a check's kind by the name of its claim's argument ("grad", ...), or finite_difference
+_CHECK_KIND_NAMES = {n: name.removeprefix("claimed_") for n, name in CHECK_KIND_BY_NUMBER.items()}
 
 
 @dataclass
@@ -166,7 +163,7 @@ class ComputeService:
             wrt=wrt,
             batched=req.batched,
             dtype=dtype,
-            jacobian_mode=binding.MODES.get(req.jacobian_mode, "auto"),
+            jacobian_mode=JACOBIAN_MODE_BY_NUMBER.get(req.jacobian_mode, "auto"),
             chunk_size=int(req.chunk_size) or None,
             limits=self.limits,
             reply_budget=admitted.reply_budget,

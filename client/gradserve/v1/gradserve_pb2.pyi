@@ -349,7 +349,7 @@ class CheckRequest(_message.Message):
     def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputSpec]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., options: _Optional[_Union[CheckOptions, _Mapping]] = ...) -> None: ...
 
 class WorstElement(_message.Message):
-    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error", "fd_error", "beyond_fd_error")
+    __slots__ = ("point", "input", "output_index", "input_index", "analytic", "numeric", "abs_error", "rel_error", "fd_error", "beyond_fd_error", "projection")
     POINT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +360,7 @@ class WorstElement(_message.Message):
     REL_ERROR_FIELD_NUMBER: _ClassVar[int]
     FD_ERROR_FIELD_NUMBER: _ClassVar[int]
     BEYOND_FD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
     point: int
     input: str
     output_index: _containers.RepeatedScalarFieldContainer[int]
@@ -370,10 +371,11 @@ class WorstElement(_message.Message):
     rel_error: float
     fd_error: float
     beyond_fd_error: bool
-    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ..., fd_error: _Optional[float] = ..., beyond_fd_error: _Optional[bool] = ...) -> None: ...
+    projection: int
+    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., analytic: _Optional[float] = ..., numeric: _Optional[float] = ..., abs_error: _Optional[float] = ..., rel_error: _Optional[float] = ..., fd_error: _Optional[float] = ..., beyond_fd_error: _Optional[bool] = ..., projection: _Optional[int] = ...) -> None: ...
 
 class Kink(_message.Message):
-    __slots__ = ("point", "input", "output_index", "input_index", "at", "right", "left", "autograd")
+    __slots__ = ("point", "input", "output_index", "input_index", "at", "right", "left", "autograd", "direction")
     POINT_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +384,7 @@ class Kink(_message.Message):
     RIGHT_FIELD_NUMBER: _ClassVar[int]
     LEFT_FIELD_NUMBER: _ClassVar[int]
     AUTOGRAD_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
     point: int
     input: str
     output_index: _containers.RepeatedScalarFieldContainer[int]
@@ -390,10 +393,11 @@ class Kink(_message.Message):
     right: float
     left: float
     autograd: float
-    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., at: _Optional[float] = ..., right: _Optional[float] = ..., left: _Optional[float] = ..., autograd: _Optional[float] = ...) -> None: ...
+    direction: int
+    def __init__(self, point: _Optional[int] = ..., input: _Optional[str] = ..., output_index: _Optional[_Iterable[int]] = ..., input_index: _Optional[_Iterable[int]] = ..., at: _Optional[float] = ..., right: _Optional[float] = ..., left: _Optional[float] = ..., autograd: _Optional[float] = ..., direction: _Optional[int] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry", "three_way", "autograd_matches_finite_differences")
+    __slots__ = ("passed", "kind", "order", "mode", "max_abs_error", "max_rel_error", "worst", "non_differentiable", "symmetric", "point_passed", "message", "atol", "rtol", "eps", "num_points", "execution_path", "kink", "max_asymmetry", "three_way", "autograd_matches_finite_differences", "dtype")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +418,7 @@ class CheckReport(_message.Message):
     MAX_ASYMMETRY_FIELD_NUMBER: _ClassVar[int]
     THREE_WAY_FIELD_NUMBER: _ClassVar[int]
     AUTOGRAD_MATCHES_FINITE_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     kind: CheckKind
     order: int
@@ -434,7 +439,8 @@ class CheckReport(_message.Message):
     max_asymmetry: float
     three_way: str
     autograd_matches_finite_differences: bool
-    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ..., three_way: _Optional[str] = ..., autograd_matches_finite_differences: _Optional[bool] = ...) -> None: ...
+    dtype: DType
+    def __init__(self, passed: _Optional[bool] = ..., kind: _Optional[_Union[CheckKind, str]] = ..., order: _Optional[int] = ..., mode: _Optional[str] = ..., max_abs_error: _Optional[float] = ..., max_rel_error: _Optional[float] = ..., worst: _Optional[_Union[WorstElement, _Mapping]] = ..., non_differentiable: _Optional[bool] = ..., symmetric: _Optional[bool] = ..., point_passed: _Optional[_Iterable[bool]] = ..., message: _Optional[str] = ..., atol: _Optional[float] = ..., rtol: _Optional[float] = ..., eps: _Optional[float] = ..., num_points: _Optional[int] = ..., execution_path: _Optional[_Union[ExecutionPath, str]] = ..., kink: _Optional[_Union[Kink, _Mapping]] = ..., max_asymmetry: _Optional[float] = ..., three_way: _Optional[str] = ..., autograd_matches_finite_differences: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
     __slots__ = ("report", "metadata")

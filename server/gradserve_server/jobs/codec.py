@@ -5,19 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gradserve.names import JOB_STATES
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs import bounded
 from gradserve_server.jobs.rows import JobRow
 from gradserve_workers.report import CheckReport, Kink, WorstElement
-
-STATE_NUMBERS = {
-    "queued": pb.JOB_STATE_QUEUED,
-    "running": pb.JOB_STATE_RUNNING,
-    "succeeded": pb.JOB_STATE_SUCCEEDED,
-    "failed": pb.JOB_STATE_FAILED,
-    "cancelled": pb.JOB_STATE_CANCELLED,
-}
-STATE_NAMES = {number: name for name, number in STATE_NUMBERS.items()}
 
 
 def _tuples(value: Any) -> Any:
@@ -56,7 +48,7 @@ def job_to_proto(row: JobRow, errors: list[tuple[int, str, str, str]]) -> pb.Job
     job = pb.Job(
         id=bounded.clip(row.id, echo),
         name=bounded.clip(row.name, echo),
-        state=STATE_NUMBERS.get(row.state, pb.JOB_STATE_UNSPECIFIED),
+        state=JOB_STATES.get(row.state, pb.JOB_STATE_UNSPECIFIED),
         tasks_total=row.tasks_total,
         tasks_done=row.tasks_done,
         tasks_failed=row.tasks_failed,

@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from gradserve.names import JOB_STATE_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.budgets import Budgets
 from gradserve_server.config import ServerConfig
@@ -270,13 +271,13 @@ class JobManager:
         if size < 0:
             raise invalid("ListJobs: page_size must be positive", "page_size")
         size = min(size, MAX_PAGE_SIZE)
-        if len(req.states) > len(codec.STATE_NAMES):
+        if len(req.states) > len(JOB_STATE_BY_NUMBER):
             raise invalid("ListJobs: more states than there are; name each at most once", "states")
         states = []
         for number in req.states:
-            if number not in codec.STATE_NAMES:
+            if number not in JOB_STATE_BY_NUMBER:
                 raise invalid(f"ListJobs: unknown job state {number}", "states")
-            states.append(codec.STATE_NAMES[number])
+            states.append(JOB_STATE_BY_NUMBER[number])
         before = _decode_token(req.page_token) if req.page_token else None
         budget = min(LIST_PAGE_BYTES, self.config.max_message_bytes // 2)
         return await asyncio.to_thread(self._page, states, before, size, budget, tenant)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradserve.results import OP_BY_NUMBER
+from gradserve.names import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.budgets import compute_itemsize
 from gradserve_server.errors import ServiceError, exhausted

@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradserve.results import OP_NAMES
+from gradserve.names import DTYPES, OPS
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.rows import ChunkRow, TaskRow
 from gradserve_server.service import describe_certificate, describe_execution
 from gradserve_server.streams import STREAM_PIECE_BYTES, Later
-
-_DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
 
 
 def build_outputs(chunks: Sequence[ChunkRow]) -> list[dict[str, Any]]:
@@ -97,13 +95,13 @@ def header(row: TaskRow, job_cancelled: bool) -> pb.TaskResult:
     for out in row.outputs or []:
         result = results.get(out["op"])
         if result is None:
-            result = results[out["op"]] = pb.OpResult(op=OP_NAMES[out["op"]])
+            result = results[out["op"]] = pb.OpResult(op=OPS[out["op"]])
         first, _, second = out["key"].partition(",")
         result.outputs.append(
             pb.Output(
                 input=first,
                 input2=second,
-                tensor=pb.Tensor(dtype=_DTYPES[out["dtype"]], shape=out["shape"]),
+                tensor=pb.Tensor(dtype=DTYPES[out["dtype"]], shape=out["shape"]),
             )
         )
     msg.results.extend(results.values())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from gradserve.results import OP_BY_NUMBER
+from gradserve.names import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server.budgets import (
     SAMPLE_ELEMENTS_PER_POINT,
