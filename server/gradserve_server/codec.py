@@ -142,15 +142,16 @@ class RequestCodec:
         msg: pb.ComputeRequest,
         given: Mapping[str, np.ndarray] | None = None,
         blobs: Sequence[bytes] | None = None,
-        unary: bool = False,
+        header: ComputeHeader | None = None,
     ) -> ComputeRequest:
         """A compute request, validated in everything that can be known before it runs.
 
         ``given`` supplies input arrays directly (a job's sampled inputs), and
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
-        round trip through the request's bytes.
+        round trip through the request's bytes. ``header``: the request's, when it
+        was admitted already (:meth:`compute_header`).
         """
-        header = self.compute_header(msg, unary)
+        header = header or self.compute_header(msg)
         call, ops, wrt = header.call, header.ops, header.wrt
         tensors = _compute_tensors(msg, blobs)
         arrays = rules.bind_names(

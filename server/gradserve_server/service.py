@@ -74,11 +74,11 @@ class ComputeService:
         msg: pb.ComputeRequest,
         tenant: str,
         blobs: Sequence[bytes] | None = None,
-        unary: bool = False,
+        header: ComputeHeader | None = None,
     ) -> Computed:
-        """Run a compute request (``unary``: its reply must fit one message)."""
+        """Run a compute request (``header``: its header, already admitted)."""
         started = time.perf_counter()
-        req = self.codec.compute(msg, blobs=blobs, unary=unary)
+        req = self.codec.compute(msg, blobs=blobs, header=header)
         spec = self.spec(req)
         results = await self._dispatch(req, spec, tenant, "compute")
         outputs = _assemble(results, req)
