@@ -21,9 +21,8 @@ import pytest
 import gradserve
 from gradserve import _core
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server.encoding import report_to_proto
+from gradserve_server.encoding import describe_execution, report_to_proto
 from gradserve_server.jobs import codec
-from gradserve_server.service import describe_execution
 from gradserve_workers import report as worker
 
 # worker field -> the SDK's name for it, where the two differ

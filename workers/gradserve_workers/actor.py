@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import time
+import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -24,15 +25,23 @@ import numpy as np
 
 from gradserve_workers._routes_taken import collecting
 from gradserve_workers.report import CheckReport
-from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
+from gradserve_workers.tasks import (
+    CLAIM,
+    COTANGENT,
+    TANGENT,
+    VECTOR,
+    CheckSpec,
+    ChunkError,
+    ChunkResult,
+    ComputeSpec,
+    extra_arrays,
+    unpack_call,
+)
 
 CACHE_SIZE = 512  # entries: by exact source and by syntax tree
 # the name of the one thread an actor computes on
 COMPUTE_THREAD = "gradserve-compute"
-# Keys of the arrays dict that are not function inputs.
-COTANGENT = "cotangent:"
-TANGENT = "tangent:"
-VECTOR = "vector:"
+__all__ = ["CLAIM", "COTANGENT", "TANGENT", "VECTOR", "GradActor", "classify"]
 
 
 # How often the Ray thread that waits for a call looks at Ray's cancel flag.
@@ -86,12 +95,20 @@ def _parsed(source: str, max_chars: int) -> Any:
 
 
 def classify(error: BaseException) -> ChunkError:
-    """Turn an exception from the language or the ops into something the server maps."""
+    """Turn an exception from a chunk's work into something the server maps.
+
+    A user's mistake is one of the errors the language, the ops and the checks raise
+    for it (their own types: a positioned spec error, a limit, a runtime error in the
+    function, OpsError and CheckError), or a registered function refusing the user's
+    inputs. Anything else is ours (a bug in the service, or in an operator's
+    registered backward): "internal", with its traceback for the server's log and
+    only its type for the user, as a ValueError from our own code is not the user's.
+    """
     from gradserve_workers import lang, registry
     from gradserve_workers.ops import CertificateError, OpsError
 
     if isinstance(error, CertificateError):  # the service's fault: INTERNAL, said in full
-        return ChunkError("internal", str(error))
+        return ChunkError("internal", str(error), traceback=_traceback(error))
     raised = registry.failure_message(error)
     if raised is not None:  # the operator's registered function failed on these inputs
         return ChunkError("invalid", raised)
@@ -104,9 +121,13 @@ def classify(error: BaseException) -> ChunkError:
     if isinstance(error, lang.FunctionRuntimeError):
         line, column = getattr(error, "line", None), getattr(error, "column", None)
         return ChunkError("spec" if line else "invalid", str(error), line, column)
-    if isinstance(error, OpsError | ValueError | RuntimeError | IndexError | TypeError):
+    if isinstance(error, OpsError):  # CheckError and NonFiniteInputError too
         return ChunkError("invalid", f"{error}")
-    return ChunkError("internal", f"{type(error).__name__}: {error}")
+    return ChunkError("internal", type(error).__name__, traceback=_traceback(error))
+
+
+def _traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)).rstrip()
 
 
 class GradActor:
@@ -288,9 +309,8 @@ class GradActor:
 
         def tensors(prefix: str) -> dict[str, Any]:
             return {
-                k[len(prefix) :]: self._tensor(v, spec.dtype, start, stop, spec.batched, False)
-                for k, v in arrays.items()
-                if k.startswith(prefix)
+                k: self._tensor(v, spec.dtype, start, stop, spec.batched, False)
+                for k, v in extra_arrays(arrays, prefix).items()
             }
 
         inputs = {
@@ -367,10 +387,11 @@ class GradActor:
                 columns=spec.columns,
             )
         elif spec.numeric:  # claimed numbers, computed elsewhere
-            from gradserve_workers.numeric_claims import CLAIM, numeric_claimed_check
+            from gradserve_workers.numeric_claims import numeric_claimed_check
 
+            claimed = extra_arrays(arrays, CLAIM)
             values = {
-                key: self._tensor(arrays[CLAIM + key], "float64", start, stop, spec.batched)
+                key: self._tensor(claimed[key], "float64", start, stop, spec.batched)
                 for key in spec.numeric
             }
             report = numeric_claimed_check(
