@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _native, _perturb, _routes_taken
+from . import _perturb, _routes_taken
 from ._ops_impl import OpsError, OpsRequest, check_finite, compute_impl
 from ._vmap import is_data_dependent_error, vmap_or_loop
 from .report import CheckReport, Kink, WorstElement, describe, largest
@@ -382,264 +382,217 @@ class _Comparison:
     point_passed: list[bool]
     max_abs: float
     max_rel: float
-    worst_flat: tuple[int, int, int] | None  # (point, row, col)
+    worst_flat: tuple[int, int, int] | None  # (point, row, col) in the report's order
     analytic: float
     numeric: float
     abs_error: float
     rel_error: float
 
 
-def _compare(
-    analytic: torch.Tensor, reference: torch.Tensor, other: torch.Tensor, atol: float, rtol: float
-) -> _Comparison:
-    """Element-wise ``|other - reference| <= atol + rtol * |reference|`` over (N, r, c).
-
-    ``analytic`` is what the report calls analytic (autograd); ``reference`` is the
-    value the tolerance scales with; ``other`` the value compared with it. Runs the
-    fused, blocked comparison when it applies (see :func:`_fused_compare`).
-    """
-    if analytic is reference or analytic is other:
-        fused = _fused_compare(
-            _Operands(analytic, reference, other, None, None, None, 0.0, False), atol, rtol
-        )
-        if fused is not None:
-            return fused[0]
-    return _compare_generic(analytic, reference, other, atol, rtol)
-
-
-def _compare_generic(
-    analytic: torch.Tensor, reference: torch.Tensor, other: torch.Tensor, atol: float, rtol: float
-) -> _Comparison:
-    """:func:`_compare` element by element over whole tensors, for every input
-    (non-finite values, ``atol`` of zero, mixed dtypes)."""
-    err = (other - reference).abs()
-    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
-    allowed = atol + rtol * reference.abs()
-    ok = err <= allowed
-    allowed = torch.where(torch.isfinite(allowed), allowed, torch.full_like(allowed, math.inf))
-    ratio = torch.where(
-        allowed > 0, err / allowed.clamp_min(TINY), torch.where(err > 0, math.inf, 0.0)
-    )
-    ratio = torch.where(torch.isnan(ratio), torch.full_like(ratio, math.inf), ratio)
-    n_pts = err.shape[0]
-    point_passed = (
-        [bool(b) for b in ok.reshape(n_pts, -1).all(dim=1)] if err.numel() else [True] * n_pts
-    )
-    if err.numel() == 0:
-        return _Comparison(True, point_passed, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0)
-    rel = err / reference.abs().clamp_min(TINY)
-    flat = int(torch.argmax(ratio.reshape(-1)))
-    p, r, c = _unravel(flat, err.shape)
-    ref_v = float(reference[p, r, c])
-    # the worst element's numbers: analytic is autograd, numeric the other side
-    a_v = float(analytic[p, r, c])
-    n_v = float(other[p, r, c]) if analytic is reference else float(reference[p, r, c])
-    return _Comparison(
-        passed=bool(ok.all()),
-        point_passed=point_passed,
-        max_abs=float(err.max()),
-        max_rel=float(rel.max()),
-        worst_flat=(p, r, c),
-        analytic=a_v,
-        numeric=n_v,
-        abs_error=float(err[p, r, c]),
-        rel_error=float(err[p, r, c]) / max(abs(ref_v), TINY),
-    )
-
-
-# elements per block of the fused comparison: a handful of float64 blocks stay in a
-# core's L2 cache, so the dozen element-wise steps per element run from cache
-BLOCK = 1 << 15
+# elements per block of the comparison: a handful of float64 blocks stay in a core's
+# L2 cache, so the dozen element-wise steps per element run from cache
+BLOCK = 1 << 16
 
 
 @dataclass
 class _Operands:
-    """What :func:`_fused_compare` compares, laid out as (N, R, C).
+    """What :func:`_compare` compares, laid out as (N, R, C).
 
-    Claimed derivatives: ``reference`` and ``other`` are tensors (``analytic`` is
-    one of them). Finite differences: ``reference`` is ``None`` and the numeric
-    derivative ``(plus - minus) / (2 eps)`` is formed block by block; ``other`` is
-    ``analytic``; ``twice_f0`` (N, 1, C) turns on the kink screen. ``transposed``:
-    rows are input elements and columns outputs, i.e. the report's (point, row,
-    col) is (point, col, row) here.
+    ``analytic`` is what the report calls analytic (autograd); the reference (the
+    value the tolerance scales with) is ``reference``, or, when that is ``None``,
+    the central difference ``(plus - minus) / (2 eps)`` formed block by block;
+    ``other`` is the value compared with the reference. ``twice_f0`` (N, 1, C) turns
+    on the kink screen. ``transposed``: rows are input elements and columns
+    outputs, i.e. the report's (point, row, col) is (point, col, row) here.
     """
 
     analytic: torch.Tensor
     reference: torch.Tensor | None
     other: torch.Tensor
-    plus: torch.Tensor | None
-    minus: torch.Tensor | None
-    twice_f0: torch.Tensor | None
-    eps: float
-    transposed: bool
+    plus: torch.Tensor | None = None
+    minus: torch.Tensor | None = None
+    twice_f0: torch.Tensor | None = None
+    eps: float = 0.0
+    transposed: bool = False
 
 
-def _blocks(n_pts: int, rows: int, cols: int, device: torch.device) -> list[tuple[int, ...]]:
-    """(p0, p1, r0, r1) slices of about :data:`BLOCK` elements, in row-major order."""
+def _blocks(
+    n_pts: int, rows: int, cols: int, device: torch.device, block: int
+) -> list[tuple[int, int, int, int]]:
+    """(p0, p1, r0, r1) slices of about ``block`` elements, in row-major order: whole
+    points, or rows of one point."""
     per_point = rows * cols
-    if device.type != "cpu" or n_pts * per_point <= BLOCK:
+    if device.type != "cpu" or n_pts * per_point <= block:
         return [(0, n_pts, 0, rows)]
-    if per_point <= BLOCK:
-        step = BLOCK // max(per_point, 1)
+    if per_point <= block:
+        step = block // max(per_point, 1)
         return [(p0, min(p0 + step, n_pts), 0, rows) for p0 in range(0, n_pts, step)]
-    step = max(1, BLOCK // max(cols, 1))
+    step = max(1, block // max(cols, 1))
     return [
         (p, p + 1, r0, min(r0 + step, rows)) for p in range(n_pts) for r0 in range(0, rows, step)
     ]
 
 
-def _block_terms(
-    ops: _Operands, blk: tuple[int, ...], bufs: list[torch.Tensor], atol: float, rtol: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ref, err, allowed, rel-scratch) of one block, in ``bufs`` (the first three are
-    overwritten): ``err = |other - ref|``, ``allowed = atol + rtol * |ref|`` and
-    ``|ref|``, with exactly the element-wise operations of :func:`_compare_generic`."""
-    p0, p1, r0, r1 = blk
-    a = ops.analytic[p0:p1, r0:r1]
-    shape = a.shape
-    size = a.numel()
-    ref, err, aref, allowed = (b[:size].view(shape) for b in bufs[:4])
+class _Scratch:
+    """Block-sized buffers, allocated once per comparison and reused by every block."""
+
+    def __init__(self, size: int, ref: torch.dtype, err: torch.dtype, device: torch.device):
+        def buf(dtype: torch.dtype) -> torch.Tensor:
+            return torch.empty(size, dtype=dtype, device=device)
+
+        self.ref, self.aref, self.allowed = buf(ref), buf(ref), buf(ref)
+        self.err, self.ratio, self.spare = buf(err), buf(err), buf(err)
+        self.ok = buf(torch.bool)
+
+    @staticmethod
+    def like(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return buf[: math.prod(shape)].view(shape)
+
+
+@dataclass
+class _Terms:
+    """One block's element-wise terms, in scratch buffers."""
+
+    ref: torch.Tensor
+    err: torch.Tensor  # |other - ref|, NaN read as infinite
+    err_max: float
+    allowed: torch.Tensor  # atol + rtol * |ref|
+    aref: torch.Tensor  # |ref|
+
+
+def _terms(
+    ops: _Operands, sl: tuple[slice, ...], bufs: _Scratch, atol: float, rtol: float
+) -> _Terms:
+    shape = ops.analytic[sl].shape
+    ref = _Scratch.like(bufs.ref, shape)
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
-        torch.sub(ops.plus[p0:p1, r0:r1], ops.minus[p0:p1, r0:r1], out=ref)
+        torch.sub(ops.plus[sl], ops.minus[sl], out=ref)
         ref.div_(2 * ops.eps)
     else:
-        ref = ops.reference[p0:p1, r0:r1]
-    torch.sub(ops.other[p0:p1, r0:r1], ref, out=err)
+        ref = ops.reference[sl]
+    err = _Scratch.like(bufs.err, shape)
+    torch.sub(ops.other[sl], ref, out=err)
     err.abs_()
+    # the largest error (NaN propagates): a NaN error counts as infinite
+    err_max = float(err.amax())
+    if math.isnan(err_max):
+        err.nan_to_num_(nan=math.inf, posinf=math.inf)
+        err_max = math.inf
+    aref = _Scratch.like(bufs.aref, shape)
     torch.abs(ref, out=aref)
+    allowed = _Scratch.like(bufs.allowed, shape)
     torch.mul(aref, rtol, out=allowed)
     allowed.add_(atol)
-    return ref, err, allowed, aref
+    return _Terms(ref, err, err_max, allowed, aref)
 
 
-def _kink_screen(
-    ops: _Operands, blk: tuple[int, ...], allowed: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    """``(plus + minus - 2 f0) / allowed`` over one block, in ``out``: where its
-    magnitude reaches ``eps / 4`` one-sided differences may disagree (a kink)."""
-    assert ops.plus is not None and ops.minus is not None and ops.twice_f0 is not None
-    p0, p1, r0, r1 = blk
-    torch.add(ops.plus[p0:p1, r0:r1], ops.minus[p0:p1, r0:r1], out=out)
-    out.sub_(ops.twice_f0[p0:p1])
-    return out.div_(allowed)
+def _ratio(t: _Terms, atol: float, out: torch.Tensor) -> torch.Tensor:
+    """``error / allowed``, an allowance of 0 counting as infinite unless the error is
+    0 too; NaN (``inf / inf``) stays NaN here and counts as infinite where ratios are
+    ranked."""
+    if atol > TINY:  # allowed >= atol > TINY: the division is the ratio
+        return torch.div(t.err, t.allowed, out=out)
+    allowed = t.allowed.nan_to_num(nan=math.inf, posinf=math.inf)
+    torch.div(t.err, allowed.clamp_min(TINY), out=out)
+    return out.copy_(torch.where(allowed > 0, out, torch.where(t.err > 0, math.inf, 0.0)))
 
 
-def _fused_compare(
-    ops: _Operands, atol: float, rtol: float
-) -> tuple[_Comparison, list[torch.Tensor]] | None:
-    """:func:`_compare_generic` in one blocked pass, plus the kink screen.
+def _compare(
+    ops: _Operands, atol: float, rtol: float, block: int = BLOCK
+) -> tuple[_Comparison, torch.Tensor]:
+    """``|other - reference| <= atol + rtol * |reference|`` (gradcheck's rule) over
+    (N, R, C), block by block; returns the comparison and, with ``twice_f0``, the
+    (point, row) pairs that pass the kink screen, in order ((K, 2); empty without).
 
-    Per block of about :data:`BLOCK` elements: the error, the tolerance, their ratio
-    (computed once; its per-point maximum decides the verdict and its maximum the
-    worst element) and the relative error, each reduced to a few numbers; no array of
-    the full size is built. With ``twice_f0`` the same pass screens for kinks:
-    ``|plus + minus - 2 f0| >= (eps / 4) * allowed`` is necessary (with a wide margin
-    for round-off, see :func:`_find_kink_rows`) for one-sided differences to
-    disagree, and the (point, row) pairs that pass it come back for the exact test.
+    An element passes by that rule itself; a NaN error counts as infinite. Its
+    ratio ``error / allowed`` (see :func:`_ratio`) ranks the elements: the largest,
+    the first of equal ones in the report's (point, output, input) order, is the
+    worst element. Per block of about ``block`` elements every element-wise step
+    runs from cache and is reduced to a few numbers (maxima, the largest ratio per
+    row of the report, per-point verdicts); the worst element is then found in the
+    one row of the report that holds it.
 
-    Returns ``None`` (the caller runs :func:`_compare_generic`) when the fast rules do
-    not apply: a dtype other than float64, ``atol`` not above :data:`TINY` (so that
-    ``allowed > 0``), or a non-finite error (NaN, Inf).
+    The kink screen: ``|plus + minus - 2 f0| >= (eps / 4) * allowed`` somewhere in a
+    row is necessary (with a wide margin for round-off, see :func:`_find_kink`) for
+    one-sided differences to disagree when ``rtol <= 1``; a row where that is not a
+    number passes the screen too, so that the exact test decides.
     """
     a = ops.analytic
-    tensors = [a, ops.other] + [t for t in (ops.reference, ops.plus, ops.minus) if t is not None]
-    if not atol > TINY or any(t.dtype != F64 or t.device != a.device for t in tensors):
-        return None
     n_pts, rows, cols = a.shape
+    dev = a.device
+    empty_rows = torch.zeros(0, 2, dtype=torch.long, device=dev)
     if a.numel() == 0:
-        return None
-    first = ops.plus if ops.reference is None else ops.reference
-    if first is not None and _native.supports(first, ops.minus, ops.other, ops.twice_f0):
-        return _native_compare(ops, first, atol, rtol)
-    blocks = _blocks(n_pts, rows, cols, a.device)
+        return _Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), empty_rows
+    if ops.reference is None:
+        assert ops.plus is not None and ops.minus is not None
+        ref_dtype = torch.promote_types(ops.plus.dtype, ops.minus.dtype)
+    else:
+        ref_dtype = ops.reference.dtype
+    err_dtype = torch.promote_types(ops.other.dtype, ref_dtype)
+    blocks = _blocks(n_pts, rows, cols, dev, block)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
-    bufs = [torch.empty(biggest, dtype=F64, device=a.device) for _ in range(4)]
-    point_max = torch.zeros(n_pts, dtype=F64, device=a.device)  # by blocks of whole points
-    err_max: list[torch.Tensor] = []
-    rel_max: list[torch.Tensor] = []
-    ratio_max: list[torch.Tensor] = []
-    bounds: list[torch.Tensor] = []  # the kink screen's (min, max) per block
-    within: list[tuple[int, int]] = []  # (block, point) of blocks within one point
-    threshold = ops.eps / 4
-    for b, blk in enumerate(blocks):
-        p0, p1 = blk[:2]
-        _, err, allowed, aref = _block_terms(ops, blk, bufs, atol, rtol)
-        err_max.append(err.max())
-        aref.clamp_min_(TINY)
-        torch.div(err, aref, out=aref)
-        rel_max.append(aref.max())
-        torch.div(err, allowed, out=err)  # the ratio, in place of the error
-        if p1 - p0 == 1:
-            ratio_max.append(err.max())
-            within.append((b, p0))
-        else:  # whole points (see _blocks)
-            per_point = err.view(p1 - p0, -1).amax(1)
-            point_max[p0:p1] = per_point
-            ratio_max.append(per_point.max())
-        if ops.twice_f0 is not None:
-            bounds.extend(torch.aminmax(_kink_screen(ops, blk, allowed, aref)))
-    # one synchronisation for every block's numbers
-    maxima = torch.stack(err_max + ratio_max + bounds).tolist()
-    nb = len(blocks)
-    if not all(math.isfinite(v) for v in maxima[: 2 * nb]):
-        return None
-    screened: list[torch.Tensor] = []
-    for b, blk in enumerate(blocks if bounds else []):
-        lo, hi = maxima[2 * nb + 2 * b : 2 * nb + 2 * b + 2]
-        if not (hi < threshold and lo > -threshold):  # NaN included: the exact test
-            p0, _, r0, _ = blk
-            _, _, allowed, aref = _block_terms(ops, blk, bufs, atol, rtol)
-            s = _kink_screen(ops, blk, allowed, aref)
-            hit = torch.nonzero((s.abs() >= threshold).any(-1))
-            hit[:, 0] += p0
-            hit[:, 1] += r0
-            screened.append(hit)
-    max_abs = max(maxima[:nb])
-    worst_ratio = max(maxima[nb : 2 * nb])
-    max_rel = float(torch.stack(rel_max).max())
-    # the verdict per point: ratio > 1 fails, < 1 passes; exactly 1 is decided by
-    # err <= allowed itself
-    pm = point_max.tolist()
-    for b, p in within:
-        pm[p] = max(pm[p], maxima[nb + b])
-    point_passed = [v < 1.0 for v in pm]
-    for p, v in enumerate(pm):
-        if v == 1.0:
-            point_passed[p] = _point_ok(ops, p, rows, bufs, atol, rtol)
-    p, r, c = _worst_index(ops, blocks, maxima[nb : 2 * nb], worst_ratio, bufs, atol, rtol)
-    return _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed), screened
-
-
-def _native_compare(
-    ops: _Operands, first: torch.Tensor, atol: float, rtol: float
-) -> tuple[_Comparison, list[torch.Tensor]] | None:
-    """:func:`_fused_compare` by the compiled kernel (:mod:`._native`): one pass over
-    memory yields each row's largest error, relative error, ratio (and its first
-    column), kink screen value and verdict; the rest is decided from those rows.
-    ``first``: the reference, or ``plus`` when the reference is formed from
-    ``plus`` and ``minus``."""
-    st = _native.compare_rows(
-        first, ops.minus, ops.other, ops.twice_f0, 2 * ops.eps, atol, rtol, TINY
+    bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
+    point_ok = torch.ones(n_pts, dtype=torch.bool, device=dev)
+    screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
+    # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
+    row_max = torch.full(
+        (n_pts, cols if ops.transposed else rows), -math.inf, dtype=err_dtype, device=dev
     )
-    if st is None:
-        return None
-    n_pts, rows, cols = ops.analytic.shape
-    ratio = st.ratio_max.view(n_pts, rows)
-    tied = torch.nonzero(ratio == ratio.max())  # (point, row) pairs, in order
-    tied_cols = st.ratio_arg.view(n_pts, rows)[tied[:, 0], tied[:, 1]]
-    i = 0  # rows are in the report's order: the first tied row decides
-    if ops.transposed:  # report order: point, output (our column), input (our row)
-        i = int(torch.argmin((tied[:, 0] * cols + tied_cols) * rows + tied[:, 1]))
-    worst = (int(tied[i, 0]), int(tied[i, 1]), int(tied_cols[i]))
-    point_passed: list[bool] = st.row_ok.view(n_pts, rows).all(1).tolist()
-    screened = []
-    if ops.twice_f0 is not None:
-        hits = torch.nonzero(st.screen_max.view(n_pts, rows) >= ops.eps / 4)
-        if hits.numel():
-            screened.append(hits)
-    max_abs, max_rel = float(st.err_max.max()), float(st.rel_max.max())
-    return _comparison_at(ops, worst, max_abs, max_rel, point_passed), screened
+    max_abs = 0.0
+    rel_max: list[torch.Tensor] = []
+    for p0, p1, r0, r1 in blocks:
+        sl = (slice(p0, p1), slice(r0, r1))
+        t = _terms(ops, sl, bufs, atol, rtol)
+        max_abs = max(max_abs, t.err_max)
+        ok = _Scratch.like(bufs.ok, t.err.shape)
+        torch.le(t.err, t.allowed, out=ok)
+        if r1 - r0 == rows:
+            point_ok[p0:p1] = ok.view(p1 - p0, -1).view(torch.uint8).amin(1).bool()
+        else:
+            point_ok[p0:p1] &= ok.view(torch.uint8).amin().bool()
+        ratio = _ratio(t, atol, _Scratch.like(bufs.ratio, t.err.shape))
+        if ops.transposed:
+            torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
+        else:
+            row_max[p0:p1, r0:r1] = ratio.amax(2)
+        rel = _Scratch.like(bufs.spare, t.err.shape)
+        torch.div(t.err, t.aref.clamp_min_(TINY), out=rel)
+        rel_max.append(rel.amax())
+        if ops.twice_f0 is not None:
+            assert ops.plus is not None and ops.minus is not None
+            s = _Scratch.like(bufs.spare, t.err.shape)  # the relative error is spent
+            torch.add(ops.plus[sl], ops.minus[sl], out=s)
+            s.sub_(ops.twice_f0[p0:p1]).abs_()
+            s.sub_(t.allowed.mul_(ops.eps / 4))  # allowed is spent
+            screen[sl] = torch.logical_not(s.amax(-1) < 0)
+    # the worst element: the first largest ratio (NaN counting as infinite) of the
+    # first row of the report that holds it
+    row_max.nan_to_num_(nan=math.inf, posinf=math.inf)
+    p, r = divmod(int(torch.argmax(row_max.reshape(-1))), row_max.shape[1])
+    p0, p1, r0, r1 = blocks[-1]
+    if p0 <= p < p1 and (r1 - r0 == rows or (not ops.transposed and r0 <= r < r1)):
+        # the row is in the last block, whose ratios are still in scratch
+        ratio = ratio[p - p0, :, r] if ops.transposed else ratio[p - p0, r - r0]
+    else:
+        line = (
+            (slice(p, p + 1), slice(None), slice(r, r + 1))
+            if ops.transposed
+            else (slice(p, p + 1), slice(r, r + 1))
+        )
+        bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
+        t = _terms(ops, line, bufs, atol, rtol)
+        ratio = _ratio(t, atol, _Scratch.like(bufs.ratio, t.err.shape))
+    c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
+    point_passed: list[bool] = point_ok.tolist()
+    max_rel = _largest(torch.stack(rel_max).tolist())
+    cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
+    return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+
+
+def _largest(values: list[float]) -> float:
+    """The maximum, NaN if any is (as ``torch.max`` over all of them would be)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def _comparison_at(
@@ -649,86 +602,32 @@ def _comparison_at(
     max_rel: float,
     point_passed: list[bool],
 ) -> _Comparison:
-    """The :class:`_Comparison` with the worst element at ``worst`` (p, r, c) of the
-    operands' layout: its numbers come from 0-d tensors, with the same arithmetic."""
-    a = ops.analytic
+    """The :class:`_Comparison` with the worst element at ``worst`` (p, r, c) in the
+    report's order: its numbers come from 0-d tensors, with the same arithmetic as
+    the blocks'."""
     p, r, c = worst
-    a_t = a[p, r, c]
+    idx = (p, c, r) if ops.transposed else (p, r, c)
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
-        ref_t = (ops.plus[p, r, c] - ops.minus[p, r, c]) / (2 * ops.eps)
+        ref_t = (ops.plus[idx] - ops.minus[idx]) / (2 * ops.eps)
     else:
-        ref_t = ops.reference[p, r, c]
-    other_t = ops.other[p, r, c]
-    err_v = float((other_t - ref_t).abs())
+        ref_t = ops.reference[idx]
+    err_v = float((ops.other[idx] - ref_t).abs())
+    err_v = math.inf if math.isnan(err_v) else err_v
     ref_v = float(ref_t)
-    n_v = float(other_t) if ops.reference is a else ref_v
-    rp, rr, rc = (p, c, r) if ops.transposed else (p, r, c)
+    # the other side of autograd: the reference, or the value compared with it
+    n_v = float(ops.other[idx]) if ops.reference is ops.analytic else ref_v
     return _Comparison(
         passed=all(point_passed),
         point_passed=point_passed,
         max_abs=max_abs,
         max_rel=max_rel,
-        worst_flat=(rp, rr, rc),
-        analytic=float(a_t),
+        worst_flat=worst,
+        analytic=float(ops.analytic[idx]),
         numeric=n_v,
         abs_error=err_v,
         rel_error=err_v / max(abs(ref_v), TINY),
     )
-
-
-def _point_ok(
-    ops: _Operands, p: int, rows: int, bufs: list[torch.Tensor], atol: float, rtol: float
-) -> bool:
-    """``all(err <= allowed)`` at point ``p``."""
-    cols = ops.analytic.shape[2]
-    step = max(1, BLOCK // max(cols, 1))
-    for r0 in range(0, rows, step):
-        _, err, allowed, _ = _block_terms(
-            ops, (p, p + 1, r0, min(r0 + step, rows)), bufs, atol, rtol
-        )
-        if not bool((err <= allowed).all()):
-            return False
-    return True
-
-
-def _worst_index(
-    ops: _Operands,
-    blocks: list[tuple[int, ...]],
-    block_max: list[float],
-    worst: float,
-    bufs: list[torch.Tensor],
-    atol: float,
-    rtol: float,
-) -> tuple[int, int, int]:
-    """(p, r, c) of the largest ratio; among equal ones the first in the report's
-    (point, output, input) order, as ``argmax`` over the generic layout finds it."""
-    best: tuple[int, int, int] | None = None
-    best_key = -1
-    rows, cols = ops.analytic.shape[1:]
-    for blk, v in zip(blocks, block_max, strict=True):
-        if v != worst:
-            continue
-        p0, _, r0, r1 = blk
-        _, err, allowed, _ = _block_terms(ops, blk, bufs, atol, rtol)
-        err.div_(allowed)
-        if not ops.transposed:  # blocks are in the report's order: the first one decides
-            flat = int(torch.argmax(err.reshape(-1)))
-            pp, rest = divmod(flat, (r1 - r0) * cols)
-            rr, cc = divmod(rest, cols)
-            return p0 + pp, r0 + rr, cc
-        hits = torch.nonzero(err == worst)
-        hits[:, 0] += p0
-        hits[:, 1] += r0
-        # report order: point, then output (our column), then input (our row)
-        keys = (hits[:, 0] * cols + hits[:, 2]) * rows + hits[:, 1]
-        k = int(torch.argmin(keys))
-        key = int(keys[k])
-        if best is None or key < best_key:
-            best_key = key
-            best = (int(hits[k, 0]), int(hits[k, 1]), int(hits[k, 2]))
-    assert best is not None
-    return best
 
 
 def _row_label(
@@ -786,9 +685,7 @@ def _one_sided(
     """(right, left, gap, tol) of the one-sided differences at step ``h``: ``gap =
     |right - left|`` is a kink candidate where it exceeds ``tol = atol + rtol·max(|right|,
     |left|)`` plus a round-off allowance of ``80 u S / h`` (``S`` the largest value
-    involved). ``proj`` (broadcast against the outputs) projects them (fast mode).
-    Every kink test runs these same operations, so screened and unscreened searches
-    agree."""
+    involved). ``proj`` (broadcast against the outputs) projects them (fast mode)."""
 
     def project(t: torch.Tensor) -> torch.Tensor:
         return t if proj is None else (t * proj).sum(-1)
@@ -813,17 +710,29 @@ def _axis_rows(ds: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def _all_pairs(n_pts: int, n_dirs: int, device: torch.device) -> torch.Tensor:
+    """Every (point, direction) pair, in order: (n_pts * n_dirs, 2)."""
+    return torch.nonzero(torch.ones(n_pts, n_dirs, dtype=torch.bool, device=device))
+
+
+# at most this many kink candidates are re-evaluated at the smaller step, the largest
+# one-sided gaps first
+KINK_RETESTS = 4096
+
+
 def _find_kink(
     ev: _Evaluator,
     x: torch.Tensor,
     f0: torch.Tensor,
     plus: torch.Tensor,
     minus: torch.Tensor,
-    dirs: torch.Tensor | None,
+    pairs: torch.Tensor,
     analytic_dir: torch.Tensor,
     eps: float,
     atol: float,
     rtol: float,
+    *,
+    dirs: torch.Tensor | None = None,
     proj: torch.Tensor | None = None,
     offset: int = 0,
 ) -> tuple[torch.Tensor, tuple[int, int, int], float, float, float] | None:
@@ -831,116 +740,68 @@ def _find_kink(
 
     ``plus``/``minus``: (N, D, m) values at ``x ± eps d``; ``f0``: (N, m). For smooth
     functions ``right - left = eps·f''`` shrinks with the step; at a kink it does not.
-    Candidates (gap beyond ``atol + rtol·max(|right|, |left|)`` plus a round-off
-    allowance) are re-evaluated at ``eps / 4`` and kept when the gap stays above half.
-    ``proj`` (D, m) projects outputs (fast mode). ``analytic_dir``: (N, D, m) or (N, D).
-    Returns (kink mask over (N, D[, m])), the chosen (point, dir, out) and right, left,
-    autograd at it, or ``None``. With ``dirs=None`` direction ``d`` is the axis
-    ``e_(offset+d)``, and the chosen dir is that axis.
+    Only the (point, direction) ``pairs`` ((K, 2), in order) are tested: every pair,
+    or those that passed :func:`_compare`'s screen. The screen is necessary for a
+    candidate: with ``S = max(|plus|, |minus|, |f0|)`` the computed ``gap`` is within
+    about ``8 u S / eps`` of ``|plus + minus - 2 f0| / eps`` and ``max(|right|,
+    |left|)`` within ``6 u S / eps`` of ``|numeric|`` (``u`` the unit round-off),
+    while ``tol`` holds the round-off allowance ``80 u S / eps``; so ``gap > tol``
+    implies ``|plus + minus - 2 f0| > eps * allowed`` (``rtol <= 1``), four times the
+    screen's threshold. Every quantity is element-wise, so testing fewer pairs
+    finds the same kink.
+
+    Candidates (gap beyond ``atol + rtol·max(|right|, |left|)`` plus the round-off
+    allowance) are re-evaluated at ``eps / 4`` and kept when the gap stays above
+    half. ``proj`` (D, m) projects outputs (fast mode), along ``dirs`` (D, n); without
+    ``dirs`` direction ``d`` is the axis ``e_(offset+d)``. ``analytic_dir``: (N, D, m)
+    or (N, D). Returns (kink mask over (N, D), the chosen (point, dir, out), and
+    right, left, autograd at it), or ``None``.
     """
-    right, left, gap, tol = _one_sided(plus, minus, f0[:, None, :], eps, atol, rtol, proj)
-    cand = gap > tol
-    if not bool(cand.any()):
+    if pairs.shape[0] == 0:
         return None
-    # the (point, direction) pairs to re-evaluate, the largest gaps first
-    pair_gap = gap if gap.ndim == 2 else torch.where(cand, gap, 0.0).amax(-1)
-    pair_cand = cand if cand.ndim == 2 else cand.any(-1)
-    idx = torch.nonzero(pair_cand)
-    if idx.shape[0] > 4096:
-        order = torch.argsort(pair_gap[idx[:, 0], idx[:, 1]], descending=True, stable=True)
-        idx = idx[order[:4096]]
-    pts, ds = idx[:, 0], idx[:, 1]
+    pts_all, ds_all = pairs[:, 0], pairs[:, 1]
+    right, left, gap, tol = _one_sided(
+        plus[pts_all, ds_all],
+        minus[pts_all, ds_all],
+        f0[pts_all],
+        eps,
+        atol,
+        rtol,
+        None if proj is None else proj[ds_all],
+    )
+    cand = gap > tol  # (K, m), or (K,) projected
+    keep = cand.any(-1) if cand.ndim == 2 else cand
+    if not bool(keep.any()):
+        return None
+    pair_gap = torch.where(cand, gap, 0.0).amax(-1) if cand.ndim == 2 else gap
+    sel = torch.nonzero(keep)[:, 0]
+    if sel.shape[0] > KINK_RETESTS:
+        order = torch.argsort(pair_gap[sel], descending=True, stable=True)
+        sel = sel[order[:KINK_RETESTS]]
+    pts, ds = pts_all[sel], ds_all[sel]
     dvec = _axis_rows(ds + offset, x) if dirs is None else dirs[ds]
     h2 = eps * KINK_STEP_RATIO
     p2, m2 = ev.pairs(x, pts, dvec, [h2, -h2])
-    pr = None if proj is None else proj[ds]
-    _, _, gap2, tol2 = _one_sided(p2, m2, f0[pts], h2, atol, rtol, pr)
-    g1 = gap[pts, ds]
-    confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[pts, ds]
-    if not bool(confirmed.any()):
-        return None
-    # the largest jump between the one-sided derivatives (at eps) names the kink: the
-    # rule merge_reports and merge_shards apply across chunks and shards
-    score = torch.where(confirmed, g1, -1.0)
-    flat = int(torch.argmax(score.reshape(-1)))
-    if score.ndim == 1:
-        k, o = flat, 0
-    else:
-        k, o = divmod(flat, score.shape[1])
-    p, d = int(pts[k]), int(ds[k])
-    sel = (p, d, o) if right.ndim == 3 else (p, d)
-    a_val = float(analytic_dir[sel])
-    mask = torch.zeros_like(gap, dtype=torch.bool)
-    kp = pts[confirmed.any(-1)] if confirmed.ndim == 2 else pts[confirmed]
-    kd = ds[confirmed.any(-1)] if confirmed.ndim == 2 else ds[confirmed]
-    mask[kp, kd] = True
-    axis = d + offset if dirs is None else d
-    return mask, (p, axis, o), float(right[sel]), float(left[sel]), a_val
-
-
-def _find_kink_rows(
-    ev: _Evaluator,
-    x: torch.Tensor,
-    f0: torch.Tensor,
-    plus: torch.Tensor,
-    minus: torch.Tensor,
-    analytic_dir: torch.Tensor,
-    screened: list[torch.Tensor],
-    eps: float,
-    atol: float,
-    rtol: float,
-    offset: int = 0,
-) -> tuple[torch.Tensor, tuple[int, int, int], float, float, float] | None:
-    """:func:`_find_kink` for coordinate directions (full mode), testing only the
-    (point, direction) rows that passed the screen of :func:`_fused_compare`.
-
-    The screen is necessary for a candidate: with ``S = max(|plus|, |minus|, |f0|)``
-    the computed ``gap`` is within about ``8 u S / eps`` of ``|plus + minus - 2 f0| /
-    eps`` and ``max(|right|, |left|)`` within ``6 u S / eps`` of ``|numeric|``
-    (``u`` the unit round-off), while ``tol`` holds the round-off allowance
-    ``80 u S / eps``; so ``gap > tol`` implies ``|plus + minus - 2 f0| > eps *
-    allowed`` (``rtol <= 1``), four times the screen's threshold. For ``rtol > 1``
-    every row is tested. On the screened rows every quantity is computed with the
-    same element-wise operations as :func:`_find_kink` (:func:`_one_sided`), so the
-    result is the same.
-    The returned mask is (N, D): the (point, direction) pairs with a kink.
-    """
-    if not screened:
-        return None
-    rows = torch.cat(screened)
-    pts_all, ds_all = rows[:, 0], rows[:, 1]
-    right, left, gap, tol = _one_sided(
-        plus[pts_all, ds_all], minus[pts_all, ds_all], f0[pts_all], eps, atol, rtol
+    _, _, gap2, tol2 = _one_sided(
+        p2, m2, f0[pts], h2, atol, rtol, None if proj is None else proj[ds]
     )
-    cand = gap > tol
-    keep = cand.any(-1)
-    if not bool(keep.any()):
-        return None
-    pair_gap = torch.where(cand, gap, 0.0).amax(-1)[keep]
-    sel_rows = torch.nonzero(keep)[:, 0]
-    if sel_rows.shape[0] > 4096:
-        order = torch.argsort(pair_gap, descending=True, stable=True)[:4096]
-        sel_rows = sel_rows[order]
-    pts, ds = pts_all[sel_rows], ds_all[sel_rows]
-    h2 = eps * KINK_STEP_RATIO
-    p2, m2 = ev.pairs(x, pts, _axis_rows(ds + offset, x), [h2, -h2])
-    _, _, gap2, tol2 = _one_sided(p2, m2, f0[pts], h2, atol, rtol)
-    g1 = gap[sel_rows]
-    confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[sel_rows]
+    g1 = gap[sel]
+    confirmed = (gap2 > tol2) & (gap2 > 0.5 * g1) & cand[sel]
     if not bool(confirmed.any()):
         return None
     # the largest jump between the one-sided derivatives (at eps) names the kink: the
     # rule merge_reports and merge_shards apply across chunks and shards
     score = torch.where(confirmed, g1, -1.0)
     flat = int(torch.argmax(score.reshape(-1)))
-    k, o = divmod(flat, score.shape[1])
+    k, o = divmod(flat, score.shape[1]) if score.ndim == 2 else (flat, 0)
     p, d = int(pts[k]), int(ds[k])
-    a_val = float(analytic_dir[p, d, o])
+    at = (int(sel[k]), o) if right.ndim == 2 else (int(sel[k]),)
+    a_val = float(analytic_dir[p, d, o] if analytic_dir.ndim == 3 else analytic_dir[p, d])
     mask = torch.zeros(plus.shape[:2], dtype=torch.bool, device=plus.device)
-    hit = confirmed.any(-1)
+    hit = confirmed.any(-1) if confirmed.ndim == 2 else confirmed
     mask[pts[hit], ds[hit]] = True
-    r_val, l_val = float(right[sel_rows[k], o]), float(left[sel_rows[k], o])
-    return mask, (p, d + offset, o), r_val, l_val, a_val
+    axis = d + offset if dirs is None else d
+    return mask, (p, axis, o), float(right[at]), float(left[at]), a_val
 
 
 # ---------------------------------------------------------------------------
@@ -1183,12 +1044,15 @@ def _reverse_agrees(
     return bool((diff[pts, rows] <= unit * bound).all())
 
 
-def _symmetry(a: torch.Tensor, atol: float, rtol: float) -> tuple[bool, list[bool], float]:
-    at = a.transpose(1, 2)
-    asym = (a - at).abs()
-    ok = asym <= atol + rtol * torch.maximum(a.abs(), at.abs())
-    per_point = [bool(b) for b in ok.reshape(a.shape[0], -1).all(dim=1)]
-    return bool(ok.all()), per_point, float(asym.max()) if asym.numel() else 0.0
+def _symmetry(
+    a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float
+) -> tuple[torch.Tensor, float]:
+    """Where ``a`` (a Hessian, or its projections) equals its transpose ``b``:
+    ``|a - b| <= atol + rtol * max(|a|, |b|)`` element by element, and the largest
+    ``|a - b|``."""
+    asym = (a - b).abs()
+    ok = asym <= atol + rtol * torch.maximum(a.abs(), b.abs())
+    return ok, float(asym.max()) if asym.numel() else 0.0
 
 
 def _kink_record(
@@ -1229,18 +1093,11 @@ def _full_check(
     vmapped = allow_vmap and vm1
     ev = _Evaluator(g, s.consts, vmapped, one_hot=vmapped and order == 1, width=_width(s, order))
     plus, minus = ev.along(s.x, None, [eps, -eps], c0, c1)  # (N, c1 - c0, m)
-    fused = None
-    if rtol <= 1:  # the kink screen's bound needs rtol <= 1
-        ops = _Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
-        fused = _fused_compare(ops, atol, rtol)
-    if fused is not None:
-        cmp, screened = fused
-        found = _find_kink_rows(ev, s.x, f0, plus, minus, at, screened, eps, atol, rtol, c0)
-    else:
-        a = at.transpose(1, 2)  # (N, m, c1 - c0)
-        numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)
-        cmp = _compare_generic(a, numeric, a, atol, rtol)
-        found = _find_kink(ev, s.x, f0, plus, minus, None, at, eps, atol, rtol, offset=c0)
+    ops = _Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, transposed=True)
+    cmp, screened = _compare(ops, atol, rtol)
+    # the screen is a necessary condition only for rtol <= 1 (see _find_kink)
+    pairs = screened if rtol <= 1 else _all_pairs(plus.shape[0], plus.shape[1], plus.device)
+    found = _find_kink(ev, s.x, f0, plus, minus, pairs, at, eps, atol, rtol, offset=c0)
     worst = _worst_element(_from_input(cmp, c0), s.layout, s.out_shape, order)
     kink = None
     point_passed = list(cmp.point_passed)
@@ -1250,8 +1107,10 @@ def _full_check(
     symmetric: bool | None = None
     max_asym = 0.0
     if order == 2:
-        symmetric, sym_ok, max_asym = _symmetry(at.transpose(1, 2), atol, rtol)
-        point_passed = [a_ and b_ for a_, b_ in zip(point_passed, sym_ok, strict=True)]
+        sym_ok, max_asym = _symmetry(at, at.transpose(1, 2), atol, rtol)
+        symmetric = bool(sym_ok.all())
+        sym_points = sym_ok.reshape(sym_ok.shape[0], -1).all(1).tolist()
+        point_passed = [a_ and b_ for a_, b_ in zip(point_passed, sym_points, strict=True)]
     return _report(
         kind="finite_difference",
         order=order,
@@ -1389,8 +1248,11 @@ def _fast_check(
     ev = _Evaluator(g, s.consts, vmapped, width=_width(s, order))
     plus, minus = ev.along(s.x, u, [eps, -eps])  # (N, P, m)
     numeric = ((plus - minus) / (2 * eps) * v[None]).sum(-1)  # (N, P)
-    cmp = _compare(analytic[:, None, :], numeric[:, None, :], analytic[:, None, :], atol, rtol)
-    found = _find_kink(ev, s.x, f0, plus, minus, u, analytic, eps, atol, rtol, proj=v)
+    cmp, _ = _compare(
+        _Operands(analytic[:, None, :], numeric[:, None, :], analytic[:, None, :]), atol, rtol
+    )
+    pairs = _all_pairs(n_pts, num_projections, s.x.device)
+    found = _find_kink(ev, s.x, f0, plus, minus, pairs, analytic, eps, atol, rtol, dirs=u, proj=v)
     kink = None
     point_passed = list(cmp.point_passed)
     if found is not None:
@@ -1399,10 +1261,8 @@ def _fast_check(
     symmetric: bool | None = None
     max_asym = 0.0
     if order == 2:
-        asym = (analytic - transposed).abs()
-        sym_ok_t = asym <= atol + rtol * torch.maximum(analytic.abs(), transposed.abs())
+        sym_ok_t, max_asym = _symmetry(analytic, transposed, atol, rtol)
         symmetric = bool(sym_ok_t.all())
-        max_asym = float(asym.max())
         point_passed = [
             a_ and bool(b_) for a_, b_ in zip(point_passed, sym_ok_t.all(dim=1), strict=True)
         ]
@@ -1635,17 +1495,12 @@ def _claimed_jacobian(
         if lo < hi:
             parts.append(by_input[w][:, :, lo - start : hi - start])
     claimed = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (N, m, k)
-    fused = None
-    if at.is_contiguous():  # forward mode: compare in its layout, the claim read across
-        got_t = claimed.transpose(1, 2)
-        if not _native.supports(got_t):  # the eager comparison reads it copied, by rows
-            got_t = got_t.contiguous()
-        fused = _fused_compare(_Operands(at, at, got_t, None, None, None, 0.0, True), atol, rtol)
-    if fused is not None:
-        cmp = fused[0]
-    else:
+    if at.is_contiguous():  # forward mode: compare in its layout, the claim copied across
+        ops = _Operands(at, at, claimed.transpose(1, 2).contiguous(), transposed=True)
+    else:  # reverse mode's Jacobian: Aᵀ is a view of the report's layout
         auto = at.transpose(1, 2)  # (N, m, k)
-        cmp = _compare(auto, auto, claimed, atol, rtol)
+        ops = _Operands(auto, auto, claimed)
+    cmp, _ = _compare(ops, atol, rtol)
     worst = _worst_element(_from_input(cmp, c0), lay, s.out_shape, 1)
     return _report(
         kind="claimed_jacobian",
@@ -1727,7 +1582,7 @@ def claimed_check_impl(
     point_passed = [True] * n_pts
     max_abs = max_rel = 0.0
     for i, (auto, got) in enumerate(zip(autos, claims, strict=True)):
-        cmp = _compare(auto, auto, got, atol, rtol)
+        cmp, _ = _compare(_Operands(auto, auto, got), atol, rtol)
         point_passed = [p and q for p, q in zip(point_passed, cmp.point_passed, strict=True)]
         max_abs = largest([max_abs, cmp.max_abs])
         max_rel = largest([max_rel, cmp.max_rel])
@@ -1771,9 +1626,9 @@ def claimed_check_impl(
             na, nb = math.prod(shapes[a]), math.prod(shapes[b])
             m_ab = c.reshape(n_pts, na, nb)
             m_ba = by_pair[(b, a)].reshape(n_pts, nb, na).transpose(1, 2)
-            asym = (m_ab - m_ba).abs()
-            sym_results.append(asym <= atol + rtol * torch.maximum(m_ab.abs(), m_ba.abs()))
-            max_asym = max(max_asym, float(asym.max()))
+            ok, asym = _symmetry(m_ab, m_ba, atol, rtol)
+            sym_results.append(ok)
+            max_asym = max(max_asym, asym)
         if sym_results:
             symmetric = all(bool(t.all()) for t in sym_results)
     total = _Comparison(all(point_passed), point_passed, max_abs, max_rel, None, 0, 0, 0, 0)
