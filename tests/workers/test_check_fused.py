@@ -9,13 +9,22 @@ import math
 import pytest
 import torch
 
-from gradserve_workers import _check_impl as ci
 from gradserve_workers import lang
-from gradserve_workers.check import claimed_check, finite_difference_check
+from gradserve_workers.check import (
+    CheckOptions,
+    analytic,
+    claimed_check,
+    evaluation,
+    finite_difference_check,
+    kinks,
+    points,
+)
+from gradserve_workers.check.comparison import Comparison, Operands, all_pairs, compare
 from gradserve_workers.ops import OpsRequest, compute
 
 F64 = torch.float64
 TINY = 1e-300
+BLOCK = CheckOptions().compare_block
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -24,7 +33,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def element_wise(
     analytic: torch.Tensor, reference: torch.Tensor, other: torch.Tensor, atol: float, rtol: float
-) -> ci._Comparison:
+) -> Comparison:
     """The comparison's rules element by element over whole (N, r, c) tensors in the
     report's order: what the blocked comparison must give."""
     err = (other - reference).abs()
@@ -44,7 +53,7 @@ def element_wise(
     r, c = divmod(rest, err.shape[2])
     ref_v = float(reference[p, r, c])
     n_v = float(other[p, r, c]) if analytic is reference else ref_v
-    return ci._Comparison(
+    return Comparison(
         passed=bool(ok.all()),
         point_passed=point_passed,
         max_abs=float(err.max()),
@@ -57,10 +66,10 @@ def element_wise(
     )
 
 
-def same(a: ci._Comparison, b: ci._Comparison) -> None:
+def same(a: Comparison, b: Comparison) -> None:
     """Equal, NaN included (a relative error is NaN beside a NaN)."""
 
-    def key(c: ci._Comparison) -> dict[str, object]:
+    def key(c: Comparison) -> dict[str, object]:
         d = dataclasses.asdict(c)
         return {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
@@ -77,14 +86,14 @@ def test_tensors_without_readable_memory_are_compared() -> None:
 
 def generic_fd(
     at: torch.Tensor, plus: torch.Tensor, minus: torch.Tensor, eps: float, atol: float, rtol: float
-) -> ci._Comparison:
+) -> Comparison:
     a = at.transpose(1, 2)
     numeric = ((plus - minus) / (2 * eps)).transpose(1, 2)
     return element_wise(a, numeric, a, atol, rtol)
 
 
-def blocked(ops: ci._Operands, atol: float, rtol: float, block: int = ci.BLOCK) -> ci._Comparison:
-    return ci._compare(ops, atol, rtol, block)[0]
+def blocked(ops: Operands, atol: float, rtol: float, block: int = BLOCK) -> Comparison:
+    return compare(ops, atol, rtol, block)[0]
 
 
 @pytest.mark.parametrize("block", [7, 64, 1 << 15])
@@ -97,7 +106,7 @@ def test_fused_fd_compare_matches_generic(block: int, shape: tuple[int, int, int
     plus = at * eps + noise * eps
     minus = -at * eps - noise * eps
     f0 = torch.zeros(shape[0], shape[2], dtype=F64)
-    ops = ci._Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
+    ops = Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
     same(blocked(ops, 1e-5, 1e-3, block), generic_fd(at, plus, minus, eps, 1e-5, 1e-3))
 
 
@@ -108,12 +117,12 @@ def test_fused_ties_pick_the_first_in_report_order(block: int) -> None:
     at[1, 3, 0] = 1.0  # equal errors at (point 1, out 0, in 3) and (1, out 2, in 1)
     at[1, 1, 2] = 1.0
     zeros = torch.zeros_like(at)
-    ops = ci._Operands(at, None, at, zeros, zeros, None, eps, True)
+    ops = Operands(at, None, at, zeros, zeros, None, eps, True)
     got = blocked(ops, 1e-5, 1e-3, block)
     assert got.worst_flat == (1, 0, 3)
     same(got, generic_fd(at, zeros, zeros, eps, 1e-5, 1e-3))
     # all ratios zero: the first element
-    ops = ci._Operands(zeros, None, zeros, zeros, zeros, None, eps, True)
+    ops = Operands(zeros, None, zeros, zeros, zeros, None, eps, True)
     assert blocked(ops, 1e-5, 1e-3, block).worst_flat == (0, 0, 0)
 
 
@@ -121,7 +130,7 @@ def test_ratio_of_exactly_one_is_decided_by_the_rule() -> None:
     ref = torch.tensor([[[1.0, 2.0]]], dtype=F64)
     allowed = 1e-5 + 1e-3 * ref.abs()
     other = ref + allowed  # err == allowed (to rounding): passes iff err <= allowed
-    got = blocked(ci._Operands(ref, ref, other), 1e-5, 1e-3)
+    got = blocked(Operands(ref, ref, other), 1e-5, 1e-3)
     same(got, element_wise(ref, ref, other, 1e-5, 1e-3))
 
 
@@ -134,9 +143,9 @@ def test_non_finite_and_zero_atol_follow_the_rules(block: int) -> None:
         ref.clone(),
     ):
         for atol, rtol in ((1e-5, 1e-3), (1e-5, 0.0), (0.0, 1e-3), (0.0, 0.0)):
-            got = blocked(ci._Operands(ref, ref, other), atol, rtol, block)
+            got = blocked(Operands(ref, ref, other), atol, rtol, block)
             same(got, element_wise(ref, ref, other, atol, rtol))
-            got = blocked(ci._Operands(other, ref, other), atol, rtol, block)
+            got = blocked(Operands(other, ref, other), atol, rtol, block)
             same(got, element_wise(other, ref, other, atol, rtol))
 
 
@@ -147,17 +156,17 @@ def test_screened_kink_search_matches_the_full_one(block: int) -> None:
 
     x = torch.linspace(-1, 1, 9, dtype=F64)  # abs kink at 0 (x[4])
     x[7] = 0.5  # relu kink
-    s = ci._setup(f, ["x"], {"x": x}, None, False, "check(f)")
-    at, f0, _ = ci._analytic_full(f, s, 1, True)
-    ev = ci._Evaluator(ci._flat_fn(f, s.layout, 1), s.consts, True)
+    s = points.setup(f, ["x"], {"x": x}, None, False, "check(f)")
+    at, f0, _ = analytic.analytic_full(f, s, 1, True)
+    ev = evaluation.Evaluator(evaluation.flat_fn(f, s.layout, 1), s.consts, True)
     eps = 1e-6
     plus, minus = ev.along(s.x, None, [eps, -eps])
-    ops = ci._Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
-    _, screened = ci._compare(ops, 1e-5, 1e-3, block)
-    every = ci._all_pairs(plus.shape[0], plus.shape[1], plus.device)
+    ops = Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
+    _, screened = compare(ops, 1e-5, 1e-3, block)
+    every = all_pairs(plus.shape[0], plus.shape[1], plus.device)
     assert 0 < screened.shape[0] < every.shape[0]
-    new = ci._find_kink(ev, s.x, f0, plus, minus, screened, at, eps, 1e-5, 1e-3)
-    old = ci._find_kink(ev, s.x, f0, plus, minus, every, at, eps, 1e-5, 1e-3)
+    new = kinks.find_kink(ev, s.x, f0, plus, minus, screened, at, eps, 1e-5, 1e-3)
+    old = kinks.find_kink(ev, s.x, f0, plus, minus, every, at, eps, 1e-5, 1e-3)
     assert new is not None and old is not None
     assert new[1:] == old[1:]
     assert torch.equal(new[0], old[0])
@@ -215,7 +224,7 @@ def test_a_witnessed_input_stays_connected_without_probing() -> None:
 # the blocked comparison against the element-wise rules, bit for bit
 
 
-def _screen_oracle(ops: ci._Operands) -> torch.Tensor:
+def _screen_oracle(ops: Operands) -> torch.Tensor:
     """The (point, row) pairs the kink screen passes, element by element."""
     assert ops.plus is not None and ops.minus is not None and ops.twice_f0 is not None
     ref = (ops.plus - ops.minus) / (2 * ops.eps)
@@ -224,7 +233,7 @@ def _screen_oracle(ops: ci._Operands) -> torch.Tensor:
     return torch.nonzero(torch.logical_not(s < 0).any(-1))
 
 
-def _fd_operands(shape: tuple[int, int, int], seed: int, style: str) -> ci._Operands:
+def _fd_operands(shape: tuple[int, int, int], seed: int, style: str) -> Operands:
     n_pts, rows, cols = shape
     g = gen(seed)
     eps = 1e-6
@@ -244,7 +253,7 @@ def _fd_operands(shape: tuple[int, int, int], seed: int, style: str) -> ci._Oper
     curve = (1e-9 if style == "kinks" else 1e-13) * torch.randn(shape, generator=g, dtype=F64)
     plus = f0 + eps * num + curve
     minus = f0 - eps * num + curve
-    return ci._Operands(at, None, at, plus, minus, 2 * f0, eps, True)
+    return Operands(at, None, at, plus, minus, 2 * f0, eps, True)
 
 
 @pytest.mark.parametrize("style", ["random", "ties", "zeros", "wide", "kinks"])
@@ -256,7 +265,7 @@ def test_blocks_match_the_rules_on_finite_differences(
     shape: tuple[int, int, int], style: str, block: int
 ) -> None:
     ops = _fd_operands(shape, seed=sum(shape), style=style)
-    got, screened = ci._compare(ops, 1e-5, 1e-3, block)
+    got, screened = compare(ops, 1e-5, 1e-3, block)
     same(got, generic_fd(ops.analytic, ops.plus, ops.minus, ops.eps, 1e-5, 1e-3))  # type: ignore[arg-type]
     assert torch.equal(screened, _screen_oracle(ops))
     if style == "kinks":
@@ -273,7 +282,7 @@ def test_blocks_match_on_claimed_derivatives(which: str, style: str) -> None:
     claim = (fd.plus - fd.minus) / (2 * fd.eps)  # type: ignore[operator]
     ref = analytic if which == "analytic" else claim
     other = claim if which == "analytic" else analytic
-    ops = ci._Operands(analytic, ref, other)
+    ops = Operands(analytic, ref, other)
     generic = element_wise(analytic, ref, other, 1e-5, 1e-3)
     for block in (97, 1 << 15):
         same(blocked(ops, 1e-5, 1e-3, block), generic)
@@ -284,7 +293,7 @@ def test_strided_points_and_non_finite_values() -> None:
     assert whole.plus is not None and whole.minus is not None
     # a shard's rows of every point: rows contiguous, points 30 rows apart
     at, plus, minus = (t[:, 10:25] for t in (whole.analytic, whole.plus, whole.minus))
-    cut = ci._Operands(at, None, at, plus, minus, whole.twice_f0, whole.eps, True)
+    cut = Operands(at, None, at, plus, minus, whole.twice_f0, whole.eps, True)
     assert not at.is_contiguous()
     for block in (97, 1 << 15):
         same(blocked(cut, 1e-5, 1e-3, block), generic_fd(at, plus, minus, whole.eps, 1e-5, 1e-3))
@@ -295,7 +304,7 @@ def test_strided_points_and_non_finite_values() -> None:
         got = generic_fd(whole.analytic, bad_plus, whole.minus, whole.eps, 1e-5, 1e-3)
         assert not got.passed and got.worst_flat == (2, 150, 17)
         for block in (97, 1 << 15):
-            cmp, screened = ci._compare(ops, 1e-5, 1e-3, block)
+            cmp, screened = compare(ops, 1e-5, 1e-3, block)
             same(cmp, got)
             assert [2, 17] in screened.tolist()  # not finite: the exact kink test decides
 
@@ -318,7 +327,7 @@ def test_transposed_operands_are_read_in_place(which: str) -> None:
     else:  # autograd's value (the reference) against the claim
         ref = across(fd.analytic) if which == "reference" else fd.analytic
         other = across(claim) if which == "other" else claim
-        ops = ci._Operands(ref, ref, other)
+        ops = Operands(ref, ref, other)
         generic = element_wise(fd.analytic, fd.analytic, claim, 1e-5, 1e-3)
     for block in (97, 1 << 15):
         same(blocked(ops, 1e-5, 1e-3, block), generic)
