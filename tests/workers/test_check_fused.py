@@ -229,8 +229,8 @@ def _screen_oracle(ops: Operands) -> torch.Tensor:
     assert ops.plus is not None and ops.minus is not None and ops.twice_f0 is not None
     ref = (ops.plus - ops.minus) / (2 * ops.eps)
     allowed = 1e-5 + 1e-3 * ref.abs()
-    s = (ops.plus + ops.minus - ops.twice_f0).abs() - allowed * (ops.eps / 4)
-    return torch.nonzero(torch.logical_not(s < 0).any(-1))
+    s = (ops.plus + ops.minus - ops.twice_f0) / allowed
+    return torch.nonzero(torch.logical_not(s.abs() < ops.eps / 4).any(-1))
 
 
 def _fd_operands(shape: tuple[int, int, int], seed: int, style: str) -> Operands:

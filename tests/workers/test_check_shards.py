@@ -474,3 +474,22 @@ def test_a_function_without_forward_mode_is_checked_by_reverse_mode(
     )
     assert whole.passed and merged.passed, whole.message
     assert merged.worst == whole.worst and merged.max_abs_error == whole.max_abs_error
+
+
+def test_a_function_without_reverse_mode_fails_the_agreement_and_the_check() -> None:
+    """A forward-mode rule but no backward: holding reverse mode to forward mode
+    cannot run (torch's NotImplementedError), which says no; the reverse-mode route
+    then runs the backward itself, whose error is the check's."""
+
+    def no_backward(x: Tensor, g: Tensor) -> Tensor:
+        raise NotImplementedError("no backward here")
+
+    fn = with_backward(_cumsum_cos, no_backward, jvp=_true_jvp)
+    x = uniform(300, 14)
+    s = points.setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    g = evaluation.flat_fn(fn, s.layout, 1)
+    forward = analytic.forward_columns(g, s, 0, 300)
+    assert forward is not None  # forward mode runs it
+    assert not analytic.reverse_agrees(g, s, forward[0])
+    with pytest.raises(NotImplementedError, match="no backward here"):
+        finite_difference_check(fn, ["x"], {"x": x}, options=CheckOptions(forward_min_elements=0))

@@ -230,6 +230,30 @@ def test_kinks_and_failures_found_one_hot(monkeypatch: pytest.MonkeyPatch) -> No
     assert r.kink is not None and r.kink.input_index == (128,)
 
 
+def test_a_refused_one_hot_evaluation_goes_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """softmax needs every row before any one-hot rule saved work: the one-hot route
+    refuses (Unsupported), the check evaluates densely and reports as it would."""
+    refusals: list[str] = []
+    real = _perturb.evaluate
+
+    def recording(*args: Any) -> torch.Tensor:
+        try:
+            return real(*args)
+        except _perturb.Unsupported as exc:
+            refusals.append(str(exc))
+            raise
+
+    monkeypatch.setattr(_perturb, "evaluate", recording)
+    fn = compile_function("sum(softmax(x, dim=0) * x)")
+    x = torch.linspace(-1.0, 1.0, 257, dtype=F64)
+    r = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    assert refusals and "every row" in refusals[0]
+    never = CheckOptions(one_hot_min_inputs=math.inf)
+    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False, options=never)
+    assert r.passed and plain.passed
+    assert r.max_abs_error == plain.max_abs_error and r.worst == plain.worst
+
+
 def test_no_materialising_before_anything_was_shared() -> None:
     """A function whose first step needs every row goes dense from the start; one
     that shares an element-wise head first may materialise later."""

@@ -72,19 +72,28 @@ def _blocks(
 
 
 class _Scratch:
-    """Block-sized buffers, allocated once per comparison and reused by every block."""
+    """Block-sized buffers, allocated once per comparison and reused by every block:
+    few enough that a block's working set stays in a core's L2 cache. Each holds one
+    term, then, once that is spent, the next (see :func:`compare`)."""
 
     def __init__(self, size: int, ref: torch.dtype, err: torch.dtype, device: torch.device):
         def buf(dtype: torch.dtype) -> torch.Tensor:
             return torch.empty(size, dtype=dtype, device=device)
 
-        self.ref, self.aref, self.allowed = buf(ref), buf(ref), buf(ref)
-        self.err, self.ratio, self.spare = buf(err), buf(err), buf(err)
-        self.ok = buf(torch.bool)
+        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err), "aref": buf(err)}
+        # the ratios take the spent reference's buffer (a buffer of their own only for
+        # a reference narrower than the error)
+        self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
+        self._bufs["ok"] = buf(torch.bool)
+        self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
-    @staticmethod
-    def like(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return buf[: math.prod(shape)].view(shape)
+    def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+        """Every buffer viewed as ``shape`` (the views are made once per shape)."""
+        key = tuple(shape)
+        if key not in self._views:
+            n = math.prod(key)
+            self._views[key] = {k: b[:n].view(key) for k, b in self._bufs.items()}
+        return self._views[key]
 
 
 @dataclass
@@ -101,15 +110,17 @@ class _Terms:
 def _terms(
     ops: Operands, sl: tuple[slice, ...], bufs: _Scratch, atol: float, rtol: float
 ) -> _Terms:
-    shape = ops.analytic[sl].shape
-    ref = _Scratch.like(bufs.ref, shape)
+    """The terms of the elements ``ops[sl]``. The block's largest error is read here:
+    a NaN error (rare) is then made infinite in place."""
+    v = bufs.views(ops.analytic[sl].shape)
+    ref = v["ref"]
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
         torch.sub(ops.plus[sl], ops.minus[sl], out=ref)
         ref.div_(2 * ops.eps)
     else:
         ref = ops.reference[sl]
-    err = _Scratch.like(bufs.err, shape)
+    err = v["err"]
     torch.sub(ops.other[sl], ref, out=err)
     err.abs_()
     # the largest error (NaN propagates): a NaN error counts as infinite
@@ -117,9 +128,9 @@ def _terms(
     if math.isnan(err_max):
         err.nan_to_num_(nan=math.inf, posinf=math.inf)
         err_max = math.inf
-    aref = _Scratch.like(bufs.aref, shape)
+    aref = v["aref"]
     torch.abs(ref, out=aref)
-    allowed = _Scratch.like(bufs.allowed, shape)
+    allowed = v["allowed"]
     torch.mul(aref, rtol, out=allowed)
     allowed.add_(atol)
     return _Terms(ref, err, err_max, allowed, aref)
@@ -151,7 +162,7 @@ def compare(
     row of the report, per-point verdicts); the worst element is then found in the
     one row of the report that holds it.
 
-    The kink screen: ``|plus + minus - 2 f0| >= (eps / 4) * allowed`` somewhere in a
+    The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
     row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
     one-sided differences to disagree when ``rtol <= 1``; a row where that is not a
     number passes the screen too, so that the exact test decides.
@@ -179,31 +190,30 @@ def compare(
     )
     max_abs = 0.0
     rel_max: list[torch.Tensor] = []
+    threshold = ops.eps / 4
     for p0, p1, r0, r1 in blocks:
         sl = (slice(p0, p1), slice(r0, r1))
         t = _terms(ops, sl, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
-        ok = _Scratch.like(bufs.ok, t.err.shape)
-        torch.le(t.err, t.allowed, out=ok)
+        v = bufs.views(t.err.shape)
+        ok = torch.le(t.err, t.allowed, out=v["ok"])
         if r1 - r0 == rows:
             point_ok[p0:p1] = ok.view(p1 - p0, -1).view(torch.uint8).amin(1).bool()
         else:
             point_ok[p0:p1] &= ok.view(torch.uint8).amin().bool()
-        ratio = _ratio(t, atol, _Scratch.like(bufs.ratio, t.err.shape))
+        ratio = _ratio(t, atol, v["ratio"])
         if ops.transposed:
             torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
         else:
             row_max[p0:p1, r0:r1] = ratio.amax(2)
-        rel = _Scratch.like(bufs.spare, t.err.shape)
-        torch.div(t.err, t.aref.clamp_min_(TINY), out=rel)
+        rel = torch.div(t.err, t.aref.clamp_min_(TINY), out=t.aref)
         rel_max.append(rel.amax())
         if ops.twice_f0 is not None:
             assert ops.plus is not None and ops.minus is not None
-            s = _Scratch.like(bufs.spare, t.err.shape)  # the relative error is spent
+            s = t.aref  # the relative error is spent
             torch.add(ops.plus[sl], ops.minus[sl], out=s)
-            s.sub_(ops.twice_f0[p0:p1]).abs_()
-            s.sub_(t.allowed.mul_(ops.eps / 4))  # allowed is spent
-            screen[sl] = torch.logical_not(s.amax(-1) < 0)
+            s.sub_(ops.twice_f0[p0:p1]).div_(t.allowed).abs_()
+            screen[sl] = torch.logical_not(s.amax(-1) < threshold)
     # the worst element: the first largest ratio (NaN counting as infinite) of the
     # first row of the report that holds it
     row_max.nan_to_num_(nan=math.inf, posinf=math.inf)
@@ -220,7 +230,7 @@ def compare(
         )
         bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
         t = _terms(ops, line, bufs, atol, rtol)
-        ratio = _ratio(t, atol, _Scratch.like(bufs.ratio, t.err.shape))
+        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
     point_passed: list[bool] = point_ok.tolist()
     max_rel = _nan_max(torch.stack(rel_max).tolist())

@@ -34,7 +34,7 @@ class CheckOptions:
     forward_min_elements: int = 1 << 18
     # elements per block of the comparison: its handful of float64 scratch blocks stay
     # in a core's L2 cache, so the element-wise steps run from cache
-    compare_block: int = 1 << 16
+    compare_block: int = 1 << 15
     # a kink candidate is re-evaluated at this fraction of the step
     kink_step_ratio: float = 0.25
     # at most this many kink candidates are re-evaluated, the largest gaps first
