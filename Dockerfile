@@ -27,11 +27,6 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# gcc builds the workers' comparison kernel (plain C, loaded with ctypes); only this
-# stage has it, the runtime image gets the built library
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/gradserve
 ENV PATH=/opt/gradserve/bin:$PATH
 WORKDIR /src

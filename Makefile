@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 .PHONY: serve test lint typecheck pytest proto bench demo clean test-hostile test-deploy fuzz
 
 $(STAMP): $(filter-out requirements/bench.txt,$(wildcard requirements/*.txt)) client/pyproject.toml server/pyproject.toml workers/pyproject.toml \
-		workers/setup.py workers/gradserve_workers/native/compare_rows.c \
 		examples/custom_gradients_package/pyproject.toml tests/support/registered/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

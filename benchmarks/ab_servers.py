@@ -4,10 +4,10 @@ Both servers run at once (embedded Ray each, 2 workers) and the client's calls
 alternate between them, in alternating order, so that the machine's drift hits both
 sides alike; medians per case and their ratio are printed. Use it to measure a change
 whose effect is smaller than the run-to-run noise (e.g. ``git worktree add /tmp/base
-HEAD~1``; copy the built ``workers/gradserve_workers/_compare_rows*.so`` into the
-other checkout, or it runs without the comparison kernel).
+HEAD~1``). ``--base-env NAME=VALUE`` sets environment variables for the base server
+only (a switch read by its workers).
 
-Run: ``python benchmarks/ab_servers.py --base /tmp/base [--calls 300]``
+Run: ``python benchmarks/ab_servers.py --base /tmp/base [--calls 300] [--base-env N=V]``
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, required=True, help="the other checkout's root")
     p.add_argument("--calls", type=int, default=300, help="timed calls per side (scalar)")
+    p.add_argument("--base-env", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args()
     base = args.base.resolve()
     env = {"PYTHONPATH": f"{base / 'server'}:{base / 'workers'}"}
+    for item in args.base_env:
+        name, _, value = item.partition("=")
+        env[name] = value
     x = np.random.default_rng(1000).uniform(-2.0, 2.0, 1000)
     with (
         start_server(2) as ours,

@@ -123,16 +123,14 @@ def test_the_images_are_small_and_hold_the_cpu_torch(deployment: Deployment) -> 
     assert size < IMAGE_LIMIT, f"{IMAGE} is {size / 1e9:.2f} GB"
     probe = (
         "import importlib.metadata as md, torch, ray\n"
-        "from gradserve_workers import _native\n"
         "nv = [d.metadata['Name'] for d in md.distributions()"
         " if d.metadata['Name'].lower().startswith('nvidia')]\n"
-        "print(torch.__version__, torch.version.cuda, ray.__version__, _native.AVAILABLE, nv)\n"
+        "print(torch.__version__, torch.version.cuda, ray.__version__, nv)\n"
     )
     out = docker("run", "--rm", "--network", "host", "--entrypoint", "python", IMAGE, "-c", probe)
-    version, cuda, ray_version, kernel, nvidia = out.split(maxsplit=4)
+    version, cuda, ray_version, nvidia = out.split(maxsplit=3)
     record(image_torch=version, image_ray=ray_version)
     assert version.endswith("+cpu") and cuda == "None" and nvidia.strip() == "[]", out
-    assert kernel == "True", "the comparison kernel was not built in the image"
     out = docker("run", "--rm", "--network", "host", CLIENT_IMAGE, "--help")
     assert "gradserve" in out.lower()
 

@@ -12,12 +12,16 @@ import pytest
 import torch
 from support.autograd import with_backward
 
-from gradserve_workers import _check_impl, check, report
+from gradserve_workers import report
 from gradserve_workers.check import (
     CheckError,
+    CheckOptions,
     CheckReport,
     claimed_check,
+    claims,
+    fd_error,
     finite_difference_check,
+    finite_differences,
     merge_reports,
 )
 from gradserve_workers.ops import NonFiniteInputError
@@ -36,7 +40,7 @@ def rand(*shape: int, seed: int = 0, low: float = -1.0, high: float = 1.0) -> Te
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [check, report, _check_impl])
+@pytest.mark.parametrize("module", [finite_differences, claims, fd_error, report])
 def test_doctests(module: object) -> None:
     res = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert res.failed == 0
@@ -290,10 +294,12 @@ def test_fast_mode_failure_falls_back_to_name_the_element() -> None:
     assert r.point_passed == (False, False, False)
 
 
-def test_fast_mode_failure_too_big_reports_the_projection(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_check_impl, "FULL_FALLBACK_LIMIT", 4)
+def test_fast_mode_failure_too_big_reports_the_projection() -> None:
     f = with_backward(lambda x: (x**2).sum(), lambda x, g: g * 3 * x)
-    r = finite_difference_check(f, ["x"], {"x": rand(10, seed=7, low=0.5)}, fast=True)
+    r = finite_difference_check(
+        f, ["x"], {"x": rand(10, seed=7, low=0.5)}, fast=True,
+        options=CheckOptions(full_fallback_limit=4),
+    )  # fmt: skip
     assert not r.passed and r.worst is not None and r.worst.projection is not None
     assert "random projection" in r.message and "fast=False" in r.message
 

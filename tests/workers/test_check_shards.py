@@ -17,8 +17,15 @@ import pytest
 import torch
 from support.autograd import with_backward
 
-from gradserve_workers import _check_impl
-from gradserve_workers.check import CheckError, finite_difference_check, merge_shards
+from gradserve_workers.check import (
+    CheckError,
+    CheckOptions,
+    analytic,
+    evaluation,
+    finite_difference_check,
+    merge_shards,
+    points,
+)
 from gradserve_workers.lang import compile_function
 
 Tensor = torch.Tensor
@@ -49,11 +56,11 @@ CORPUS = [
 
 
 @pytest.fixture
-def forward_always(monkeypatch: pytest.MonkeyPatch) -> None:
+def forward_always() -> CheckOptions:
     """Whole checks build Jacobians the way shards do (forward mode first whenever
     outputs >= inputs), as they do at the sizes the server splits, so that the two
     reports can be compared bit for bit at these small sizes."""
-    monkeypatch.setattr(_check_impl, "FORWARD_MIN_ELEMENTS", 0)
+    return CheckOptions(forward_min_elements=0)
 
 
 def _inputs(sizes: dict[str, int], zeros: tuple[int, ...]) -> dict[str, Tensor]:
@@ -69,16 +76,17 @@ def test_merged_shards_are_the_whole_check(
     sizes: dict[str, int],
     wrt: tuple[str, ...] | None,
     zeros: tuple[int, ...],
-    forward_always: None,
+    forward_always: CheckOptions,
 ) -> None:
     fn = compile_function(source)
     names = list(fn.inputs)
     inputs = _inputs(sizes, zeros)
-    whole = finite_difference_check(fn, names, inputs, wrt=wrt)
+    whole = finite_difference_check(fn, names, inputs, wrt=wrt, options=forward_always)
     n = sum(sizes[w] for w in (wrt or names))
     for cuts in ([n // 2], [17, n // 3, n - 1]):
         shards = [
-            finite_difference_check(fn, names, inputs, wrt=wrt, columns=c) for c in split(n, cuts)
+            finite_difference_check(fn, names, inputs, wrt=wrt, columns=c, options=forward_always)
+            for c in split(n, cuts)
         ]
         merged = merge_shards(shards)
         assert merged.passed == whole.passed
@@ -110,15 +118,20 @@ def test_a_shard_reports_its_own_elements_under_their_global_names() -> None:
     assert (second.kink.input, second.kink.input_index) == ("y", (40,))
 
 
-def test_shards_of_non_finite_outputs_take_the_generic_comparison(forward_always: None) -> None:
+def test_shards_of_non_finite_outputs_take_the_generic_comparison(
+    forward_always: CheckOptions,
+) -> None:
     """log at 0 is -inf: the fused comparison steps aside, the generic one runs with the
     shard's offset, and the worst element keeps its global index."""
     fn = compile_function("log(abs(x))")
     x = uniform(300, 3)
     x[210] = 0.0
-    whole = finite_difference_check(fn, ["x"], {"x": x})
+    whole = finite_difference_check(fn, ["x"], {"x": x}, options=forward_always)
     merged = merge_shards(
-        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(300, [150])]
+        [
+            finite_difference_check(fn, ["x"], {"x": x}, columns=c, options=forward_always)
+            for c in split(300, [150])
+        ]
     )
     assert not whole.passed and whole.worst is not None
     assert whole.worst.input_index == (210,)
@@ -126,13 +139,16 @@ def test_shards_of_non_finite_outputs_take_the_generic_comparison(forward_always
     assert merged.passed == whole.passed and merged.message == whole.message
 
 
-def test_shards_with_data_dependent_control_flow(forward_always: None) -> None:
+def test_shards_with_data_dependent_control_flow(forward_always: CheckOptions) -> None:
     source = "def f(x):\n    if sum(x) > 1000:\n        return x\n    return cumsum(x * x)"
     fn = compile_function(source)
     x = uniform(260, 4)
-    whole = finite_difference_check(fn, ["x"], {"x": x})
+    whole = finite_difference_check(fn, ["x"], {"x": x}, options=forward_always)
     merged = merge_shards(
-        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(260, [100])]
+        [
+            finite_difference_check(fn, ["x"], {"x": x}, columns=c, options=forward_always)
+            for c in split(260, [100])
+        ]
     )
     assert whole.passed and not whole.vmapped
     assert merged.worst == whole.worst and merged.max_abs_error == whole.max_abs_error
@@ -227,21 +243,21 @@ JACOBIANS: dict[str, Callable[[Tensor], Tensor]] = {
 def test_forward_mode_is_used_and_reverse_mode_agrees_on_language_functions() -> None:
     for source, jacobian in JACOBIANS.items():
         fn = compile_function(source)
-        s = _check_impl._setup(fn, ["x"], {"x": uniform(200, 8)}, None, False, "check(f)")
-        g = _check_impl._flat_fn(fn, s.layout, 1)
-        forward = _check_impl._forward_columns(g, s, 0, s.layout.n)
+        s = points.setup(fn, ["x"], {"x": uniform(200, 8)}, None, False, "check(f)")
+        g = evaluation.flat_fn(fn, s.layout, 1)
+        forward = analytic.forward_columns(g, s, 0, s.layout.n)
         assert forward is not None
         # forward mode's Jacobian, transposed, against the closed form
         torch.testing.assert_close(forward[0][0], jacobian(s.x[0]).T, rtol=1e-12, atol=1e-14)
-        assert _check_impl._reverse_agrees(g, s, forward[0]), source
-        cols = _check_impl._forward_columns(g, s, 50, 120)
+        assert analytic.reverse_agrees(g, s, forward[0]), source
+        cols = analytic.forward_columns(g, s, 50, 120)
         assert cols is not None
         torch.testing.assert_close(cols[0], forward[0][:, 50:120], rtol=0, atol=0)
-        assert _check_impl._reverse_agrees(g, s, cols[0], 50)
+        assert analytic.reverse_agrees(g, s, cols[0], 50)
         # a reverse mode wrong in one element, by 1e-7 of a unit entry: seen
         wrong = forward[0].clone()
         wrong[0, 77, 150] += 1e-7
-        assert not _check_impl._reverse_agrees(g, s, wrong), source
+        assert not analytic.reverse_agrees(g, s, wrong), source
 
 
 def test_agreement_where_a_projection_cancels_uses_the_columns_bound() -> None:
@@ -249,23 +265,23 @@ def test_agreement_where_a_projection_cancels_uses_the_columns_bound() -> None:
     a column orthogonal to a cotangent has a projection of round-off size, so it is
     decided by its own bound: round-off between the modes passes, an error fails."""
     n = 60
-    s0 = _check_impl._setup(lambda x: x, ["x"], {"x": uniform(n, 3)}, None, False, "f")
-    v = _check_impl._unit_rows(_check_impl.AGREEMENT_PROJECTIONS, n,
+    s0 = points.setup(lambda x: x, ["x"], {"x": uniform(n, 3)}, None, False, "f")
+    v = points.unit_rows(CheckOptions().agreement_projections, n,
                                torch.Generator().manual_seed(0))  # fmt: skip
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     a[:, 7] -= (v[0] @ a[:, 7]) * v[0]  # column 7 orthogonal to the first cotangent
-    g = _check_impl._flat_fn(lambda x: a @ torch.sin(x), s0.layout, 1)
-    forward = _check_impl._forward_columns(g, s0, 0, n)
+    g = evaluation.flat_fn(lambda x: a @ torch.sin(x), s0.layout, 1)
+    forward = analytic.forward_columns(g, s0, 0, n)
     assert forward is not None
     expected = forward[0][0] @ v.T
     assert abs(float(expected[7, 0])) < 1e-14 < float(forward[0][0, 7].abs().max())
-    assert _check_impl._reverse_agrees(g, s0, forward[0])
+    assert analytic.reverse_agrees(g, s0, forward[0])
     wrong = forward[0].clone()
     wrong[0, 7, 20] += 1e-9  # small, but far above round-off in that column
-    assert not _check_impl._reverse_agrees(g, s0, wrong)
+    assert not analytic.reverse_agrees(g, s0, wrong)
     wrong = forward[0].clone()
     wrong[0, 7, 20] = float("nan")
-    assert not _check_impl._reverse_agrees(g, s0, wrong)
+    assert not analytic.reverse_agrees(g, s0, wrong)
 
 
 # ---------------------------------------------------------------------------
@@ -303,7 +319,11 @@ CLAIMS = [
 
 @pytest.mark.parametrize(("source", "sizes", "claims", "bad"), CLAIMS)
 def test_merged_claimed_jacobian_shards_are_the_whole_check(
-    source: str, sizes: dict[str, int], claims: dict[str, str], bad: object, forward_always: None
+    source: str,
+    sizes: dict[str, int],
+    claims: dict[str, str],
+    bad: object,
+    forward_always: CheckOptions,
 ) -> None:
     from gradserve_workers.check import claimed_check
 
@@ -311,7 +331,7 @@ def test_merged_claimed_jacobian_shards_are_the_whole_check(
     names = list(fn.inputs)
     inputs = _inputs(sizes, ())
     claim_fns = {k: _claim(v, names) for k, v in claims.items()}
-    whole = claimed_check(fn, claim_fns, names, inputs, kind="jacobian")
+    whole = claimed_check(fn, claim_fns, names, inputs, kind="jacobian", options=forward_always)
     assert whole.passed == (bad is None), whole.message
     if bad == "below the diagonal":
         # the claim misses d f_j / d x_i = cos(x_i) for j > i: worst where |cos(x_i)| is
@@ -326,7 +346,9 @@ def test_merged_claimed_jacobian_shards_are_the_whole_check(
     n = sum(sizes[k] for k in claims)
     for cuts in ([n // 2], [17, n // 3, n - 1]):
         shards = [
-            claimed_check(fn, claim_fns, names, inputs, kind="jacobian", columns=c)
+            claimed_check(
+                fn, claim_fns, names, inputs, kind="jacobian", columns=c, options=forward_always
+            )
             for c in split(n, cuts)
         ]
         merged = merge_shards(shards)
@@ -357,9 +379,9 @@ def test_small_whole_checks_use_reverse_mode_and_agree_with_forward_shards() -> 
     to round-off."""
     fn = compile_function("softmax(x, 0)")
     x = uniform(300, 10)
-    assert _check_impl.FORWARD_MIN_ELEMENTS > 300 * 300
-    s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
-    at, _, _ = _check_impl._analytic_full(fn, s, 1, True)
+    assert CheckOptions().forward_min_elements > 300 * 300
+    s = points.setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    at, _, _ = analytic.analytic_full(fn, s, 1, True)
     assert not at.is_contiguous()  # the transposed view of reverse mode's Jacobian
     whole = finite_difference_check(fn, ["x"], {"x": x})
     merged = merge_shards(
@@ -372,16 +394,19 @@ def test_small_whole_checks_use_reverse_mode_and_agree_with_forward_shards() -> 
     assert merged.max_rel_error == pytest.approx(whole.max_rel_error, rel=1e-6)
 
 
-def test_a_nan_in_one_shard_is_the_merged_maximum(forward_always: None) -> None:
+def test_a_nan_in_one_shard_is_the_merged_maximum(forward_always: CheckOptions) -> None:
     """sqrt at 0: one shard's relative error is NaN; the merged maximum is NaN too,
     whichever shard holds it (max() would keep or drop it by position)."""
     fn = compile_function("sqrt(x) * 2")
     x = uniform(40, 11).abs()
     x[30] = 0.0
-    whole = finite_difference_check(fn, ["x"], {"x": x})
+    whole = finite_difference_check(fn, ["x"], {"x": x}, options=forward_always)
     for cut in (20, 35):
         merged = merge_shards(
-            [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(40, [cut])]
+            [
+                finite_difference_check(fn, ["x"], {"x": x}, columns=c, options=forward_always)
+                for c in split(40, [cut])
+            ]
         )
         assert math.isnan(whole.max_rel_error) and math.isnan(merged.max_rel_error)
         assert repr(merged.worst) == repr(whole.worst) and merged.passed == whole.passed
@@ -408,11 +433,11 @@ def test_a_wrong_backward_is_seen_next_to_entries_1e8_times_larger() -> None:
     x = uniform(n, 12)
     for columns in (None, (100, 200)):
         if columns is None:  # the whole check, by forward mode first
-            s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
-            g = _check_impl._flat_fn(fn, s.layout, 1)
-            forward = _check_impl._forward_columns(g, s, 0, n)
+            s = points.setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+            g = evaluation.flat_fn(fn, s.layout, 1)
+            forward = analytic.forward_columns(g, s, 0, n)
             assert forward is not None
-            assert not _check_impl._reverse_agrees(g, s, forward[0])
+            assert not analytic.reverse_agrees(g, s, forward[0])
         r = finite_difference_check(fn, ["x"], {"x": x}, columns=columns, atol=1e-5, rtol=1e-3)
         assert not r.passed and r.worst is not None
         assert (r.worst.output_index, r.worst.input_index) == ((n + bad,), (bad,))
@@ -432,17 +457,39 @@ def test_more_kink_candidates_than_are_retested_pick_the_same_kink() -> None:
 
 
 def test_a_function_without_forward_mode_is_checked_by_reverse_mode(
-    forward_always: None,
+    forward_always: CheckOptions,
 ) -> None:
     """A backward but no forward-mode rule: building columns by forward mode fails, so
     whole checks and shards fall back to reverse mode's Jacobian and still agree."""
     fn = with_backward(_cumsum_cos, _true_vjp)  # no jvp: torch raises on forward mode
     x = uniform(300, 13)
-    s = _check_impl._setup(fn, ["x"], {"x": x}, None, False, "check(f)")
-    assert _check_impl._forward_columns(_check_impl._flat_fn(fn, s.layout, 1), s, 0, 10) is None
-    whole = finite_difference_check(fn, ["x"], {"x": x})
+    s = points.setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    assert analytic.forward_columns(evaluation.flat_fn(fn, s.layout, 1), s, 0, 10) is None
+    whole = finite_difference_check(fn, ["x"], {"x": x}, options=forward_always)
     merged = merge_shards(
-        [finite_difference_check(fn, ["x"], {"x": x}, columns=c) for c in split(300, [120])]
+        [
+            finite_difference_check(fn, ["x"], {"x": x}, columns=c, options=forward_always)
+            for c in split(300, [120])
+        ]
     )
     assert whole.passed and merged.passed, whole.message
     assert merged.worst == whole.worst and merged.max_abs_error == whole.max_abs_error
+
+
+def test_a_function_without_reverse_mode_fails_the_agreement_and_the_check() -> None:
+    """A forward-mode rule but no backward: holding reverse mode to forward mode
+    cannot run (torch's NotImplementedError), which says no; the reverse-mode route
+    then runs the backward itself, whose error is the check's."""
+
+    def no_backward(x: Tensor, g: Tensor) -> Tensor:
+        raise NotImplementedError("no backward here")
+
+    fn = with_backward(_cumsum_cos, no_backward, jvp=_true_jvp)
+    x = uniform(300, 14)
+    s = points.setup(fn, ["x"], {"x": x}, None, False, "check(f)")
+    g = evaluation.flat_fn(fn, s.layout, 1)
+    forward = analytic.forward_columns(g, s, 0, 300)
+    assert forward is not None  # forward mode runs it
+    assert not analytic.reverse_agrees(g, s, forward[0])
+    with pytest.raises(NotImplementedError, match="no backward here"):
+        finite_difference_check(fn, ["x"], {"x": x}, options=CheckOptions(forward_min_elements=0))

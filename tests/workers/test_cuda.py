@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from gradserve_workers import _check_impl, transforms
+from gradserve_workers import transforms
 from gradserve_workers.actor import GradActor
-from gradserve_workers.check import claimed_check, finite_difference_check
+from gradserve_workers.check import CheckOptions, claimed_check, finite_difference_check
 from gradserve_workers.lang import compile_function
 from gradserve_workers.ops import OpsRequest, compute
 from gradserve_workers.tasks import CheckSpec, ComputeSpec
@@ -105,12 +105,12 @@ def test_chunked_batches_agree_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     x = points(12, 40).to(CUDA)
     whole = compute(fn, ["x"], {"x": x}, OpsRequest(ops=("grad",), batched=True))
     monkeypatch.setattr(transforms, "BATCH_ELEMENTS", 40 * 40 * 3 * 2)  # 2 points a chunk
-    monkeypatch.setattr(_check_impl, "EVAL_BUDGET", 2 * 1600 * 3)
     chunked = compute(fn, ["x"], {"x": x}, OpsRequest(ops=("grad",), batched=True))
     torch.testing.assert_close(chunked.outputs["grad"]["x"], whole.outputs["grad"]["x"])
     expected = 2 * x.sum(dim=1, keepdim=True) + torch.cos(x)
     torch.testing.assert_close(whole.outputs["grad"]["x"], expected)
-    r = finite_difference_check(fn, ["x"], {"x": x[0]}, fast=False)
+    small = CheckOptions(eval_budget=2 * 1600 * 3)
+    r = finite_difference_check(fn, ["x"], {"x": x[0]}, fast=False, options=small)
     assert r.passed, r.message
 
 
@@ -133,20 +133,21 @@ def test_actor_on_cuda_matches_cpu_actor() -> None:
 
 
 @pytest.mark.parametrize("source", ["cumsum(sin(x))", "softmax(x, 0) * 3", "x * sum(x ** 2)"])
-def test_forward_mode_and_shards_on_cuda(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forward_mode_and_shards_on_cuda(source: str) -> None:
     """Forward-mode Jacobians (reverse mode held to them) and checks split by input
     elements run on the device and merge into the CPU's whole report."""
     from gradserve_workers.check import merge_shards
 
-    monkeypatch.setattr(_check_impl, "FORWARD_MIN_ELEMENTS", 0)
+    forward_always = CheckOptions(forward_min_elements=0)
     fn = compile_function(source)
     x = points(1, 400, seed=3)[0]
     x[17] = 0.0
-    cpu = finite_difference_check(fn, ["x"], {"x": x})
+    cpu = finite_difference_check(fn, ["x"], {"x": x}, options=forward_always)
     xg = x.to(CUDA)
-    whole = finite_difference_check(fn, ["x"], {"x": xg})
+    whole = finite_difference_check(fn, ["x"], {"x": xg}, options=forward_always)
     shards = [
-        finite_difference_check(fn, ["x"], {"x": xg}, columns=c) for c in [(0, 150), (150, 400)]
+        finite_difference_check(fn, ["x"], {"x": xg}, columns=c, options=forward_always)
+        for c in [(0, 150), (150, 400)]
     ]
     merged = merge_shards(shards)
     for r in (whole, merged):
@@ -156,10 +157,20 @@ def test_forward_mode_and_shards_on_cuda(source: str, monkeypatch: pytest.Monkey
     claim = compile_function("diag(cos(x))")  # wrong below the diagonal for cumsum(sin(x))
     if source.startswith("cumsum"):
         parts = [
-            claimed_check(fn, {"x": claim}, ["x"], {"x": xg}, kind="jacobian", columns=c)
+            claimed_check(
+                fn,
+                {"x": claim},
+                ["x"],
+                {"x": xg},
+                kind="jacobian",
+                columns=c,
+                options=forward_always,
+            )
             for c in [(0, 200), (200, 400)]
         ]
-        on_cpu = claimed_check(fn, {"x": claim}, ["x"], {"x": x}, kind="jacobian")
+        on_cpu = claimed_check(
+            fn, {"x": claim}, ["x"], {"x": x}, kind="jacobian", options=forward_always
+        )
         got = merge_shards(parts)
         assert not got.passed and got.worst is not None and on_cpu.worst is not None
         assert got.worst.input_index == on_cpu.worst.input_index

@@ -14,9 +14,8 @@ import torch
 from support.custom_functions import SECOND_ORDER, draw
 from test_check_parity import CORPUS, as_function
 
-from gradserve_workers._check_impl import finite_difference_check_impl
-from gradserve_workers.check import finite_difference_check
-from gradserve_workers.fd_error import F64, _projection
+from gradserve_workers.check import CheckOptions, finite_difference_check
+from gradserve_workers.check.fd_error import F64, _projection
 from gradserve_workers.report import beyond_fd_error
 
 # finite_difference_check attaches the estimate; the verdicts are gradcheck's
@@ -74,10 +73,9 @@ def _second(case, **tolerances):  # type: ignore[no-untyped-def]
     names = [f"in{i}" for i in range(len(case.shapes))]
     points = dict(zip(names, draw(case, 12, seed=2), strict=True))
     kwargs = {"batched": True, "order": 2, "atol": 1e-5, "rtol": 1e-3, **tolerances}
-    bare = finite_difference_check_impl(
-        case.fn, names, points, wrt=None, eps=1e-6, fast=False, fast_threshold=0,
-        num_projections=4, seed=0, allow_vmap=True, columns=None, **kwargs,
-    )  # fmt: skip
+    bare = finite_difference_check(
+        case.fn, names, points, fast=False, options=CheckOptions(fd_error_estimate=False), **kwargs
+    )
     return finite_difference_check(case.fn, names, points, **kwargs), bare
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradserve_workers import _check_impl, transforms
+from gradserve_workers import transforms
+from gradserve_workers.check import CheckOptions, finite_difference_check
+from gradserve_workers.check.evaluation import Evaluator
 from gradserve_workers.lang import compile_function
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,22 +103,17 @@ def test_check_batches_shrink_with_the_intermediate(monkeypatch: pytest.MonkeyPa
     """The check's evaluator maps fewer perturbations at once when one evaluation is
     large: never more than the budget in one intermediate."""
     seen: list[int] = []
-    real = _check_impl._Evaluator._run
+    real = Evaluator._run
 
-    def spy(
-        self: _check_impl._Evaluator, xs: torch.Tensor, consts: list[torch.Tensor]
-    ) -> torch.Tensor:
+    def spy(self: Evaluator, xs: torch.Tensor, consts: list[torch.Tensor]) -> torch.Tensor:
         seen.append(xs.shape[0] * xs.shape[1])
         return real(self, xs, consts)
 
-    monkeypatch.setattr(_check_impl._Evaluator, "_run", spy)
-    monkeypatch.setattr(_check_impl, "EVAL_BUDGET", 50_000)
+    monkeypatch.setattr(Evaluator, "_run", spy)
     fn = compile_function("sum(outer(x, x))")
     x = torch.linspace(-1, 1, 100, dtype=torch.float64)
-    r = _check_impl.finite_difference_check_impl(
-        fn, ["x"], {"x": x}, wrt=None, batched=False, order=1, atol=1e-5, rtol=1e-3,
-        eps=1e-6, fast=False, fast_threshold=2000, num_projections=4, seed=0, allow_vmap=True,
-    )  # fmt: skip
+    small = CheckOptions(eval_budget=50_000, fd_error_estimate=False)
+    r = finite_difference_check(fn, ["x"], {"x": x}, fast=False, options=small)
     assert r.passed
     assert seen and max(seen) * 100 * 100 <= 50_000 * 2  # rows x intermediate within budget
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from gradserve_workers import _check_impl, _perturb
-from gradserve_workers.check import finite_difference_check
+from gradserve_workers import _perturb
+from gradserve_workers.check import CheckOptions, evaluation, finite_difference_check, points
 from gradserve_workers.lang import FUNCTIONS, compile_function
 
 F64 = torch.float64
@@ -42,8 +42,8 @@ def flat_function(source: str, wrt: tuple[str, ...] | None = None) -> tuple[Any,
     samples = SAMPLES_3 if "A" in names or "B" in names else SAMPLES
     point = {n: samples[n] for n in names}
     chosen = tuple(names) if wrt is None else wrt
-    layout = _check_impl._layout(names, chosen, point)
-    g = _check_impl._flat_fn(fn, layout, order=1)
+    layout = points.layout(names, chosen, point)
+    g = evaluation.flat_fn(fn, layout, order=1)
     x = torch.cat([point[w].reshape(-1) for w in chosen])
     consts = [point[names[i]] for i in layout.const_idx]
     return g, x, consts
@@ -193,15 +193,13 @@ def test_sums_are_at_least_as_accurate_as_dense() -> None:
     "source",
     ["sum(sin(x) * x)", "cumsum(sin(x))", "sum(relu(x))", "sum(abs(x - 0.25))", "x * x[0]"],
 )
-def test_checks_report_the_same_with_and_without_one_hot(
-    source: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checks_report_the_same_with_and_without_one_hot(source: str) -> None:
     fn = compile_function(source)
     x = torch.linspace(-1.0, 1.0, 257, dtype=F64)  # hits 0 and 0.25 exactly
-    assert x.shape[0] >= _check_impl.ONE_HOT_MIN_INPUTS
+    assert x.shape[0] >= CheckOptions().one_hot_min_inputs
     one_hot = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
-    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS", math.inf)
-    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    never = CheckOptions(one_hot_min_inputs=math.inf)
+    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False, options=never)
     assert (one_hot.passed, one_hot.non_differentiable) == (plain.passed, plain.non_differentiable)
     assert one_hot.point_passed == plain.point_passed
     assert (one_hot.kink is None) == (plain.kink is None)
@@ -232,6 +230,30 @@ def test_kinks_and_failures_found_one_hot(monkeypatch: pytest.MonkeyPatch) -> No
     assert r.kink is not None and r.kink.input_index == (128,)
 
 
+def test_a_refused_one_hot_evaluation_goes_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """softmax needs every row before any one-hot rule saved work: the one-hot route
+    refuses (Unsupported), the check evaluates densely and reports as it would."""
+    refusals: list[str] = []
+    real = _perturb.evaluate
+
+    def recording(*args: Any) -> torch.Tensor:
+        try:
+            return real(*args)
+        except _perturb.Unsupported as exc:
+            refusals.append(str(exc))
+            raise
+
+    monkeypatch.setattr(_perturb, "evaluate", recording)
+    fn = compile_function("sum(softmax(x, dim=0) * x)")
+    x = torch.linspace(-1.0, 1.0, 257, dtype=F64)
+    r = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    assert refusals and "every row" in refusals[0]
+    never = CheckOptions(one_hot_min_inputs=math.inf)
+    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False, options=never)
+    assert r.passed and plain.passed
+    assert r.max_abs_error == plain.max_abs_error and r.worst == plain.worst
+
+
 def test_no_materialising_before_anything_was_shared() -> None:
     """A function whose first step needs every row goes dense from the start; one
     that shares an element-wise head first may materialise later."""
@@ -249,10 +271,10 @@ def test_chunks_of_coordinates_agree_with_one_batch(monkeypatch: pytest.MonkeyPa
     """Large inputs are evaluated a chunk of coordinates at a time (bounded memory)."""
     fn = compile_function("cumsum(sin(x)) * x[0]")
     x = torch.linspace(-1.0, 1.0, 300, dtype=F64)
-    ev = _check_impl._Evaluator(lambda v: fn(v).reshape(-1), [], True, one_hot=True)
+    ev = evaluation.Evaluator(lambda v: fn(v).reshape(-1), [], True, one_hot=True)
     whole = ev.along(x[None], None, list(STEPS))
-    monkeypatch.setattr(_check_impl, "EVAL_BUDGET", 2 * 300 * 7)  # 7 coordinates a chunk
-    ev_small = _check_impl._Evaluator(lambda v: fn(v).reshape(-1), [], True, one_hot=True)
+    small = CheckOptions(eval_budget=2 * 300 * 7)  # 7 coordinates a chunk
+    ev_small = evaluation.Evaluator(lambda v: fn(v).reshape(-1), [], True, True, options=small)
     calls: list[tuple[int, int]] = []
     real = _perturb.evaluate
 
@@ -283,13 +305,17 @@ def test_batched_points_with_a_constant_input(monkeypatch: pytest.MonkeyPatch) -
         return real(*args)
 
     monkeypatch.setattr(_perturb, "evaluate", counting)
-    # several points go one-hot only from ONE_HOT_MIN_INPUTS_BATCHED on: lower it here
-    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS_BATCHED", 256)
-    one_hot = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
+    # several points go one-hot only from one_hot_min_inputs_batched on: lower it here
+    lower = CheckOptions(one_hot_min_inputs_batched=256)
+    one_hot = finite_difference_check(
+        fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False, options=lower
+    )
     assert used, "one-hot evaluation was not used"
-    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS_BATCHED", math.inf)
+    never = CheckOptions(one_hot_min_inputs_batched=math.inf)
     used.clear()
-    plain = finite_difference_check(fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False)
+    plain = finite_difference_check(
+        fn, ["x", "w"], inputs, wrt=["x"], batched=True, fast=False, options=never
+    )
     assert not used, "below the batched threshold several points go dense"
     assert one_hot.point_passed == plain.point_passed == (True, False)
     assert one_hot.kink is not None and plain.kink is not None
@@ -343,14 +369,12 @@ def test_out_of_range_dims_are_not_summed() -> None:
         _perturb.evaluate(g, SAMPLES["x"], [], STEPS)
 
 
-def test_a_check_with_an_inf_in_the_base_reports_what_dense_does(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_check_with_an_inf_in_the_base_reports_what_dense_does() -> None:
     fn = compile_function("sum(x) + 1 / (1 + sum(1 / x ** 2))")
     x = torch.linspace(-1.0, 1.0, 257, dtype=F64)  # x[128] == 0: 1/x**2 is inf
     one_hot = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
-    monkeypatch.setattr(_check_impl, "ONE_HOT_MIN_INPUTS", math.inf)
-    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False)
+    never = CheckOptions(one_hot_min_inputs=math.inf)
+    plain = finite_difference_check(fn, ["x"], {"x": x}, fast=False, options=never)
     assert one_hot.passed == plain.passed
     assert one_hot.worst is not None and plain.worst is not None
     assert one_hot.worst.input_index == plain.worst.input_index

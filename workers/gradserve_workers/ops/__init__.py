@@ -32,9 +32,6 @@ from .request import JACOBIAN_MODES, OPS, NonFiniteInputError, OpsError, OpsRequ
 for _cls in (NonFiniteInputError, OpsError, OpsRequest, OpsResult):
     _cls.__module__ = __name__
 
-# The check engine's name for compute while it is rebuilt; drop once it imports compute.
-compute_impl = compute
-
 __all__ = [
     "JACOBIAN_MODES",
     "OPS",
@@ -46,7 +43,6 @@ __all__ = [
     "check_finite",
     "choose_jacobian_mode",
     "compute",
-    "compute_impl",
     "is_data_dependent_error",
     "vmap_or_loop",
 ]

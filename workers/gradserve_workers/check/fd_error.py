@@ -19,9 +19,9 @@ from dataclasses import replace
 
 import torch
 
-from ._check_impl import _unit_rows
-from .report import CheckReport, WorstElement, describe
-from .transforms import Fn
+from ..report import CheckReport, WorstElement, describe
+from ..transforms import Fn
+from .points import unit_rows
 
 F64 = torch.float64
 EPS64 = float(torch.finfo(F64).eps)
@@ -129,8 +129,8 @@ def _projection(
     n = x0.numel()
     m = n if order == 2 else _evaluate(fn, point, 1, [])[0].numel()
     gen = torch.Generator().manual_seed(seed)
-    u = _unit_rows(num_projections, n, gen)[w.projection]
-    v = _unit_rows(num_projections, m, gen)[w.projection]
+    u = unit_rows(num_projections, n, gen)[w.projection]
+    v = unit_rows(num_projections, m, gen)[w.projection]
 
     def along(step: float) -> tuple[float, float]:
         args = list(point)

@@ -1,0 +1,294 @@
+"""Comparing a derivative with its reference, element by element.
+
+One blocked pass applies gradcheck's rule ``|other - reference| <= atol + rtol *
+|reference|`` to every element of an (N, R, C) array: claimed derivatives against
+autograd's, autograd's against central differences (formed block by block), and
+fast mode's projections alike. It also screens finite differences for kinks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .options import DEFAULT_OPTIONS
+from .points import TINY
+
+__all__ = ["Comparison", "Operands", "all_pairs", "compare", "symmetry"]
+
+
+@dataclass
+class Comparison:
+    passed: bool
+    point_passed: list[bool]
+    max_abs: float
+    max_rel: float
+    worst_flat: tuple[int, int, int] | None  # (point, row, col) in the report's order
+    analytic: float
+    numeric: float
+    abs_error: float
+    rel_error: float
+
+
+@dataclass
+class Operands:
+    """What :func:`compare` compares, laid out as (N, R, C).
+
+    ``analytic`` is what the report calls analytic (autograd); the reference (the
+    value the tolerance scales with) is ``reference``, or, when that is ``None``,
+    the central difference ``(plus - minus) / (2 eps)`` formed block by block;
+    ``other`` is the value compared with the reference. ``twice_f0`` (N, 1, C) turns
+    on the kink screen. ``transposed``: rows are input elements and columns
+    outputs, i.e. the report's (point, row, col) is (point, col, row) here.
+    """
+
+    analytic: torch.Tensor
+    reference: torch.Tensor | None
+    other: torch.Tensor
+    plus: torch.Tensor | None = None
+    minus: torch.Tensor | None = None
+    twice_f0: torch.Tensor | None = None
+    eps: float = 0.0
+    transposed: bool = False
+
+
+def _blocks(
+    n_pts: int, rows: int, cols: int, device: torch.device, block: int
+) -> list[tuple[int, int, int, int]]:
+    """(p0, p1, r0, r1) slices of about ``block`` elements, in row-major order: whole
+    points, or rows of one point."""
+    per_point = rows * cols
+    if device.type != "cpu" or n_pts * per_point <= block:
+        return [(0, n_pts, 0, rows)]
+    if per_point <= block:
+        step = block // max(per_point, 1)
+        return [(p0, min(p0 + step, n_pts), 0, rows) for p0 in range(0, n_pts, step)]
+    step = max(1, block // max(cols, 1))
+    return [
+        (p, p + 1, r0, min(r0 + step, rows)) for p in range(n_pts) for r0 in range(0, rows, step)
+    ]
+
+
+class _Scratch:
+    """Block-sized buffers, allocated once per comparison and reused by every block:
+    few enough that a block's working set stays in a core's L2 cache. Each holds one
+    term, then, once that is spent, the next (see :func:`compare`)."""
+
+    def __init__(self, size: int, ref: torch.dtype, err: torch.dtype, device: torch.device):
+        def buf(dtype: torch.dtype) -> torch.Tensor:
+            return torch.empty(size, dtype=dtype, device=device)
+
+        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err), "aref": buf(err)}
+        # the ratios take the spent reference's buffer (a buffer of their own only for
+        # a reference narrower than the error)
+        self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
+        self._bufs["ok"] = buf(torch.bool)
+        self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
+
+    def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
+        """Every buffer viewed as ``shape`` (the views are made once per shape)."""
+        key = tuple(shape)
+        if key not in self._views:
+            n = math.prod(key)
+            self._views[key] = {k: b[:n].view(key) for k, b in self._bufs.items()}
+        return self._views[key]
+
+
+@dataclass
+class _Terms:
+    """One block's element-wise terms, in scratch buffers."""
+
+    ref: torch.Tensor
+    err: torch.Tensor  # |other - ref|, NaN read as infinite
+    err_max: float
+    allowed: torch.Tensor  # atol + rtol * |ref|
+    aref: torch.Tensor  # |ref|
+
+
+def _terms(
+    ops: Operands, sl: tuple[slice, ...], bufs: _Scratch, atol: float, rtol: float
+) -> _Terms:
+    """The terms of the elements ``ops[sl]``. The block's largest error is read here:
+    a NaN error (rare) is then made infinite in place."""
+    v = bufs.views(ops.analytic[sl].shape)
+    ref = v["ref"]
+    if ops.reference is None:
+        assert ops.plus is not None and ops.minus is not None
+        torch.sub(ops.plus[sl], ops.minus[sl], out=ref)
+        ref.div_(2 * ops.eps)
+    else:
+        ref = ops.reference[sl]
+    err = v["err"]
+    torch.sub(ops.other[sl], ref, out=err)
+    err.abs_()
+    # the largest error (NaN propagates): a NaN error counts as infinite
+    err_max = float(err.amax())
+    if math.isnan(err_max):
+        err.nan_to_num_(nan=math.inf, posinf=math.inf)
+        err_max = math.inf
+    aref = v["aref"]
+    torch.abs(ref, out=aref)
+    allowed = v["allowed"]
+    torch.mul(aref, rtol, out=allowed)
+    allowed.add_(atol)
+    return _Terms(ref, err, err_max, allowed, aref)
+
+
+def _ratio(t: _Terms, atol: float, out: torch.Tensor) -> torch.Tensor:
+    """``error / allowed``, an allowance of 0 counting as infinite unless the error is
+    0 too; NaN (``inf / inf``) stays NaN here and counts as infinite where ratios are
+    ranked."""
+    if atol > TINY:  # allowed >= atol > TINY: the division is the ratio
+        return torch.div(t.err, t.allowed, out=out)
+    allowed = t.allowed.nan_to_num(nan=math.inf, posinf=math.inf)
+    torch.div(t.err, allowed.clamp_min(TINY), out=out)
+    return out.copy_(torch.where(allowed > 0, out, torch.where(t.err > 0, math.inf, 0.0)))
+
+
+def compare(
+    ops: Operands, atol: float, rtol: float, block: int = DEFAULT_OPTIONS.compare_block
+) -> tuple[Comparison, torch.Tensor]:
+    """``|other - reference| <= atol + rtol * |reference|`` (gradcheck's rule) over
+    (N, R, C), block by block; returns the comparison and, with ``twice_f0``, the
+    (point, row) pairs that pass the kink screen, in order ((K, 2); empty without).
+
+    An element passes by that rule itself; a NaN error counts as infinite. Its
+    ratio ``error / allowed`` (see :func:`_ratio`) ranks the elements: the largest,
+    the first of equal ones in the report's (point, output, input) order, is the
+    worst element. Per block of about ``block`` elements every element-wise step
+    runs from cache and is reduced to a few numbers (maxima, the largest ratio per
+    row of the report, per-point verdicts); the worst element is then found in the
+    one row of the report that holds it.
+
+    The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
+    row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
+    one-sided differences to disagree when ``rtol <= 1``; a row where that is not a
+    number passes the screen too, so that the exact test decides.
+    """
+    a = ops.analytic
+    n_pts, rows, cols = a.shape
+    dev = a.device
+    empty_rows = torch.zeros(0, 2, dtype=torch.long, device=dev)
+    if a.numel() == 0:
+        return Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), empty_rows
+    if ops.reference is None:
+        assert ops.plus is not None and ops.minus is not None
+        ref_dtype = torch.promote_types(ops.plus.dtype, ops.minus.dtype)
+    else:
+        ref_dtype = ops.reference.dtype
+    err_dtype = torch.promote_types(ops.other.dtype, ref_dtype)
+    blocks = _blocks(n_pts, rows, cols, dev, block)
+    biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
+    bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
+    point_ok = torch.ones(n_pts, dtype=torch.bool, device=dev)
+    screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
+    # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
+    row_max = torch.full(
+        (n_pts, cols if ops.transposed else rows), -math.inf, dtype=err_dtype, device=dev
+    )
+    max_abs = 0.0
+    rel_max: list[torch.Tensor] = []
+    threshold = ops.eps / 4
+    for p0, p1, r0, r1 in blocks:
+        sl = (slice(p0, p1), slice(r0, r1))
+        t = _terms(ops, sl, bufs, atol, rtol)
+        max_abs = max(max_abs, t.err_max)
+        v = bufs.views(t.err.shape)
+        ok = torch.le(t.err, t.allowed, out=v["ok"])
+        if r1 - r0 == rows:
+            point_ok[p0:p1] = ok.view(p1 - p0, -1).view(torch.uint8).amin(1).bool()
+        else:
+            point_ok[p0:p1] &= ok.view(torch.uint8).amin().bool()
+        ratio = _ratio(t, atol, v["ratio"])
+        if ops.transposed:
+            torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
+        else:
+            row_max[p0:p1, r0:r1] = ratio.amax(2)
+        rel = torch.div(t.err, t.aref.clamp_min_(TINY), out=t.aref)
+        rel_max.append(rel.amax())
+        if ops.twice_f0 is not None:
+            assert ops.plus is not None and ops.minus is not None
+            s = t.aref  # the relative error is spent
+            torch.add(ops.plus[sl], ops.minus[sl], out=s)
+            s.sub_(ops.twice_f0[p0:p1]).div_(t.allowed).abs_()
+            screen[sl] = torch.logical_not(s.amax(-1) < threshold)
+    # the worst element: the first largest ratio (NaN counting as infinite) of the
+    # first row of the report that holds it
+    row_max.nan_to_num_(nan=math.inf, posinf=math.inf)
+    p, r = divmod(int(torch.argmax(row_max.reshape(-1))), row_max.shape[1])
+    p0, p1, r0, r1 = blocks[-1]
+    if p0 <= p < p1 and (r1 - r0 == rows or (not ops.transposed and r0 <= r < r1)):
+        # the row is in the last block, whose ratios are still in scratch
+        ratio = ratio[p - p0, :, r] if ops.transposed else ratio[p - p0, r - r0]
+    else:
+        line = (
+            (slice(p, p + 1), slice(None), slice(r, r + 1))
+            if ops.transposed
+            else (slice(p, p + 1), slice(r, r + 1))
+        )
+        bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
+        t = _terms(ops, line, bufs, atol, rtol)
+        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
+    c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
+    point_passed: list[bool] = point_ok.tolist()
+    max_rel = _nan_max(torch.stack(rel_max).tolist())
+    cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
+    return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+
+
+def _nan_max(values: list[float]) -> float:
+    """The maximum, NaN if any is (as ``torch.max`` over all of them would be)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _comparison_at(
+    ops: Operands,
+    worst: tuple[int, int, int],
+    max_abs: float,
+    max_rel: float,
+    point_passed: list[bool],
+) -> Comparison:
+    """The :class:`Comparison` with the worst element at ``worst`` (p, r, c) in the
+    report's order: its numbers come from 0-d tensors, with the same arithmetic as
+    the blocks'."""
+    p, r, c = worst
+    idx = (p, c, r) if ops.transposed else (p, r, c)
+    if ops.reference is None:
+        assert ops.plus is not None and ops.minus is not None
+        ref_t = (ops.plus[idx] - ops.minus[idx]) / (2 * ops.eps)
+    else:
+        ref_t = ops.reference[idx]
+    err_v = float((ops.other[idx] - ref_t).abs())
+    err_v = math.inf if math.isnan(err_v) else err_v
+    ref_v = float(ref_t)
+    # the other side of autograd: the reference, or the value compared with it
+    n_v = float(ops.other[idx]) if ops.reference is ops.analytic else ref_v
+    return Comparison(
+        passed=all(point_passed),
+        point_passed=point_passed,
+        max_abs=max_abs,
+        max_rel=max_rel,
+        worst_flat=worst,
+        analytic=float(ops.analytic[idx]),
+        numeric=n_v,
+        abs_error=err_v,
+        rel_error=err_v / max(abs(ref_v), TINY),
+    )
+
+
+def symmetry(
+    a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float
+) -> tuple[torch.Tensor, float]:
+    """Where ``a`` (a Hessian, or its projections) equals its transpose ``b``:
+    ``|a - b| <= atol + rtol * max(|a|, |b|)`` element by element, and the largest
+    ``|a - b|``."""
+    asym = (a - b).abs()
+    ok = asym <= atol + rtol * torch.maximum(a.abs(), b.abs())
+    return ok, float(asym.max()) if asym.numel() else 0.0
+
+
+def all_pairs(n_pts: int, n_dirs: int, device: torch.device) -> torch.Tensor:
+    """Every (point, row) pair, in order: (n_pts * n_dirs, 2)."""
+    return torch.nonzero(torch.ones(n_pts, n_dirs, dtype=torch.bool, device=device))
