@@ -32,6 +32,18 @@ class _NoVmapRule(torch.autograd.Function):
         return grad * 2
 
 
+class _OldStyle(torch.autograd.Function):
+    """An autograd.Function whose forward takes ctx: no torch.func transform runs it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad * 2
+
+
 LANG_IF = "def f(x):\n    if sum(x) > 0:\n        return x\n    return -x\n"
 LANG_RANGE = (
     "def f(x):\n    s = 0.0\n    for i in range(sum(x)):\n        s = s + 1\n    return s * x\n"
@@ -45,6 +57,8 @@ CASES: dict[str, tuple[Callable[[torch.Tensor], Any], bool]] = {
     "torch: autograd.Function without vmap support": (_NoVmapRule.apply, True),
     "language: a condition on a tensor": (lang.compile_function(LANG_IF), True),
     "language: range() of a tensor": (lang.compile_function(LANG_RANGE), True),
+    # every transform refuses it, point by point too: not a reason to loop
+    "torch: autograd.Function without setup_context": (_OldStyle.apply, False),
     "torch: shapes that cannot be multiplied": (lambda x: torch.ones(2, 2) @ x, False),
     "language: shapes that cannot be multiplied": (lang.compile_function("x @ ones(2)"), False),
 }
@@ -84,7 +98,7 @@ def test_vmap_or_loop_runs_each_refused_function_point_by_point(name: str) -> No
 @pytest.mark.parametrize("name", [n for n, (_, refused) in CASES.items() if not refused])
 def test_vmap_or_loop_raises_what_is_not_a_refusal(name: str) -> None:
     f, _ = CASES[name]
-    with pytest.raises(Exception, match="cannot be multiplied"):
+    with pytest.raises(Exception, match=r"cannot be multiplied|setup_context"):
         vmap_or_loop(f, (torch.ones(2, 3),), (0,))
 
 

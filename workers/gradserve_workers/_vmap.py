@@ -23,6 +23,11 @@ __all__ = ["is_data_dependent_error", "loop_map", "vmap_or_loop"]
 # Broad on purpose: a false positive costs a per-point rerun, which raises the real
 # error again; a false negative would fail a function that runs point by point.
 _MARKERS = ("vmap", "data-dependent", "batched tensor")
+# ...except an ``autograd.Function`` without ``setup_context``: every torch.func
+# transform refuses it (the message lists vmap among them), so running point by point
+# cannot help, and a path that happened to avoid torch.func would answer where the
+# same function's other ops refuse.
+_NOT_BATCHING = ("setup_context",)
 
 
 def is_data_dependent_error(exc: BaseException) -> bool:
@@ -44,6 +49,8 @@ def is_data_dependent_error(exc: BaseException) -> bool:
     if not isinstance(exc, RuntimeError):
         return False
     text = str(exc).lower()
+    if any(marker in text for marker in _NOT_BATCHING):
+        return False
     return any(marker in text for marker in _MARKERS)
 
 
