@@ -54,6 +54,10 @@ class WorkerBudgets:
     express_workers: int = 1  # extra actors for small calls while all others are busy
     express_seconds: float = 0.5  # an express call longer than this moves to the queue
     cancel_grace_s: float = 2.0  # a cancelled chunk's worker is killed after this long
+    # the fast lane (fastlane.py): calls of at most this many elements (estimated from
+    # shapes) run in the server's process, stopped there after fast_lane_s; 0: off
+    fast_lane_elements: int = 100_000
+    fast_lane_s: float = 0.05
 
 
 def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,21 @@ def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
         help="seconds a cancelled chunk's worker has to stop before it is killed "
         "($GRADSERVE_CANCEL_GRACE, default 2)",
     )
+    p.add_argument(
+        "--fast-lane-elements",
+        type=non_negative_int,
+        default=_env("FAST_LANE_ELEMENTS", "100000"),
+        help="compute calls of at most this many elements (inputs and outputs, estimated "
+        "from shapes) run on a thread of the server instead of a Ray worker; 0: the fast "
+        "lane is off ($GRADSERVE_FAST_LANE_ELEMENTS, default 100000)",
+    )
+    p.add_argument(
+        "--fast-lane-seconds",
+        type=float,
+        default=_env("FAST_LANE_SECONDS", "0.05"),
+        help="a fast-lane call running longer than this is stopped and runs again on Ray "
+        "($GRADSERVE_FAST_LANE_SECONDS, default 0.05)",
+    )
 
 
 def worker_budgets(args: argparse.Namespace) -> WorkerBudgets:
@@ -85,6 +104,8 @@ def worker_budgets(args: argparse.Namespace) -> WorkerBudgets:
         express_workers=max(0, args.express_workers),
         express_seconds=max(0.01, args.express_seconds),
         cancel_grace_s=max(0.1, args.cancel_grace),
+        fast_lane_elements=args.fast_lane_elements,
+        fast_lane_s=max(0.001, args.fast_lane_seconds),
     )
 
 

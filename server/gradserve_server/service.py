@@ -14,7 +14,7 @@ import ray
 
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, numeric, sampling
+from gradserve_server import binding, dispatch, fastlane, numeric, sampling
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight, max_sample_elements
 from gradserve_server.config import ServerConfig
 from gradserve_server.encoding import report_to_proto
@@ -98,6 +98,8 @@ class ComputeService:
         self.stream_pieces = InFlight(self.budgets.stream_bytes, "max_stream_bytes")
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
+        # small compute calls in this process (see fastlane.py); main starts it
+        self.fast_lane: fastlane.FastLane | None = None
 
     # ------------------------------------------------------------- compute
 
@@ -196,11 +198,18 @@ class ComputeService:
         """Run a compute request (``unary``: its reply must fit one message)."""
         started = time.perf_counter()
         bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
-        results = await self._dispatch(
-            bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
+        per_point = elements_per_point(bound.per_point_elements, spec.ops)
+        # fast-lane hook (fastlane.py): a small call runs in this process, the rest on Ray
+        results, lane = await fastlane.route(
+            self.fast_lane,
+            bound,
+            spec,
+            per_point,
+            lambda: self._dispatch(bound, spec, tenant, "compute", per_point),
         )
         outputs = self._assemble(results, spec)
         meta = self._metadata(results, bound, started)
+        meta.lane = lane
         return Computed(outputs, meta)
 
     def _assemble(
