@@ -161,9 +161,11 @@ class FastLane:
             log.info("fast lane off (--fast-lane-elements 0): every call runs on Ray")
             return None
         thread = _Thread()
+        # a GradActor enables its registered functions in its process: here, none (their
+        # calls never take this lane), which must not disable the server's validation
+        enabled = registry.catalogue()
         try:
-            # CPU: small calls gain nothing from a device, and the server may have none;
-            # no registered functions: their calls never take this lane
+            # CPU: small calls gain nothing from a device, and the server may have none
             actor = await asyncio.wrap_future(thread.submit(_LocalActor, "cpu", 1, seconds))
         except Exception as error:  # no torch (a server without the workers' packages)
             thread.close()
@@ -171,6 +173,8 @@ class FastLane:
                 "fast lane off: the server cannot compute here (%s): every call runs on Ray", error
             )
             return None
+        finally:
+            registry.install(enabled)
         log.info("fast lane on: calls of up to %d elements, stopped after %g s", elements, seconds)
         return cls(actor, elements, seconds, thread)
 
