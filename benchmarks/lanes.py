@@ -157,6 +157,50 @@ def measure(servers: dict[str, Any], calls: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+def health_while_busy(address: str, seconds: float) -> dict[str, Any]:
+    """Health round trips on their own, then while another client keeps the fast lane
+    computing (batched grads of 4,000 points x 10, ~84,000 elements: under the
+    default threshold): what a lane call costs the event loop."""
+    import threading
+
+    x = np.random.default_rng(0).normal(size=(4000, DIM))
+    out: dict[str, Any] = {}
+    with grpc.insecure_channel(address) as channel, gradserve.Client(address) as client:
+        health = health_pb2_grpc.HealthStub(channel)
+        lanes: dict[str, int] = {}
+
+        def rtts() -> list[float]:
+            got = []
+            t_end = time.monotonic() + seconds
+            while time.monotonic() < t_end:
+                got.append(_timed(lambda: health.Check(health_pb2.HealthCheckRequest())))
+                time.sleep(0.002)
+            return got
+
+        out["idle_s"] = rtts()
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                lane = client.compute(SOURCE, x, ["grad"], batched=True).metadata.lane
+                lanes[lane] = lanes.get(lane, 0) + 1
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            time.sleep(0.5)
+            out["busy_s"] = rtts()
+        finally:
+            stop.set()
+            worker.join()
+        out["busy_lanes"] = lanes
+    for key in ("idle", "busy"):
+        out[f"{key}_p50"] = percentile(out[f"{key}_s"], 50)
+        out[f"{key}_p99"] = percentile(out[f"{key}_s"], 99)
+        out[f"{key}_max"] = max(out[f"{key}_s"])
+    return out
+
+
 def render(r: dict[str, Any]) -> str:
     sides = r["sides"]
     rows = [
@@ -175,7 +219,15 @@ def render(r: dict[str, Any]) -> str:
     rows = [[p, *(fmt_time(sides[n]["breakdown"][p]) for n in names)] for p in parts]
     rows.append(["total (client, p50)", *(fmt_time(sides[n]["call_p50"]) for n in names)])
     second = table("Where the median call's time goes", ["part", *names], rows)
-    return first + "\n\n" + second
+    b = r["health_while_busy"]
+    third = table(
+        "Health round trips while the fast lane computes batched grads "
+        f"(lanes of those calls: {b['busy_lanes']})",
+        ["", "p50", "p99", "max"],
+        [[k, fmt_time(b[f"{k}_p50"]), fmt_time(b[f"{k}_p99"]), fmt_time(b[f"{k}_max"])]
+         for k in ("idle", "busy")],
+    )  # fmt: skip
+    return first + "\n\n" + second + "\n\n" + third
 
 
 def main() -> None:
@@ -186,6 +238,7 @@ def main() -> None:
     calls, rounds = (200, 4) if args.quick else (1000, 10)
     with _servers(2) as servers:
         r = measure(servers, calls, rounds)
+        r["health_while_busy"] = health_while_busy(servers["fast"].address, 3 if args.quick else 10)
     print(render(r))
     if args.out:
         with open(args.out, "w") as f:
