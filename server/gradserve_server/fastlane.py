@@ -47,12 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from gradserve_server.binding import Bound
+from gradserve_server import chunks
 from gradserve_server.errors import from_chunk_error
-from gradserve_server.planner import WorkLog
+from gradserve_server.planner import WorkLog, request_elements
+from gradserve_server.requests import ComputeRequest
 from gradserve_workers import registry
 from gradserve_workers.actor import OVERRUN, GradActor
-from gradserve_workers.tasks import ChunkResult, ComputeSpec
+from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
 
 log = logging.getLogger("gradserve.fastlane")
 
@@ -188,13 +189,15 @@ class FastLane:
 
     # ------------------------------------------------------------- routing
 
-    def _key(self, bound: Bound, spec: ComputeSpec, per_point: int) -> tuple[Any, ...] | None:
+    def _key(
+        self, req: ComputeRequest, spec: ComputeSpec, arrays: Mapping[str, np.ndarray]
+    ) -> tuple[Any, ...] | None:
         """The call's key for measured seconds, when it may take the lane; else None."""
-        if bound.points * per_point > self.elements or spec.chunk_size:
+        if req.inputs.points * request_elements(req) > self.elements or spec.chunk_size:
             return None
         if registry.reference(spec.source) is not None:
             return None
-        shapes = tuple((k, v.shape) for k, v in sorted({**bound.arrays, **bound.extra}.items()))
+        shapes = tuple((k, v.shape) for k, v in sorted(arrays.items()))
         return (spec.source_hash, spec.ops, spec.wrt, spec.batched, spec.dtype, shapes)
 
     def _takes(self, key: tuple[Any, ...] | None) -> bool:
@@ -204,14 +207,16 @@ class FastLane:
         return last is None or last < self.seconds
 
     async def compute(
-        self, bound: Bound, spec: ComputeSpec, per_point: int, ray_lane: RayLane
+        self, req: ComputeRequest, spec: ComputeSpec, ray_lane: RayLane
     ) -> tuple[list[ChunkResult], str]:
         """The call's results and the lane that ran it: here when it is small (a
         user error raises as from a worker), else (or when it overran here) on Ray."""
-        key = self._key(bound, spec, per_point)
+        arrays = chunks.payload(req, 1)  # one chunk: the arrays themselves, never a ref
+        key = self._key(req, spec, arrays)
         if self._takes(key):
             assert key is not None
-            result = await self._run(bound, spec)
+            stop = req.inputs.points if req.inputs.batched else 1
+            result = await self._run(spec, arrays, stop)
             if result is not None:
                 self._measured.record(key, result.seconds)
                 self.ran += 1
@@ -232,10 +237,10 @@ class FastLane:
         own["max_call_bytes"] = min(int(own.get("max_call_bytes", CALL_BYTES)), CALL_BYTES)
         return own
 
-    async def _run(self, bound: Bound, spec: ComputeSpec) -> ChunkResult | None:
+    async def _run(
+        self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], stop: int
+    ) -> ChunkResult | None:
         """The call on the lane's thread; None when it has to run on Ray instead."""
-        arrays = {**bound.arrays, **bound.extra}
-        stop = bound.points if bound.batched else 1
         mine = replace(spec, limits=self._limits(spec.limits))
         call = _Call()
         loop = asyncio.get_running_loop()
@@ -285,10 +290,10 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
 
 
 async def route(
-    lane: FastLane | None, bound: Bound, spec: ComputeSpec, per_point: int, ray_lane: RayLane
+    lane: FastLane | None, req: ComputeRequest, spec: ComputeSpec | CheckSpec, ray_lane: RayLane
 ) -> tuple[list[ChunkResult], str]:
     """A compute call's results and its lane: the fast lane's choice, or Ray when
     there is no fast lane."""
-    if lane is None:
+    if lane is None or not isinstance(spec, ComputeSpec):
         return await ray_lane(), LANE_RAY
-    return await lane.compute(bound, spec, per_point, ray_lane)
+    return await lane.compute(req, spec, ray_lane)
