@@ -155,6 +155,11 @@ class GradActor:
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
         # Import what a call runs now, while the pool waits for the actor to start: a
         # first call spent seconds importing, where no cancel or deadline is checked.
+        # and what torch.broadcast_shapes (the language's matmul) imports on first use:
+        # ~500 modules (sympy among them), 1-4 s inside one operation of a first call
+        import torch._refs
+        import torch.fx.experimental.symbolic_shapes
+
         import gradserve_workers.check
         import gradserve_workers.lang.compile
         import gradserve_workers.ops  # noqa: F401
