@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,6 +27,8 @@ from support.cluster import RayNode, ServerProcess, start_server
 
 import gradserve
 from gradserve_server import fastlane
+from gradserve_workers.actor import OVERRUN
+from gradserve_workers.tasks import ChunkError, ChunkResult
 
 THRESHOLD = 21  # elements of dot(x, x)'s grad at 10 inputs
 LANE_SECONDS = 3.0
@@ -140,3 +143,115 @@ def test_a_caller_gone_before_its_turn_never_runs() -> None:
     assert not watch.cancelled
     call.cancel()
     assert watch.cancelled
+
+
+# ---------------------------------------------------------------- routing, with a stand-in
+# for the in-process GradActor (the lane's own logic; the real one runs above)
+
+
+class _Actor:
+    """Answers compute_here like the lane's GradActor: ``outcome`` says how."""
+
+    def __init__(self, outcome: str, seconds: float = 0.0) -> None:
+        self.outcome = outcome
+        self.seconds = seconds
+        self.calls = 0
+
+    def compute_here(self, spec: Any, arrays: Any, stop: int, call: Any) -> ChunkResult:
+        self.calls += 1
+        time.sleep(self.seconds)  # not cooperative: the "stuck" case ignores its cancel
+        if self.outcome == "overrun":
+            return ChunkResult(error=ChunkError(OVERRUN, "ran past the express budget"))
+        if self.outcome == "invalid":
+            return ChunkResult(error=ChunkError("invalid", "log of a negative number"))
+        return ChunkResult(outputs={"grad": {"": np.zeros(10)}}, seconds=self.seconds)
+
+
+def _request(n: int = 10) -> tuple[Any, Any]:
+    from gradserve_server.budgets import Budgets
+    from gradserve_server.chunks import compute_spec
+    from gradserve_server.codec import RequestCodec
+    from gradserve_server.config import ServerConfig
+
+    config = ServerConfig()
+    with gradserve.Client("127.0.0.1:1") as sdk:  # builds the message; never connects
+        msg = sdk._compute_request("dot(x, x)", np.ones(n), ["grad"]).unary()
+    req = RequestCodec(config, Budgets.from_config(config)).compute(msg)
+    return req, compute_spec(req, config.limits)
+
+
+async def _ray_lane() -> list[ChunkResult]:
+    return [ChunkResult(outputs={"grad": {"": np.ones(10)}}, seconds=0.001)]
+
+
+def _lane(actor: _Actor, seconds: float = 0.05) -> fastlane.FastLane:
+    return fastlane.FastLane(actor, THRESHOLD, seconds, fastlane._Thread())
+
+
+def test_an_overrun_runs_again_on_ray_and_stays_there_while_ray_measures_it_slow() -> None:
+    req, spec = _request()
+    actor = _Actor("overrun")
+    lane = _lane(actor)
+    ray_seconds = 1.0  # what the Ray lane's run takes: over the lane's 0.05 s
+
+    async def ray_lane() -> list[ChunkResult]:
+        return [ChunkResult(outputs={"grad": {"": np.ones(10)}}, seconds=ray_seconds)]
+
+    async def twice() -> list[str]:
+        return [(await lane.compute(req, spec, ray_lane))[1] for _ in range(2)]
+
+    assert asyncio.run(twice()) == ["ray", "ray"]
+    assert actor.calls == 1 and lane.moved == 1  # the second went to Ray directly
+    # one that overran only because the machine was busy: Ray ran it quickly, so its
+    # next call tries the lane again
+    ray_seconds = 0.001
+    actor.outcome = "ok"
+    assert asyncio.run(twice()) == ["ray", "fast"]
+    assert actor.calls == 2
+    lane.close()
+
+
+def test_a_user_error_in_the_lane_is_the_callers_not_a_move_to_ray() -> None:
+    from gradserve_server import errors
+
+    req, spec = _request()
+    lane = _lane(_Actor("invalid"))
+    with pytest.raises(errors.ServiceError) as caught:
+        asyncio.run(lane.compute(req, spec, _ray_lane))
+    assert errors.to_status(caught.value).code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "log of a negative number" in str(caught.value.message)
+    assert lane.moved == 0
+    lane.close()
+
+
+def test_a_call_that_does_not_stop_is_given_up_on_and_closes_the_lane_until_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    req, spec = _request()
+    stuck = 0.05 + fastlane.GRACE_S + 0.5
+    actor = _Actor("ok", stuck)
+    lane = _lane(actor)
+
+    async def scenario() -> list[str]:
+        lanes = [(await lane.compute(req, spec, _ray_lane))[1]]  # given up on: Ray
+        other, _ = _request(9)  # another function's shapes: the lane is still held
+        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        await asyncio.sleep(stuck)  # the stuck call ends; the lane opens again
+        actor.seconds = 0.0
+        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        return lanes
+
+    with caplog.at_level(logging.WARNING, logger="gradserve.fastlane"):
+        assert asyncio.run(scenario()) == ["ray", "ray", "fast"]
+    assert "did not stop" in caplog.text
+    assert actor.calls == 2 and lane.busy == 0
+    lane.close()
+
+
+def test_just_over_the_threshold_by_shapes_never_enters_the_lane() -> None:
+    req, spec = _request(11)  # 23 elements: over 21
+    actor = _Actor("ok")
+    lane = _lane(actor)
+    assert asyncio.run(lane.compute(req, spec, _ray_lane))[1] == "ray"
+    assert actor.calls == 0
+    lane.close()
