@@ -13,8 +13,8 @@ The breakdown of a call's median:
 - gRPC + interceptor + servicer: the client's total minus the server's own time
   (``metadata.wall_seconds``, from validation to the metadata built) minus the SDK's;
   the health round trip is the part of it any call pays;
-- decode/validate/plan: ``ComputeService.bind_compute`` and ``plan`` on the same
-  request (in this process, timed alone);
+- decode/validate/plan: ``ComputeService.admit_compute``, its codec's ``compute``,
+  ``spec`` and ``plan`` on the same request (in this process, timed alone);
 - the lane's hop: the server's time minus decode/validate/plan minus the compute;
   for Ray, the actor call's round trip (pickle, the actor's queue, the reply);
 - compute: ``metadata.compute_seconds`` (the worker's call: thread hop, compile
@@ -85,9 +85,10 @@ def in_process(x: np.ndarray, reps: int) -> dict[str, float]:
         client._decode_compute(pb.ComputeResponse.FromString(wire))
 
     def bind() -> None:
-        service.admit_compute(req)  # the servicer's reply-size check
-        bound, _ = service.bind_compute(req, unary=True)
-        service.plan(bound, 21)
+        header = service.admit_compute(req, unary=True)  # the servicer's admission
+        decoded = service.codec.compute(req, header=header)
+        service.spec(decoded)
+        service.plan(decoded)
 
     def encode() -> None:
         out = pb.ComputeResponse(metadata=pb.ComputeMetadata(points=1))
@@ -230,15 +231,21 @@ def render(r: dict[str, Any]) -> str:
     return first + "\n\n" + second + "\n\n" + third
 
 
+def run(workers: int, quick: bool) -> dict[str, Any]:
+    """Both servers started here (``workers`` each), measured, stopped."""
+    calls, rounds = (200, 4) if quick else (1000, 10)
+    with _servers(workers) as servers:
+        r = measure(servers, calls, rounds)
+        r["health_while_busy"] = health_while_busy(servers["fast"].address, 3 if quick else 10)
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out")
     args = p.parse_args()
-    calls, rounds = (200, 4) if args.quick else (1000, 10)
-    with _servers(2) as servers:
-        r = measure(servers, calls, rounds)
-        r["health_while_busy"] = health_while_busy(servers["fast"].address, 3 if args.quick else 10)
+    r = run(2, args.quick)
     print(render(r))
     if args.out:
         with open(args.out, "w") as f:
