@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve_server import chunks
+from gradserve_server import calls, chunks
 from gradserve_server.errors import from_chunk_error
 from gradserve_server.planner import WorkLog, request_elements
 from gradserve_server.requests import ComputeRequest
@@ -295,5 +295,8 @@ async def route(
     """A compute call's results and its lane: the fast lane's choice, or Ray when
     there is no fast lane."""
     if lane is None or not isinstance(spec, ComputeSpec):
-        return await ray_lane(), LANE_RAY
-    return await lane.compute(req, spec, ray_lane)
+        results, ran = await ray_lane(), LANE_RAY
+    else:
+        results, ran = await lane.compute(req, spec, ray_lane)
+    calls.note(lane=ran)  # in the call's log line
+    return results, ran

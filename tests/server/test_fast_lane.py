@@ -72,6 +72,11 @@ def test_a_call_at_the_threshold_runs_fast_one_element_over_on_ray(
     assert _grad_lane(lane_client, 10) == "fast"
     assert _grad_lane(lane_client, 11) == "ray"
     assert _grad_lane(lane_client, 10) == "fast"  # and back: chosen per request
+    # and each call's log line says so
+    deadline = time.monotonic() + 10
+    while not ("lane=fast" in lane_server.output and "lane=ray" in lane_server.output):
+        assert time.monotonic() < deadline, lane_server.output[-2000:]
+        time.sleep(0.05)
 
 
 def test_a_deadline_stops_the_lane_call_while_health_answers(
