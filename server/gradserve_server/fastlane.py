@@ -20,12 +20,14 @@ Which calls (per request, by cost):
   next waits for the thread); more go to Ray, which has room for them.
 
 A call that runs past ``--fast-lane-seconds`` is stopped by the language runtime
-between operations (the express lane's budget, see pool.py) and runs again on Ray,
-and its key is remembered as slow; so is one that needs more memory than the lane
-allows (:data:`CALL_BYTES`). A call whose caller goes away (a deadline, a cancel)
-is cancelled the same way, or never starts when it was still waiting. A call
-that does not stop (one long operation) is given up on :data:`GRACE_S` after its
-budget: it runs again on Ray, and the lane takes nothing until its thread is free.
+between operations (the express lane's budget, see pool.py) and runs again on Ray;
+so does one that needs more memory than the lane allows (:data:`CALL_BYTES`). Its
+function and shapes then come back to the lane only once a run on Ray took less
+than the budget (a call that overran because the machine was busy). A call whose
+caller goes away (a deadline, a cancel) is cancelled the same way, or never starts
+when it was still waiting. A call that does not stop (one long operation) is given
+up on :data:`GRACE_S` after its budget: it runs again on Ray, and the lane takes
+nothing until its thread is free.
 
 The compute runs off the event loop, which keeps serving (health checks included)
 while it does; torch in this process uses one intra-op thread, so a lane call
