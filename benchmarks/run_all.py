@@ -1,4 +1,4 @@
-"""`make bench`: all five benchmarks against a real server with an embedded Ray.
+"""`make bench`: all six benchmarks against a real server with an embedded Ray.
 
 1. throughput: batched grad/hessian, service vs in-process torch.func
 2. checks: gradserve check vs torch.autograd.gradcheck (slow and fast mode)
@@ -6,6 +6,7 @@
 4. scaling: 1 and 2 workers
 5. peers: the same unary and batched grads through FastAPI/uvicorn and Ray Serve
    (needs requirements/bench.txt, which `make bench` installs)
+6. lanes: a unary call's time by part, fast lane off vs on (two servers of its own)
 
 Prints the tables and writes the raw numbers (every repetition) to
 ``bench-results/<time>.json`` (or ``--out``). ``--quick`` is a smoke run.
@@ -26,13 +27,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checks
+import lanes
 import latency
 import scaling
 import throughput
 import torch
 from _harness import ROOT, start_server
 
-NAMES = ("throughput", "checks", "latency", "scaling", "peers")
+NAMES = ("throughput", "checks", "latency", "scaling", "peers", "lanes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(scaling.render(two + one))
     if "peers" in only:
         tables.append(peer_table)  # after scaling's, in the numbered order
+    if "lanes" in only:
+        print("6. lanes (fast lane off vs on: two more servers)", flush=True)
+        results["lanes"] = lanes.run(args.workers, args.quick)
+        tables.append(lanes.render(results["lanes"]))
     results["total_seconds"] = time.perf_counter() - started
 
     print()

@@ -67,6 +67,9 @@ class Metadata:
     for logdet)"``).
     ``certificate`` is set when the answer was checked by a second route
     (``verify=``), else ``None``.
+    ``lane`` says where the call ran: ``"fast"`` (a small call, computed in the
+    server's own process), ``"ray"`` (the worker pool), or ``""`` (a server
+    without a fast lane).
     """
 
     execution_path: str = ""
@@ -82,6 +85,7 @@ class Metadata:
     strategy: str = ""
     routes: tuple[str, ...] = ()
     certificate: Certificate | None = None
+    lane: str = ""
 
     @classmethod
     def _from_proto(cls, msg: pb.ComputeMetadata) -> Metadata:
@@ -101,6 +105,7 @@ class Metadata:
             certificate=(
                 Certificate._from_proto(msg.certificate) if msg.HasField("certificate") else None
             ),
+            lane=msg.lane,
         )
 
 

@@ -57,6 +57,10 @@ class WorkerBudgets:
     express_workers: int = 1  # extra actors for small calls while all others are busy
     express_seconds: float = 0.5  # an express call longer than this moves to the queue
     cancel_grace_s: float = 2.0  # a cancelled chunk's worker is killed after this long
+    # the fast lane (fastlane.py): calls of at most this many elements (estimated from
+    # shapes) run in the server's process, stopped there after fast_lane_s; 0: off
+    fast_lane_elements: int = 100_000
+    fast_lane_s: float = 0.05
 
 
 def default_data_dir() -> Path:
@@ -283,6 +287,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cancel_grace", "seconds a cancelled chunk's worker has to stop before it is "
             "killed", "workers", float, "2", field="workers.cancel_grace_s",
             convert=_positive(0.1)),
+    Setting("fast_lane_elements", "compute calls of at most this many elements (inputs and "
+            "outputs, estimated from shapes) run on a thread of the server instead of a Ray "
+            "worker; 0: the fast lane is off", "workers", non_negative_int, "100000",
+            field="workers.fast_lane_elements"),
+    Setting("fast_lane_seconds", "a fast-lane call running longer than this is stopped and "
+            "runs again on Ray", "workers", float, "0.05", field="workers.fast_lane_s",
+            convert=_positive(0.001)),
     *(
         Setting(name, "function language limit", "limits", int, str(default),
                 field=f"limits.{name}")

@@ -22,6 +22,7 @@ from gradserve.v1 import gradserve_pb2 as pb
 from gradserve_server import logs, metrics, network
 from gradserve_server.auth import Authenticator
 from gradserve_server.config import ServerConfig, parse_config
+from gradserve_server.fastlane import FastLane
 from gradserve_server.interceptor import CallInterceptor
 from gradserve_server.jobs import JobManager
 from gradserve_server.pool import ActorPool
@@ -141,6 +142,9 @@ async def _serve(
 
         registry.install(await pool.workers[0].handle.functions.remote())
     service = ComputeService(config, pool)
+    service.fast_lane = await FastLane.start(
+        config.workers.fast_lane_elements, config.workers.fast_lane_s
+    )
     jobs = _start_jobs(config, service)
 
     server = grpc.aio.server(
@@ -198,6 +202,8 @@ async def _serve(
     if follow is not None:
         follow.cancel()
     await shut_down(server, jobs)
+    if service.fast_lane is not None:
+        service.fast_lane.close()
     ray.shutdown()
     print("gradserve: stopped", flush=True)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import chunks, dispatch, encoding, numeric
+from gradserve_server import chunks, dispatch, encoding, fastlane, numeric
 from gradserve_server.budgets import Budgets, InFlight
 from gradserve_server.codec import RequestCodec, has_samples
 from gradserve_server.config import ServerConfig
@@ -61,6 +61,8 @@ class ComputeService:
         self.stream_pieces = InFlight(self.budgets.stream_bytes, "max_stream_bytes")
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
+        # small compute calls in this process (see fastlane.py); main starts it
+        self.fast_lane: fastlane.FastLane | None = None
 
     # ------------------------------------------------------------- compute
 
@@ -80,9 +82,13 @@ class ComputeService:
         started = time.perf_counter()
         req = self.codec.compute(msg, blobs=blobs, header=header)
         spec = self.spec(req)
-        results = await self._dispatch(req, spec, tenant, "compute")
+        # fast-lane hook (fastlane.py): a small call runs in this process, the rest on Ray
+        results, lane = await fastlane.route(
+            self.fast_lane, req, spec, lambda: self._dispatch(req, spec, tenant, "compute")
+        )
         outputs = _assemble(results, req)
         meta = encoding.metadata(results, req.inputs, req.wrt, started)
+        meta.lane = lane
         return Computed(outputs, meta)
 
     async def _dispatch(

@@ -165,6 +165,11 @@ class GradActor:
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
         # Import what a call runs now, while the pool waits for the actor to start: a
         # first call spent seconds importing, where no cancel or deadline is checked.
+        # and what torch.broadcast_shapes (the language's matmul) imports on first use:
+        # ~500 modules (sympy among them), 1-4 s inside one operation of a first call
+        import torch._refs
+        import torch.fx.experimental.symbolic_shapes
+
         import gradserve_workers.check
         import gradserve_workers.lang.compile
         import gradserve_workers.ops  # noqa: F401
@@ -270,6 +275,15 @@ class GradActor:
             except FutureTimeout:
                 if cancelled is not None and not watch.cancelled and cancelled():
                     watch.cancel()
+        return self._finished(result, watch, started)
+
+    def run_here(self, work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
+        """``work`` on the calling thread, under ``watch``, which the caller cancels
+        itself (the server's fast lane, which runs this class in its own process)."""
+        started = time.perf_counter()
+        return self._finished(_guarded(work, watch), watch, started)
+
+    def _finished(self, result: ChunkResult, watch: Any, started: float) -> ChunkResult:
         error = result.error
         if error is not None and error.kind == "limit":
             if watch.limit == "express" and watch.expired and not watch.cancelled:

@@ -194,7 +194,7 @@ class Certificate(_message.Message):
     def __init__(self, disagreement: _Optional[float] = ..., tolerance: _Optional[float] = ..., checks: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ComputeMetadata(_message.Message):
-    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "certificate", "strategy", "routes")
+    __slots__ = ("execution_path", "unconnected", "out_shape", "chunks", "workers", "compute_seconds", "wall_seconds", "jacobian_mode", "warnings", "points", "certificate", "strategy", "routes", "lane")
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     UNCONNECTED_FIELD_NUMBER: _ClassVar[int]
     OUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class ComputeMetadata(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     execution_path: ExecutionPath
     unconnected: _containers.RepeatedScalarFieldContainer[str]
     out_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -221,7 +222,8 @@ class ComputeMetadata(_message.Message):
     certificate: Certificate
     strategy: str
     routes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ..., strategy: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+    lane: str
+    def __init__(self, execution_path: _Optional[_Union[ExecutionPath, str]] = ..., unconnected: _Optional[_Iterable[str]] = ..., out_shape: _Optional[_Iterable[int]] = ..., chunks: _Optional[int] = ..., workers: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., jacobian_mode: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., points: _Optional[int] = ..., certificate: _Optional[_Union[Certificate, _Mapping]] = ..., strategy: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ..., lane: _Optional[str] = ...) -> None: ...
 
 class ComputeResponse(_message.Message):
     __slots__ = ("results", "metadata")
