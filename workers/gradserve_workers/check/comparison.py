@@ -182,7 +182,6 @@ def compare(
     blocks = _blocks(n_pts, rows, cols, dev, block)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
     bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
-    point_ok = torch.ones(n_pts, dtype=torch.bool, device=dev)
     screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
     # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
     row_max = torch.full(
@@ -195,13 +194,7 @@ def compare(
         sl = (slice(p0, p1), slice(r0, r1))
         t = _terms(ops, sl, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
-        v = bufs.views(t.err.shape)
-        ok = torch.le(t.err, t.allowed, out=v["ok"])
-        if r1 - r0 == rows:
-            point_ok[p0:p1] = ok.view(p1 - p0, -1).view(torch.uint8).amin(1).bool()
-        else:
-            point_ok[p0:p1] &= ok.view(torch.uint8).amin().bool()
-        ratio = _ratio(t, atol, v["ratio"])
+        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
         if ops.transposed:
             torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
         else:
@@ -212,8 +205,15 @@ def compare(
             assert ops.plus is not None and ops.minus is not None
             s = t.aref  # the relative error is spent
             torch.add(ops.plus[sl], ops.minus[sl], out=s)
-            s.sub_(ops.twice_f0[p0:p1]).div_(t.allowed).abs_()
-            screen[sl] = torch.logical_not(s.amax(-1) < threshold)
+            s.sub_(ops.twice_f0[p0:p1]).abs_()
+            # division is monotone, so |s| / allowed <= max |s| / min allowed along a
+            # row: rows below the threshold by that bound fail the screen without a
+            # division per element (the usual case: s is the second difference, about
+            # eps² f''); a bound that is not a number sends the block to the exact test
+            bound = s.amax(-1) / t.allowed.amin(-1)
+            if not bool((bound < threshold).all()):
+                screen[sl] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
+    point_max: list[float] = row_max.amax(1).tolist()  # before NaN is ranked as infinite
     # the worst element: the first largest ratio (NaN counting as infinite) of the
     # first row of the report that holds it
     row_max.nan_to_num_(nan=math.inf, posinf=math.inf)
@@ -228,14 +228,46 @@ def compare(
             if ops.transposed
             else (slice(p, p + 1), slice(r, r + 1))
         )
-        bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
-        t = _terms(ops, line, bufs, atol, rtol)
-        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
+        line_bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
+        t = _terms(ops, line, line_bufs, atol, rtol)
+        ratio = _ratio(t, atol, line_bufs.views(t.err.shape)["ratio"])
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
-    point_passed: list[bool] = point_ok.tolist()
+    exact = atol > max(TINY, torch.finfo(ref_dtype).tiny)
+    point_passed = _verdicts(ops, point_max, blocks, bufs, exact, atol, rtol)
     max_rel = _nan_max(torch.stack(rel_max).tolist())
     cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
     return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+
+
+def _verdicts(
+    ops: Operands,
+    point_max: list[float],
+    blocks: list[tuple[int, int, int, int]],
+    bufs: _Scratch,
+    exact: bool,
+    atol: float,
+    rtol: float,
+) -> list[bool]:
+    """Per point, whether ``err <= allowed`` everywhere, read from its largest ratio
+    (``point_max``). A ratio above 1 always means an error above its allowance; when
+    every allowance is a normal number (``exact``: ``atol`` is one, and not below
+    ``TINY``) a correctly rounded ``err / allowed`` is at most 1 exactly when ``err
+    <= allowed`` (an error just above the allowance gives at least ``1 + 2u``). A
+    point whose largest ratio is NaN (an infinite or NaN reference), or at most 1
+    without ``exact`` (the ratio then divides by a clamped allowance), is decided by
+    the rule itself, in a second pass over that point."""
+    verdicts = []
+    for p, q in enumerate(point_max):
+        if q > 1 or (q <= 1 and exact):
+            verdicts.append(not q > 1)
+            continue
+        ok = True
+        for p0, p1, r0, r1 in blocks:
+            if p0 <= p < p1 and ok:
+                t = _terms(ops, (slice(p, p + 1), slice(r0, r1)), bufs, atol, rtol)
+                ok = bool(torch.le(t.err, t.allowed).all())
+        verdicts.append(ok)
+    return verdicts
 
 
 def _nan_max(values: list[float]) -> float:
