@@ -380,3 +380,20 @@ def test_the_kink_screen_is_the_element_wise_rule(block: int, atol: float) -> No
     want = torch.nonzero(torch.logical_not(ratio.amax(-1) < eps / 4))
     assert torch.equal(screened, want)
     assert {(0, 3), (1, 4)} <= {tuple(r) for r in want.tolist()}
+
+
+@pytest.mark.parametrize("block", [5, 13, 1 << 15])
+def test_points_decided_by_the_rule_in_shared_blocks(block: int) -> None:
+    """Several points per block, some decided by their ratio, some by the rule itself
+    (NaN ratios, atol = 0): each point gets its own verdict."""
+    ref = torch.randn(6, 2, 3, generator=gen(8), dtype=F64)
+    ref[1, 0, 0] = 1e-305  # err 1e-306 above allowed 1e-308: fails
+    ref[3, 1, 2] = math.inf  # inf / inf: the rule decides (passes)
+    ref[4, 0, 1] = math.nan  # fails
+    other = ref.clone()
+    other[1, 0, 0] += 1e-306
+    other[5] += 1.0  # fails by its ratio
+    for atol in (0.0, 1e-5):
+        got = blocked(Operands(ref, ref, other), atol, 1e-3, block)
+        same(got, element_wise(ref, ref, other, atol, 1e-3))
+        assert got.point_passed[4:] == [False, False]

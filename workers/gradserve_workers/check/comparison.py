@@ -84,7 +84,6 @@ class _Scratch:
         # the ratios take the spent reference's buffer (a buffer of their own only for
         # a reference narrower than the error)
         self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
-        self._bufs["ok"] = buf(torch.bool)
         self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
@@ -100,11 +99,11 @@ class _Scratch:
 class _Terms:
     """One block's element-wise terms, in scratch buffers."""
 
-    ref: torch.Tensor
     err: torch.Tensor  # |other - ref|, NaN read as infinite
     err_max: float
     allowed: torch.Tensor  # atol + rtol * |ref|
     aref: torch.Tensor  # |ref|
+    spare: torch.Tensor  # a buffer for the ratios (the reference's, once spent)
 
 
 def _terms(
@@ -112,28 +111,22 @@ def _terms(
 ) -> _Terms:
     """The terms of the elements ``ops[sl]``. The block's largest error is read here:
     a NaN error (rare) is then made infinite in place."""
-    v = bufs.views(ops.analytic[sl].shape)
-    ref = v["ref"]
+    other = ops.other[sl]
+    v = bufs.views(other.shape)
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
-        torch.sub(ops.plus[sl], ops.minus[sl], out=ref)
-        ref.div_(2 * ops.eps)
+        ref = torch.sub(ops.plus[sl], ops.minus[sl], out=v["ref"]).div_(2 * ops.eps)
     else:
         ref = ops.reference[sl]
-    err = v["err"]
-    torch.sub(ops.other[sl], ref, out=err)
-    err.abs_()
+    err = torch.sub(other, ref, out=v["err"]).abs_()
     # the largest error (NaN propagates): a NaN error counts as infinite
     err_max = float(err.amax())
     if math.isnan(err_max):
         err.nan_to_num_(nan=math.inf, posinf=math.inf)
         err_max = math.inf
-    aref = v["aref"]
-    torch.abs(ref, out=aref)
-    allowed = v["allowed"]
-    torch.mul(aref, rtol, out=allowed)
-    allowed.add_(atol)
-    return _Terms(ref, err, err_max, allowed, aref)
+    aref = torch.abs(ref, out=v["aref"])
+    allowed = torch.mul(aref, rtol, out=v["allowed"]).add_(atol)
+    return _Terms(err, err_max, allowed, aref, v["ratio"])
 
 
 def _ratio(t: _Terms, atol: float, out: torch.Tensor) -> torch.Tensor:
@@ -194,7 +187,7 @@ def compare(
         sl = (slice(p0, p1), slice(r0, r1))
         t = _terms(ops, sl, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
-        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
+        ratio = _ratio(t, atol, t.spare)
         if ops.transposed:
             torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
         else:
@@ -230,7 +223,7 @@ def compare(
         )
         line_bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
         t = _terms(ops, line, line_bufs, atol, rtol)
-        ratio = _ratio(t, atol, line_bufs.views(t.err.shape)["ratio"])
+        ratio = _ratio(t, atol, t.spare)
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
     exact = atol > max(TINY, torch.finfo(ref_dtype).tiny)
     point_passed = _verdicts(ops, point_max, blocks, bufs, exact, atol, rtol)
@@ -256,17 +249,15 @@ def _verdicts(
     point whose largest ratio is NaN (an infinite or NaN reference), or at most 1
     without ``exact`` (the ratio then divides by a clamped allowance), is decided by
     the rule itself, in a second pass over that point."""
-    verdicts = []
-    for p, q in enumerate(point_max):
-        if q > 1 or (q <= 1 and exact):
-            verdicts.append(not q > 1)
+    verdicts = [not q > 1 for q in point_max]
+    undecided = {p for p, q in enumerate(point_max) if not (q > 1 or (q <= 1 and exact))}
+    for p0, p1, r0, r1 in blocks if undecided else []:
+        if not undecided.intersection(range(p0, p1)):
             continue
-        ok = True
-        for p0, p1, r0, r1 in blocks:
-            if p0 <= p < p1 and ok:
-                t = _terms(ops, (slice(p, p + 1), slice(r0, r1)), bufs, atol, rtol)
-                ok = bool(torch.le(t.err, t.allowed).all())
-        verdicts.append(ok)
+        t = _terms(ops, (slice(p0, p1), slice(r0, r1)), bufs, atol, rtol)
+        ok = torch.le(t.err, t.allowed).view(p1 - p0, -1).all(1).tolist()
+        for p in undecided.intersection(range(p0, p1)):
+            verdicts[p] = verdicts[p] and ok[p - p0]
     return verdicts
 
 
