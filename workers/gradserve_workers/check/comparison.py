@@ -152,8 +152,9 @@ def compare(
     the first of equal ones in the report's (point, output, input) order, is the
     worst element. Per block of about ``block`` elements every element-wise step
     runs from cache and is reduced to a few numbers (maxima, the largest ratio per
-    row of the report, per-point verdicts); the worst element is then found in the
-    one row of the report that holds it.
+    row of the report); the worst element is then found in the one row of the
+    report that holds it, and each point's verdict is read from its largest ratio
+    (see :func:`_verdicts`).
 
     The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
     row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
@@ -242,13 +243,13 @@ def _verdicts(
     rtol: float,
 ) -> list[bool]:
     """Per point, whether ``err <= allowed`` everywhere, read from its largest ratio
-    (``point_max``). A ratio above 1 always means an error above its allowance; when
-    every allowance is a normal number (``exact``: ``atol`` is one, and not below
-    ``TINY``) a correctly rounded ``err / allowed`` is at most 1 exactly when ``err
-    <= allowed`` (an error just above the allowance gives at least ``1 + 2u``). A
-    point whose largest ratio is NaN (an infinite or NaN reference), or at most 1
-    without ``exact`` (the ratio then divides by a clamped allowance), is decided by
-    the rule itself, in a second pass over that point."""
+    (``point_max``). A ratio above 1 always means an error above its allowance. When
+    every allowance is a normal number (``exact``: ``atol`` is a normal number of the
+    reference's dtype, and above ``TINY``), a correctly rounded ``err / allowed`` is
+    at most 1 exactly when ``err <= allowed`` (an error just above the allowance
+    gives at least ``1 + 2u``). A point whose largest ratio is NaN (an infinite or
+    NaN reference), or at most 1 without ``exact`` (the ratio then divides by a
+    clamped allowance), is decided by the rule itself, in a second pass over it."""
     verdicts = [not q > 1 for q in point_max]
     undecided = {p for p, q in enumerate(point_max) if not (q > 1 or (q <= 1 and exact))}
     for p0, p1, r0, r1 in blocks if undecided else []:
