@@ -331,3 +331,69 @@ def test_transposed_operands_are_read_in_place(which: str) -> None:
         generic = element_wise(fd.analytic, fd.analytic, claim, 1e-5, 1e-3)
     for block in (97, 1 << 15):
         same(blocked(ops, 1e-5, 1e-3, block), generic)
+
+
+@pytest.mark.parametrize("atol", [0.0, 1e-310])
+def test_an_error_just_above_a_tiny_allowance_fails(atol: float) -> None:
+    """Below TINY the ratio divides by a clamped allowance (1e-306 / 1e-300 looks
+    small): the verdict is still err <= allowed."""
+    ref = torch.tensor([[[1e-305, 1.0], [1e-305, 0.0]]], dtype=F64)
+    other = ref.clone()
+    other[0, 0, 0] += 1e-306  # err 1e-306 > allowed 1e-308
+    got = blocked(Operands(ref, ref, other), atol, 1e-3)
+    assert got.point_passed == [False]
+    same(got, element_wise(ref, ref, other, atol, 1e-3))
+
+
+def test_single_precision_allowances_below_its_smallest_normal() -> None:
+    """float32's allowances are subnormal for atol below 1.2e-38: decided by the rule."""
+    f32 = torch.float32
+    ref = torch.tensor([[[1e-39, 3e-39]], [[1e-39, 0.0]]], dtype=f32)
+    other = ref + torch.tensor([[[2e-41, 0.0]], [[0.0, 0.0]]], dtype=f32)
+    for atol in (1e-40, 1e-5):
+        got = blocked(Operands(ref, ref, other), atol, 1e-3)
+        same(got, element_wise(ref, ref, other, atol, 1e-3))
+
+
+@pytest.mark.parametrize("block", [7, 40, 1 << 15])
+@pytest.mark.parametrize("atol", [1e-5, 0.0])
+def test_the_kink_screen_is_the_element_wise_rule(block: int, atol: float) -> None:
+    """The screen skips the division only where a row's bound rules it out: the
+    screened rows are exactly those of ``|plus + minus - 2 f0| / allowed >= eps / 4``
+    (NaN included)."""
+    eps, rtol = 1e-3, 1e-3
+    shape = (3, 10, 8)
+    at = torch.randn(shape, generator=gen(5), dtype=F64)
+    f0 = torch.randn(shape[0], shape[2], generator=gen(6), dtype=F64)
+    # second differences: most far below the threshold, a few above it, one NaN
+    s = 1e-12 * torch.randn(shape, generator=gen(7), dtype=F64)
+    s[0, 3, 5] = 1e-2
+    s[2, 9, 0] = -1e-4
+    s[1, 4, 7] = math.nan
+    plus = f0[:, None, :] + eps * at + s / 2
+    minus = f0[:, None, :] - eps * at + s / 2
+    ops = Operands(at, None, at, plus, minus, 2 * f0[:, None, :], eps, True)
+    _, screened = compare(ops, atol, rtol, block)
+    ref = (plus - minus) / (2 * eps)
+    allowed = ref.abs() * rtol + atol
+    ratio = (plus + minus - 2 * f0[:, None, :]).abs() / allowed
+    want = torch.nonzero(torch.logical_not(ratio.amax(-1) < eps / 4))
+    assert torch.equal(screened, want)
+    assert {(0, 3), (1, 4)} <= {tuple(r) for r in want.tolist()}
+
+
+@pytest.mark.parametrize("block", [5, 13, 1 << 15])
+def test_points_decided_by_the_rule_in_shared_blocks(block: int) -> None:
+    """Several points per block, some decided by their ratio, some by the rule itself
+    (NaN ratios, atol = 0): each point gets its own verdict."""
+    ref = torch.randn(6, 2, 3, generator=gen(8), dtype=F64)
+    ref[1, 0, 0] = 1e-305  # err 1e-306 above allowed 1e-308: fails
+    ref[3, 1, 2] = math.inf  # inf / inf: the rule decides (passes)
+    ref[4, 0, 1] = math.nan  # fails
+    other = ref.clone()
+    other[1, 0, 0] += 1e-306
+    other[5] += 1.0  # fails by its ratio
+    for atol in (0.0, 1e-5):
+        got = blocked(Operands(ref, ref, other), atol, 1e-3, block)
+        same(got, element_wise(ref, ref, other, atol, 1e-3))
+        assert got.point_passed[4:] == [False, False]

@@ -84,7 +84,6 @@ class _Scratch:
         # the ratios take the spent reference's buffer (a buffer of their own only for
         # a reference narrower than the error)
         self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
-        self._bufs["ok"] = buf(torch.bool)
         self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
@@ -100,11 +99,11 @@ class _Scratch:
 class _Terms:
     """One block's element-wise terms, in scratch buffers."""
 
-    ref: torch.Tensor
     err: torch.Tensor  # |other - ref|, NaN read as infinite
     err_max: float
     allowed: torch.Tensor  # atol + rtol * |ref|
     aref: torch.Tensor  # |ref|
+    spare: torch.Tensor  # a buffer for the ratios (the reference's, once spent)
 
 
 def _terms(
@@ -112,28 +111,22 @@ def _terms(
 ) -> _Terms:
     """The terms of the elements ``ops[sl]``. The block's largest error is read here:
     a NaN error (rare) is then made infinite in place."""
-    v = bufs.views(ops.analytic[sl].shape)
-    ref = v["ref"]
+    other = ops.other[sl]
+    v = bufs.views(other.shape)
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
-        torch.sub(ops.plus[sl], ops.minus[sl], out=ref)
-        ref.div_(2 * ops.eps)
+        ref = torch.sub(ops.plus[sl], ops.minus[sl], out=v["ref"]).div_(2 * ops.eps)
     else:
         ref = ops.reference[sl]
-    err = v["err"]
-    torch.sub(ops.other[sl], ref, out=err)
-    err.abs_()
+    err = torch.sub(other, ref, out=v["err"]).abs_()
     # the largest error (NaN propagates): a NaN error counts as infinite
     err_max = float(err.amax())
     if math.isnan(err_max):
         err.nan_to_num_(nan=math.inf, posinf=math.inf)
         err_max = math.inf
-    aref = v["aref"]
-    torch.abs(ref, out=aref)
-    allowed = v["allowed"]
-    torch.mul(aref, rtol, out=allowed)
-    allowed.add_(atol)
-    return _Terms(ref, err, err_max, allowed, aref)
+    aref = torch.abs(ref, out=v["aref"])
+    allowed = torch.mul(aref, rtol, out=v["allowed"]).add_(atol)
+    return _Terms(err, err_max, allowed, aref, v["ratio"])
 
 
 def _ratio(t: _Terms, atol: float, out: torch.Tensor) -> torch.Tensor:
@@ -159,8 +152,9 @@ def compare(
     the first of equal ones in the report's (point, output, input) order, is the
     worst element. Per block of about ``block`` elements every element-wise step
     runs from cache and is reduced to a few numbers (maxima, the largest ratio per
-    row of the report, per-point verdicts); the worst element is then found in the
-    one row of the report that holds it.
+    row of the report); the worst element is then found in the one row of the
+    report that holds it, and each point's verdict is read from its largest ratio
+    (see :func:`_verdicts`).
 
     The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
     row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
@@ -182,7 +176,6 @@ def compare(
     blocks = _blocks(n_pts, rows, cols, dev, block)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
     bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
-    point_ok = torch.ones(n_pts, dtype=torch.bool, device=dev)
     screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
     # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
     row_max = torch.full(
@@ -195,13 +188,7 @@ def compare(
         sl = (slice(p0, p1), slice(r0, r1))
         t = _terms(ops, sl, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
-        v = bufs.views(t.err.shape)
-        ok = torch.le(t.err, t.allowed, out=v["ok"])
-        if r1 - r0 == rows:
-            point_ok[p0:p1] = ok.view(p1 - p0, -1).view(torch.uint8).amin(1).bool()
-        else:
-            point_ok[p0:p1] &= ok.view(torch.uint8).amin().bool()
-        ratio = _ratio(t, atol, v["ratio"])
+        ratio = _ratio(t, atol, t.spare)
         if ops.transposed:
             torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
         else:
@@ -212,8 +199,15 @@ def compare(
             assert ops.plus is not None and ops.minus is not None
             s = t.aref  # the relative error is spent
             torch.add(ops.plus[sl], ops.minus[sl], out=s)
-            s.sub_(ops.twice_f0[p0:p1]).div_(t.allowed).abs_()
-            screen[sl] = torch.logical_not(s.amax(-1) < threshold)
+            s.sub_(ops.twice_f0[p0:p1]).abs_()
+            # division is monotone, so |s| / allowed <= max |s| / min allowed along a
+            # row: rows below the threshold by that bound fail the screen without a
+            # division per element (the usual case: s is the second difference, about
+            # eps² f''); a bound that is not a number sends the block to the exact test
+            bound = s.amax(-1) / t.allowed.amin(-1)
+            if not bool((bound < threshold).all()):
+                screen[sl] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
+    point_max: list[float] = row_max.amax(1).tolist()  # before NaN is ranked as infinite
     # the worst element: the first largest ratio (NaN counting as infinite) of the
     # first row of the report that holds it
     row_max.nan_to_num_(nan=math.inf, posinf=math.inf)
@@ -228,14 +222,44 @@ def compare(
             if ops.transposed
             else (slice(p, p + 1), slice(r, r + 1))
         )
-        bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
-        t = _terms(ops, line, bufs, atol, rtol)
-        ratio = _ratio(t, atol, bufs.views(t.err.shape)["ratio"])
+        line_bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
+        t = _terms(ops, line, line_bufs, atol, rtol)
+        ratio = _ratio(t, atol, t.spare)
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
-    point_passed: list[bool] = point_ok.tolist()
+    exact = atol > max(TINY, torch.finfo(ref_dtype).tiny)
+    point_passed = _verdicts(ops, point_max, blocks, bufs, exact, atol, rtol)
     max_rel = _nan_max(torch.stack(rel_max).tolist())
     cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
     return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+
+
+def _verdicts(
+    ops: Operands,
+    point_max: list[float],
+    blocks: list[tuple[int, int, int, int]],
+    bufs: _Scratch,
+    exact: bool,
+    atol: float,
+    rtol: float,
+) -> list[bool]:
+    """Per point, whether ``err <= allowed`` everywhere, read from its largest ratio
+    (``point_max``). A ratio above 1 always means an error above its allowance. When
+    every allowance is a normal number (``exact``: ``atol`` is a normal number of the
+    reference's dtype, and above ``TINY``), a correctly rounded ``err / allowed`` is
+    at most 1 exactly when ``err <= allowed`` (an error just above the allowance
+    gives at least ``1 + 2u``). A point whose largest ratio is NaN (an infinite or
+    NaN reference), or at most 1 without ``exact`` (the ratio then divides by a
+    clamped allowance), is decided by the rule itself, in a second pass over it."""
+    verdicts = [not q > 1 for q in point_max]
+    undecided = {p for p, q in enumerate(point_max) if not (q > 1 or (q <= 1 and exact))}
+    for p0, p1, r0, r1 in blocks if undecided else []:
+        if not undecided.intersection(range(p0, p1)):
+            continue
+        t = _terms(ops, (slice(p0, p1), slice(r0, r1)), bufs, atol, rtol)
+        ok = torch.le(t.err, t.allowed).view(p1 - p0, -1).all(1).tolist()
+        for p in undecided.intersection(range(p0, p1)):
+            verdicts[p] = verdicts[p] and ok[p - p0]
+    return verdicts
 
 
 def _nan_max(values: list[float]) -> float:
