@@ -116,12 +116,8 @@ def request_arrays(
     Fields are "input", "cotangent" (name ""), "tangent" and "vector". ``blobs``
     are the bytes of a streamed request's slots, in slot order.
     """
-    keys = [("input", n) for n in sorted(req.inputs)]
-    keys += [("cotangent", "")] if req.HasField("cotangent") else []
-    keys += [("tangent", n) for n in sorted(req.tangents)]
-    keys += [("vector", n) for n in sorted(req.vector)]
     out: dict[str, dict[str, np.ndarray]] = {}
-    for index, ((what, name), msg) in enumerate(zip(keys, wire.request_slots(req), strict=True)):
+    for index, ((what, name), msg) in enumerate(request_keys(req)):
         where = f"{what} {name!r}" if name else what
         try:
             arr = wire.decode(msg, where, None if blobs is None else blobs[index])
@@ -129,6 +125,16 @@ def request_arrays(
             raise invalid(str(exc), what) from None
         out.setdefault(what, {})[name] = arr
     return out
+
+
+def request_keys(req: pb.ComputeRequest) -> list[tuple[tuple[str, str], pb.Tensor]]:
+    """A compute request's tensors in slot order, each with its field and name (see
+    :func:`request_arrays`)."""
+    keys = [("input", n) for n in sorted(req.inputs)]
+    keys += [("cotangent", "")] if req.HasField("cotangent") else []
+    keys += [("tangent", n) for n in sorted(req.tangents)]
+    keys += [("vector", n) for n in sorted(req.vector)]
+    return list(zip(keys, wire.request_slots(req), strict=True))
 
 
 def resolve_dtype(requested: Any, arrays: Mapping[str, np.ndarray], default: str) -> str:
@@ -140,14 +146,20 @@ def resolve_dtype(requested: Any, arrays: Mapping[str, np.ndarray], default: str
     return "float32" if kinds == {"float32"} else "float64"
 
 
-def check_finite(arrays: Mapping[str, np.ndarray], batched: bool, call: str) -> None:
+def check_finite(
+    arrays: Mapping[str, np.ndarray], batched: bool, call: str, first_point: int = 0
+) -> None:
+    """Refuse NaN and Inf, naming where (``first_point``: the point the arrays'
+    first row is, for a chunk of a batch)."""
     for name, arr in arrays.items():
         bad = ~np.isfinite(arr)
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             kind = "NaN" if np.isnan(arr[index]) else "Inf"
             where = (
-                f"point {index[0]}, index {index[1:]}" if batched and index else f"index {index}"
+                f"point {first_point + index[0]}, index {index[1:]}"
+                if batched and index
+                else f"index {index}"
             )
             raise invalid(
                 f"{call}: input {name!r} contains {kind} at {where}; derivatives there are "

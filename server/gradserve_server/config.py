@@ -33,6 +33,9 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_inflight_bytes": 1 << 30,
     # all server streams together: pieces written but not yet taken by their readers
     "max_stream_bytes": 64 << 20,
+    # one pipelined ComputeStream: request rows arrived and chunks in flight (their
+    # inputs and replies), out of max_inflight_bytes; 0: no pipelining (held whole)
+    "stream_window_bytes": 32 << 20,
     # a job's stored results and specs, one tenant's jobs' together, and all jobs'
     # together (enforced by the job manager)
     "max_job_bytes": 1 << 30,

@@ -107,17 +107,23 @@ class ComputeService:
         given: Mapping[str, np.ndarray] | None = None,
         blobs: Sequence[bytes] | None = None,
         unary: bool = False,
+        decoded: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ) -> tuple[binding.Bound, ComputeSpec]:
         """Validate everything about a request that can be known before running it.
 
         ``given`` supplies input arrays directly (a job's sampled inputs), and
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
-        round trip through the request's bytes.
+        round trip through the request's bytes. ``decoded`` stands in for the
+        request's tensors (as :func:`binding.request_arrays` gives them) when only
+        their shapes are known yet: their values are then not checked (a pipelined
+        stream checks each chunk's as it arrives).
         """
         admitted = self.admit_compute(req, unary)
         program, ops, wrt = admitted.program, admitted.ops, admitted.wrt
         call = admitted.estimate.call
-        decoded = binding.request_arrays(req, blobs)
+        check_values = decoded is None
+        if decoded is None:
+            decoded = binding.request_arrays(req, blobs)
         arrays = binding.bind_names(
             {**decoded.get("input", {}), **(given or {})},
             program.inputs,
@@ -132,7 +138,8 @@ class ComputeService:
             self.config.max_points,
             self.limits["max_input_elements"],
         )
-        binding.check_finite(arrays, req.batched, call)
+        if check_values:
+            binding.check_finite(arrays, req.batched, call)
         extra: dict[str, np.ndarray] = {}
         if "vjp" in ops:
             if not req.HasField("cotangent"):
