@@ -39,15 +39,15 @@ import numpy as np
 
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding
+from gradserve_server import encoding, rules
 from gradserve_server.arrivals import Arrivals
 from gradserve_server.budgets import Reservation
-from gradserve_server.encoding import stream_outputs
+from gradserve_server.codec import compute_slots
 from gradserve_server.errors import from_chunk_error, invalid
-from gradserve_server.planner import elements_per_point
+from gradserve_server.requests import ComputeRequest
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, next_part, send_paced
-from gradserve_workers.tasks import ChunkResult
+from gradserve_workers.tasks import ChunkResult, chunk_arrays
 
 
 @dataclass
@@ -74,56 +74,57 @@ class Pipeline:
     """One ComputeStream's batch, from its header on (see the module's doc)."""
 
     @classmethod
-    def start(
-        cls, service: ComputeService, header: pb.ComputeRequest, tenant: str
-    ) -> Pipeline | None:
+    def start(cls, service: ComputeService, msg: pb.ComputeRequest, tenant: str) -> Pipeline | None:
         """The pipeline of a streamed request, or None when it runs whole: not
         batched, pipelining off (a window of 0), or a single chunk. Raises what the
         whole-request path would about the header."""
         window = service.budgets.stream_window_bytes
-        if not header.batched or window <= 0:
+        if not msg.batched or window <= 0:
             return None
-        keyed = binding.request_keys(header)
+        header = service.admit_compute(msg)
+        keyed = compute_slots(msg)
         standins: dict[str, dict[str, np.ndarray]] = {}
-        for (what, name), msg in keyed:
+        for (what, name), tensor in keyed:
             where = f"{what} {name!r}" if name else what
-            shape = service.budgets.shape(msg, where)
+            shape = service.budgets.shape(tensor, where)
             # the shape and dtype without the bytes: values are checked by chunk
             standins.setdefault(what, {})[name] = np.broadcast_to(
-                np.zeros((), wire.dtype_of(msg)), shape
+                np.zeros((), wire.dtype_of(tensor)), shape
             )
-        bound, spec = service.bind_compute(header, decoded=standins)
-        used = {id(arr): key for key, arr in {**bound.arrays, **bound.extra}.items()}
+        req = service.codec.compute(msg, header=header, shapes_only=standins)
+        points = req.inputs.points
+        payload = chunk_arrays(
+            req.inputs.arrays, cotangent=req.cotangent, tangents=req.tangents, vector=req.vector
+        )
+        used = {id(arr): key for key, arr in payload.items()}
         slots = []
         for (what, name), _ in keyed:
             arr = standins[what][name]
             key = used.get(id(arr))
-            if key is not None and (arr.ndim == 0 or arr.shape[0] != bound.points):
-                return None  # not cut by points (binding allows none such today)
-            row = arr.nbytes // bound.points if key is not None else 0
+            if key is not None and (arr.ndim == 0 or arr.shape[0] != points):
+                return None  # not cut by points (the codec allows none such today)
+            row = arr.nbytes // points if key is not None else 0
             slots.append(_Slot(key, arr.dtype, arr.shape, row))
-        per_point = elements_per_point(bound.per_point_elements, spec.ops)
-        ranges = service.plan(bound, per_point)
-        estimate = service.admit_compute(header).estimate
-        out_point = math.ceil(estimate.reply_bytes / bound.points)
+        ranges = service.plan(req)
+        out_point = math.ceil(header.estimate.reply_bytes / points)
         point_bytes = sum(s.row_bytes for s in slots) + out_point
         # at least two chunks in the window: one computing while the next arrives
         most = max(1, window // (2 * max(1, point_bytes)))
         if any(b - a > most for a, b in ranges):
-            count = math.ceil(bound.points / most)
-            ranges = [(i * bound.points // count, (i + 1) * bound.points // count)
+            count = math.ceil(points / most)
+            ranges = [(i * points // count, (i + 1) * points // count)
                       for i in range(count)]  # fmt: skip
         if len(ranges) < 2:
             return None
-        total = bound.points * point_bytes
-        held = service.inflight.take(min(window, total), "ComputeStream: the request")
-        return cls(service, bound, spec, tenant, slots, ranges, out_point, held)
+        held = service.inflight.take(
+            min(window, points * point_bytes), "ComputeStream: the request"
+        )
+        return cls(service, req, tenant, slots, ranges, out_point, held)
 
     def __init__(
         self,
         service: ComputeService,
-        bound: binding.Bound,
-        spec: Any,
+        req: ComputeRequest,
         tenant: str,
         slots: list[_Slot],
         ranges: list[tuple[int, int]],
@@ -131,8 +132,8 @@ class Pipeline:
         held: Reservation,
     ) -> None:
         self.service = service
-        self.bound = bound
-        self.spec = spec
+        self.req = req
+        self.spec = service.spec(req)
         self.tenant = tenant
         self.slots = slots
         self.ranges = ranges
@@ -140,7 +141,7 @@ class Pipeline:
         self._held = [held]
         self._reserved = held.nbytes
         self._arrivals = Arrivals(
-            [s.row_bytes * bound.points if s.key else _nbytes(s) for s in slots],
+            [s.row_bytes * req.inputs.points if s.key else _nbytes(s) for s in slots],
             [s.key is not None for s in slots],
         )
         self._chunks: list[_Chunk] = []
@@ -239,10 +240,8 @@ class Pipeline:
             arrays[slot.key] = np.frombuffer(raw, slot.dtype).reshape(
                 (stop - start, *slot.shape[1:])
             )
-        call = (
-            f"{self.spec.ops[0]}(fn, inputs)" if len(self.spec.ops) == 1 else "compute(fn, inputs)"
-        )
-        binding.check_finite({n: arrays[n] for n in self.bound.arrays}, True, call, start)
+        inputs = {n: arrays[n] for n in self.req.inputs.arrays}
+        rules.finite_inputs(inputs, True, self.req.header.call, start)
         task = asyncio.ensure_future(
             self.service.run_range(self.spec, self.tenant, "compute", arrays, 0, stop - start)
         )
@@ -301,7 +300,7 @@ class Pipeline:
             result = chunk.task.result()
             if result.error is not None:
                 raise from_chunk_error(result.error)
-            arrays = [a for op in self.spec.ops for a in result.outputs[op].values()]
+            arrays = [a for op in self.req.ops for a in result.outputs[op].values()]
             reply = sum(a.nbytes for a in arrays)
             if reply > chunk.reply:  # larger than estimated: hold more
                 self._grow(reply - chunk.reply)
@@ -336,18 +335,18 @@ class Pipeline:
         chunk), and each output slot's dtype and bytes per point."""
         header = pb.ComputeResponse(metadata=self._metadata([first]))
         header.metadata.chunks = len(self.ranges)
-        outputs = {op: {k: [a] for k, a in first.outputs[op].items()} for op in self.spec.ops}
-        stream_outputs(outputs, header.results)
+        outputs = {op: {k: [a] for k, a in first.outputs[op].items()} for op in self.req.ops}
+        encoding.stream_outputs(outputs, header.results)
         dtypes, rows = [], []
         for tensor in wire.result_slots(header.results):
-            tensor.shape[0] = self.bound.points
+            tensor.shape[0] = self.req.inputs.points
             dtypes.append(wire.dtype_of(tensor))
-            rows.append(wire.expected_bytes(tensor) // self.bound.points)
+            rows.append(wire.expected_bytes(tensor) // self.req.inputs.points)
         self.out_point = sum(rows)
         return header, dtypes, rows
 
     def _metadata(self, results: list[ChunkResult]) -> pb.ComputeMetadata:
-        return self.service._metadata(results, self.bound, self._started)
+        return encoding.metadata(results, self.req.inputs, self.req.wrt, self._started)
 
 
 def _nbytes(slot: _Slot) -> int:
