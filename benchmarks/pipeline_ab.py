@@ -2,9 +2,12 @@
 ``--stream-window-bytes`` (0: received whole, computed, then sent), interleaved with
 the in-process ``vmap(grad(f))`` a user would write, in one run.
 
-Per side: median wall time, points/s, the ratio to in-process, and the server
+Per side: median wall time, points/s, the ratio to in-process, the server
 process's peak resident memory above its idle level (private: Ray's object store is
-shared memory mapped into it). Also the SDK's sending side alone (cutting and
+shared memory mapped into it), and the CPU seconds per call of the client process,
+the server process, and the workers (the chunks' seconds): on a 2-core machine their
+sum over 2 bounds the wall time from below, however well transport and compute
+overlap. Also the SDK's sending side alone (cutting and
 serialising the request's parts), to see whether the client is the bottleneck.
 
 Run: ``python benchmarks/pipeline_ab.py [--points 200000] [--reps 7]``
@@ -30,6 +33,8 @@ from gradserve import wire
 from gradserve._base import OutgoingCompute
 from gradserve.v1 import gradserve_pb2 as pb
 
+COLUMNS = ["side", "wall", "points/s", "vs in-process", "server peak (private)",
+           "client CPU", "server CPU", "worker s"]  # fmt: skip
 SOURCE = "sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)"
 
 
@@ -40,6 +45,7 @@ class PeakMemory:
         self._proc = psutil.Process(pid)
         self._base = self._private()
         self.peak = 0
+        self._cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -50,6 +56,11 @@ class PeakMemory:
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
             self.peak = max(self.peak, self._private() - self._base)
+            self._cpu = time.thread_time()
+
+    def cpu(self) -> float:
+        """The CPU seconds this sampler took so far (not the client's)."""
+        return self._cpu
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -100,12 +111,13 @@ def main() -> None:
         clients = [gradserve.Client(s.address, timeout=300) for s in servers]
         sides: list[tuple[str, Callable[[], Any], int | None]] = [
             (f"window {w >> 20} MiB" if w else "whole (no pipelining)",
-             lambda c=c: c.grad(SOURCE, {"x": x}, batched=True), s.proc.pid)
+             lambda c=c: c.compute(SOURCE, {"x": x}, ["grad"], batched=True), s.proc.pid)
             for w, c, s in zip(windows, clients, servers, strict=True)
         ]  # fmt: skip
         sides.append(("in-process vmap(grad)", lambda: local(xt), None))
         times: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         peaks: dict[str, int] = {name: 0 for name, _, _ in sides}
+        cpu: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in sides}
         answers = {}
         for rep in range(args.reps + 1):
             order = sides if rep % 2 else sides[::-1]
@@ -115,11 +127,22 @@ def main() -> None:
                     answers[name] = np.asarray(fn())
                     elapsed = time.perf_counter() - t0
                 else:
+                    server = psutil.Process(pid).cpu_times()
                     with PeakMemory(pid) as mem:
+                        client_cpu = time.process_time()
                         t0 = time.perf_counter()
-                        answers[name] = np.asarray(fn())
+                        result = fn()
                         elapsed = time.perf_counter() - t0
+                        client_cpu = time.process_time() - client_cpu - mem.cpu()
+                    after = psutil.Process(pid).cpu_times()
+                    answers[name] = result["grad"]
                     peaks[name] = max(peaks[name], mem.peak)
+                    if rep:
+                        cpu[name].append((
+                            client_cpu,
+                            after.user + after.system - server.user - server.system,
+                            result.metadata.compute_seconds,
+                        ))  # fmt: skip
                 if rep:  # the first round warms up
                     times[name].append(elapsed)
         served = [answers[name] for name, _, pid in sides if pid is not None]
@@ -128,15 +151,17 @@ def main() -> None:
         rows = []
         for name, _, pid in sides:
             s = median(times[name])
+            used = [median([c[i] for c in cpu[name]]) if cpu[name] else 0.0 for i in range(3)]
             rows.append([
                 name, fmt_time(s), fmt_rate(args.points / s), f"{local_s / s:.2f}",
                 "—" if pid is None else f"{peaks[name] / 2**20:.0f} MiB",
+                *(["—"] * 3 if pid is None else [fmt_time(u) for u in used]),
             ])  # fmt: skip
         print(
             table(
                 f"Rosenbrock grad, {args.points:,} points x 10 (float64), {args.workers} workers;"
                 f" medians of {args.reps}, interleaved; replies bit-identical: {identical}",
-                ["side", "wall", "points/s", "vs in-process", "server peak (private)"],
+                COLUMNS,
                 rows,
             )
         )
