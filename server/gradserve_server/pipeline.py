@@ -119,6 +119,9 @@ class Pipeline:
         held = service.inflight.take(
             min(window, points * point_bytes), "ComputeStream: the request"
         )
+        # its chunks, dispatched one by one, are no small call for the express lane
+        # (the whole path's are not either: they start together)
+        service.pool.overran(tenant)
         return cls(service, req, tenant, slots, ranges, out_point, held)
 
     def __init__(
