@@ -45,6 +45,11 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_tenant_stored_bytes": 4 << 30,
     "max_stored_bytes": 16 << 30,
 }
+# the budgets whose 0 means something else than "no limit"
+_BUDGET_HELP = {
+    "stream_window_bytes": "bytes one pipelined ComputeStream holds (rows arrived, chunks "
+    "in flight), out of --max-inflight-bytes; 0: no pipelining (streams held whole)",
+}
 
 
 # -- worker budgets: memory, CPU time, the express lane, cancellation ------------------
@@ -297,8 +302,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(installed packages' 'gradserve.functions' entry points; clients call them as "
             "fn='@NAME')", "serve", default="", convert=_functions),
     *(
-        Setting(name, "budget in bytes; 0: no limit", "budgets", non_negative_int,
-                str(default), field=f"budgets.{name}")
+        Setting(name, _BUDGET_HELP.get(name, "budget in bytes; 0: no limit"), "budgets",
+                non_negative_int, str(default), field=f"budgets.{name}")
         for name, default in BUDGET_DEFAULTS.items()
     ),
     Setting("tls_cert", "PEM certificate chain to serve TLS with; needs --tls-key",
