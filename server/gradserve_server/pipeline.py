@@ -305,9 +305,12 @@ class Pipeline:
                 raise from_chunk_error(result.error)
             arrays = [a for op in self.req.ops for a in result.outputs[op].values()]
             reply = sum(a.nbytes for a in arrays)
-            if reply > chunk.reply:  # larger than estimated: hold more
-                self._grow(reply - chunk.reply)
             chunk.held = reply  # its inputs are freed
+            # a reply larger than estimated (an output shape only running could tell)
+            # that takes the stream over its reservation: hold that much more
+            over = min(reply - chunk.reply, self._used() - self._reserved)
+            if over > 0:
+                self._grow(over)
             if index == 0:
                 header, dtypes, rows = self._header(result)
                 yield pb.ComputeResponsePart(header=header)

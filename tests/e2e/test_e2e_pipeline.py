@@ -261,6 +261,18 @@ def test_several_inputs_arrive_row_by_row_within_the_window(
     assert got["x"].tobytes() == y.tobytes() and got["y"].tobytes() == x.tobytes()
 
 
+def test_replies_larger_than_estimated_stay_within_the_budget(
+    narrow: tuple[ServerProcess, set[int]],
+) -> None:
+    """A Jacobian's size is known only once the function ran (estimated from a
+    scalar output): here four times the estimate, 26 MB through the 8 MiB budget."""
+    x = _rng_points(200_000, 4)
+    with gradserve.Client(narrow[0].address, timeout=120) as client:
+        got = client.jacobian("x * 2.0", {"x": x}, batched=True)
+    assert got.shape == (200_000, 4, 4)
+    assert got.tobytes() == np.broadcast_to(2.0 * np.eye(4), got.shape).tobytes()
+
+
 def test_tensors_sent_one_after_another_are_held_within_the_budget(
     narrow_stub: pb_grpc.GradientServiceStub,
 ) -> None:
