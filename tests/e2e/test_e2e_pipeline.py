@@ -168,6 +168,12 @@ CASES = {
         [pb.OP_VJP],
         cotangent=_rng_points(20_001, 4)[1:].copy(),
     ),
+    "grad, with tangents it does not use": lambda: _request(
+        ROSENBROCK,
+        {"x": _rng_points(20_000, 10)},
+        [pb.OP_GRAD],
+        tangents={"x": _rng_points(20_001, 10)[1:].copy()},
+    ),
     "hvp with vectors": lambda: _request(
         ROSENBROCK, {"x": _rng_points(10_000, 8)}, [pb.OP_HVP], vector={"x": _rng_points(10_000, 8)}
     ),
