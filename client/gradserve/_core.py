@@ -103,7 +103,13 @@ class OutgoingCompute:
     def parts(self) -> Iterator[pb.ComputeRequestPart]:
         yield pb.ComputeRequestPart(header=self.header)
         blobs = [arr.data.cast("B") for arr in self.arrays]
-        for piece in wire.split_pieces(blobs):
+        points = [a.shape[0] if a.ndim else -1 for a in self.arrays]
+        if self.header.batched and len(set(points)) == 1 and points[0] > 0:
+            # row by row across tensors: the server starts on the first points at once
+            pieces = wire.split_rows(blobs, points[0])
+        else:
+            pieces = wire.split_pieces(blobs)
+        for piece in pieces:
             yield pb.ComputeRequestPart(piece=piece)
 
 
@@ -193,6 +199,8 @@ class StreamedReply:
             self._header = part.header
             slots = wire.result_slots(self._header.results)
             self._assembler = wire.PieceAssembler([wire.expected_bytes(t) for t in slots])
+        elif part.HasField("metadata") and self._header is not None:
+            self._header.metadata.CopyFrom(part.metadata)  # a pipelined reply's, whole call
         else:
             try:
                 self._assembler.add(part.piece)

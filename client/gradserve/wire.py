@@ -98,6 +98,13 @@ def join_arrays(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.frombuffer(blob, dtype=first.dtype).reshape(shape)
 
 
+def dtype_of(msg: pb.Tensor) -> np.dtype[Any]:
+    """The NumPy dtype of a Tensor message (float32 or float64, little-endian)."""
+    if msg.dtype not in _FROM_PROTO:
+        raise WireError("dtype must be float32 or float64")
+    return _FROM_PROTO[msg.dtype]
+
+
 def expected_bytes(msg: pb.Tensor, where: str = "tensor") -> int:
     if msg.dtype not in _FROM_PROTO:
         raise WireError(f"{where}: dtype must be float32 or float64")
@@ -134,19 +141,36 @@ def split_pieces(
         parts = [given] if isinstance(given, bytes | memoryview) else given
         start = 0
         for blob in parts:
-            if type(blob) is bytes and len(blob) <= size:
-                if blob:  # no slice copy
-                    yield pb.TensorPiece(slot=slot, offset=start, data=blob)
-                start += len(blob)
-                continue
-            view = memoryview(blob)
-            for offset in range(0, len(view), size):
-                yield pb.TensorPiece(
-                    slot=slot,
-                    offset=start + offset,
-                    data=bytes(view[offset : offset + size]),
-                )
-            start += len(view)
+            yield from slot_pieces(slot, start, blob, size)
+            start += len(memoryview(blob).cast("B"))
+
+
+def slot_pieces(slot: int, offset: int, blob: Buffer, size: int) -> Iterator[pb.TensorPiece]:
+    """The pieces (of at most ``size``) that carry ``blob`` to bytes ``offset`` on of
+    ``slot``; a bytes object that fits one piece goes without a copy."""
+    if type(blob) is bytes and len(blob) <= size:
+        if blob:
+            yield pb.TensorPiece(slot=slot, offset=offset, data=blob)
+        return
+    view = memoryview(blob).cast("B")
+    for at in range(0, len(view), size):
+        yield pb.TensorPiece(slot=slot, offset=offset + at, data=bytes(view[at : at + size]))
+
+
+def split_rows(
+    blobs: Sequence[Buffer], points: int, size: int = PIECE_BYTES
+) -> Iterator[pb.TensorPiece]:
+    """Pieces of slots that all hold ``points`` rows (a batched request), cut by rows:
+    every slot's first rows before any slot's later ones, so that a receiver can
+    start on the first points while the rest is still on the way (with one slot
+    this is :func:`split_pieces`)."""
+    views = [memoryview(b).cast("B") for b in blobs]
+    rows = [len(v) // max(1, points) for v in views]
+    step = max(1, size // max(1, sum(rows)))  # rows per round: about ``size`` bytes
+    for first in range(0, points, step):
+        last = min(points, first + step)
+        for slot, (view, row) in enumerate(zip(views, rows, strict=True)):
+            yield from slot_pieces(slot, first * row, view[first * row : last * row], size)
 
 
 # A stream may send at most one piece per this many bytes it declares (plus a few):

@@ -124,6 +124,8 @@ class Budgets:
     job_bytes: int = 0
     tenant_stored_bytes: int = 0
     stored_bytes: int = 0
+    # one pipelined ComputeStream's bytes in flight (0: streams are held whole)
+    stream_window_bytes: int = 0
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Budgets:
@@ -140,6 +142,7 @@ class Budgets:
             job_bytes=int(b.get("max_job_bytes", 0)),
             tenant_stored_bytes=int(b.get("max_tenant_stored_bytes", 0)),
             stored_bytes=int(b.get("max_stored_bytes", 0)),
+            stream_window_bytes=int(b.get("stream_window_bytes", 0)),
         )
 
     # ------------------------------------------------------------- shapes

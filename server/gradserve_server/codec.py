@@ -31,7 +31,7 @@ from gradserve_server.requests import (
 )
 from gradserve_workers import lang
 
-__all__ = ["RequestCodec", "decode_tensors", "has_samples"]
+__all__ = ["RequestCodec", "compute_slots", "decode_tensors", "has_samples"]
 
 # the request's Verify choice; absent: the workers' default (certified where cheap)
 VERIFY = {pb.VERIFY_ON: True, pb.VERIFY_OFF: False}
@@ -56,18 +56,23 @@ def has_samples(msg: pb.CheckRequest) -> bool:
     return any(s.WhichOneof("source") == "sample" for s in msg.inputs.values())
 
 
-def _compute_tensors(
-    msg: pb.ComputeRequest, blobs: Sequence[bytes] | None
-) -> dict[str, dict[str, np.ndarray]]:
-    """Every tensor of a compute request: field -> name -> array. Fields are "input",
-    "cotangent" (name ""), "tangent" and "vector"; ``blobs`` are the bytes of a
-    streamed request's slots, in slot order (wire.request_slots')."""
+def compute_slots(msg: pb.ComputeRequest) -> list[tuple[tuple[str, str], pb.Tensor]]:
+    """A compute request's tensors in slot order (wire.request_slots'), each with its
+    field ("input", "cotangent" (name ""), "tangent" or "vector") and name."""
     keys = [("input", n) for n in sorted(msg.inputs)]
     keys += [("cotangent", "")] if msg.HasField("cotangent") else []
     keys += [("tangent", n) for n in sorted(msg.tangents)]
     keys += [("vector", n) for n in sorted(msg.vector)]
+    return list(zip(keys, wire.request_slots(msg), strict=True))
+
+
+def _compute_tensors(
+    msg: pb.ComputeRequest, blobs: Sequence[bytes] | None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every tensor of a compute request: field -> name -> array (see
+    :func:`compute_slots`); ``blobs`` are the bytes of a streamed request's slots."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    for index, ((what, name), tensor) in enumerate(zip(keys, wire.request_slots(msg), strict=True)):
+    for index, ((what, name), tensor) in enumerate(compute_slots(msg)):
         where = f"{what} {name!r}" if name else what
         try:
             arr = wire.decode(tensor, where, None if blobs is None else blobs[index])
@@ -94,11 +99,12 @@ class RequestCodec:
         self.budgets = budgets
 
     def _inputs(self, arrays: dict[str, np.ndarray], requested: Any, batched: bool,
-                call: str) -> Inputs:  # fmt: skip
+                call: str, check_values: bool = True) -> Inputs:  # fmt: skip
         count, per_point = rules.points(
             arrays, batched, call, self.max_points, self.limits["max_input_elements"]
         )
-        rules.finite_inputs(arrays, batched, call)
+        if check_values:
+            rules.finite_inputs(arrays, batched, call)
         return Inputs(arrays, batched, count, per_point, _dtype(requested, arrays))
 
     def draw(self, specs: Mapping[str, pb.InputSpec], call: str) -> dict[str, np.ndarray]:
@@ -134,21 +140,24 @@ class RequestCodec:
         given: Mapping[str, np.ndarray] | None = None,
         blobs: Sequence[bytes] | None = None,
         header: ComputeHeader | None = None,
+        shapes_only: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ) -> ComputeRequest:
         """A compute request, validated in everything that can be known before it runs.
 
         ``given`` supplies input arrays directly (a job's sampled inputs), and
         ``blobs`` the bytes of a streamed request's slots, sparing large arrays a
         round trip through the request's bytes. ``header``: the request's, when it
-        was admitted already (:meth:`compute_header`).
+        was admitted already (:meth:`compute_header`). ``shapes_only`` stands in for
+        the tensors (as field -> name -> array) when only their shapes are known yet:
+        their values are not checked (a pipelined stream checks each chunk's rows).
         """
         header = header or self.compute_header(msg)
         call, ops, wrt = header.call, header.ops, header.wrt
-        tensors = _compute_tensors(msg, blobs)
+        tensors = _compute_tensors(msg, blobs) if shapes_only is None else shapes_only
         arrays = rules.bind_names(
             {**tensors.get("input", {}), **(given or {})}, header.program.inputs, "input", call
         )
-        inputs = self._inputs(arrays, msg.dtype, msg.batched, call)
+        inputs = self._inputs(arrays, msg.dtype, msg.batched, call, shapes_only is None)
         cotangent = None
         if "vjp" in ops:
             if not msg.HasField("cotangent"):

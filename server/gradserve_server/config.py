@@ -36,11 +36,19 @@ BUDGET_DEFAULTS: dict[str, int] = {
     "max_inflight_bytes": 1 << 30,
     # all server streams together: pieces written but not yet taken by their readers
     "max_stream_bytes": 64 << 20,
+    # one pipelined ComputeStream: request rows arrived and chunks in flight (their
+    # inputs and replies), out of max_inflight_bytes; 0: no pipelining (held whole)
+    "stream_window_bytes": 32 << 20,
     # a job's stored results and specs, one tenant's jobs' together, and all jobs'
     # together (enforced by the job manager)
     "max_job_bytes": 1 << 30,
     "max_tenant_stored_bytes": 4 << 30,
     "max_stored_bytes": 16 << 30,
+}
+# the budgets whose 0 means something else than "no limit"
+_BUDGET_HELP = {
+    "stream_window_bytes": "bytes one pipelined ComputeStream holds (rows arrived, chunks "
+    "in flight), out of --max-inflight-bytes; 0: no pipelining (streams held whole)",
 }
 
 
@@ -305,8 +313,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(installed packages' 'gradserve.functions' entry points; clients call them as "
             "fn='@NAME')", "serve", default="", convert=_functions),
     *(
-        Setting(name, "budget in bytes; 0: no limit", "budgets", non_negative_int,
-                str(default), field=f"budgets.{name}")
+        Setting(name, _BUDGET_HELP.get(name, "budget in bytes; 0: no limit"), "budgets",
+                non_negative_int, str(default), field=f"budgets.{name}")
         for name, default in BUDGET_DEFAULTS.items()
     ),
     Setting("tls_cert", "PEM certificate chain to serve TLS with; needs --tls-key",

@@ -18,8 +18,6 @@ from gradserve_server.budgets import Reservation
 from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
 from gradserve_server.errors import (
     ServiceError,
-    decoded,
-    exhausted,
     guard,
     guard_stream,
     invalid,
@@ -28,10 +26,11 @@ from gradserve_server.errors import (
     unavailable,
 )
 from gradserve_server.jobs import JobManager, bounded
+from gradserve_server.pipeline import Pipeline
 from gradserve_server.pool import pool_key
 from gradserve_server.requests import ComputeHeader
 from gradserve_server.service import ComputeService
-from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
+from gradserve_server.streams import STREAM_PIECE_BYTES, next_part, prepend, send_paced
 from gradserve_workers import registry
 from gradserve_workers.lang import FUNCTIONS
 
@@ -96,10 +95,19 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def ComputeStream(
         self, request_iterator: AsyncIterator[pb.ComputeRequestPart], context: Any
     ) -> None:
-        msg, admitted, blobs, held = await self._receive(request_iterator)
+        tenant = _tenant(context)
+        first = await next_part(request_iterator, self._stall_s)
+        if first is not None and first.HasField("header"):
+            # a large batch is computed by chunks as it arrives, when it can be
+            pipelined = Pipeline.start(self.service, first.header, tenant)
+            if pipelined is not None:
+                _note_ops(first.header.ops)
+                _note_done(await pipelined.run(request_iterator, context, self._stall_s))
+                return
+        msg, admitted, blobs, held = await self._receive(prepend(first, request_iterator))
         try:
             _note_ops(msg.ops)
-            done = await self.service.compute(msg, _tenant(context), blobs, admitted)
+            done = await self.service.compute(msg, tenant, blobs, admitted)
             _note_done(done.metadata)
         finally:
             del blobs
@@ -134,17 +142,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         assembler: wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
-            while True:
-                try:
-                    received = await asyncio.wait_for(anext(parts), self._stall_s)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise exhausted(
-                        f"ComputeStream: the sender sent nothing for {self._stall_s:.0f} s; the "
-                        "stream was closed to free what it held"
-                    ) from None
-                part = decoded(received)
+            while (part := await next_part(parts, self._stall_s)) is not None:
                 if part.HasField("header"):
                     if header is not None:
                         raise invalid("ComputeStream: a second header arrived")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradserve_server.budgets import InFlight
-from gradserve_server.errors import aborted
+from gradserve_server.errors import aborted, decoded, exhausted
 
 # The bytes of one piece of a server stream (a ComputeStream reply, GetJobResults).
 STREAM_PIECE_BYTES = 512 * 1024
@@ -69,3 +69,26 @@ async def send_paced(
                 del message
             finally:
                 held.release()
+
+
+async def next_part(parts: AsyncIterator[Any], stall_s: float) -> Any | None:
+    """The next part of a request stream, decoded (None at its end); a sender that
+    sends nothing for ``stall_s`` loses its stream, and what it held."""
+    try:
+        received = await asyncio.wait_for(anext(parts), stall_s)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise exhausted(
+            f"ComputeStream: the sender sent nothing for {stall_s:.0f} s; the "
+            "stream was closed to free what it held"
+        ) from None
+    return decoded(received)
+
+
+async def prepend(first: Any | None, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``first`` (unless None), then ``rest``."""
+    if first is not None:
+        yield first
+    async for part in rest:
+        yield part

@@ -242,12 +242,14 @@ class ComputeRequestPart(_message.Message):
     def __init__(self, header: _Optional[_Union[ComputeRequest, _Mapping]] = ..., piece: _Optional[_Union[TensorPiece, _Mapping]] = ...) -> None: ...
 
 class ComputeResponsePart(_message.Message):
-    __slots__ = ("header", "piece")
+    __slots__ = ("header", "piece", "metadata")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PIECE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     header: ComputeResponse
     piece: TensorPiece
-    def __init__(self, header: _Optional[_Union[ComputeResponse, _Mapping]] = ..., piece: _Optional[_Union[TensorPiece, _Mapping]] = ...) -> None: ...
+    metadata: ComputeMetadata
+    def __init__(self, header: _Optional[_Union[ComputeResponse, _Mapping]] = ..., piece: _Optional[_Union[TensorPiece, _Mapping]] = ..., metadata: _Optional[_Union[ComputeMetadata, _Mapping]] = ...) -> None: ...
 
 class Distribution(_message.Message):
     __slots__ = ("uniform", "normal")
