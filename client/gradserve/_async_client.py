@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from gradserve import jobspec
+from gradserve import jobspec, shm
 from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute, StreamedReply
-from gradserve.errors import from_rpc_error
+from gradserve.errors import GradserveError, from_rpc_error
 from gradserve.jobs import AsyncJob, job_states
 from gradserve.jobspec import JobSpec
 from gradserve.results import CheckReport, ComputeResult, JobStatus, ServerInfo
@@ -33,8 +34,11 @@ class AsyncClient(BaseClient):
         token: str | None = None,
         timeout: float | None = None,
         tls: TLS | bool | None = None,
+        shared_memory: bool | str = False,
     ) -> None:
-        super().__init__(address, token=token, timeout=timeout, tls=tls)
+        super().__init__(
+            address, token=token, timeout=timeout, tls=tls, shared_memory=shared_memory
+        )
         if self._credentials is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=self._channel_options)
         else:
@@ -44,6 +48,7 @@ class AsyncClient(BaseClient):
         self._stub = pb_grpc.GradientServiceStub(self._channel)
 
     async def close(self) -> None:
+        await self._release_shared_memory()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -75,7 +80,11 @@ class AsyncClient(BaseClient):
         return reply.result()
 
     async def _compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
-        if req.wants_stream:
+        chosen = self._shared_mode(req)
+        shared = await self._shared_compute(req, chosen, timeout) if chosen else None
+        if isinstance(shared, ComputeResult):
+            result = shared
+        elif shared is not None or req.wants_stream:
             result = await self._stream_compute(req, timeout)
         else:
             try:
@@ -92,6 +101,67 @@ class AsyncClient(BaseClient):
 
     def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
         return self._compute(req, pick, timeout)
+
+    # ------------------------------------------------------------- shared memory
+
+    async def _shared_compute(
+        self, req: OutgoingCompute, chosen: bool | str, timeout: float | None
+    ) -> ComputeResult | str | None:
+        """As :meth:`gradserve.Client._shared_compute`, awaited."""
+        shared, retire = self._shared_layout(req)
+        segments = self._segments
+        assert segments is not None
+        try:
+            for old in retire:
+                await self._unregister(old)
+                segments.drop(old)
+            first = True
+            while True:
+                try:
+                    if not shared.segment.registered:
+                        request = shared.segment.register_request()
+                        await self._call(self._stub.RegisterSharedMemory, request, timeout)
+                        shared.segment.registered = True
+                    resp = await self._stub.Compute(
+                        shared.header, timeout=self._deadline(timeout), metadata=self._metadata
+                    )
+                    return self._shared_result(shared, resp)
+                except grpc.RpcError as error:
+                    trailing = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+                    if RETRY_STREAM_KEY in trailing:
+                        return "stream"
+                    refused: GradserveError = from_rpc_error(error)
+                except GradserveError as error:
+                    refused = error
+                if not self._shared_refused(refused, chosen, first):
+                    return None
+                first = False
+        finally:
+            segments.give_back(shared.segment)
+
+    async def _unregister(self, segment: shm.Segment) -> None:
+        if segment.registered:
+            with contextlib.suppress(grpc.RpcError):
+                await self._stub.UnregisterSharedMemory(
+                    pb.UnregisterSharedMemoryRequest(name=segment.key),
+                    timeout=5,
+                    metadata=self._metadata,
+                )
+            segment.registered = False
+
+    async def _release_shared_memory(self) -> None:
+        segments, self._segments = self._segments, None
+        if segments is not None:
+            for segment in segments.take_all():
+                await self._unregister(segment)
+            segments.close()
+
+    async def shared_memory_regions(
+        self, *, timeout: float | None = None
+    ) -> list[shm.SharedMemoryRegion]:
+        """The shared-memory regions the server holds for this caller (its tenant)."""
+        msg = await self._call(self._stub.ListSharedMemory, pb.ListSharedMemoryRequest(), timeout)
+        return [shm.SharedMemoryRegion._from_proto(r) for r in msg.regions]
 
     async def _check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:
         return self._decode_check(await self._call(self._stub.Check, req, timeout))

@@ -14,11 +14,17 @@ from typing import Any
 import grpc
 import numpy as np
 
-from gradserve import wire
+from gradserve import shm, wire
 from gradserve._claims import Claim
 from gradserve._claims import claim as _claim
 from gradserve._claims import claimed as _claimed
-from gradserve.errors import DataLossError, GradserveError, InvalidArgumentError
+from gradserve.errors import (
+    DataLossError,
+    FailedPreconditionError,
+    GradserveError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from gradserve.results import (
     OP_NAMES,
     CheckReport,
@@ -166,6 +172,8 @@ class OutgoingCompute:
 
     header: pb.ComputeRequest
     arrays: list[np.ndarray]
+    # this call's shared_memory= (None: the client's)
+    shared_memory: bool | str | None = None
 
     @property
     def wants_stream(self) -> bool:
@@ -227,8 +235,13 @@ class BaseClient:
         token: str | None = None,
         timeout: float | None = None,
         tls: TLS | bool | None = None,
+        shared_memory: bool | str = False,
     ) -> None:
         self.address = address or os.environ.get("GRADSERVE_ADDRESS") or DEFAULT_ADDRESS
+        self.shared_memory = shm.mode(shared_memory, "Client")
+        self._segments: shm.Segments | None = None
+        # why "auto" went back to the wire for good (the server is not on this host)
+        self.shared_memory_off: str | None = None
         token = token if token is not None else os.environ.get("GRADSERVE_TOKEN")
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
@@ -261,8 +274,11 @@ class BaseClient:
         tangents: Inputs | None = None,
         vector: Inputs | None = None,
         verify: bool | None = None,
+        shared_memory: bool | str | None = None,
     ) -> OutgoingCompute:
         op = ops[0] if len(ops) == 1 else "compute"
+        if shared_memory is not None:
+            shared_memory = shm.mode(shared_memory, _call_form(op))
         if not isinstance(fn, str):
             raise InvalidArgumentError(f"{_call_form(op)}: fn must be source text, e.g. 'sin(x)'")
         unknown = [o for o in ops if o not in OP_NAMES]
@@ -302,7 +318,41 @@ class BaseClient:
         order += [("cotangent", "")] if req.HasField("cotangent") else []
         order += [("tangents", n) for n in sorted(req.tangents)]
         order += [("vector", n) for n in sorted(req.vector)]
-        return OutgoingCompute(req, [arrays[key] for key in order])
+        return OutgoingCompute(req, [arrays[key] for key in order], shared_memory)
+
+    # ------------------------------------------------------------- shared memory
+
+    def _shared_mode(self, req: OutgoingCompute) -> bool | str:
+        """Whether this call goes by shared memory: True, "auto" or False."""
+        chosen = self.shared_memory if req.shared_memory is None else req.shared_memory
+        if chosen == "auto" and self.shared_memory_off is not None:
+            return False
+        return chosen
+
+    def _shared_layout(self, req: OutgoingCompute) -> tuple[shm.SharedRequest, list[shm.Segment]]:
+        if self._segments is None:
+            self._segments = shm.Segments()
+        return shm.layout(req.header, req.arrays, self._segments)
+
+    def _shared_refused(self, error: GradserveError, chosen: bool | str, first: bool) -> bool:
+        """After a refusal of a shared-memory call: True to register again and retry
+        (the server restarted and forgot the region), False to go by the wire
+        ("auto" and the server cannot map this host's memory); else raises."""
+        if isinstance(error, NotFoundError) and "shared-memory region" in error.message and first:
+            assert self._segments is not None
+            self._segments.forget_registrations()
+            return True
+        if isinstance(error, FailedPreconditionError) and chosen == "auto":
+            self.shared_memory_off = error.message
+            return False
+        raise error
+
+    @staticmethod
+    def _shared_result(shared: shm.SharedRequest, resp: pb.ComputeResponse) -> ComputeResult:
+        return ComputeResult(
+            outputs=shape_outputs(resp.results, shared.results(resp)),
+            metadata=Metadata._from_proto(resp.metadata),
+        )
 
     @staticmethod
     def _decode_compute(
@@ -454,6 +504,7 @@ class BaseClient:
         vector: Inputs | None = None,
         verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:
         """Several operations in one call; returns a :class:`ComputeResult`.
 
@@ -466,25 +517,28 @@ class BaseClient:
         req = self._compute_request(
             fn, inputs, list(ops), wrt=wrt, batched=batched, dtype=dtype, mode=mode,
             chunk_size=chunk_size, cotangent=cotangent, tangents=tangents, vector=vector,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, None, timeout)
 
     def value(
         self, fn: str, inputs: Inputs, *, batched: bool = False, dtype: str | None = None,
         verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``f(inputs)``; with ``batched=True`` one row per point. A value has no
         derivative to certify: ``verify`` is accepted for symmetry and ignored."""
         req = self._compute_request(
-            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify
-        )
+            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify,
+            shared_memory=shared_memory,
+        )  # fmt: skip
         return self._run_compute(req, "value", timeout)
 
     def grad(
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """The gradient of a scalar function: one array per ``wrt`` input.
 
@@ -492,8 +546,9 @@ class BaseClient:
         ``verify``: see :meth:`compute`.
         """
         req = self._compute_request(
-            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify
-        )
+            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify,
+            shared_memory=shared_memory,
+        )  # fmt: skip
         return self._run_compute(req, "grad", timeout)
 
     def jacobian(
@@ -501,12 +556,13 @@ class BaseClient:
         batched: bool = False, dtype: str | None = None, mode: str = "auto",
         chunk_size: int | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse.
         ``verify``: see :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["jacobian"], wrt=wrt, batched=batched, dtype=dtype, mode=mode,
-            chunk_size=chunk_size, verify=verify,
+            chunk_size=chunk_size, verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, "jacobian", timeout)
 
@@ -514,12 +570,13 @@ class BaseClient:
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, chunk_size: int | None = None,
         verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``.
         ``verify``: see :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype,
-            chunk_size=chunk_size, verify=verify,
+            chunk_size=chunk_size, verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, "hessian", timeout)
 
@@ -527,12 +584,13 @@ class BaseClient:
         self, fn: str, inputs: Inputs, cotangent: Any, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``cotangentᵀ J`` per input; the cotangent is shaped like the output.
         ``verify``: see :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, "vjp", timeout)
 
@@ -540,12 +598,13 @@ class BaseClient:
         self, fn: str, inputs: Inputs, tangents: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
         dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``J · tangent``, shaped like the output; one tangent per ``wrt`` input.
         ``verify``: see :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, "jvp", timeout)
 
@@ -553,12 +612,13 @@ class BaseClient:
         self, fn: str, inputs: Inputs, vector: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
         dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | str | None = None,
     ) -> Any:  # fmt: skip
         """``H · vector`` per input (forward-over-reverse). ``verify``: see
         :meth:`compute`."""
         req = self._compute_request(
             fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return self._run_compute(req, "hvp", timeout)
 

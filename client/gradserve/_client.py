@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from gradserve import jobspec
+from gradserve import jobspec, shm
 from gradserve._base import RETRY_STREAM_KEY, TLS, BaseClient, OutgoingCompute, StreamedReply
-from gradserve.errors import from_rpc_error
+from gradserve.errors import GradserveError, from_rpc_error
 from gradserve.jobs import Job, job_states
 from gradserve.jobspec import JobSpec
 from gradserve.results import CheckReport, ComputeResult, JobStatus, ServerInfo
@@ -33,7 +34,10 @@ class Client(BaseClient):
 
     ``token``: the bearer token (default $GRADSERVE_TOKEN); ``tls``: a
     :class:`gradserve.TLS`, or True for the system's CAs (default: TLS when
-    $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
+    $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext); ``shared_memory``:
+    True to hand tensors over by shared memory (the server must run on this host),
+    "auto" to do so where the server can and go by the wire where it cannot, False
+    (default) never; each compute call may choose otherwise (docs/sdk.md).
     """
 
     def __init__(
@@ -43,8 +47,11 @@ class Client(BaseClient):
         token: str | None = None,
         timeout: float | None = None,
         tls: TLS | bool | None = None,
+        shared_memory: bool | str = False,
     ) -> None:
-        super().__init__(address, token=token, timeout=timeout, tls=tls)
+        super().__init__(
+            address, token=token, timeout=timeout, tls=tls, shared_memory=shared_memory
+        )
         if self._credentials is None:
             self._channel = grpc.insecure_channel(self.address, options=self._channel_options)
         else:
@@ -54,6 +61,7 @@ class Client(BaseClient):
         self._stub = pb_grpc.GradientServiceStub(self._channel)
 
     def close(self) -> None:
+        self._release_shared_memory()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -80,7 +88,13 @@ class Client(BaseClient):
         return reply.result()
 
     def _run_compute(self, req: OutgoingCompute, pick: str | None, timeout: float | None) -> Any:
-        if req.wants_stream:
+        chosen = self._shared_mode(req)
+        shared = self._shared_compute(req, chosen, timeout) if chosen else None
+        if shared is not None:
+            result = (
+                shared if isinstance(shared, ComputeResult) else self._stream_compute(req, timeout)
+            )
+        elif req.wants_stream:
             result = self._stream_compute(req, timeout)
         else:
             try:
@@ -93,6 +107,67 @@ class Client(BaseClient):
                     raise from_rpc_error(error) from None
                 result = self._stream_compute(req, timeout)
         return result if pick is None else result[pick]
+
+    # ------------------------------------------------------------- shared memory
+
+    def _shared_compute(
+        self, req: OutgoingCompute, chosen: bool | str, timeout: float | None
+    ) -> ComputeResult | str | None:
+        """The call by shared memory; "stream" when its outputs came back too large for
+        a message (they go on the wire: their size was unknown), None to go by the wire."""
+        shared, retire = self._shared_layout(req)
+        segments = self._segments
+        assert segments is not None
+        try:
+            for old in retire:
+                self._unregister(old)
+                segments.drop(old)
+            first = True
+            while True:
+                try:
+                    if not shared.segment.registered:
+                        request = shared.segment.register_request()
+                        self._call(self._stub.RegisterSharedMemory, request, timeout)
+                        shared.segment.registered = True
+                    resp = self._stub.Compute(
+                        shared.header, timeout=self._deadline(timeout), metadata=self._metadata
+                    )
+                    return self._shared_result(shared, resp)
+                except grpc.RpcError as error:
+                    if _wants_retry_as_stream(error):
+                        return "stream"
+                    refused: GradserveError = from_rpc_error(error)
+                except GradserveError as error:
+                    refused = error
+                if not self._shared_refused(refused, chosen, first):
+                    return None
+                first = False
+        finally:
+            segments.give_back(shared.segment)
+
+    def _unregister(self, segment: shm.Segment) -> None:
+        if segment.registered:
+            with contextlib.suppress(grpc.RpcError):
+                self._stub.UnregisterSharedMemory(
+                    pb.UnregisterSharedMemoryRequest(name=segment.key),
+                    timeout=5,
+                    metadata=self._metadata,
+                )
+            segment.registered = False
+
+    def _release_shared_memory(self) -> None:
+        segments, self._segments = self._segments, None
+        if segments is not None:
+            for segment in segments.take_all():
+                self._unregister(segment)
+            segments.close()
+
+    def shared_memory_regions(
+        self, *, timeout: float | None = None
+    ) -> list[shm.SharedMemoryRegion]:
+        """The shared-memory regions the server holds for this caller (its tenant)."""
+        msg = self._call(self._stub.ListSharedMemory, pb.ListSharedMemoryRequest(), timeout)
+        return [shm.SharedMemoryRegion._from_proto(r) for r in msg.regions]
 
     def _run_check(self, req: pb.CheckRequest, timeout: float | None) -> CheckReport:
         return self._decode_check(self._call(self._stub.Check, req, timeout))

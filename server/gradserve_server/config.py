@@ -134,6 +134,9 @@ class ServerConfig:
     workers: WorkerBudgets = field(default_factory=WorkerBudgets)
     # registered functions (the gradserve.functions entry points) the workers import
     functions: tuple[str, ...] = ()
+    # shared memory for clients on this host (docs/sdk.md), and its regions per tenant
+    shared_memory: bool = True
+    max_shm_regions: int = 64
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -331,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=_env(name.upper(), str(default)),
             help=f"budget in bytes; 0: no limit ($GRADSERVE_{name.upper()}, default {default})",
         )
+    p.add_argument(
+        "--shared-memory",
+        action=argparse.BooleanOptionalAction,
+        default=(_env("SHARED_MEMORY") or "1").strip().lower() in ("1", "true", "yes", "on"),
+        help="take tensors from shared-memory regions of clients on this host; "
+        "--no-shared-memory refuses them ($GRADSERVE_SHARED_MEMORY=0, default on)",
+    )
+    p.add_argument(
+        "--max-shm-regions",
+        type=non_negative_int,
+        default=_env("MAX_SHM_REGIONS", "64"),
+        help="shared-memory regions one tenant may register; 0: no limit "
+        "($GRADSERVE_MAX_SHM_REGIONS, default 64)",
+    )
     _add_operations_flags(p)
     return p
 
@@ -430,6 +447,8 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         stream_stall_s=args.stream_stall_seconds,
         workers=worker_budgets(args),
         functions=_functions(parser, args.functions),
+        shared_memory=args.shared_memory,
+        max_shm_regions=max(0, args.max_shm_regions),
     )
 
 

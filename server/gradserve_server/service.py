@@ -7,14 +7,14 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
 
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, numeric, sampling
+from gradserve_server import binding, dispatch, numeric, sampling, shm
 from gradserve_server.budgets import Budgets, ComputeEstimate, InFlight, max_sample_elements
 from gradserve_server.config import ServerConfig
 from gradserve_server.encoding import report_to_proto
@@ -26,7 +26,7 @@ from gradserve_server.planner import (
     plan_chunks,
     plan_shards,
 )
-from gradserve_server.pool import ActorPool
+from gradserve_server.pool import ActorPool, tenant_of
 from gradserve_workers import actor as actor_keys
 from gradserve_workers import lang
 from gradserve_workers.replies import ReplyBudget
@@ -61,6 +61,8 @@ class Computed:
 
     outputs: dict[str, dict[str, list[np.ndarray]]]
     metadata: pb.ComputeMetadata
+    # the results as the reply sends them when the outputs went into shared memory
+    placed: list[pb.OpResult] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -98,6 +100,8 @@ class ComputeService:
         self.stream_pieces = InFlight(self.budgets.stream_bytes, "max_stream_bytes")
         # worker seconds of recent element-wise checks, by function and shapes
         self._check_log = WorkLog()
+        # shared-memory regions of clients on this host, by tenant
+        self.shared = shm.Registry(config.shared_memory, config.max_shm_regions)
 
     # ------------------------------------------------------------- compute
 
@@ -193,15 +197,25 @@ class ComputeService:
         blobs: Sequence[bytes] | None = None,
         unary: bool = False,
     ) -> Computed:
-        """Run a compute request (``unary``: its reply must fit one message)."""
+        """Run a compute request (``unary``: its reply must fit one message, unless its
+        outputs go into shared memory)."""
         started = time.perf_counter()
-        bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
-        results = await self._dispatch(
-            bound, spec, tenant, "compute", elements_per_point(bound.per_point_elements, spec.ops)
-        )
-        outputs = self._assemble(results, spec)
-        meta = self._metadata(results, bound, started)
-        return Computed(outputs, meta)
+        with self.shared.resolve(req, tenant_of(tenant), blobs is not None) as shared:
+            if shared is not None:
+                # memoryviews of the regions: decoding reads any buffer, zero-copy
+                blobs = cast("Sequence[bytes]", shared.blobs)
+                if shared.output is not None:
+                    estimate = self.admit_compute(req).estimate
+                    shared.check_room(estimate.reply_bytes, estimate.out is not None)
+                    unary = False
+            bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
+            per_point = elements_per_point(bound.per_point_elements, spec.ops)
+            results = await self._dispatch(bound, spec, tenant, "compute", per_point, shared)
+            done = Computed(self._assemble(results, spec), self._metadata(results, bound, started))
+            if shared is not None and shared.output is not None:
+                done.placed = shared.place(done.outputs)
+                done.outputs = {}
+            return done
 
     def _assemble(
         self, results: list[ChunkResult], spec: ComputeSpec
@@ -248,9 +262,15 @@ class ComputeService:
         tenant: str,
         method: str,
         per_point: int,
+        shared: shm.SharedCall | None = None,
     ) -> list[ChunkResult]:
         ranges = self.plan(bound, per_point)
-        payload = self.payload(bound, len(ranges))
+        payload = None
+        if shared is not None:  # workers on this host read the caller's region in place
+            here = shm.workers_on_this_host([w.name for w in self.pool.workers])
+            payload = shared.payload({**bound.arrays, **bound.extra}, here)
+        if payload is None:
+            payload = self.payload(bound, len(ranges))
         return await dispatch.gather_or_cancel(
             self._run_range_or_raise(spec, tenant, method, payload, a, b) for a, b in ranges
         )

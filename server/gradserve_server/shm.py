@@ -1,0 +1,363 @@
+"""Shared memory for clients on the server's host (docs/sdk.md, "Shared memory").
+
+A client makes a POSIX shared-memory segment, registers it as a named region
+(RegisterSharedMemory), and then names the region in a Compute request instead of
+sending bytes: inputs are read where they lie (``Tensor.shared_memory``) and the
+outputs written into a room the request names (``ComputeRequest.output``).
+
+Regions belong to the tenant that registered them: another tenant's region is
+NOT_FOUND word for word as one that was never registered. The server maps a
+segment but never unlinks it (the client made it; see workers' shm.py on why not
+``multiprocessing.shared_memory``). A call holds the regions it uses, so
+unregistering one while a call reads it leaves that call its mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from gradserve import wire
+from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.errors import ServiceError, exhausted, invalid, not_found
+from gradserve_workers import shm as segments
+
+# Each output in a room starts at a multiple of this (a cache line; NumPy and torch
+# views over it are aligned for any dtype).
+ALIGN = 64
+MIN_PROOF, MAX_PROOF = 16, 64
+MAX_NAME_CHARS = 128
+
+Buffer = bytes | memoryview
+
+
+def not_here(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def aligned(offset: int) -> int:
+    return -(-offset // ALIGN) * ALIGN
+
+
+@dataclass(eq=False)
+class Region:
+    """A registered region: ``byte_size`` bytes at ``offset`` of segment ``key``."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    segment: mmap.mmap
+    users: int = 0
+
+    def to_proto(self) -> pb.SharedMemoryRegion:
+        return pb.SharedMemoryRegion(
+            name=self.name, key=self.key, offset=self.offset, byte_size=self.byte_size,
+            calls_using=self.users,
+        )  # fmt: skip
+
+    def span(self, offset: int, nbytes: int, what: str) -> memoryview:
+        """``nbytes`` at ``offset`` of the region, refused if they reach past it."""
+        if offset < 0 or nbytes < 0:
+            raise invalid(f"{what}: a negative offset or size in region {self.name!r}", what)
+        if offset + nbytes > self.byte_size:
+            raise invalid(
+                f"{what}: shared-memory region {self.name!r} is too small: it needs "
+                f"{nbytes:,} bytes at offset {offset:,} ({offset + nbytes:,} in all), and the "
+                f"region has {self.byte_size:,}",
+                what,
+            )
+        start = self.offset + offset
+        return memoryview(self.segment)[start : start + nbytes]
+
+
+class Registry:
+    """Every tenant's regions by name (0 ``max_regions``: no limit per tenant)."""
+
+    def __init__(self, enabled: bool = True, max_regions: int = 64) -> None:
+        self.enabled = enabled
+        self.max_regions = max_regions
+        self._regions: dict[str, dict[str, Region]] = {}
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise not_here(
+                "this server takes no shared memory (started with --no-shared-memory): "
+                "send tensors over the wire"
+            )
+
+    def register(self, tenant: str, req: pb.RegisterSharedMemoryRequest) -> Region:
+        self._check_enabled()
+        where = "RegisterSharedMemory"
+        name = req.name
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise invalid(f"{where}: name must be 1-{MAX_NAME_CHARS} printable characters", "name")
+        if req.offset < 0 or req.byte_size < 1:
+            raise invalid(
+                f"{where}: offset must be >= 0 and byte_size >= 1 (got {req.offset}, "
+                f"{req.byte_size})",
+                "byte_size",
+            )
+        if not MIN_PROOF <= len(req.proof) <= MAX_PROOF:
+            raise invalid(
+                f"{where}: proof must be {MIN_PROOF}-{MAX_PROOF} bytes that the segment holds "
+                f"at offset {req.offset} (got {len(req.proof)})",
+                "proof",
+            )
+        mine = self._regions.get(tenant, {})
+        if name in mine:
+            raise ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"{where}: a region named {name!r} is registered already; unregister it first",
+                field="name",
+            )
+        if self.max_regions and len(mine) >= self.max_regions:
+            raise exhausted(
+                f"{where}: {len(mine)} regions registered, the most one tenant may have "
+                "(--max-shm-regions); unregister some first"
+            )
+        try:
+            segment = segments.open_segment(req.key)
+        except segments.SegmentError as error:
+            if error.missing:
+                raise not_here(
+                    f"{where}: {error}. Shared memory needs the client on the server's host "
+                    "(and the same /dev/shm: not another container); elsewhere, send "
+                    "tensors over the wire"
+                ) from None
+            if "must start with" in str(error):
+                raise invalid(f"{where}: {error}", "key") from None
+            raise not_here(f"{where}: {error}") from None
+        if req.offset + req.byte_size > len(segment):
+            raise invalid(
+                f"{where}: the region [{req.offset:,}, {req.offset + req.byte_size:,}) reaches "
+                f"past the end of segment {req.key!r}, which has {len(segment):,} bytes",
+                "byte_size",
+            )
+        held = segment[req.offset : req.offset + len(req.proof)]
+        if held != req.proof:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{where}: segment {req.key!r} does not hold the proof bytes at offset "
+                f"{req.offset}: write them there before registering (only a caller that can "
+                "read a segment may register it)",
+                field="proof",
+            )
+        region = Region(name, req.key, int(req.offset), int(req.byte_size), segment)
+        self._regions.setdefault(tenant, {})[name] = region
+        return region
+
+    def unregister(self, tenant: str, name: str) -> list[Region]:
+        """The regions forgotten (a missing name: NOT_FOUND). Calls holding one keep
+        their mapping; it goes when the last of them ends."""
+        mine = self._regions.get(tenant, {})
+        if not name:
+            gone = list(mine.values())
+            mine.clear()
+            return gone
+        if name not in mine:
+            raise not_found(f"UnregisterSharedMemory: no shared-memory region {name!r}")
+        return [mine.pop(name)]
+
+    def listed(self, tenant: str, name: str = "") -> list[Region]:
+        mine = self._regions.get(tenant, {})
+        if not name:
+            return sorted(mine.values(), key=lambda r: r.name)
+        return [self.get(tenant, name, "ListSharedMemory")]
+
+    def get(self, tenant: str, name: str, where: str) -> Region:
+        self._check_enabled()
+        region = self._regions.get(tenant, {}).get(name)
+        if region is None:
+            # NOT_FOUND: the request names something that does not exist (for this
+            # tenant), as an unknown job id is; the request itself is well formed
+            raise not_found(
+                f"{where}: no shared-memory region {name!r} is registered (by this caller); "
+                "register it with RegisterSharedMemory first"
+            )
+        return region
+
+    @contextlib.contextmanager
+    def resolve(
+        self, req: pb.ComputeRequest, tenant: str, streamed: bool
+    ) -> Iterator[SharedCall | None]:
+        """A compute request's shared-memory side (None when it uses none), its
+        regions held for the call."""
+        slots = wire.request_slots(req)
+        if not req.HasField("output") and not any(t.HasField("shared_memory") for t in slots):
+            yield None
+            return
+        if streamed:
+            raise invalid(
+                "ComputeStream: tensors in shared memory go through Compute (the request "
+                "is small without their bytes)"
+            )
+        call = SharedCall([], [], None)
+        try:
+            for index, tensor in enumerate(slots):
+                call.blobs.append(self._slot(tensor, tenant, call, f"slot {index}"))
+            if req.HasField("output"):
+                ref = req.output
+                region = call.hold(self.get(tenant, ref.region, "Compute: output"))
+                room = ref.byte_size or region.byte_size - ref.offset
+                region.span(ref.offset, room, "output")  # within the region
+                call.output = Room(region, int(ref.offset), int(room))
+            yield call
+        finally:
+            call.release()
+
+    def _slot(self, tensor: pb.Tensor, tenant: str, call: SharedCall, where: str) -> Buffer:
+        if not tensor.HasField("shared_memory"):
+            return tensor.data
+        ref = tensor.shared_memory
+        if tensor.data:
+            raise invalid(f"{where}: a tensor has both data and shared_memory; give one", where)
+        try:
+            need = wire.expected_bytes(tensor, where)
+        except wire.WireError as exc:
+            raise invalid(str(exc), where) from None
+        if ref.byte_size and ref.byte_size != need:
+            raise invalid(
+                f"{where}: shared_memory.byte_size is {ref.byte_size:,}, but shape "
+                f"{tuple(tensor.shape)} needs {need:,} bytes",
+                where,
+            )
+        region = call.hold(self.get(tenant, ref.region, f"Compute: {where}"))
+        return region.span(int(ref.offset), need, where)
+
+
+@dataclass
+class Room:
+    """Where a call's outputs go: ``size`` bytes from ``offset`` of ``region``."""
+
+    region: Region
+    offset: int
+    size: int
+
+
+@dataclass
+class SharedCall:
+    """A compute request's shared-memory side: each slot's bytes (a view of its
+    region, or the wire's), the regions it holds, and the outputs' room."""
+
+    blobs: list[Buffer]
+    regions: list[Region]
+    output: Room | None
+    host: str = field(default_factory=segments.host_identity)
+
+    def hold(self, region: Region) -> Region:
+        if region not in self.regions:
+            region.users += 1
+            self.regions.append(region)
+        return region
+
+    def release(self) -> None:
+        for region in self.regions:
+            region.users -= 1
+        self.regions = []
+        self.blobs = []
+
+    def check_room(self, reply_bytes: int, exact: bool) -> None:
+        """Refuse before any work a room the reply's estimate already overflows."""
+        room = self.output
+        if room is not None and reply_bytes > room.size:
+            at_least = "" if exact else "at least "
+            raise invalid(
+                f"Compute: shared-memory region {room.region.name!r} is too small for the "
+                f"outputs: they need {at_least}{reply_bytes:,} bytes, and the room at offset "
+                f"{room.offset:,} has {room.size:,}",
+                "output",
+            )
+
+    def payload(
+        self, arrays: Mapping[str, np.ndarray], workers_here: bool
+    ) -> segments.SharedArrays | None:
+        """What chunk calls carry: names and offsets of the arrays that lie in a
+        region, for workers on this host to map (None: a worker is elsewhere, and
+        the arrays go by the object store as any others)."""
+        if not workers_here:
+            return None
+        placed: dict[str, segments.Placed] = {}
+        inline: dict[str, np.ndarray] = {}
+        bases = {id(r): _address(r.segment) for r in self.regions}
+        for name, arr in arrays.items():
+            spot = self._locate(arr, bases)
+            if spot is None:
+                inline[name] = arr
+            else:
+                placed[name] = segments.Placed(spot[0], spot[1], arr.shape, arr.dtype.name)
+        return segments.SharedArrays(placed, inline, self.host)
+
+    def _locate(self, arr: np.ndarray, bases: Mapping[int, int]) -> tuple[str, int] | None:
+        if not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+            return None
+        start = arr.__array_interface__["data"][0]
+        for region in self.regions:
+            base = bases[id(region)]
+            if base <= start and start + arr.nbytes <= base + len(region.segment):
+                return region.key, start - base
+        return None
+
+    def place(self, outputs: Mapping[str, Mapping[str, Sequence[np.ndarray]]]) -> list[pb.OpResult]:
+        """Write the outputs (each op's arrays, as chunks in point order) into the room,
+        back to back at aligned offsets; the reply's results saying where each lies."""
+        room = self.output
+        assert room is not None
+        plan: list[tuple[str, str, Sequence[np.ndarray], tuple[int, ...], int]] = []
+        cursor = room.offset
+        for op, by_key in outputs.items():
+            for key, parts in by_key.items():
+                first = parts[0]
+                shape = tuple(first.shape)
+                if len(parts) > 1:
+                    shape = (sum(int(p.shape[0]) for p in parts), *shape[1:])
+                start = aligned(cursor)
+                plan.append((op, key, parts, shape, start))
+                cursor = start + int(np.prod(shape, dtype=np.int64)) * first.dtype.itemsize
+        self.check_room(cursor - room.offset, exact=True)
+        results: list[pb.OpResult] = []
+        for op, key, parts, shape, start in plan:
+            if not results or results[-1].op != _OP_NUMBERS[op]:
+                results.append(pb.OpResult(op=_OP_NUMBERS[op]))
+            dtype = np.dtype(parts[0].dtype).newbyteorder("<")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            target = np.frombuffer(room.region.span(start, nbytes, "output"), dtype=dtype)
+            target = target.reshape(shape)
+            row = 0
+            for part in parts:
+                if len(parts) == 1:
+                    np.copyto(target, part)
+                else:
+                    np.copyto(target[row : row + part.shape[0]], part)
+                    row += int(part.shape[0])
+            input1, _, input2 = key.partition(",")
+            out = results[-1].outputs.add(input=input1, input2=input2)
+            out.tensor.dtype = wire.DTYPE_NAMES[dtype.name]
+            out.tensor.shape[:] = shape
+            out.tensor.shared_memory.CopyFrom(
+                pb.SharedMemoryRef(region=room.region.name, offset=start, byte_size=nbytes)
+            )
+        return results
+
+
+def _address(segment: mmap.mmap) -> int:
+    view = np.frombuffer(segment, dtype=np.uint8)
+    return int(view.__array_interface__["data"][0])
+
+
+_OP_NUMBERS: dict[str, Any] = {
+    name.removeprefix("OP_").lower(): number for name, number in pb.Op.items()
+}
+
+
+def workers_on_this_host(names: Sequence[str]) -> bool:
+    """Whether every worker (named "host:pid") runs on the server's host."""
+    here = socket.gethostname()
+    return bool(names) and all(n.rpartition(":")[0] == here for n in names)

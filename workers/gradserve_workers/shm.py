@@ -1,0 +1,153 @@
+"""POSIX shared-memory segments mapped by name, torch-free.
+
+The server maps a client's registered segment to validate a call's inputs in
+place, and a worker on the same host maps the same segment to read them with no
+copy (the arrays travel to the worker as names and offsets, see
+:class:`SharedArrays`). Segments are opened through ``/dev/shm`` with ``mmap``
+rather than ``multiprocessing.shared_memory``, whose resource tracker (Python <
+3.13) unlinks a segment it merely attached to when the attaching process exits:
+nothing here ever unlinks a segment it did not create.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHM_DIR = Path("/dev/shm")
+# Keys a client may register: the server is never pointed at other programs'
+# segments (Ray's object store, another service's), only at ones made for it.
+KEY_PREFIX = "gradserve"
+_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+class SegmentError(ValueError):
+    """A segment that cannot be mapped here; ``missing``: no segment of that name."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key) or not key.startswith(KEY_PREFIX):
+        raise SegmentError(
+            f"shared-memory key {key[:80]!r} must start with {KEY_PREFIX!r} and hold only "
+            "letters, digits, '_', '.' and '-' (at most 200)"
+        )
+    return key
+
+
+def open_segment(key: str) -> mmap.mmap:
+    """The whole segment ``key`` mapped read-write; it stays mapped while any view
+    of it lives (nothing here closes it explicitly)."""
+    path = SHM_DIR / check_key(key)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise SegmentError(f"no shared-memory segment {key!r} on this host", True) from None
+    except PermissionError:
+        raise SegmentError(
+            f"shared-memory segment {key!r} exists but this server may not open it "
+            "(its permissions): the server and the client must run as users that can both "
+            "read and write it"
+        ) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise SegmentError(f"shared-memory segment {key!r} is empty")
+        # not MAP_POPULATE: a sparse segment's pages would be allocated on its behalf
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def host_identity() -> str:
+    """What two processes share when they see the same segments: the host's name and
+    the identity of its /dev/shm mount (containers on one host have their own)."""
+    try:
+        st = os.stat(SHM_DIR)
+        mount = f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        mount = "none"
+    return f"{socket.gethostname()}/{mount}"
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An array's place in a segment: its key, byte offset, shape and dtype."""
+
+    key: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def view(segment: mmap.mmap, place: Placed, writeable: bool = False) -> np.ndarray:
+    dtype = np.dtype(place.dtype)
+    count = int(np.prod(place.shape, dtype=np.int64)) if place.shape else 1
+    arr = np.frombuffer(segment, dtype=dtype, count=count, offset=place.offset)
+    arr = arr.reshape(place.shape)
+    arr.flags.writeable = writeable
+    return arr
+
+
+class SharedArrays(Mapping[str, np.ndarray]):
+    """A chunk call's arrays where some lie in shared memory: pickled, it carries
+    only names and offsets; read, it maps each segment once and returns read-only
+    views (zero copy: ``torch.from_numpy`` over them shares the pages). ``inline``
+    arrays travel as they are. Read on another host it says so instead of reading
+    a stranger's segment of the same name."""
+
+    def __init__(
+        self, placed: Mapping[str, Placed], inline: Mapping[str, np.ndarray], host: str
+    ) -> None:
+        self.placed = dict(placed)
+        self.inline = dict(inline)
+        self.host = host
+        self._segments: dict[str, mmap.mmap] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"placed": self.placed, "inline": self.inline, "host": self.host}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["placed"], state["inline"], state["host"])  # type: ignore[misc]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.inline:
+            return self.inline[name]
+        place = self.placed[name]
+        if host_identity() != self.host:
+            raise ValueError(
+                "shared memory: this worker runs on another host than the server, so it "
+                "cannot read the caller's region; send the inputs over the wire"
+            )
+        segment = self._segments.get(place.key)
+        if segment is None:
+            try:
+                segment = self._segments[place.key] = open_segment(place.key)
+            except SegmentError as error:
+                raise ValueError(
+                    f"shared memory: {error} (the caller removed it during the call?)"
+                ) from None
+        return view(segment, place)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.placed
+        yield from self.inline
+
+    def __len__(self) -> int:
+        return len(self.placed) + len(self.inline)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes that travel with the call (the placed arrays' stay where they are)."""
+        return sum(a.nbytes for a in self.inline.values())
