@@ -209,11 +209,13 @@ class ComputeService:
                     shared.check_room(estimate.reply_bytes, estimate.out is not None)
                     unary = False
             bound, spec = self.bind_compute(req, blobs=blobs, unary=unary)
+            if shared is not None and bound.batched:
+                shared.plan_writes(spec.ops, bound.arrays, bound.wrt, spec.dtype)
             per_point = elements_per_point(bound.per_point_elements, spec.ops)
             results = await self._dispatch(bound, spec, tenant, "compute", per_point, shared)
             done = Computed(self._assemble(results, spec), self._metadata(results, bound, started))
             if shared is not None and shared.output is not None:
-                done.placed = shared.place(done.outputs)
+                done.placed = shared.place(done.outputs, [r.written for r in results])
                 done.outputs = {}
             return done
 

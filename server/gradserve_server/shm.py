@@ -251,6 +251,8 @@ class SharedCall:
     regions: list[Region]
     output: Room | None
     host: str = field(default_factory=segments.host_identity)
+    # the outputs' places, when planned before the work (see plan_writes)
+    slots: list[Slot] = field(default_factory=list)
 
     def hold(self, region: Region) -> Region:
         if region not in self.regions:
@@ -293,7 +295,7 @@ class SharedCall:
                 inline[name] = arr
             else:
                 placed[name] = segments.Placed(spot[0], spot[1], arr.shape, arr.dtype.name)
-        return segments.SharedArrays(placed, inline, self.host)
+        return segments.SharedArrays(placed, inline, self.host, self.output_slots())
 
     def _locate(self, arr: np.ndarray, bases: Mapping[int, int]) -> tuple[str, int] | None:
         if not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
@@ -305,46 +307,115 @@ class SharedCall:
                 return region.key, start - base
         return None
 
-    def place(self, outputs: Mapping[str, Mapping[str, Sequence[np.ndarray]]]) -> list[pb.OpResult]:
-        """Write the outputs (each op's arrays, as chunks in point order) into the room,
-        back to back at aligned offsets; the reply's results saying where each lies."""
+    def plan_writes(self, ops: Sequence[str], arrays: Mapping[str, np.ndarray],
+                    wrt: Sequence[str], dtype: str) -> None:  # fmt: skip
+        """Plan where each output goes before the work, where the shapes tell (a batch of
+        grad, vjp or hvp: each output shaped like its input), so that workers on this
+        host write their chunks there themselves."""
+        if self.output is None or not ops or not set(ops) <= WRITTEN_BY_WORKERS:
+            return
+        items = [(op, w, tuple(arrays[w].shape), np.dtype(dtype)) for op in ops for w in wrt]
+        self.slots = self._layout(items)
+
+    def _layout(
+        self, items: Sequence[tuple[str, str, tuple[int, ...], np.dtype[Any]]]
+    ) -> list[Slot]:
+        """Outputs back to back at aligned offsets in the room, refused if they overflow."""
         room = self.output
         assert room is not None
-        plan: list[tuple[str, str, Sequence[np.ndarray], tuple[int, ...], int]] = []
+        slots = []
         cursor = room.offset
-        for op, by_key in outputs.items():
-            for key, parts in by_key.items():
-                first = parts[0]
-                shape = tuple(first.shape)
-                if len(parts) > 1:
-                    shape = (sum(int(p.shape[0]) for p in parts), *shape[1:])
-                start = aligned(cursor)
-                plan.append((op, key, parts, shape, start))
-                cursor = start + int(np.prod(shape, dtype=np.int64)) * first.dtype.itemsize
-        self.check_room(cursor - room.offset, exact=True)
-        results: list[pb.OpResult] = []
-        for op, key, parts, shape, start in plan:
-            if not results or results[-1].op != _OP_NUMBERS[op]:
-                results.append(pb.OpResult(op=_OP_NUMBERS[op]))
-            dtype = np.dtype(parts[0].dtype).newbyteorder("<")
+        for op, key, shape, dtype in items:
+            start = aligned(cursor)
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            target = np.frombuffer(room.region.span(start, nbytes, "output"), dtype=dtype)
-            target = target.reshape(shape)
-            row = 0
-            for part in parts:
-                if len(parts) == 1:
-                    np.copyto(target, part)
-                else:
-                    np.copyto(target[row : row + part.shape[0]], part)
-                    row += int(part.shape[0])
-            input1, _, input2 = key.partition(",")
+            slots.append(Slot(op, key, shape, dtype.newbyteorder("<"), start, nbytes))
+            cursor = start + nbytes
+        self.check_room(cursor - room.offset, exact=True)
+        return slots
+
+    def output_slots(self) -> list[segments.OutputSlot]:
+        """The planned outputs' places in their segment, for the workers."""
+        room = self.output
+        if room is None:
+            return []
+        region = room.region
+        return [
+            segments.OutputSlot(s.op, s.key, segments.Placed(
+                region.key, region.offset + s.start, s.shape, s.dtype.name))
+            for s in self.slots
+        ]  # fmt: skip
+
+    def place(
+        self,
+        outputs: Mapping[str, Mapping[str, Sequence[np.ndarray]]],
+        written: Sequence[Sequence[tuple[str, str]]] = (),
+    ) -> list[pb.OpResult]:
+        """The outputs in the room (each op's arrays as chunks in point order), back to
+        back at aligned offsets, and the reply's results saying where each lies. Those
+        every chunk's worker ``written`` itself are there already."""
+        planned = {(s.op, s.key) for s in self.slots}
+        if self.slots and written and all(set(w) == planned for w in written):
+            slots = self.slots
+        else:
+            items = []
+            for op, by_key in outputs.items():
+                for key, parts in by_key.items():
+                    shape = tuple(parts[0].shape)
+                    if len(parts) > 1:
+                        shape = (sum(int(p.shape[0]) for p in parts), *shape[1:])
+                    items.append((op, key, shape, np.dtype(parts[0].dtype)))
+            slots = self._layout(items)
+            for slot in slots:
+                self._copy(slot, outputs[slot.op][slot.key])
+        return self._results(slots)
+
+    def _copy(self, slot: Slot, parts: Sequence[np.ndarray]) -> None:
+        room = self.output
+        assert room is not None
+        target = np.frombuffer(room.region.span(slot.start, slot.nbytes, "output"), slot.dtype)
+        target = target.reshape(slot.shape)
+        if len(parts) == 1:
+            np.copyto(target, parts[0])
+            return
+        row = 0
+        for part in parts:
+            np.copyto(target[row : row + part.shape[0]], part)
+            row += int(part.shape[0])
+
+    def _results(self, slots: Sequence[Slot]) -> list[pb.OpResult]:
+        room = self.output
+        assert room is not None
+        results: list[pb.OpResult] = []
+        for slot in slots:
+            if not results or results[-1].op != _OP_NUMBERS[slot.op]:
+                results.append(pb.OpResult(op=_OP_NUMBERS[slot.op]))
+            input1, _, input2 = slot.key.partition(",")
             out = results[-1].outputs.add(input=input1, input2=input2)
-            out.tensor.dtype = wire.DTYPE_NAMES[dtype.name]
-            out.tensor.shape[:] = shape
+            out.tensor.dtype = wire.DTYPE_NAMES[slot.dtype.name]
+            out.tensor.shape[:] = slot.shape
             out.tensor.shared_memory.CopyFrom(
-                pb.SharedMemoryRef(region=room.region.name, offset=start, byte_size=nbytes)
+                pb.SharedMemoryRef(
+                    region=room.region.name, offset=slot.start, byte_size=slot.nbytes
+                )
             )
         return results
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One output's place in the room: ``start`` is from the region's start."""
+
+    op: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    start: int
+    nbytes: int
+
+
+# ops whose every output is shaped like its wrt input: planned before work, and
+# written by the workers themselves
+WRITTEN_BY_WORKERS = frozenset({"grad", "vjp", "hvp"})
 
 
 def _address(segment: mmap.mmap) -> int:

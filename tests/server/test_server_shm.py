@@ -145,3 +145,41 @@ def test_the_sdk_falls_back_to_the_wire_only_when_asked() -> None:
             gradserve.Client("127.0.0.1:1", shared_memory="yes")
     finally:
         client.close()
+
+
+def test_a_worker_on_this_host_writes_planned_outputs_itself(
+    segment: shared_memory.SharedMemory,
+) -> None:
+    from gradserve_server import binding
+    from gradserve_server.config import LIMIT_DEFAULTS
+    from gradserve_workers.actor import GradActor
+    from gradserve_workers.tasks import ComputeSpec
+
+    registry = shm.Registry()
+    _register(registry, segment)
+    x = np.random.default_rng(1).normal(size=(50, 4))
+    req = _request(segment, x)
+    req.output.CopyFrom(pb.SharedMemoryRef(region="r", offset=8192))
+    limits = dict(LIMIT_DEFAULTS)
+    program = binding.validate_program(req.function, limits)
+    spec = ComputeSpec(req.function, program.source_hash, ("grad",), ("x",), True, "float64",
+                       limits=limits)  # fmt: skip
+    actor = GradActor()
+    with registry.resolve(req, "t", streamed=False) as call:
+        assert call is not None
+        arr = np.frombuffer(call.blobs[0], np.float64).reshape(x.shape)
+        call.plan_writes(spec.ops, {"x": arr}, ("x",), "float64")
+        payload = pickle.loads(pickle.dumps(call.payload({"x": arr}, workers_here=True)))
+        chunks = [actor.compute(spec, payload, a, b) for a, b in ((0, 20), (20, 50))]
+        assert [c.written for c in chunks] == [(("grad", "x"),)] * 2
+        assert all(c.outputs == {"grad": {}} for c in chunks)
+        (result,) = call.place({"grad": {}}, [c.written for c in chunks])
+    ref = result.outputs[0].tensor.shared_memory
+    assert (ref.offset, ref.byte_size) == (8192, x.nbytes)
+    assert segment.buf is not None
+    got = np.frombuffer(segment.buf, np.float64, x.size, ref.offset).reshape(x.shape)
+    assert np.array_equal(got, 2 * x)  # d/dx sum(x * x), exact in floating point
+    del got
+    # an output not as planned (here: float32) is left to the server, every one of them
+    mine = {"grad": {"x": np.ones((20, 4), np.float32)}}
+    assert payload.write_outputs(mine, 0, 20) == () and "x" in mine["grad"]

@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from gradserve_workers._routes_taken import collecting
 from gradserve_workers.report import CheckReport
+from gradserve_workers.shm import SharedArrays
 from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
 
 CACHE_SIZE = 512  # entries: by exact source and by syntax tree
@@ -40,6 +41,10 @@ CANCEL_POLL_SECONDS = 0.05
 # The ChunkError kind of a chunk an express actor stopped at its short budget: the
 # server runs it again on a regular worker (it never reaches a caller).
 OVERRUN = "overrun"
+
+
+def shared(arrays: Mapping[str, np.ndarray]) -> TypeGuard[SharedArrays]:
+    return isinstance(arrays, SharedArrays) and bool(arrays.outputs)
 
 
 def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
@@ -316,11 +321,15 @@ class GradActor:
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:
             self._per_point.add(spec.source_hash)
+        outputs = {
+            op: {key: self._to_numpy(t) for key, t in by_key.items()}
+            for op, by_key in result.outputs.items()
+        }
+        # the caller's shared memory, where the server asked: written here, not returned
+        written = arrays.write_outputs(outputs, start, stop) if shared(arrays) else ()
         return ChunkResult(
-            outputs={
-                op: {key: self._to_numpy(t) for key, t in by_key.items()}
-                for op, by_key in result.outputs.items()
-            },
+            outputs=outputs,
+            written=written,
             vmapped=result.vmapped,
             unconnected=tuple(result.unconnected),
             jacobian_mode=result.jacobian_mode,

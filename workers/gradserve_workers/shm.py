@@ -15,7 +15,7 @@ import mmap
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,45 +100,83 @@ def view(segment: mmap.mmap, place: Placed, writeable: bool = False) -> np.ndarr
     return arr
 
 
+@dataclass(frozen=True)
+class OutputSlot:
+    """Where one output of a call goes (all its points: ``place.shape`` leads with them)."""
+
+    op: str
+    key: str
+    place: Placed
+
+
 class SharedArrays(Mapping[str, np.ndarray]):
     """A chunk call's arrays where some lie in shared memory: pickled, it carries
     only names and offsets; read, it maps each segment once and returns read-only
     views (zero copy: ``torch.from_numpy`` over them shares the pages). ``inline``
     arrays travel as they are. Read on another host it says so instead of reading
-    a stranger's segment of the same name."""
+    a stranger's segment of the same name. ``outputs``: where the worker writes its
+    chunk's rows of each output itself (see :meth:`write_outputs`)."""
 
     def __init__(
-        self, placed: Mapping[str, Placed], inline: Mapping[str, np.ndarray], host: str
+        self,
+        placed: Mapping[str, Placed],
+        inline: Mapping[str, np.ndarray],
+        host: str,
+        outputs: Sequence[OutputSlot] = (),
     ) -> None:
         self.placed = dict(placed)
         self.inline = dict(inline)
         self.host = host
+        self.outputs = tuple(outputs)
         self._segments: dict[str, mmap.mmap] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"placed": self.placed, "inline": self.inline, "host": self.host}
+        return {
+            "placed": self.placed, "inline": self.inline, "host": self.host,
+            "outputs": self.outputs,
+        }  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["placed"], state["inline"], state["host"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name in self.inline:
-            return self.inline[name]
-        place = self.placed[name]
+    def _segment(self, key: str) -> mmap.mmap:
         if host_identity() != self.host:
             raise ValueError(
                 "shared memory: this worker runs on another host than the server, so it "
                 "cannot read the caller's region; send the inputs over the wire"
             )
-        segment = self._segments.get(place.key)
+        segment = self._segments.get(key)
         if segment is None:
             try:
-                segment = self._segments[place.key] = open_segment(place.key)
+                segment = self._segments[key] = open_segment(key)
             except SegmentError as error:
                 raise ValueError(
                     f"shared memory: {error} (the caller removed it during the call?)"
                 ) from None
-        return view(segment, place)
+        return segment
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.inline:
+            return self.inline[name]
+        place = self.placed[name]
+        return view(self._segment(place.key), place)
+
+    def write_outputs(
+        self, outputs: dict[str, dict[str, np.ndarray]], start: int, stop: int
+    ) -> tuple[tuple[str, str], ...]:
+        """Write rows ``[start, stop)`` of each planned output into its place and take
+        it out of ``outputs`` (one copy, where returning it would cost two: into the
+        object store, then into the region); the (op, key)s written. All or none: an
+        output not as planned (dtype, shape) leaves every one to the server."""
+        for slot in self.outputs:
+            arr = outputs.get(slot.op, {}).get(slot.key)
+            want = (stop - start, *slot.place.shape[1:])
+            if arr is None or arr.dtype != np.dtype(slot.place.dtype) or arr.shape != want:
+                return ()
+        for slot in self.outputs:
+            target = view(self._segment(slot.place.key), slot.place, writeable=True)
+            np.copyto(target[start:stop], outputs[slot.op].pop(slot.key))
+        return tuple((slot.op, slot.key) for slot in self.outputs)
 
     def __iter__(self) -> Iterator[str]:
         yield from self.placed
