@@ -51,7 +51,7 @@ def itemsize(dtype: int) -> int:
 
 def compute_itemsize(dtype: int, input_dtypes: Iterable[int]) -> int:
     """Bytes per element a request computes in: its own dtype, else float32's only
-    when every input is float32 (binding.resolve_dtype's rule).
+    when every input is float32 (the codec's dtype rule).
 
     >>> compute_itemsize(pb.DTYPE_UNSPECIFIED, [pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64])
     8

@@ -1,9 +1,10 @@
-"""Results as protobuf messages: check reports, and op outputs for unary and
-streamed replies."""
+"""Replies as protobuf messages: how a call ran (its metadata), check reports, and
+op outputs for unary and streamed replies. The one place replies are encoded."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ import numpy as np
 from gradserve import wire
 from gradserve.results import OP_BY_NUMBER
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.requests import Inputs
 from gradserve_workers.report import CheckReport, beyond_fd_error
+from gradserve_workers.tasks import ChunkResult
 
 _REPORT_KINDS = {
     "finite_difference": pb.CHECK_KIND_FINITE_DIFFERENCE,
@@ -108,3 +111,83 @@ def stream_outputs(outputs: Mapping[str, Mapping[str, list[np.ndarray]]], into: 
                 tensor.shape[0] = sum(int(p.shape[0]) for p in parts)
             slots.append([a.data.cast("B") for a in (head, *rest)])
     return slots
+
+
+def metadata(
+    results: Sequence[ChunkResult], inputs: Inputs, wrt: Sequence[str], started: float
+) -> pb.ComputeMetadata:
+    """How a call ran, from its chunks' results (``started``: its perf_counter at the
+    start). An input is unconnected when no chunk found the output depends on it."""
+    unconnected = set(results[0].unconnected)
+    for r in results[1:]:
+        unconnected &= set(r.unconnected)
+    meta = pb.ComputeMetadata(
+        unconnected=[n for n in wrt if n in unconnected],
+        out_shape=list(results[0].out_shape),
+        chunks=len(results),
+        workers=len({r.actor for r in results}),
+        compute_seconds=sum(r.seconds for r in results),
+        wall_seconds=time.perf_counter() - started,
+        jacobian_mode=results[0].jacobian_mode or "",
+        points=inputs.points,
+    )
+    describe_execution(
+        meta,
+        all(r.vmapped for r in results) if inputs.batched else None,
+        unconnected,
+        merged_routes(r.routes for r in results),
+    )
+    describe_certificate(meta, [r.certificate for r in results])
+    return meta
+
+
+def describe_certificate(
+    meta: pb.ComputeMetadata, certificates: Sequence[Mapping[str, Any] | None]
+) -> None:
+    """The chunks' certificates as one (the worst agreement, the points summed), set
+    only when every chunk was certified."""
+    if not certificates or any(c is None for c in certificates):
+        return
+    certs = [c for c in certificates if c is not None]
+    first = certs[0]
+    meta.certificate.CopyFrom(
+        pb.Certificate(
+            disagreement=max(float(c["disagreement"]) for c in certs),
+            tolerance=float(first["tolerance"]),
+            checks=list(first["checks"]),
+            points=sum(int(c["points"]) for c in certs),
+            skipped=sorted({s for c in certs for s in c["skipped"]}),
+        )
+    )
+
+
+def merged_routes(per_chunk: Iterable[Sequence[str]]) -> list[str]:
+    """Every route any chunk took, once, in the order first seen."""
+    return list(dict.fromkeys(r for routes in per_chunk for r in routes))
+
+
+def describe_execution(
+    meta: pb.ComputeMetadata,
+    vmapped: bool | None,
+    unconnected: Iterable[str],
+    routes: Sequence[str] = (),
+) -> None:
+    """The execution path, the strategy (direct, or the routes taken around transforms
+    known to be wrong) and the warnings a user should read (``vmapped`` is None when
+    nothing was mapped over points: one point)."""
+    meta.strategy = "rerouted" if routes else "direct"
+    meta.routes[:] = list(routes)
+    if vmapped is None:
+        meta.execution_path = pb.EXECUTION_PATH_SINGLE
+    else:
+        meta.execution_path = pb.EXECUTION_PATH_VMAP if vmapped else pb.EXECUTION_PATH_PER_POINT
+        if not vmapped:
+            meta.warnings.append(
+                "the function cannot be vectorised (data-dependent control flow, or an "
+                "autograd.Function without a vmap rule), so points ran one at a time"
+            )
+    names = sorted(unconnected)
+    if names:
+        meta.warnings.append(
+            f"the output does not depend on {', '.join(names)}: its derivatives are zeros"
+        )

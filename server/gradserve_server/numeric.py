@@ -1,4 +1,5 @@
-"""Numeric claims on the server: their shapes, and which of three sources disagree.
+"""Numeric claims on the server: which of three sources disagree (their shapes are
+checked by rules.claim_values).
 
 A numeric claim (a derivative computed elsewhere, one per point) is checked twice:
 against the service's autograd (a claimed check, on the workers) and, beside it,
@@ -16,75 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding
-from gradserve_server.errors import invalid
 from gradserve_workers.report import CheckReport
-from gradserve_workers.tasks import CLAIM, CheckSpec
+from gradserve_workers.tasks import CheckSpec
 
-__all__ = ["CLAIM", "claim_values", "claims_of", "reference_spec", "three_way"]
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def claim_values(
-    msg: pb.Tensor,
-    kind: str,
-    key: str,
-    arrays: Mapping[str, np.ndarray],
-    points: int | None,
-    call: str,
-) -> np.ndarray:
-    """A numeric claim's array (float64), refused (INVALID_ARGUMENT) when its shape
-    is not the derivative's or it holds NaN or Inf.
-
-    ``arrays``: the bound inputs; ``points``: the point count of a batched check
-    (``None`` when not batched). A claimed Jacobian's output dimensions are known
-    only once the function ran; its input dimensions are checked here, the rest on
-    the workers.
-    """
-    values = binding.decode_map({key: msg}, "claim")[key].astype(np.float64, copy=False)
-    lead = 1 if points is not None else 0
-    in_shapes = {n: tuple(a.shape[lead:]) for n, a in arrays.items()}
-    first, _, second = key.partition(",")
-    per = tuple(values.shape)
-    prefix = ""
-    if points is not None:
-        if values.ndim == 0 or values.shape[0] != points:
-            raise invalid(
-                f"{call}: the claimed {kind} for {key!r} has shape {_shape(per)}; a batched "
-                f"check needs one claim per point: a leading dimension of {points}",
-                "claims",
-            )
-        per, prefix = per[1:], f"{points} points x "
-    if kind == "grad":
-        expected = in_shapes[first]
-        ok = per == expected
-        text = _shape(expected)
-    elif kind == "hessian":
-        expected = in_shapes[first] + in_shapes[second or first]
-        ok = per == expected
-        text = _shape(expected)
-    else:
-        tail = in_shapes[first]
-        ok = len(per) >= len(tail) and per[len(per) - len(tail) :] == tail
-        text = f"out_shape + {_shape(tail)}"
-    if not ok:
-        raise invalid(
-            f"{call}: the claimed {kind} for {key!r} has shape {_shape(tuple(values.shape))}, "
-            f"expected {prefix}{text}",
-            "claims",
-        )
-    if not np.isfinite(values).all():
-        raise invalid(f"{call}: the claimed {kind} for {key!r} holds NaN or Inf", "claims")
-    return values
-
-
-def claims_of(bound: binding.Bound) -> dict[str, np.ndarray]:
-    """The numeric claims a check was bound with, by key (what :func:`three_way` reads)."""
-    return {k[len(CLAIM) :]: v for k, v in bound.extra.items() if k.startswith(CLAIM)}
+__all__ = ["reference_spec", "three_way"]
 
 
 def reference_spec(spec: CheckSpec) -> CheckSpec:

@@ -7,6 +7,12 @@ import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+
+from gradserve_server.requests import CheckRequest, ComputeRequest, Inputs
+from gradserve_workers.tasks import FULL_CHECK_MAX_INPUTS, CheckSpec
 
 # Elements (input + output, per chunk) above which a chunk is split further,
 # to bound worker memory and let chunks of other callers interleave.
@@ -25,6 +31,15 @@ def elements_per_point(input_elements: int, ops: tuple[str, ...]) -> int:
         weight = _OP_WEIGHT.get(op, 1)
         total += input_elements * input_elements if weight < 0 else weight * input_elements
     return max(1, total)
+
+
+def request_elements(req: ComputeRequest | CheckRequest) -> int:
+    """The planner's size estimate of one point of a computation or check."""
+    if isinstance(req, ComputeRequest):
+        return elements_per_point(req.inputs.per_point_elements, req.ops)
+    # a check evaluates ~2n perturbed points and an n x m Jacobian per point
+    ops = ("hessian", "hessian") if req.options.order == 2 else ("jacobian", "jacobian")
+    return elements_per_point(req.inputs.per_point_elements, ops)
 
 
 def plan_chunks(points: int, per_point: int, workers: int) -> list[tuple[int, int]]:
@@ -93,3 +108,34 @@ class WorkLog:
 
     def seconds(self, key: Hashable) -> float | None:
         return self._seconds.get(key)
+
+
+def check_shards(
+    inputs: Inputs, spec: CheckSpec, log: WorkLog, idle: int
+) -> tuple[list[tuple[int, int]], tuple[Any, ...] | None]:
+    """How one large element-wise check at one point (finite differences, or a
+    claimed Jacobian) is split by input elements across the ``idle`` workers (see
+    :func:`plan_shards`; one range or none: not split), and the key under which its
+    cost is remembered in ``log`` (``None``: not a kind that is split). ``spec`` is
+    the check that runs: the request's, or the reference check beside a numeric claim.
+
+    Each shard differentiates and compares its own elements (and evaluates their
+    perturbations, or the whole claim). A check of a function whose last such check
+    took less than :data:`SHARD_MIN_SECONDS` of worker time is not split (the first
+    one is: a one-off large check gains most); nor are busy pools, several points
+    (split by point instead), fast mode and second order."""
+    if spec.kind not in ("finite_difference", "jacobian") or inputs.points != 1:
+        return [], None
+    # the elements split: the wrt inputs', or a claimed Jacobian's inputs' (its keys)
+    split = spec.wrt if spec.kind == "finite_difference" else tuple(spec.claims)
+    lead = 1 if inputs.batched else 0
+    count = sum(int(np.prod(inputs.arrays[w].shape[lead:])) for w in split or ())
+    full = spec.fast is False or (spec.fast is None and count <= FULL_CHECK_MAX_INPUTS)
+    if spec.kind == "finite_difference" and (spec.order != 1 or not full):
+        return [], None
+    shapes = tuple((k, v.shape) for k, v in sorted(inputs.arrays.items()))
+    key = (spec.source_hash, spec.wrt, shapes, spec.dtype, spec.kind, tuple(spec.claims.items()))
+    last = log.seconds(key)
+    if last is not None and last < SHARD_MIN_SECONDS:
+        return [], key
+    return plan_shards(count, idle), key

@@ -29,6 +29,7 @@ from gradserve_server.errors import (
 )
 from gradserve_server.jobs import JobManager, bounded
 from gradserve_server.pool import pool_key
+from gradserve_server.requests import ComputeHeader
 from gradserve_server.service import ComputeService
 from gradserve_server.streams import STREAM_PIECE_BYTES, send_paced
 from gradserve_workers import registry
@@ -77,11 +78,13 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     ) -> pb.ComputeResponse:
         _note_ops(request.ops)
         limit = self.service.config.max_message_bytes
-        estimate = self.service.admit_compute(request).estimate
         in_reply = not request.HasField("output")  # else they go into shared memory
+        # admitted once, its reply budget carrying the message limit when it is the reply's
+        header = self.service.admit_compute(request, unary=in_reply)
+        estimate = header.estimate
         if in_reply and estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
-        done = await self.service.compute(request, _tenant(context), unary=True)
+        done = await self.service.compute(request, _tenant(context), header=header)
         _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
         if done.placed is not None:
@@ -97,10 +100,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     async def ComputeStream(
         self, request_iterator: AsyncIterator[pb.ComputeRequestPart], context: Any
     ) -> None:
-        header, blobs, held = await self._receive(request_iterator)
+        msg, admitted, blobs, held = await self._receive(request_iterator)
         try:
-            _note_ops(header.ops)
-            done = await self.service.compute(header, _tenant(context), blobs)
+            _note_ops(msg.ops)
+            done = await self.service.compute(msg, _tenant(context), blobs, admitted)
             _note_done(done.metadata)
         finally:
             del blobs
@@ -123,7 +126,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
 
     async def _receive(
         self, parts: AsyncIterator[pb.ComputeRequestPart]
-    ) -> tuple[pb.ComputeRequest, list[bytes], Reservation]:
+    ) -> tuple[pb.ComputeRequest, ComputeHeader, list[bytes], Reservation]:
         """A streamed request's header and its slots' bytes. The header is admitted
         (shapes, points, reply estimate, the bytes it declares) before a piece is
         kept, and each piece is checked as it arrives: the stream holds at most what
@@ -131,6 +134,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         call is done with them. A sender that sends nothing for the stall limit
         loses its stream (and the reservation it held)."""
         header: pb.ComputeRequest | None = None
+        admitted: ComputeHeader | None = None
         assembler: wire.PieceAssembler | None = None
         held: Reservation | None = None
         try:
@@ -149,7 +153,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                     if header is not None:
                         raise invalid("ComputeStream: a second header arrived")
                     header = part.header
-                    self.service.admit_compute(header)
+                    admitted = self.service.admit_compute(header)
                     slots = wire.request_slots(header)
                     sizes = [wire.expected_bytes(t) for t in slots]
                     held = self.service.inflight.take(sum(sizes), "ComputeStream: the request")
@@ -161,10 +165,10 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                         assembler.add(part.piece)
                     except wire.WireError as exc:
                         raise invalid(f"ComputeStream: {exc}", "piece") from None
-            if header is None or assembler is None or held is None:
+            if header is None or admitted is None or assembler is None or held is None:
                 raise invalid("ComputeStream: the request stream was empty")
             try:
-                return header, assembler.finish(), held
+                return header, admitted, assembler.finish(), held
             except wire.WireError as exc:
                 raise invalid(f"ComputeStream: {exc}", "piece") from None
         except BaseException:

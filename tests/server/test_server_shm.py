@@ -150,7 +150,7 @@ def test_the_sdk_falls_back_to_the_wire_only_when_asked() -> None:
 def test_a_worker_on_this_host_writes_planned_outputs_itself(
     segment: shared_memory.SharedMemory,
 ) -> None:
-    from gradserve_server import binding
+    from gradserve_server import rules
     from gradserve_server.config import LIMIT_DEFAULTS
     from gradserve_workers.actor import GradActor
     from gradserve_workers.tasks import ComputeSpec
@@ -161,7 +161,7 @@ def test_a_worker_on_this_host_writes_planned_outputs_itself(
     req = _request(segment, x)
     req.output.CopyFrom(pb.SharedMemoryRef(region="r", offset=8192))
     limits = dict(LIMIT_DEFAULTS)
-    program = binding.validate_program(req.function, limits)
+    program = rules.program(req.function, limits)
     spec = ComputeSpec(req.function, program.source_hash, ("grad",), ("x",), True, "float64",
                        limits=limits)  # fmt: skip
     actor = GradActor()

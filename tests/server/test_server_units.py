@@ -84,8 +84,8 @@ def test_request_path_does_not_import_torch() -> None:
     code = (
         "import sys\n"
         "import gradserve_server.main, gradserve_server.servicer, gradserve_server.service\n"
-        "from gradserve_server import binding\n"
-        "binding.validate_program('sum(sin(x))', dict(" + repr(LIMIT_DEFAULTS) + "))\n"
+        "from gradserve_server import rules\n"
+        "rules.program('sum(sin(x))', dict(" + repr(LIMIT_DEFAULTS) + "))\n"
         "assert 'torch' not in sys.modules, 'torch imported on the request path'\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -127,7 +127,7 @@ class _Handle:
 def test_small_chunks_travel_packed_and_large_ones_as_arguments() -> None:
     import numpy as np
 
-    from gradserve_server.service import chunk_submitter
+    from gradserve_server.chunks import chunk_submitter
     from gradserve_workers.tasks import PACKED_CALL_MAX_BYTES, ComputeSpec, unpack_call
 
     spec = ComputeSpec(source="sum(x)", source_hash="h", ops=("vjp",), wrt=None,

@@ -279,7 +279,7 @@ def test_a_certificate_failure_reaches_the_caller_as_internal_with_its_message()
 
 def test_the_server_merges_chunk_certificates() -> None:
     from gradserve.v1 import gradserve_pb2 as pb
-    from gradserve_server.service import describe_certificate
+    from gradserve_server.encoding import describe_certificate
 
     def cert(disagreement: float, points: int, skipped: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"disagreement": disagreement, "tolerance": 1e-6, "checks": ("c",),

@@ -19,6 +19,7 @@ from . import _native, _perturb, _routes_taken
 from ._ops_impl import OpsError, OpsRequest, check_finite, compute_impl
 from ._vmap import is_data_dependent_error, vmap_or_loop
 from .report import CheckReport, Kink, WorstElement, describe, largest
+from .tasks import valid_tolerance
 from .transforms import Fn, measure
 
 F64 = torch.float64
@@ -1494,9 +1495,9 @@ def finite_difference_check_impl(
     call = f"check(f, order={order})" if order != 1 else "check(f)"
     if order not in (1, 2):
         raise CheckError(f"check(f): order must be 1 or 2, not {order!r}")
-    if not (eps > 0 and math.isfinite(eps)):
+    if not valid_tolerance("eps", eps):
         raise CheckError(f"{call}: eps must be a positive number, not {eps!r}")
-    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
+    if not (valid_tolerance("atol", atol) and valid_tolerance("rtol", rtol)):
         raise CheckError(f"{call}: atol and rtol must be finite and >= 0 (got {atol!r}, {rtol!r})")
     if num_projections < 1:
         raise CheckError(f"{call}: num_projections must be >= 1, not {num_projections!r}")
@@ -1683,8 +1684,8 @@ def claimed_check_impl(
     call = f"check(f, {kind}=...)"
     if not claim_fns:
         raise CheckError(f"{call}: no claimed derivatives given")
-    if atol < 0 or rtol < 0:
-        raise CheckError(f"{call}: atol and rtol must be >= 0 (got {atol!r}, {rtol!r})")
+    if not (valid_tolerance("atol", atol) and valid_tolerance("rtol", rtol)):
+        raise CheckError(f"{call}: atol and rtol must be finite and >= 0 (got {atol!r}, {rtol!r})")
     names = tuple(input_names)
     pairs = _claim_pairs(call, kind, list(claim_fns), names)
     used = {a for _, a, _ in pairs} | {b for _, _, b in pairs if b}

@@ -25,15 +25,23 @@ import numpy as np
 from gradserve_workers._routes_taken import collecting
 from gradserve_workers.report import CheckReport
 from gradserve_workers.shm import SharedArrays
-from gradserve_workers.tasks import CheckSpec, ChunkError, ChunkResult, ComputeSpec, unpack_call
+from gradserve_workers.tasks import (
+    CLAIM,
+    COTANGENT,
+    TANGENT,
+    VECTOR,
+    CheckSpec,
+    ChunkError,
+    ChunkResult,
+    ComputeSpec,
+    extra_arrays,
+    unpack_call,
+)
 
 CACHE_SIZE = 512  # entries: by exact source and by syntax tree
 # the name of the one thread an actor computes on
 COMPUTE_THREAD = "gradserve-compute"
-# Keys of the arrays dict that are not function inputs.
-COTANGENT = "cotangent:"
-TANGENT = "tangent:"
-VECTOR = "vector:"
+__all__ = ["CLAIM", "COTANGENT", "TANGENT", "VECTOR", "GradActor", "classify"]
 
 
 # How often the Ray thread that waits for a call looks at Ray's cancel flag.
@@ -296,9 +304,8 @@ class GradActor:
 
         def tensors(prefix: str) -> dict[str, Any]:
             return {
-                k[len(prefix) :]: self._tensor(v, spec.dtype, start, stop, spec.batched, False)
-                for k, v in arrays.items()
-                if k.startswith(prefix)
+                k: self._tensor(v, spec.dtype, start, stop, spec.batched, False)
+                for k, v in extra_arrays(arrays, prefix).items()
             }
 
         inputs = {
@@ -379,10 +386,11 @@ class GradActor:
                 columns=spec.columns,
             )
         elif spec.numeric:  # claimed numbers, computed elsewhere
-            from gradserve_workers.numeric_claims import CLAIM, numeric_claimed_check
+            from gradserve_workers.numeric_claims import numeric_claimed_check
 
+            claimed = extra_arrays(arrays, CLAIM)
             values = {
-                key: self._tensor(arrays[CLAIM + key], "float64", start, stop, spec.batched)
+                key: self._tensor(claimed[key], "float64", start, stop, spec.batched)
                 for key in spec.numeric
             }
             report = numeric_claimed_check(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,51 @@ FULL_CHECK_MAX_INPUTS = 2000
 # (see :func:`pack_call`); larger ones as Ray arguments, which Ray puts in its object
 # store (over 100 KiB) for the worker to read in place
 PACKED_CALL_MAX_BYTES = 256 * 1024
-# the key prefix of a numeric claim's values among a chunk's arrays ("claim:x")
-CLAIM = "claim:"
+# A chunk's arrays travel as one flat dict (sliced by point, packed or put in Ray's
+# object store as one): the function's inputs by name, and the request's other arrays
+# under these key prefixes. :func:`chunk_arrays` writes them and :func:`extra_arrays`
+# reads them; nothing else spells a prefix.
+COTANGENT = "cotangent:"  # the vjp's cotangent, alone: "cotangent:"
+TANGENT = "tangent:"  # jvp's tangents by input name: "tangent:x"
+VECTOR = "vector:"  # hvp's vectors by input name: "vector:x"
+CLAIM = "claim:"  # a numeric claim's values by claim key: "claim:x", "claim:a,b"
+
+
+def chunk_arrays(
+    inputs: Mapping[str, np.ndarray],
+    *,
+    cotangent: np.ndarray | None = None,
+    tangents: Mapping[str, np.ndarray] | None = None,
+    vector: Mapping[str, np.ndarray] | None = None,
+    claims: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The one flat dict of a chunk's arrays (see the prefixes above).
+
+    >>> sorted(chunk_arrays({"x": np.zeros(2)}, tangents={"x": np.ones(2)}))
+    ['tangent:x', 'x']
+    """
+    arrays = dict(inputs)
+    if cotangent is not None:
+        arrays[COTANGENT] = cotangent
+    for prefix, named in ((TANGENT, tangents), (VECTOR, vector), (CLAIM, claims)):
+        arrays.update({prefix + name: arr for name, arr in (named or {}).items()})
+    return arrays
+
+
+def extra_arrays(arrays: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The arrays of one kind (``prefix``) among a chunk's, by name without it."""
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def valid_tolerance(name: str, value: float) -> bool:
+    """The one rule for a check's tolerances, wherever a check is asked for (the
+    server's requests, the workers' check functions): ``atol`` and ``rtol`` finite
+    and >= 0, the step ``eps`` finite and > 0.
+
+    >>> valid_tolerance("atol", 0.0), valid_tolerance("atol", math.inf), valid_tolerance("eps", 0)
+    (True, False, False)
+    """
+    return value >= 0 and math.isfinite(value) and (name != "eps" or value > 0)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 
 from gradserve.results import OP_NAMES
 from gradserve.v1 import gradserve_pb2 as pb
+from gradserve_server.encoding import describe_certificate, describe_execution, merged_routes
 from gradserve_server.jobs.files import NpyReader
 from gradserve_server.jobs.rows import ChunkRow, TaskRow
-from gradserve_server.service import describe_certificate, describe_execution
 from gradserve_server.streams import STREAM_PIECE_BYTES, Later
 
 _DTYPES = {"float32": pb.DTYPE_FLOAT32, "float64": pb.DTYPE_FLOAT64}
@@ -64,7 +64,7 @@ def build_metadata(
         points=row.points,
     )
     vmapped = all(i.get("vmapped", True) for i in infos) if batched and infos else None
-    routes = list(dict.fromkeys(r for i in infos for r in i.get("routes", [])))
+    routes = merged_routes(i.get("routes", []) for i in infos)
     describe_execution(meta, vmapped, unconnected, routes)
     describe_certificate(meta, [i.get("certificate") for i in infos])
     return meta

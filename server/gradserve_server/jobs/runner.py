@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import binding, dispatch, numeric, sampling
-from gradserve_server.budgets import max_sample_elements
+from gradserve_server import chunks, dispatch, numeric
+from gradserve_server.encoding import report_to_proto
 from gradserve_server.errors import (
     ServiceError,
     exhausted,
     from_chunk_error,
-    invalid,
     to_status,
 )
 from gradserve_server.jobs import codec, files, quota, spec
@@ -36,7 +35,9 @@ from gradserve_server.jobs.quota import Quotas
 from gradserve_server.jobs.results import build_metadata, build_outputs
 from gradserve_server.jobs.rows import ChunkRow, TaskRow
 from gradserve_server.jobs.store import JobStore
-from gradserve_server.service import ComputeService, report_to_proto
+from gradserve_server.planner import request_elements
+from gradserve_server.requests import CheckRequest, ComputeRequest
+from gradserve_server.service import ComputeService
 from gradserve_workers.report import merge_reports
 from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
 
@@ -126,40 +127,36 @@ class TaskRunner:
         with held:
             yield
 
-    def _bind(self, task: pb.Task, phase: str) -> tuple[binding.Bound, ComputeSpec | CheckSpec]:
-        if phase == "check":
-            return self.service.bind_check(spec.check_request(task))
-        if phase == "reference":
-            bound, check_spec = self.service.bind_check(spec.check_request(task))
-            return bound, numeric.reference_spec(check_spec)
-        sampled: dict[str, np.ndarray] = {}
-        if spec.has_sample(task):
-            if not all(s.WhichOneof("source") == "sample" for s in task.inputs.values()):
-                raise invalid("compute(fn, inputs): sample every input or none", "inputs")
-            limit = max_sample_elements(self.service.config.max_points)
-            for name, s in task.inputs.items():
-                where = f"compute(fn, inputs): input {name!r}"
-                sampled[name] = sampling.draw(s.sample, where, limit)
+    def _bind(
+        self, task: pb.Task, phase: str
+    ) -> tuple[ComputeRequest | CheckRequest, ComputeSpec | CheckSpec]:
+        codec = self.service.codec
+        if phase in ("check", "reference"):
+            check = codec.check(spec.check_request(task))
+            check_spec = chunks.check_spec(check, self.service.limits)
+            return check, numeric.reference_spec(check_spec) if phase == "reference" else check_spec
         # the drawn arrays go in directly: no copy through a request's bytes
-        return self.service.bind_compute(spec.compute_request(task), sampled)
+        sampled = codec.draw(task.inputs, "compute(fn, inputs)") if spec.has_sample(task) else {}
+        compute = codec.compute(spec.compute_request(task), sampled)
+        return compute, chunks.compute_spec(compute, self.service.limits)
 
     async def _run_phase(self, row: TaskRow, task: pb.Task, phase: str, units: int) -> None:
         stored = await asyncio.to_thread(self.store.chunks, self.job_id, row.idx, phase)
         if stored and all(c.state == "done" for c in stored):
             return  # finished before a restart: nothing to bind or run
-        bound, chunk_spec = await asyncio.to_thread(self._bind, task, phase)
-        per_point = self.service.per_point(bound, chunk_spec)
-        spread = math.ceil(bound.points * per_point / (2 * JOB_CHUNK_ELEMENTS))
-        ranges = self.service.plan(bound, per_point, spread)
-        chunks = await asyncio.to_thread(
+        req, chunk_spec = await asyncio.to_thread(self._bind, task, phase)
+        points = req.inputs.points
+        spread = math.ceil(points * request_elements(req) / (2 * JOB_CHUNK_ELEMENTS))
+        ranges = self.service.plan(req, spread)
+        chunk_rows = await asyncio.to_thread(
             self.store.start_task, self.job_id, row.idx, units, phase, ranges
         )
-        covered = sum(c.stop - c.start for c in chunks)
-        if covered != (bound.points if bound.batched else 1):
-            raise RuntimeError(f"stored chunk plan covers {covered} points, not {bound.points}")
-        pending = [c for c in chunks if c.state != "done"]
-        payload = self.service.payload(bound, len(pending))
-        del bound  # the payload holds what the chunks need
+        covered = sum(c.stop - c.start for c in chunk_rows)
+        if covered != (points if req.inputs.batched else 1):
+            raise RuntimeError(f"stored chunk plan covers {covered} points, not {points}")
+        pending = [c for c in chunk_rows if c.state != "done"]
+        payload = chunks.payload(req, len(pending))
+        del req  # the payload holds what the chunks need
         await dispatch.gather_or_cancel(
             [self._run_chunk(row.idx, phase, chunk_spec, payload, c) for c in pending]
         )
@@ -273,11 +270,10 @@ class TaskRunner:
         fail, the verdict goes without (the claim's own check already ran)."""
         try:
             async with self._holding(quota.task_input_bytes(task)):
-                bound, _ = await asyncio.to_thread(
-                    self.service.bind_check, spec.check_request(task)
-                )
+                check = await asyncio.to_thread(self.service.codec.check, spec.check_request(task))
         except ServiceError as error:
             log.info("job %s: claims not read back for the three-way verdict: %s",
                      self.job_id, error)  # fmt: skip
             return {}, False
-        return numeric.claims_of(bound), bound.batched
+        values = check.claims.values if check.claims is not None else {}
+        return dict(values), check.inputs.batched
