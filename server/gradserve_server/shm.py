@@ -14,7 +14,9 @@ unregistering one while a call reads it leaves that call its mapping.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import mmap
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +36,11 @@ from gradserve_workers import shm as segments
 ALIGN = 64
 MIN_PROOF, MAX_PROOF = 16, 64
 MAX_NAME_CHARS = 128
+# How often registered regions are checked for segments their client unlinked (it
+# ended without unregistering): the server's mapping alone would keep their memory.
+SWEEP_SECONDS = 10.0
+
+log = logging.getLogger("gradserve.shm")
 
 Buffer = bytes | memoryview
 
@@ -55,7 +62,14 @@ class Region:
     offset: int
     byte_size: int
     segment: mmap.mmap
+    identity: tuple[int, int] | None = None  # the segment's (device, inode)
     users: int = 0
+
+    @property
+    def orphaned(self) -> bool:
+        """Its client unlinked the segment (or put another under the name), and no
+        call uses it: nobody can reach its memory but this server's mapping."""
+        return self.users == 0 and segments.segment_identity(self.key) != self.identity
 
     def to_proto(self) -> pb.SharedMemoryRegion:
         return pb.SharedMemoryRegion(
@@ -85,6 +99,7 @@ class Registry:
         self.enabled = enabled
         self.max_regions = max_regions
         self._regions: dict[str, dict[str, Region]] = {}
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def _check_enabled(self) -> None:
         if not self.enabled:
@@ -95,6 +110,7 @@ class Registry:
 
     def register(self, tenant: str, req: pb.RegisterSharedMemoryRequest) -> Region:
         self._check_enabled()
+        self.sweep()
         where = "RegisterSharedMemory"
         name = req.name
         if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
@@ -150,9 +166,42 @@ class Registry:
                 "read a segment may register it)",
                 field="proof",
             )
-        region = Region(name, req.key, int(req.offset), int(req.byte_size), segment)
+        identity = segments.segment_identity(req.key)
+        region = Region(name, req.key, int(req.offset), int(req.byte_size), segment, identity)
         self._regions.setdefault(tenant, {})[name] = region
+        self._schedule_sweep()
         return region
+
+    def sweep(self) -> list[Region]:
+        """Forget the regions whose segments their clients unlinked without
+        unregistering them (a client that crashed), so that their memory goes."""
+        gone = []
+        for tenant, mine in list(self._regions.items()):
+            for name, region in list(mine.items()):
+                if region.orphaned:
+                    gone.append(mine.pop(name))
+                    log.info("forgot shared-memory region %r: its segment was unlinked", name)
+            if not mine:
+                del self._regions[tenant]
+        return gone
+
+    def _schedule_sweep(self) -> None:
+        """Sweep every SWEEP_SECONDS while any region is registered (and never else:
+        an idle server with no regions does nothing)."""
+        if self._sweeping is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving (a unit test): sweeps happen on each call
+            return
+
+        def tick() -> None:
+            self._sweeping = None
+            self.sweep()
+            if self._regions:
+                self._schedule_sweep()
+
+        self._sweeping = loop.call_later(SWEEP_SECONDS, tick)
 
     def unregister(self, tenant: str, name: str) -> list[Region]:
         """The regions forgotten (a missing name: NOT_FOUND). Calls holding one keep
@@ -167,6 +216,7 @@ class Registry:
         return [mine.pop(name)]
 
     def listed(self, tenant: str, name: str = "") -> list[Region]:
+        self.sweep()
         mine = self._regions.get(tenant, {})
         if not name:
             return sorted(mine.values(), key=lambda r: r.name)

@@ -4,9 +4,12 @@ held by the calls that use it, and no segment left behind."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 
@@ -302,3 +305,41 @@ def test_unregistering_a_region_in_use_leaves_the_call_its_region(
     placed = np.frombuffer(segment.buf, np.float64, x.size, ref.offset).reshape(x.shape).copy()
     with gradserve.Client(address, timeout=120) as client:
         assert np.array_equal(placed, client.grad(SLOW, {"x": x}, batched=True))
+
+
+def test_a_client_that_ends_without_closing_leaves_no_segment(address: str) -> None:
+    before = _ours()
+    script = (
+        "import sys, numpy as np, gradserve\n"
+        "c = gradserve.Client(sys.argv[1], timeout=60, shared_memory=True)\n"
+        f"g = c.grad({ROSENBROCK!r}, {{'x': np.ones((100, 10))}}, batched=True)\n"
+        "print(sorted(r.key for r in c.shared_memory_regions()))\n"
+        "sys.exit(0)  # no close(): the process just ends\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, address], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    keys = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert keys and not (keys & _ours()) and _ours() == before
+    # and the server forgets a region whose segment its client unlinked
+    with grpc.insecure_channel(address) as channel:
+        listed = pb_grpc.GradientServiceStub(channel).ListSharedMemory(pb.ListSharedMemoryRequest())
+    assert not keys & {r.key for r in listed.regions}
+
+
+def test_a_region_whose_segment_is_unlinked_is_forgotten(
+    stub: pb_grpc.GradientServiceStub,
+) -> None:
+    seg = shared_memory.SharedMemory(
+        name=f"gradserve_test_{secrets.token_hex(6)}", create=True, size=1 << 16
+    )
+    assert seg.buf is not None
+    seg.buf[:16] = b"proof-0123456789"
+    _register(stub, seg, name="crashed")
+    listed = stub.ListSharedMemory(pb.ListSharedMemoryRequest())
+    assert "crashed" in [r.name for r in listed.regions]
+    seg.close()
+    seg.unlink()  # its client ends without unregistering
+    listed = stub.ListSharedMemory(pb.ListSharedMemoryRequest())
+    assert "crashed" not in [r.name for r in listed.regions]

@@ -4,6 +4,7 @@ segments in /dev/shm (no server: the end-to-end tests are test_e2e_shared_memory
 from __future__ import annotations
 
 import pickle
+import socket
 import secrets
 from collections.abc import Iterator
 from multiprocessing import shared_memory
@@ -183,3 +184,12 @@ def test_a_worker_on_this_host_writes_planned_outputs_itself(
     # an output not as planned (here: float32) is left to the server, every one of them
     mine = {"grad": {"x": np.ones((20, 4), np.float32)}}
     assert payload.write_outputs(mine, 0, 20) == () and "x" in mine["grad"]
+
+
+def test_workers_elsewhere_get_the_object_store() -> None:
+    here = socket.gethostname()
+    assert shm.workers_on_this_host([f"{here}:101", f"{here}:102"])
+    # one worker on another node: the whole call goes by the object store (each
+    # chunk may land on any worker), with outputs placed by the server
+    assert not shm.workers_on_this_host([f"{here}:101", "node-2:77"])
+    assert not shm.workers_on_this_host([])

@@ -70,6 +70,16 @@ def open_segment(key: str) -> mmap.mmap:
         os.close(fd)
 
 
+def segment_identity(key: str) -> tuple[int, int] | None:
+    """The (device, inode) of segment ``key``; None when no segment has that name (it
+    was unlinked), so a registration can tell its segment from a new one of the name."""
+    try:
+        st = os.stat(SHM_DIR / check_key(key))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def host_identity() -> str:
     """What two processes share when they see the same segments: the host's name and
     the identity of its /dev/shm mount (containers on one host have their own)."""
