@@ -4,8 +4,8 @@ segments in /dev/shm (no server: the end-to-end tests are test_e2e_shared_memory
 from __future__ import annotations
 
 import pickle
-import socket
 import secrets
+import socket
 from collections.abc import Iterator
 from multiprocessing import shared_memory
 
