@@ -6,6 +6,7 @@
 4. scaling: 1 and 2 workers
 5. peers: the same unary and batched grads through FastAPI/uvicorn and Ray Serve
    (needs requirements/bench.txt, which `make bench` installs)
+6. shm: the 200k-point batch by the wire, by shared memory, and in-process
 
 Prints the tables and writes the raw numbers (every repetition) to
 ``bench-results/<time>.json`` (or ``--out``). ``--quick`` is a smoke run.
@@ -28,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checks
 import latency
 import scaling
+import shared_memory
 import throughput
 import torch
 from _harness import ROOT, start_server
 
-NAMES = ("throughput", "checks", "latency", "scaling", "peers")
+NAMES = ("throughput", "checks", "latency", "scaling", "peers", "shm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             peer_rows = peers.run(server, args.workers, args.quick)
             results["peers"] = peer_rows
             peer_table = peers.render(peer_rows)
+        if "shm" in only:
+            print("6. shared memory", flush=True)
+            points = 20_000 if args.quick else 200_000
+            shm = shared_memory.run(
+                server.address, server.proc.pid, args.workers, points, 3 if args.quick else 9
+            )
+            results["shared_memory"] = shm
+            shm_table = shared_memory.render(shm)
     if "scaling" in only:
         print("4. scaling (1 worker: a second server)", flush=True)
         with start_server(1) as server:
@@ -92,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(scaling.render(two + one))
     if "peers" in only:
         tables.append(peer_table)  # after scaling's, in the numbered order
+    if "shm" in only:
+        tables.append(shm_table)
     results["total_seconds"] = time.perf_counter() - started
 
     print()
