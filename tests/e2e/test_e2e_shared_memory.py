@@ -343,3 +343,14 @@ def test_a_region_whose_segment_is_unlinked_is_forgotten(
     seg.unlink()  # its client ends without unregistering
     listed = stub.ListSharedMemory(pb.ListSharedMemoryRequest())
     assert "crashed" not in [r.name for r in listed.regions]
+
+
+def test_a_reply_too_large_for_a_message_comes_back_by_the_stream(address: str) -> None:
+    # a jacobian's size is unknown to the SDK, so its reply is not given a room: at
+    # 250 x 100 x 100 float64 (20 MB) it is over the 16 MiB message limit
+    x = np.random.default_rng(9).normal(size=(250, 100))
+    with gradserve.Client(address, timeout=120, shared_memory=True) as client:
+        got = client.jacobian("x**2", {"x": x}, batched=True)
+    assert got.shape == (250, 100, 100)
+    assert np.array_equal(got[:, np.arange(100), np.arange(100)], 2 * x)
+    assert np.count_nonzero(got) == np.count_nonzero(x)
