@@ -274,7 +274,7 @@ def test_shared_memory_tensors_are_refused_where_only_bytes_go(
 def test_unregistering_a_region_in_use_leaves_the_call_its_region(
     address: str, segment: shared_memory.SharedMemory
 ) -> None:
-    x = np.random.default_rng(2).normal(size=(24, 10))
+    x = np.random.default_rng(2).normal(size=(12, 10))
 
     async def scenario() -> pb.ComputeResponse:
         async with grpc.aio.insecure_channel(address) as channel:
