@@ -36,6 +36,9 @@ from gradserve_workers import shm as segments
 ALIGN = 64
 MIN_PROOF, MAX_PROOF = 16, 64
 MAX_NAME_CHARS = 128
+# A shared payload carries arrays that came by the wire (a cotangent beside inputs in
+# a region) in every chunk call: up to this many bytes; beyond, the object store.
+INLINE_MAX_BYTES = 256 * 1024
 # How often registered regions are checked for segments their client unlinked (it
 # ended without unregistering): the server's mapping alone would keep their memory.
 SWEEP_SECONDS = 10.0
@@ -345,6 +348,8 @@ class SharedCall:
                 inline[name] = arr
             else:
                 placed[name] = segments.Placed(spot[0], spot[1], arr.shape, arr.dtype.name)
+        if sum(a.nbytes for a in inline.values()) > INLINE_MAX_BYTES:
+            return None  # large arrays by the wire too: the object store, once for all chunks
         return segments.SharedArrays(placed, inline, self.host, self.output_slots())
 
     def _locate(self, arr: np.ndarray, bases: Mapping[int, int]) -> tuple[str, int] | None:

@@ -99,6 +99,8 @@ def test_arrays_for_workers_travel_as_names_and_offsets(
         small = np.ones(3)
         payload = call.payload({"x": arr, "cotangent:": small}, workers_here=True)
         assert payload is not None and call.payload({"x": arr}, workers_here=False) is None
+        big = np.ones(40_000)  # 320 kB by the wire: every chunk would carry it
+        assert call.payload({"x": arr, "cotangent:": big}, workers_here=True) is None
         message = pickle.dumps(payload)
         assert len(message) < 1000  # names and offsets, not the 3,200 bytes
         there = pickle.loads(message)
