@@ -254,8 +254,8 @@ class Registry:
             )
         call = SharedCall([], [], None)
         try:
-            for index, tensor in enumerate(slots):
-                call.blobs.append(self._slot(tensor, tenant, call, f"slot {index}"))
+            for (where, field_name), tensor in zip(_slot_names(req), slots, strict=True):
+                call.blobs.append(self._slot(tensor, tenant, call, where, field_name))
             if req.HasField("output"):
                 ref = req.output
                 region = call.hold(self.get(tenant, ref.region, "Compute: output"))
@@ -266,24 +266,39 @@ class Registry:
         finally:
             call.release()
 
-    def _slot(self, tensor: pb.Tensor, tenant: str, call: SharedCall, where: str) -> Buffer:
+    def _slot(
+        self, tensor: pb.Tensor, tenant: str, call: SharedCall, where: str, field_name: str
+    ) -> Buffer:
         if not tensor.HasField("shared_memory"):
             return tensor.data
         ref = tensor.shared_memory
         if tensor.data:
-            raise invalid(f"{where}: a tensor has both data and shared_memory; give one", where)
+            raise invalid(f"{where}: has both data and shared_memory; give one", field_name)
         try:
             need = wire.expected_bytes(tensor, where)
         except wire.WireError as exc:
-            raise invalid(str(exc), where) from None
+            raise invalid(str(exc), field_name) from None
         if ref.byte_size and ref.byte_size != need:
             raise invalid(
                 f"{where}: shared_memory.byte_size is {ref.byte_size:,}, but shape "
                 f"{tuple(tensor.shape)} needs {need:,} bytes",
-                where,
+                field_name,
             )
         region = call.hold(self.get(tenant, ref.region, f"Compute: {where}"))
-        return region.span(int(ref.offset), need, where)
+        try:
+            return region.span(int(ref.offset), need, where)
+        except ServiceError as error:
+            error.field = field_name
+            raise
+
+
+def _slot_names(req: pb.ComputeRequest) -> list[tuple[str, str]]:
+    """How errors name each slot of ``req`` (in wire.request_slots' order), and its field."""
+    names = [(f"input {n!r}" if n else "input", "inputs") for n in sorted(req.inputs)]
+    names += [("cotangent", "cotangent")] if req.HasField("cotangent") else []
+    names += [(f"tangent {n!r}", "tangents") for n in sorted(req.tangents)]
+    names += [(f"vector {n!r}", "vector") for n in sorted(req.vector)]
+    return names
 
 
 @dataclass

@@ -204,7 +204,7 @@ def test_a_region_too_small_names_it_and_both_sizes(
         req.inputs["x"].CopyFrom(tensor)
         error = _refused(stub.Compute, req)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "region 'r' is too small" in error.details()
+        assert "input 'x': shared-memory region 'r' is too small" in error.details()
         assert "1,280,000 bytes" in error.details() and "has 1,048,576" in error.details()
         # the outputs' room, refused before any work when the shapes tell
         req = pb.ComputeRequest(function="sum(x * x)", ops=[pb.OP_GRAD], batched=True)
