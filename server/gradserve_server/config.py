@@ -1,13 +1,16 @@
-"""Server configuration: flags, with GRADSERVE_* environment variables as defaults."""
+"""Server configuration: one table of settings (:data:`SETTINGS`, a row per flag)
+from which the flags, their GRADSERVE_* variables, :class:`ServerConfig` and the docs
+checks (tests/server/test_config_table.py) are driven."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The function-language limits the server enforces, with their defaults; each
 # is also a flag (--max-loop-iterations) and a variable (GRADSERVE_MAX_LOOP_ITERATIONS).
@@ -56,41 +59,6 @@ class WorkerBudgets:
     cancel_grace_s: float = 2.0  # a cancelled chunk's worker is killed after this long
 
 
-def add_worker_budget_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--express-workers",
-        type=int,
-        default=_env("EXPRESS_WORKERS", "1"),
-        help="actors kept for small calls while every worker is busy; 0: none "
-        "($GRADSERVE_EXPRESS_WORKERS, default 1)",
-    )
-    p.add_argument(
-        "--express-seconds",
-        type=float,
-        default=_env("EXPRESS_SECONDS", "0.5"),
-        help="a call on an express actor longer than this waits for a regular worker "
-        "($GRADSERVE_EXPRESS_SECONDS, default 0.5)",
-    )
-    p.add_argument(
-        "--cancel-grace",
-        type=float,
-        default=_env("CANCEL_GRACE", "2"),
-        help="seconds a cancelled chunk's worker has to stop before it is killed "
-        "($GRADSERVE_CANCEL_GRACE, default 2)",
-    )
-
-
-def worker_budgets(args: argparse.Namespace) -> WorkerBudgets:
-    return WorkerBudgets(
-        express_workers=max(0, args.express_workers),
-        express_seconds=max(0.01, args.express_seconds),
-        cancel_grace_s=max(0.1, args.cancel_grace),
-    )
-
-
-# -- end of worker budgets ---------------------------------------------------------------
-
-
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "gradserve"
@@ -137,12 +105,6 @@ class ServerConfig:
     # shared memory for clients on this host (docs/sdk.md), and its regions per tenant
     shared_memory: bool = True
     max_shm_regions: int = 64
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    """The variable's raw text (unset or empty: ``default``). Flags take it as their
-    default *as a string*, so argparse converts and checks it like a typed flag."""
-    return os.environ.get(f"GRADSERVE_{name}") or default
 
 
 def non_negative_int(text: str) -> int:
@@ -201,256 +163,210 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _env_flag(name: str) -> bool:
-    return (_env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+def _same(value: Any) -> Any:
+    return value
+
+
+def _positive(floor: float) -> Callable[[Any], Any]:
+    return lambda value: max(floor, value)
+
+
+def _is_one(value: str) -> bool:
+    return value == "1"
+
+
+def _or_none(value: Any) -> Any:
+    return value or None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _functions(spec: str) -> tuple[str, ...]:
+    from gradserve_workers.registry import resolve_names
+
+    return resolve_names(spec or None)  # ValueError: a usage error naming the flag
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the server's settings: its flag, variable, type, default, help and
+    section, and where its value goes in :class:`ServerConfig`.
+
+    ``name`` is the flag (``--max-points``), the variable (``$GRADSERVE_MAX_POINTS``)
+    and the parsed value's name (``max_points``) at once.
+    """
+
+    name: str
+    help: str
+    section: str  # a key of SECTIONS: the page that documents it
+    type: Callable[[str], Any] = str
+    default: str | Callable[[], str] | None = None  # as the variable's text; None: unset
+    shown: str | None = ""  # the default as --help says it ("" : the default's text)
+    choices: tuple[str, ...] = ()
+    switch: bool = False  # a flag without a value (its variable: 1, true, yes or on)
+    fallback: str | None = None  # another variable read when this one is unset
+    # where the value goes: a ServerConfig field ("chunk_timeout_s"; "": the name), a
+    # key of its limits or budgets ("limits.max_nodes") or a field of its WorkerBudgets
+    # ("workers.express_seconds"); and how the parsed value becomes it
+    field: str = ""
+    convert: Callable[[Any], Any] = _same
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return "GRADSERVE_" + self.name.upper()
+
+    @property
+    def target(self) -> str:
+        return self.field or self.name
+
+    def help_text(self) -> str:
+        variable = f"${self.variable}" + ("=1" if self.switch else "")
+        if self.fallback:
+            variable += f" or ${self.fallback}"
+        shown = self.default if self.shown == "" and isinstance(self.default, str) else self.shown
+        return f"{self.help} ({variable}" + (f", default {shown})" if shown else ")")
+
+    def default_text(self) -> str | None:
+        """The default argparse converts: the variable's text, else the row's."""
+        raw = os.environ.get(self.variable) or (
+            os.environ.get(self.fallback) if self.fallback else None
+        )
+        return raw or (self.default() if callable(self.default) else self.default)
+
+
+# The page of docs/ that documents each section's flags (every variable is also in
+# docs/deployment.md's tables).
+SECTIONS = {
+    "serve": "deployment.md",
+    "limits": "limits.md",
+    "budgets": "limits.md",
+    "workers": "limits.md",
+    "jobs": "jobs.md",
+    "operations": "operations.md",
+}
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "address to listen on; a non-loopback one needs TLS or tokens, or "
+            "--insecure", "serve", default="127.0.0.1"),
+    Setting("port", "gRPC port; 0 picks a free one", "serve", int, "50051"),
+    Setting("ray_address", "join this Ray cluster (host:port or 'auto') instead of "
+            "starting one", "serve", fallback="RAY_ADDRESS", convert=_or_none),
+    Setting("num_workers", "Ray actors to start; 0: one per CPU in the cluster", "serve",
+            int, "0", shown=None, convert=_or_none),
+    Setting("device", "where workers compute", "serve", default="cpu",
+            choices=("cpu", "cuda", "auto")),
+    Setting("data_dir", "job store and result files", "serve",
+            default=lambda: str(default_data_dir()), shown="~/.local/share/gradserve",
+            convert=_path),
+    Setting("max_message_bytes", "largest gRPC message either way", "limits", int,
+            str(16 << 20), shown="16 MiB"),
+    Setting("chunk_timeout", "seconds one chunk may run before its worker is replaced",
+            "limits", float, "120", field="chunk_timeout_s"),
+    Setting("max_points", "points per request", "limits", int, "10000000"),
+    Setting("max_inflight_chunks_per_job", "chunks of one job running or being stored "
+            "at once; 0: 2 x workers", "jobs", int, "0", shown=None, convert=_positive(0)),
+    Setting("auth_token", "one shared bearer token with admin rights (visible in ps: "
+            "prefer --auth-token-file)", "operations", convert=_or_none),
+    Setting("object_store_bytes", "object store of the embedded Ray; 0: Ray's default",
+            "serve", int, "0", shown=None, convert=_or_none),
+    Setting("log_level", "DEBUG, INFO, WARNING or ERROR", "serve", default="INFO"),
+    Setting("job_ttl", "delete ended jobs and their results this long after they end "
+            "(seconds, or 30m, 12h, 7d; 0 keeps them)", "jobs", parse_duration, "0",
+            field="job_ttl_s"),
+    Setting("max_active_jobs_per_tenant", "queued or running jobs one tenant may have; "
+            "0: no limit", "jobs", int, "100", convert=_positive(0)),
+    Setting("express_workers", "actors kept for small calls while every worker is busy; "
+            "0: none", "workers", int, "1", field="workers.express_workers",
+            convert=_positive(0)),
+    Setting("express_seconds", "a call on an express actor longer than this waits for a "
+            "regular worker", "workers", float, "0.5", field="workers.express_seconds",
+            convert=_positive(0.01)),
+    Setting("cancel_grace", "seconds a cancelled chunk's worker has to stop before it is "
+            "killed", "workers", float, "2", field="workers.cancel_grace_s",
+            convert=_positive(0.1)),
+    *(
+        Setting(name, "function language limit", "limits", int, str(default),
+                field=f"limits.{name}")
+        for name, default in LIMIT_DEFAULTS.items()
+    ),
+    Setting("stream_stall_seconds", "close a server stream whose reader takes nothing for "
+            "this long", "limits", float, "30", field="stream_stall_s"),
+    Setting("functions", "registered functions to enable, NAME[,NAME...] or 'all' "
+            "(installed packages' 'gradserve.functions' entry points; clients call them as "
+            "fn='@NAME')", "serve", default="", convert=_functions),
+    *(
+        Setting(name, "budget in bytes; 0: no limit", "budgets", non_negative_int,
+                str(default), field=f"budgets.{name}")
+        for name, default in BUDGET_DEFAULTS.items()
+    ),
+    Setting("tls_cert", "PEM certificate chain to serve TLS with; needs --tls-key",
+            "operations", convert=_path),
+    Setting("tls_key", "PEM private key of --tls-cert", "operations", convert=_path),
+    Setting("tls_client_ca", "PEM CA bundle: clients must present a certificate it "
+            "signed (mutual TLS)", "operations", convert=_path),
+    Setting("auth_token_file", "tokens, one 'TENANT TOKEN [admin]' a line, '#' comments; "
+            "re-read on SIGHUP", "operations", convert=_path),
+    Setting("insecure", "allow a non-loopback --host with neither TLS nor tokens: anyone "
+            "who reaches the port can run code and read every job", "operations",
+            switch=True, convert=bool),
+    Setting("metrics_port", "serve Prometheus /metrics on --metrics-host at this port; "
+            "0: off", "operations", int, "0", shown=None, convert=_positive(0)),
+    Setting("metrics_host", "address /metrics listens on; it has no auth, so a "
+            "non-loopback one is warned about loudly", "operations", default="127.0.0.1"),
+    Setting("log_format", "text, or one JSON object a line", "operations", str.lower,
+            "text", choices=("text", "json")),
+    Setting("shared_memory", "take tensors from shared-memory regions of clients on this "
+            "host; 0 refuses them", "serve", default="1", choices=("0", "1"),
+            convert=_is_one),
+    Setting("max_shm_regions", "shared-memory regions one tenant may register; 0: no "
+            "limit", "limits", non_negative_int, "64"),
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag's help names its variable (a test fails on one that does not)."""
+    """The flags of :data:`SETTINGS`, their variables read now; every flag's help names
+    its variable (a test fails on one that does not)."""
     p = _ServeParser(
         prog="gradserve serve",
         description="Run the gradserve gRPC server (embedded local Ray unless --ray-address). "
         "Every flag can be set by the GRADSERVE_* variable its help names; a flag wins.",
     )
-    p.add_argument(
-        "--host",
-        default=_env("HOST", "127.0.0.1"),
-        help="address to listen on; a non-loopback one needs TLS or tokens, or --insecure "
-        "($GRADSERVE_HOST, default 127.0.0.1)",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=_env("PORT", "50051"),
-        help="gRPC port; 0 picks a free one ($GRADSERVE_PORT, default 50051)",
-    )
-    p.add_argument(
-        "--ray-address",
-        default=_env("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"),
-        help="join this Ray cluster (host:port or 'auto') instead of starting one "
-        "($GRADSERVE_RAY_ADDRESS or $RAY_ADDRESS)",
-    )
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=_env("NUM_WORKERS", "0"),
-        help="Ray actors to start; 0: one per CPU in the cluster ($GRADSERVE_NUM_WORKERS)",
-    )
-    p.add_argument(
-        "--device",
-        default=_env("DEVICE", "cpu"),
-        choices=["cpu", "cuda", "auto"],
-        help="where workers compute ($GRADSERVE_DEVICE, default cpu)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=_env("DATA_DIR") or str(default_data_dir()),
-        help="job store and result files ($GRADSERVE_DATA_DIR, default ~/.local/share/gradserve)",
-    )
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=_env("MAX_MESSAGE_BYTES", str(16 << 20)),
-        help="largest gRPC message either way ($GRADSERVE_MAX_MESSAGE_BYTES, default 16 MiB)",
-    )
-    p.add_argument(
-        "--chunk-timeout",
-        type=float,
-        default=_env("CHUNK_TIMEOUT", "120"),
-        help="seconds one chunk may run before its worker is replaced "
-        "($GRADSERVE_CHUNK_TIMEOUT, default 120)",
-    )
-    p.add_argument(
-        "--max-points",
-        type=int,
-        default=_env("MAX_POINTS", "10000000"),
-        help="points per request ($GRADSERVE_MAX_POINTS, default 10000000)",
-    )
-    p.add_argument(
-        "--max-inflight-chunks-per-job",
-        type=int,
-        default=_env("MAX_INFLIGHT_CHUNKS_PER_JOB", "0"),
-        help="chunks of one job running or being stored at once; 0: 2 x workers "
-        "($GRADSERVE_MAX_INFLIGHT_CHUNKS_PER_JOB)",
-    )
-    p.add_argument(
-        "--auth-token",
-        default=_env("AUTH_TOKEN"),
-        help="one shared bearer token with admin rights (visible in ps: prefer "
-        "--auth-token-file) ($GRADSERVE_AUTH_TOKEN)",
-    )
-    p.add_argument(
-        "--object-store-bytes",
-        type=int,
-        default=_env("OBJECT_STORE_BYTES", "0"),
-        help="object store of the embedded Ray; 0: Ray's default ($GRADSERVE_OBJECT_STORE_BYTES)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR ($GRADSERVE_LOG_LEVEL, default INFO)",
-    )
-    # --- jobs: retention
-    p.add_argument(
-        "--job-ttl",
-        type=parse_duration,
-        default=_env("JOB_TTL", "0"),
-        help="delete ended jobs and their results this long after they end "
-        "(seconds, or 30m, 12h, 7d; 0 keeps them; default 0) ($GRADSERVE_JOB_TTL)",
-    )
-    p.add_argument(
-        "--max-active-jobs-per-tenant",
-        type=int,
-        default=_env("MAX_ACTIVE_JOBS_PER_TENANT", "100"),
-        help="queued or running jobs one tenant may have; 0: no limit "
-        "($GRADSERVE_MAX_ACTIVE_JOBS_PER_TENANT, default 100)",
-    )
-    add_worker_budget_flags(p)
-    for name, default in LIMIT_DEFAULTS.items():
+    for s in SETTINGS:
+        if s.switch:
+            on = (os.environ.get(s.variable) or "").strip().lower() in ("1", "true", "yes", "on")
+            p.add_argument(s.flag, action="store_true", default=on, help=s.help_text())
+            continue
+        default = s.default_text()
         p.add_argument(
-            "--" + name.replace("_", "-"),
-            type=int,
-            default=_env(name.upper(), str(default)),
-            help=f"function language limit ($GRADSERVE_{name.upper()}, default {default})",
+            s.flag,
+            type=s.type,
+            default=default,
+            choices=list(s.choices) or None,
+            help=s.help_text(),
         )
-    p.add_argument(
-        "--stream-stall-seconds",
-        type=float,
-        default=_env("STREAM_STALL_SECONDS", "30"),
-        help="close a server stream whose reader takes nothing for this long "
-        "($GRADSERVE_STREAM_STALL_SECONDS, default 30)",
-    )
-    p.add_argument(
-        "--functions",
-        default=_env("FUNCTIONS", ""),
-        help="registered functions to enable, NAME[,NAME...] or 'all' (installed "
-        "packages' 'gradserve.functions' entry points; clients call them as fn='@NAME') "
-        "($GRADSERVE_FUNCTIONS)",
-    )
-    for name, default in BUDGET_DEFAULTS.items():
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            type=non_negative_int,
-            default=_env(name.upper(), str(default)),
-            help=f"budget in bytes; 0: no limit ($GRADSERVE_{name.upper()}, default {default})",
-        )
-    p.add_argument(
-        "--shared-memory",
-        action=argparse.BooleanOptionalAction,
-        default=(_env("SHARED_MEMORY") or "1").strip().lower() in ("1", "true", "yes", "on"),
-        help="take tensors from shared-memory regions of clients on this host; "
-        "--no-shared-memory refuses them ($GRADSERVE_SHARED_MEMORY=0, default on)",
-    )
-    p.add_argument(
-        "--max-shm-regions",
-        type=non_negative_int,
-        default=_env("MAX_SHM_REGIONS", "64"),
-        help="shared-memory regions one tenant may register; 0: no limit "
-        "($GRADSERVE_MAX_SHM_REGIONS, default 64)",
-    )
-    _add_operations_flags(p)
     return p
-
-
-def _functions(parser: argparse.ArgumentParser, spec: str) -> tuple[str, ...]:
-    from gradserve_workers.registry import resolve_names
-
-    try:
-        return resolve_names(spec or None)
-    except ValueError as error:
-        parser.error(str(error))
-
-
-def _add_operations_flags(p: argparse.ArgumentParser) -> None:
-    """TLS, tokens, the bind guard, metrics and logs (docs/operations.md)."""
-    p.add_argument(
-        "--tls-cert",
-        default=_env("TLS_CERT"),
-        help="PEM certificate chain to serve TLS with; needs --tls-key ($GRADSERVE_TLS_CERT)",
-    )
-    p.add_argument(
-        "--tls-key",
-        default=_env("TLS_KEY"),
-        help="PEM private key of --tls-cert ($GRADSERVE_TLS_KEY)",
-    )
-    p.add_argument(
-        "--tls-client-ca",
-        default=_env("TLS_CLIENT_CA"),
-        help="PEM CA bundle: clients must present a certificate it signed (mutual TLS) "
-        "($GRADSERVE_TLS_CLIENT_CA)",
-    )
-    p.add_argument(
-        "--auth-token-file",
-        default=_env("AUTH_TOKEN_FILE"),
-        help="tokens, one 'TENANT TOKEN [admin]' a line, '#' comments; re-read on SIGHUP "
-        "($GRADSERVE_AUTH_TOKEN_FILE)",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=_env_flag("INSECURE"),
-        help="allow a non-loopback --host with neither TLS nor tokens: anyone who reaches "
-        "the port can run code and read every job ($GRADSERVE_INSECURE=1)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env("METRICS_PORT", "0"),
-        help="serve Prometheus /metrics on --metrics-host at this port; 0: off "
-        "($GRADSERVE_METRICS_PORT)",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default=_env("METRICS_HOST", "127.0.0.1"),
-        help="address /metrics listens on; it has no auth, so a non-loopback one is "
-        "warned about loudly ($GRADSERVE_METRICS_HOST, default 127.0.0.1)",
-    )
-    p.add_argument(
-        "--log-format",
-        default=_env("LOG_FORMAT", "text"),
-        type=str.lower,
-        choices=["text", "json"],
-        help="text, or one JSON object a line ($GRADSERVE_LOG_FORMAT, default text)",
-    )
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, dict[str, Any]] = {"": {}, "limits": {}, "budgets": {}, "workers": {}}
+    for s in SETTINGS:
+        try:
+            value = s.convert(args[s.name])
+        except ValueError as error:  # e.g. an unknown registered function
+            parser.error(str(error))
+        group, _, key = s.target.rpartition(".")
+        values[group][key] = value
     return ServerConfig(
-        host=args.host,
-        port=args.port,
-        ray_address=args.ray_address or None,
-        num_workers=args.num_workers or None,
-        device=args.device,
-        data_dir=Path(args.data_dir),
-        max_message_bytes=args.max_message_bytes,
-        chunk_timeout_s=args.chunk_timeout,
-        max_points=args.max_points,
-        max_inflight_chunks_per_job=max(0, args.max_inflight_chunks_per_job),
-        auth_token=args.auth_token or None,
-        object_store_bytes=args.object_store_bytes or None,
-        limits={name: getattr(args, name) for name in LIMIT_DEFAULTS},
-        log_level=args.log_level,
-        # --- jobs: retention
-        job_ttl_s=args.job_ttl,
-        max_active_jobs_per_tenant=max(0, args.max_active_jobs_per_tenant),
-        budgets={name: getattr(args, name) for name in BUDGET_DEFAULTS},
-        tls_cert=_path(args.tls_cert),
-        tls_key=_path(args.tls_key),
-        tls_client_ca=_path(args.tls_client_ca),
-        auth_token_file=_path(args.auth_token_file),
-        insecure=bool(args.insecure),
-        metrics_port=max(0, args.metrics_port),
-        metrics_host=args.metrics_host,
-        log_format=args.log_format,
-        stream_stall_s=args.stream_stall_seconds,
-        workers=worker_budgets(args),
-        functions=_functions(parser, args.functions),
-        shared_memory=args.shared_memory,
-        max_shm_regions=max(0, args.max_shm_regions),
+        **values[""],
+        limits=values["limits"],
+        budgets=values["budgets"],
+        workers=WorkerBudgets(**values["workers"]),
     )
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -78,6 +79,18 @@ def deadline(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
 
+def correlation_id() -> str:
+    """What an internal error is known by in the log and to its caller: the call's
+    request id (which the caller also gets in trailing metadata), or a fresh one
+    outside a call (a job's task)."""
+    return calls.request_id() or uuid.uuid4().hex[:12]
+
+
+def internal_message(incident: str, detail: str = "") -> str:
+    """What the caller of a call that failed by our fault is told."""
+    return f"internal error {incident}; see the server log" + (f" ({detail})" if detail else "")
+
+
 def from_chunk_error(error: ChunkError, field: str = "function") -> ServiceError:
     code = {
         "spec": grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,7 +99,10 @@ def from_chunk_error(error: ChunkError, field: str = "function") -> ServiceError
     }.get(error.kind, grpc.StatusCode.INTERNAL)
     message = error.message
     if code is grpc.StatusCode.INTERNAL:
-        message = f"the worker failed: {error.message}"
+        incident = correlation_id()
+        message = internal_message(incident, f"the worker failed: {error.message}")
+        log.error("internal error %s: the worker failed: %s\n%s", incident, error.message,
+                  error.traceback or "(no traceback)")  # fmt: skip
     return ServiceError(
         code, message, field=field, line=error.line, column=error.column,
         retry_stream=error.limit == "message",  # a unary reply over the message limit
@@ -154,10 +170,9 @@ def to_status(error: BaseException) -> Status:
     ray_status = _ray_status(error)
     if ray_status is not None:
         return ray_status
-    # the call's request id, which the caller also gets in trailing metadata
-    incident = calls.request_id() or uuid.uuid4().hex[:12]
+    incident = correlation_id()
     log.error("internal error %s", incident, exc_info=error)
-    return Status(grpc.StatusCode.INTERNAL, f"internal error {incident}; see the server log")
+    return Status(grpc.StatusCode.INTERNAL, internal_message(incident))
 
 
 def _ray_status(error: BaseException) -> Status | None:
@@ -209,7 +224,7 @@ def safe_deserializer(message_type: Any) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
             return message_type.FromString(data)
-        except Exception as error:  # DecodeError, or a nested message too deep
+        except (DecodeError, RecursionError) as error:  # not a message, or nested too deep
             return Undecodable(message_type.DESCRIPTOR.name, error)
 
     return deserialize

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,7 @@ class _PoolCollector(Collector):
             counts = GaugeMetricFamily("gradserve_jobs", "Jobs by state", labels=["state"])
             try:
                 by_state = self.jobs.store.count_by_state()
-            except Exception as error:  # the store closed while stopping: skip the gauge
+            except sqlite3.ProgrammingError as error:  # closed while stopping: skip the gauge
                 log.debug("job counts unavailable: %s", error)
                 return
             for state_name in ("queued", "running", "succeeded", "failed", "cancelled"):

@@ -107,7 +107,7 @@ class Registry:
     def _check_enabled(self) -> None:
         if not self.enabled:
             raise not_here(
-                "this server takes no shared memory (started with --no-shared-memory): "
+                "this server takes no shared memory (started with --shared-memory 0): "
                 "send tensors over the wire"
             )
 

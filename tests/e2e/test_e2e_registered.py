@@ -22,7 +22,8 @@ from support.cluster import RayNode, ServerProcess, start_server
 
 import gradserve
 
-ENABLED = ("quad_form", "quad_form_buggy", "raises", "slow", "no_vmap_rule", "old_style")
+ENABLED = ("quad_form", "quad_form_buggy", "raises", "slow", "no_vmap_rule", "old_style",
+           "internal_bug")  # fmt: skip
 CHUNK_TIMEOUT_S = 5
 POINTS = 1000
 
@@ -219,6 +220,30 @@ def test_a_function_that_raises_reports_type_and_message(rc: gradserve.Client) -
     with pytest.raises(gradserve.InvalidArgumentError, match=r"@old_style raised RuntimeError.*"
                        r"setup_context"):  # fmt: skip
         rc.check("@old_style", {"x": [1.0, 2.0]})
+
+
+def test_a_bug_in_the_workers_is_internal_with_a_correlation_id_in_the_log(
+    rc: gradserve.Client, registered: ServerProcess
+) -> None:
+    # @internal_bug's backward raises RuntimeError outside the user's function: ours
+    # (the server side's), so INTERNAL, never the user's INVALID_ARGUMENT
+    assert rc.value("@internal_bug", {"x": [1.0, 2.0]}) == pytest.approx(5.0)
+    with pytest.raises(gradserve.errors.InternalError) as caught:
+        rc.grad("@internal_bug", {"x": [1.0, 2.0]})
+    error = caught.value
+    assert error.request_id, "an internal error carries the call's id"
+    assert f"internal error {error.request_id}; see the server log" in str(error)
+    assert "deliberate bug" not in str(error) and "Traceback" not in str(error)
+    # the server's log line with that id carries the worker's traceback
+    deadline = time.monotonic() + 10
+    while f"internal error {error.request_id}: the worker failed" not in registered.output:
+        assert time.monotonic() < deadline, registered.output[-3000:]
+        time.sleep(0.1)
+    logged = registered.output.split(f"internal error {error.request_id}: the worker failed")[1]
+    assert "Traceback" in logged[:4000] and "deliberate bug in a backward" in logged[:4000]
+    # a user's mistake beside it stays INVALID_ARGUMENT
+    with pytest.raises(gradserve.InvalidArgumentError):
+        rc.grad("@internal_bug", {"y": [1.0, 2.0]})
 
 
 def test_wrong_inputs_name_the_registered_inputs(rc: gradserve.Client) -> None:

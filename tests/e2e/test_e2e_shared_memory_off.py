@@ -1,4 +1,4 @@
-"""The SDK against a server that takes no shared memory (--no-shared-memory), as a
+"""The SDK against a server that takes no shared memory (--shared-memory 0), as a
 server on another host answers: True raises, "auto" goes by the wire."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gradserve.errors import FailedPreconditionError
 
 @pytest.fixture(scope="module")
 def no_shm(ray_head: RayNode) -> Iterator[str]:
-    proc = start_server(ray_head, num_workers=1, extra=["--no-shared-memory"])
+    proc = start_server(ray_head, num_workers=1, extra=["--shared-memory", "0"])
     try:
         yield proc.address
     finally:
@@ -34,7 +34,7 @@ def test_true_raises_and_auto_goes_by_the_wire(no_shm: str) -> None:
     with gradserve.Client(no_shm, timeout=60, shared_memory=True) as client:
         with pytest.raises(FailedPreconditionError) as info:
             client.grad("sum(x * x)", {"x": x}, batched=True)
-        assert "--no-shared-memory" in str(info.value)
+        assert "--shared-memory 0" in str(info.value)
         # the same client, one call by the wire
         got = client.grad("sum(x * x)", {"x": x}, batched=True, shared_memory=False)
         assert np.array_equal(got, 2 * x)

@@ -58,7 +58,7 @@ def test_a_server_without_shared_memory_refuses_it(segment: shared_memory.Shared
     with pytest.raises(ServiceError) as info:
         _register(shm.Registry(enabled=False), segment)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "--no-shared-memory" in info.value.message
+    assert "--shared-memory 0" in info.value.message
 
 
 def test_a_call_holds_its_region_past_unregistering(segment: shared_memory.SharedMemory) -> None:
@@ -107,7 +107,7 @@ def test_arrays_for_workers_travel_as_names_and_offsets(
         assert np.array_equal(there["x"], x) and np.array_equal(there["cotangent:"], small)
         assert not there["x"].flags.writeable
         there.host = "another-host/0:0"  # read where the segment is not: said, not misread
-        with pytest.raises(ValueError, match="another host"):
+        with pytest.raises(RuntimeError, match="another host"):
             there["x"]
 
 
@@ -195,3 +195,16 @@ def test_workers_elsewhere_get_the_object_store() -> None:
     # chunk may land on any worker), with outputs placed by the server
     assert not shm.workers_on_this_host([f"{here}:101", "node-2:77"])
     assert not shm.workers_on_this_host([])
+
+
+def test_a_segment_unlinked_mid_call_is_the_callers_doing() -> None:
+    from gradserve_workers.actor import classify
+
+    gone = segments.SharedArrays(
+        {"x": segments.Placed("gradserve_unlinked_meanwhile", 0, (2,), "float64")},
+        {}, segments.host_identity(),
+    )  # fmt: skip
+    with pytest.raises(segments.RegionGone) as info:
+        gone["x"]
+    error = classify(info.value)
+    assert error.kind == "invalid" and "removed it during the call" in error.message

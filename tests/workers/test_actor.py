@@ -16,6 +16,7 @@ import torch
 from gradserve_workers.actor import COMPUTE_THREAD, GradActor
 from gradserve_workers.check import finite_difference_check
 from gradserve_workers.lang import compile_function
+from gradserve_workers.ops import OpsError
 from gradserve_workers.tasks import (
     CheckSpec,
     ChunkCall,
@@ -48,11 +49,20 @@ def test_user_errors_come_back_as_data_from_the_compute_thread() -> None:
     actor = GradActor()
 
     def bad() -> ChunkResult:
-        raise ValueError("x must be positive")
+        raise OpsError("x must be positive")
 
     result = actor._run(bad)
     assert result.error is not None and result.error.kind == "invalid"
     assert "x must be positive" in result.error.message
+
+    def bug() -> ChunkResult:  # a ValueError of our own is not the user's mistake
+        raise ValueError("an index went wrong")
+
+    result = actor._run(bug)
+    assert result.error is not None and result.error.kind == "internal"
+    assert result.error.message == "ValueError"  # the user sees its type, not its text
+    assert result.error.traceback is not None and "an index went wrong" in result.error.traceback
+    assert "in bug" in result.error.traceback  # where, for the server's log
     spec = ComputeSpec(source="sum(x", source_hash="h-bad", ops=("grad",), wrt=None,
                        batched=False, dtype="float64")  # fmt: skip
     result = actor.compute(spec, {"x": np.ones(3)}, 0, 1)

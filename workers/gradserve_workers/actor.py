@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import time
+import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ import numpy as np
 
 from gradserve_workers._routes_taken import collecting
 from gradserve_workers.report import CheckReport
-from gradserve_workers.shm import SharedArrays
+from gradserve_workers.shm import RegionGone, SharedArrays
 from gradserve_workers.tasks import (
     CLAIM,
     COTANGENT,
@@ -99,13 +100,21 @@ def _parsed(source: str, max_chars: int) -> Any:
 
 
 def classify(error: BaseException) -> ChunkError:
-    """Turn an exception from the language or the ops into something the server maps."""
+    """Turn an exception from a chunk's work into something the server maps.
+
+    A user's mistake is one of the errors the language, the ops and the checks raise
+    for it (their own types: a positioned spec error, a limit, a runtime error in the
+    function, OpsError and CheckError), or a registered function refusing the user's
+    inputs. Anything else is ours (a bug in the service, or in an operator's
+    registered backward): "internal", with its traceback for the server's log and
+    only its type for the user, as a ValueError from our own code is not the user's.
+    """
     from gradserve_workers import lang, registry
     from gradserve_workers.certify import CertificateError
     from gradserve_workers.ops import OpsError
 
     if isinstance(error, CertificateError):  # the service's fault: INTERNAL, said in full
-        return ChunkError("internal", str(error))
+        return ChunkError("internal", str(error), traceback=_traceback(error))
     raised = registry.failure_message(error)
     if raised is not None:  # the operator's registered function failed on these inputs
         return ChunkError("invalid", raised)
@@ -118,9 +127,15 @@ def classify(error: BaseException) -> ChunkError:
     if isinstance(error, lang.FunctionRuntimeError):
         line, column = getattr(error, "line", None), getattr(error, "column", None)
         return ChunkError("spec" if line else "invalid", str(error), line, column)
-    if isinstance(error, OpsError | ValueError | RuntimeError | IndexError | TypeError):
+    if isinstance(error, OpsError):  # CheckError and NonFiniteInputError too
         return ChunkError("invalid", f"{error}")
-    return ChunkError("internal", f"{type(error).__name__}: {error}")
+    if isinstance(error, RegionGone):  # the caller unlinked its shared memory mid-call
+        return ChunkError("invalid", f"{error}")
+    return ChunkError("internal", type(error).__name__, traceback=_traceback(error))
+
+
+def _traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)).rstrip()
 
 
 class GradActor:

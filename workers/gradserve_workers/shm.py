@@ -37,6 +37,11 @@ class SegmentError(ValueError):
         self.missing = missing
 
 
+class RegionGone(SegmentError):
+    """A worker found the caller's segment gone mid-call (its client unlinked it): the
+    caller's doing, reported as such (actor.classify: INVALID_ARGUMENT)."""
+
+
 def check_key(key: str) -> str:
     if not _KEY.match(key) or not key.startswith(KEY_PREFIX):
         raise SegmentError(
@@ -150,18 +155,18 @@ class SharedArrays(Mapping[str, np.ndarray]):
         self.__init__(**state)  # type: ignore[misc]
 
     def _segment(self, key: str) -> mmap.mmap:
-        if host_identity() != self.host:
-            raise ValueError(
+        if host_identity() != self.host:  # the server sent it to the wrong worker: ours
+            raise RuntimeError(
                 "shared memory: this worker runs on another host than the server, so it "
-                "cannot read the caller's region; send the inputs over the wire"
+                "cannot read the caller's region"
             )
         segment = self._segments.get(key)
         if segment is None:
             try:
                 segment = self._segments[key] = open_segment(key)
             except SegmentError as error:
-                raise ValueError(
-                    f"shared memory: {error} (the caller removed it during the call?)"
+                raise RegionGone(
+                    f"shared memory: {error}: its client removed it during the call"
                 ) from None
         return segment
 

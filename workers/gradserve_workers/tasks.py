@@ -124,6 +124,8 @@ class ChunkError:
     line: int | None = None
     column: int | None = None
     limit: str | None = None  # the limit a "limit" error is about (LimitExceededError.limit)
+    # an "internal" error's traceback in the worker: for the server's log, never the user
+    traceback: str | None = None
 
 
 @dataclass

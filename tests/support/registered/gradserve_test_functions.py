@@ -60,6 +60,27 @@ def old_style(x: torch.Tensor) -> torch.Tensor:
     return _OldCube.apply(x)
 
 
+class _BrokenBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return (x**2).sum()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("deliberate bug in a backward")
+
+
+def internal_bug(x: torch.Tensor) -> torch.Tensor:
+    """sum(x²), whose backward raises RuntimeError: a bug on the server's side (the
+    operator's code, run by the workers outside the user's function), never the
+    user's mistake."""
+    return _BrokenBackward.apply(x)
+
+
 def not_enabled(x: torch.Tensor) -> torch.Tensor:
     """Installed, never enabled by the tests' server."""
     return x.sum()
