@@ -133,16 +133,22 @@ def test_every_op_by_shared_memory_equals_the_wire_bit_for_bit(address: str) -> 
 def test_the_async_client_by_shared_memory(address: str) -> None:
     x = np.random.default_rng(3).normal(size=(500, 10))
 
-    async def both() -> tuple[np.ndarray, np.ndarray, set[str]]:
+    async def both() -> tuple[list[np.ndarray], list[np.ndarray], set[str]]:
         async with gradserve.AsyncClient(address, timeout=60, shared_memory="auto") as client:
-            got = await client.grad(ROSENBROCK, {"x": x}, batched=True)
-            want = await client.grad(ROSENBROCK, {"x": x}, batched=True, shared_memory=False)
+            # calls in flight together: each has a segment of its own
+            got = await asyncio.gather(
+                *(client.grad(ROSENBROCK, {"x": x * k}, batched=True) for k in (1, 2, 3))
+            )
+            want = [
+                await client.grad(ROSENBROCK, {"x": x * k}, batched=True, shared_memory=False)
+                for k in (1, 2, 3)
+            ]
             keys = {r.key for r in await client.shared_memory_regions()}
         return got, want, keys
 
     got, want, keys = asyncio.run(both())
-    assert np.array_equal(got, want)
-    assert keys and not (keys & _ours())
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    assert len(keys) == 3 and not (keys & _ours())
 
 
 def test_a_region_the_server_forgot_is_registered_again(address: str) -> None:
