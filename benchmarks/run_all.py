@@ -7,6 +7,7 @@
 5. peers: the same unary and batched grads through FastAPI/uvicorn and Ray Serve
    (needs requirements/bench.txt, which `make bench` installs)
 6. lanes: a unary call's time by part, fast lane off vs on (two servers of its own)
+7. shm: the 200k-point batch by the wire, by shared memory, and in-process
 
 Prints the tables and writes the raw numbers (every repetition) to
 ``bench-results/<time>.json`` (or ``--out``). ``--quick`` is a smoke run.
@@ -30,11 +31,12 @@ import checks
 import lanes
 import latency
 import scaling
+import shared_memory
 import throughput
 import torch
 from _harness import ROOT, start_server
 
-NAMES = ("throughput", "checks", "latency", "scaling", "peers", "lanes")
+NAMES = ("throughput", "checks", "latency", "scaling", "peers", "lanes", "shm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             peer_rows = peers.run(server, args.workers, args.quick)
             results["peers"] = peer_rows
             peer_table = peers.render(peer_rows)
+        if "shm" in only:
+            print("6. shared memory", flush=True)
+            points = 20_000 if args.quick else 200_000
+            shm = shared_memory.run(
+                server.address, server.proc.pid, args.workers, points, 3 if args.quick else 9
+            )
+            results["shared_memory"] = shm
+            shm_table = shared_memory.render(shm)
     if "scaling" in only:
         print("4. scaling (1 worker: a second server)", flush=True)
         with start_server(1) as server:
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print("6. lanes (fast lane off vs on: two more servers)", flush=True)
         results["lanes"] = lanes.run(args.workers, args.quick)
         tables.append(lanes.render(results["lanes"]))
+    if "shm" in only:
+        tables.append(shm_table)
     results["total_seconds"] = time.perf_counter() - started
 
     print()

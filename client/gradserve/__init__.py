@@ -32,6 +32,7 @@ from gradserve.results import (
     WorstElement,
 )
 from gradserve.sampling import Sample, normal, uniform
+from gradserve.shm import SharedMemoryRegion
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "ResourceExhaustedError",
     "Sample",
     "ServerInfo",
+    "SharedMemoryRegion",
     "TaskResult",
     "UnauthenticatedError",
     "UnavailableError",

@@ -118,6 +118,11 @@ def expected_bytes(msg: pb.Tensor, where: str = "tensor") -> int:
 
 def decode(msg: pb.Tensor, where: str = "tensor", data: bytes | None = None) -> np.ndarray:
     """A Tensor message as a read-only array (zero-copy over ``data`` or ``msg.data``)."""
+    if data is None and msg.HasField("shared_memory"):
+        raise WireError(
+            f"{where}: its bytes are in shared memory, which only Compute takes (not "
+            "ComputeStream, checks or jobs); send them as data"
+        )
     raw = msg.data if data is None else data
     need = expected_bytes(msg, where)
     if len(raw) != need:

@@ -63,16 +63,20 @@ def check_spec(req: CheckRequest, limits: Mapping[str, int]) -> CheckSpec:
     )
 
 
+def call_arrays(req: ComputeRequest | CheckRequest) -> dict[str, Any]:
+    """Every array a chunk call of ``req`` reads, by its key among the chunk's arrays."""
+    if isinstance(req, ComputeRequest):
+        return chunk_arrays(
+            req.inputs.arrays, cotangent=req.cotangent, tangents=req.tangents, vector=req.vector
+        )
+    claims = req.claims.values if req.claims is not None else None
+    return chunk_arrays(req.inputs.arrays, claims=claims)
+
+
 def payload(req: ComputeRequest | CheckRequest, chunks: int) -> Any:
     """What each chunk call carries: the arrays, or one object-store ref to them when
     they are large and several chunks would otherwise each copy them."""
-    if isinstance(req, ComputeRequest):
-        arrays = chunk_arrays(
-            req.inputs.arrays, cotangent=req.cotangent, tangents=req.tangents, vector=req.vector
-        )
-    else:
-        claims = req.claims.values if req.claims is not None else None
-        arrays = chunk_arrays(req.inputs.arrays, claims=claims)
+    arrays = call_arrays(req)
     if chunks > 1 and sum(a.nbytes for a in arrays.values()) > OBJECT_STORE_BYTES:
         return ray.put(arrays)  # once, not once per chunk
     return arrays

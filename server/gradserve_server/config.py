@@ -114,6 +114,9 @@ class ServerConfig:
     workers: WorkerBudgets = field(default_factory=WorkerBudgets)
     # registered functions (the gradserve.functions entry points) the workers import
     functions: tuple[str, ...] = ()
+    # shared memory for clients on this host (docs/sdk.md), and its regions per tenant
+    shared_memory: bool = True
+    max_shm_regions: int = 64
 
 
 def non_negative_int(text: str) -> int:
@@ -178,6 +181,10 @@ def _same(value: Any) -> Any:
 
 def _positive(floor: float) -> Callable[[Any], Any]:
     return lambda value: max(floor, value)
+
+
+def _is_one(value: str) -> bool:
+    return value == "1"
 
 
 def _or_none(value: Any) -> Any:
@@ -333,6 +340,11 @@ SETTINGS: tuple[Setting, ...] = (
             "non-loopback one is warned about loudly", "operations", default="127.0.0.1"),
     Setting("log_format", "text, or one JSON object a line", "operations", str.lower,
             "text", choices=("text", "json")),
+    Setting("shared_memory", "take tensors from shared-memory regions of clients on this "
+            "host; 0 refuses them", "serve", default="1", choices=("0", "1"),
+            convert=_is_one),
+    Setting("max_shm_regions", "shared-memory regions one tenant may register; 0: no "
+            "limit", "limits", non_negative_int, "64"),
 )  # fmt: skip
 
 

@@ -8,19 +8,19 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
-from gradserve_server import chunks, dispatch, encoding, fastlane, numeric
+from gradserve_server import chunks, dispatch, encoding, fastlane, numeric, shm
 from gradserve_server.budgets import Budgets, InFlight
 from gradserve_server.codec import RequestCodec, has_samples
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error
 from gradserve_server.planner import WorkLog, check_shards, plan_chunks, request_elements
-from gradserve_server.pool import ActorPool
+from gradserve_server.pool import ActorPool, tenant_of
 from gradserve_server.requests import CheckRequest, ComputeHeader, ComputeRequest
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
 from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
@@ -35,6 +35,8 @@ class Computed:
 
     outputs: dict[str, dict[str, list[np.ndarray]]]
     metadata: pb.ComputeMetadata
+    # the results as the reply sends them when the outputs went into shared memory
+    placed: list[pb.OpResult] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -63,6 +65,8 @@ class ComputeService:
         self._check_log = WorkLog()
         # small compute calls in this process (see fastlane.py); main starts it
         self.fast_lane: fastlane.FastLane | None = None
+        # shared-memory regions of clients on this host, by tenant
+        self.shared = shm.Registry(config.shared_memory, config.max_shm_regions)
 
     # ------------------------------------------------------------- compute
 
@@ -78,18 +82,37 @@ class ComputeService:
         blobs: Sequence[bytes] | None = None,
         header: ComputeHeader | None = None,
     ) -> Computed:
-        """Run a compute request (``header``: its header, already admitted)."""
+        """Run a compute request (``header``: its header, already admitted; without
+        the unary message limit when the outputs go into shared memory)."""
         started = time.perf_counter()
-        req = self.codec.compute(msg, blobs=blobs, header=header)
-        spec = self.spec(req)
-        # fast-lane hook (fastlane.py): a small call runs in this process, the rest on Ray
-        results, lane = await fastlane.route(
-            self.fast_lane, req, spec, lambda: self._dispatch(req, spec, tenant, "compute")
-        )
-        outputs = _assemble(results, req)
-        meta = encoding.metadata(results, req.inputs, req.wrt, started)
-        meta.lane = lane
-        return Computed(outputs, meta)
+        with self.shared.resolve(msg, tenant_of(tenant), blobs is not None) as shared:
+            if shared is not None:
+                # memoryviews of the regions: decoding reads any buffer, zero-copy
+                blobs = cast("Sequence[bytes]", shared.blobs)
+                if shared.output is not None:
+                    header = header or self.admit_compute(msg)
+                    estimate = header.estimate
+                    shared.check_room(estimate.reply_bytes, estimate.out is not None)
+            req = self.codec.compute(msg, blobs=blobs, header=header)
+            spec = self.spec(req)
+            if shared is not None:
+                # the regions are read and written by workers on this host: Ray's lane
+                if req.inputs.batched:
+                    shared.plan_writes(req.ops, req.inputs.arrays, req.wrt, req.inputs.dtype)
+                results = await self._dispatch(req, spec, tenant, "compute", shared)
+                lane = "ray"
+            else:
+                # fast-lane hook (fastlane.py): a small call runs in this process, the rest on Ray
+                results, lane = await fastlane.route(
+                    self.fast_lane, req, spec, lambda: self._dispatch(req, spec, tenant, "compute")
+                )
+            meta = encoding.metadata(results, req.inputs, req.wrt, started)
+            meta.lane = lane
+            done = Computed(_assemble(results, req), meta)
+            if shared is not None and shared.output is not None:
+                done.placed = shared.place(done.outputs, [r.written for r in results])
+                done.outputs = {}
+            return done
 
     async def _dispatch(
         self,
@@ -97,9 +120,15 @@ class ComputeService:
         spec: ComputeSpec | CheckSpec,
         tenant: str,
         method: str,
+        shared: shm.SharedCall | None = None,
     ) -> list[ChunkResult]:
         ranges = self.plan(req)
-        payload = chunks.payload(req, len(ranges))
+        payload = None
+        if shared is not None:  # workers on this host read the caller's region in place
+            here = shm.workers_on_this_host([w.name for w in self.pool.workers])
+            payload = shared.payload(chunks.call_arrays(req), here)
+        if payload is None:
+            payload = chunks.payload(req, len(ranges))
         return await dispatch.gather_or_cancel(
             self._run_range_or_raise(spec, tenant, method, payload, a, b) for a, b in ranges
         )

@@ -77,15 +77,19 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
     ) -> pb.ComputeResponse:
         _note_ops(request.ops)
         limit = self.service.config.max_message_bytes
-        # admitted once, its reply budget carrying the message limit
-        header = self.service.admit_compute(request, unary=True)
+        in_reply = not request.HasField("output")  # else they go into shared memory
+        # admitted once, its reply budget carrying the message limit when it is the reply's
+        header = self.service.admit_compute(request, unary=in_reply)
         estimate = header.estimate
-        if estimate.out is not None and estimate.reply_bytes > limit:
+        if in_reply and estimate.out is not None and estimate.reply_bytes > limit:
             raise _over_message_limit(estimate.reply_bytes, limit, "would be")  # no work done
         done = await self.service.compute(request, _tenant(context), header=header)
         _note_done(done.metadata)
         resp = pb.ComputeResponse(metadata=done.metadata)
-        outputs_to_proto(done.joined(), resp.results)
+        if done.placed is not None:
+            resp.results.extend(done.placed)
+        else:
+            outputs_to_proto(done.joined(), resp.results)
         del done
         if resp.ByteSize() > limit:
             raise _over_message_limit(resp.ByteSize(), limit, "is")
@@ -209,6 +213,28 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
                 for f in registry.catalogue()
             ],
         )
+
+    # ------------------------------------------------------------- shared memory
+
+    @guard
+    async def RegisterSharedMemory(
+        self, request: pb.RegisterSharedMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SharedMemoryRegion:
+        return self.service.shared.register(calls.identity().tenant, request).to_proto()
+
+    @guard
+    async def UnregisterSharedMemory(
+        self, request: pb.UnregisterSharedMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnregisterSharedMemoryResponse:
+        gone = self.service.shared.unregister(calls.identity().tenant, request.name)
+        return pb.UnregisterSharedMemoryResponse(regions=[r.to_proto() for r in gone])
+
+    @guard
+    async def ListSharedMemory(
+        self, request: pb.ListSharedMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSharedMemoryResponse:
+        regions = self.service.shared.listed(calls.identity().tenant, request.name)
+        return pb.ListSharedMemoryResponse(regions=[r.to_proto() for r in regions])
 
     # ------------------------------------------------------------- jobs
 

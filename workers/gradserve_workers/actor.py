@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from gradserve_workers._routes_taken import collecting
 from gradserve_workers.report import CheckReport
+from gradserve_workers.shm import RegionGone, SharedArrays
 from gradserve_workers.tasks import (
     CLAIM,
     COTANGENT,
@@ -49,6 +50,10 @@ CANCEL_POLL_SECONDS = 0.05
 # The ChunkError kind of a chunk an express actor stopped at its short budget: the
 # server runs it again on a regular worker (it never reaches a caller).
 OVERRUN = "overrun"
+
+
+def shared(arrays: Mapping[str, np.ndarray]) -> TypeGuard[SharedArrays]:
+    return isinstance(arrays, SharedArrays) and bool(arrays.outputs)
 
 
 def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
@@ -122,6 +127,8 @@ def classify(error: BaseException) -> ChunkError:
         line, column = getattr(error, "line", None), getattr(error, "column", None)
         return ChunkError("spec" if line else "invalid", str(error), line, column)
     if isinstance(error, OpsError):  # CheckError and NonFiniteInputError too
+        return ChunkError("invalid", f"{error}")
+    if isinstance(error, RegionGone):  # the caller unlinked its shared memory mid-call
         return ChunkError("invalid", f"{error}")
     return ChunkError("internal", type(error).__name__, traceback=_traceback(error))
 
@@ -347,11 +354,15 @@ class GradActor:
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:
             self._per_point.add(spec.source_hash)
+        outputs = {
+            op: {key: self._to_numpy(t) for key, t in by_key.items()}
+            for op, by_key in result.outputs.items()
+        }
+        # the caller's shared memory, where the server asked: written here, not returned
+        written = arrays.write_outputs(outputs, start, stop) if shared(arrays) else ()
         return ChunkResult(
-            outputs={
-                op: {key: self._to_numpy(t) for key, t in by_key.items()}
-                for op, by_key in result.outputs.items()
-            },
+            outputs=outputs,
+            written=written,
             vmapped=result.vmapped,
             unconnected=tuple(result.unconnected),
             jacobian_mode=result.jacobian_mode,

@@ -144,6 +144,9 @@ class ChunkResult:
     error: ChunkError | None = None
     # the fields of a gradserve_workers.ops.certify.Certificate, when the answer was certified
     certificate: dict[str, Any] | None = None
+    # (op, key) of outputs the worker wrote into the caller's shared memory itself
+    # (gradserve_workers.shm.SharedArrays.write_outputs): absent from ``outputs``
+    written: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

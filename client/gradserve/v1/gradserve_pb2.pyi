@@ -93,14 +93,16 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data")
+    __slots__ = ("dtype", "shape", "data", "shared_memory")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    shared_memory: SharedMemoryRef
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., shared_memory: _Optional[_Union[SharedMemoryRef, _Mapping]] = ...) -> None: ...
 
 class TensorPiece(_message.Message):
     __slots__ = ("slot", "offset", "data")
@@ -113,7 +115,7 @@ class TensorPiece(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ComputeRequest(_message.Message):
-    __slots__ = ("function", "inputs", "ops", "wrt", "batched", "dtype", "jacobian_mode", "chunk_size", "cotangent", "tangents", "vector", "verify")
+    __slots__ = ("function", "inputs", "ops", "wrt", "batched", "dtype", "jacobian_mode", "chunk_size", "cotangent", "tangents", "vector", "verify", "output")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +149,7 @@ class ComputeRequest(_message.Message):
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     function: str
     inputs: _containers.MessageMap[str, Tensor]
     ops: _containers.RepeatedScalarFieldContainer[Op]
@@ -159,7 +162,8 @@ class ComputeRequest(_message.Message):
     tangents: _containers.MessageMap[str, Tensor]
     vector: _containers.MessageMap[str, Tensor]
     verify: Verify
-    def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., chunk_size: _Optional[int] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ..., verify: _Optional[_Union[Verify, str]] = ...) -> None: ...
+    output: SharedMemoryRef
+    def __init__(self, function: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., ops: _Optional[_Iterable[_Union[Op, str]]] = ..., wrt: _Optional[_Iterable[str]] = ..., batched: _Optional[bool] = ..., dtype: _Optional[_Union[DType, str]] = ..., jacobian_mode: _Optional[_Union[JacobianMode, str]] = ..., chunk_size: _Optional[int] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., tangents: _Optional[_Mapping[str, Tensor]] = ..., vector: _Optional[_Mapping[str, Tensor]] = ..., verify: _Optional[_Union[Verify, str]] = ..., output: _Optional[_Union[SharedMemoryRef, _Mapping]] = ...) -> None: ...
 
 class Output(_message.Message):
     __slots__ = ("input", "input2", "tensor")
@@ -707,3 +711,65 @@ class DeleteJobResponse(_message.Message):
     job: Job
     freed_bytes: int
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
+
+class SharedMemoryRef(_message.Message):
+    __slots__ = ("region", "offset", "byte_size")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    byte_size: int
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ...) -> None: ...
+
+class RegisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("name", "key", "offset", "byte_size", "proof")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    proof: bytes
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., proof: _Optional[bytes] = ...) -> None: ...
+
+class SharedMemoryRegion(_message.Message):
+    __slots__ = ("name", "key", "offset", "byte_size", "calls_using")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_USING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    calls_using: int
+    def __init__(self, name: _Optional[str] = ..., key: _Optional[str] = ..., offset: _Optional[int] = ..., byte_size: _Optional[int] = ..., calls_using: _Optional[int] = ...) -> None: ...
+
+class UnregisterSharedMemoryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnregisterSharedMemoryResponse(_message.Message):
+    __slots__ = ("regions",)
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[SharedMemoryRegion]
+    def __init__(self, regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...
+
+class ListSharedMemoryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListSharedMemoryResponse(_message.Message):
+    __slots__ = ("regions",)
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    regions: _containers.RepeatedCompositeFieldContainer[SharedMemoryRegion]
+    def __init__(self, regions: _Optional[_Iterable[_Union[SharedMemoryRegion, _Mapping]]] = ...) -> None: ...

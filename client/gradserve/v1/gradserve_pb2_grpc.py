@@ -89,6 +89,21 @@ class GradientServiceStub:
                 request_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
+        self.RegisterSharedMemory = channel.unary_unary(
+                '/gradserve.v1.GradientService/RegisterSharedMemory',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.RegisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.SharedMemoryRegion.FromString,
+                _registered_method=True)
+        self.UnregisterSharedMemory = channel.unary_unary(
+                '/gradserve.v1.GradientService/UnregisterSharedMemory',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.ListSharedMemory = channel.unary_unary(
+                '/gradserve.v1.GradientService/ListSharedMemory',
+                request_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryRequest.SerializeToString,
+                response_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class GradientServiceServicer:
@@ -167,6 +182,32 @@ class GradientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSharedMemory(self, request, context):
+        """System shared memory for clients on the server's host (the pattern of Triton's
+        system shared-memory extension): a client registers a POSIX shared-memory
+        segment it made, then names it in Tensor.shared_memory and
+        ComputeRequest.output instead of sending bytes. Regions belong to the caller's
+        tenant; other tenants cannot see or use them. The server never unlinks a
+        client's segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterSharedMemory(self, request, context):
+        """Forgets a region (empty name: every region of the caller). Calls that already
+        use it keep their mapping until they end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSharedMemory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +265,21 @@ def add_GradientServiceServicer_to_server(servicer, server):
                     servicer.DeleteJob,
                     request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.FromString,
                     response_serializer=gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'RegisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSharedMemory,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.RegisterSharedMemoryRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.SharedMemoryRegion.SerializeToString,
+            ),
+            'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterSharedMemory,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryResponse.SerializeToString,
+            ),
+            'ListSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSharedMemory,
+                    request_deserializer=gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryRequest.FromString,
+                    response_serializer=gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +579,87 @@ class GradientService:
             '/gradserve.v1.GradientService/DeleteJob',
             gradserve_dot_v1_dot_gradserve__pb2.DeleteJobRequest.SerializeToString,
             gradserve_dot_v1_dot_gradserve__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/RegisterSharedMemory',
+            gradserve_dot_v1_dot_gradserve__pb2.RegisterSharedMemoryRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.SharedMemoryRegion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/UnregisterSharedMemory',
+            gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.UnregisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradserve.v1.GradientService/ListSharedMemory',
+            gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryRequest.SerializeToString,
+            gradserve_dot_v1_dot_gradserve__pb2.ListSharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,271 @@
+"""Shared memory for a client on the server's host: the pure part.
+
+With ``shared_memory=True`` (or ``"auto"``) a compute call writes its inputs into a
+POSIX shared-memory segment this client made and registered with the server, and
+the server writes the outputs back into the same segment: no tensor byte crosses
+the socket. Segments are reused call after call (one per call in flight), grown
+when a call needs more, and unregistered and unlinked when the client closes (or,
+failing that, when the process exits).
+
+Results are copies out of the segment: the segment is reused by the next call, so
+a view into it would change under its holder.
+
+Layout of a segment: 64 random bytes (the proof that registers it, see the
+.proto), then each input at a 64-byte-aligned offset, then the room for outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from gradserve import wire
+from gradserve.errors import InvalidArgumentError
+from gradserve.v1 import gradserve_pb2 as pb
+
+ALIGN = 64
+HEADER = 64  # the proof
+MIN_SEGMENT = 1024 * 1024
+# idle segments kept for reuse; more are unregistered and unlinked
+KEEP_IDLE = 2
+# ops whose outputs' size follows from the inputs' shapes (value too, beside grad or
+# hessian: the function is then scalar); the others' replies travel on the wire
+SIZED_OPS = frozenset({"grad", "vjp", "hvp", "hessian"})
+
+
+def mode(value: Any, where: str) -> bool | str:
+    """A validated ``shared_memory`` choice: True, False or "auto"."""
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+        return value  # type: ignore[no-any-return]
+    raise InvalidArgumentError(f"{where}: shared_memory must be True, False or 'auto'")
+
+
+def aligned(offset: int) -> int:
+    return -(-offset // ALIGN) * ALIGN
+
+
+class Segment:
+    """One POSIX shared-memory segment of this client, registered under its key."""
+
+    def __init__(self, nbytes: int) -> None:
+        size = max(MIN_SEGMENT, 1 << max(0, nbytes - 1).bit_length())
+        key = f"gradserve_{secrets.token_hex(12)}"
+        self.shm = shared_memory.SharedMemory(name=key, create=True, size=size)
+        self.key = key
+        self.size = size
+        self.proof = secrets.token_bytes(HEADER)
+        self.buf[:HEADER] = self.proof
+        self.registered = False
+
+    @property
+    def buf(self) -> memoryview:
+        buf = self.shm.buf
+        assert buf is not None, "the segment was closed"
+        return buf
+
+    def register_request(self) -> pb.RegisterSharedMemoryRequest:
+        return pb.RegisterSharedMemoryRequest(
+            name=self.key, key=self.key, offset=0, byte_size=self.size, proof=self.proof
+        )
+
+    def array(self, offset: int, dtype: np.dtype[Any], shape: Sequence[int]) -> np.ndarray:
+        count = math.prod(shape)
+        arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset)
+        return arr.reshape(tuple(shape))
+
+    def destroy(self) -> None:
+        _destroy(self.shm)
+
+
+def _destroy(shm: shared_memory.SharedMemory) -> None:
+    with contextlib.suppress(BufferError):  # a view still lives: it keeps the mapping
+        shm.close()
+    with contextlib.suppress(FileNotFoundError):
+        shm.unlink()
+
+
+class Segments:
+    """The client's segments: leased one per call, reused, grown, given back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[Segment] = []
+        self._all: list[Segment] = []
+        self._finalizer = weakref.finalize(self, _destroy_all, self._all)
+
+    def lease(self, nbytes: int) -> tuple[Segment, list[Segment]]:
+        """A segment of at least ``nbytes`` for one call, and idle ones to retire
+        (unregister, then :meth:`drop`) to make room for a larger one."""
+        with self._lock:
+            fits = [s for s in self._idle if s.size >= nbytes]
+            if fits:
+                best = min(fits, key=lambda s: s.size)
+                self._idle.remove(best)
+                return best, []
+            retire = list(self._idle) if len(self._idle) >= KEEP_IDLE else []
+            for s in retire:
+                self._idle.remove(s)
+            segment = Segment(nbytes)
+            self._all.append(segment)
+            return segment, retire
+
+    def give_back(self, segment: Segment) -> None:
+        with self._lock:
+            if segment in self._all:
+                self._idle.append(segment)
+
+    def drop(self, segment: Segment) -> None:
+        with self._lock:
+            if segment in self._all:
+                self._all.remove(segment)
+            if segment in self._idle:
+                self._idle.remove(segment)
+        segment.destroy()
+
+    def forget_registrations(self) -> None:
+        """The server forgot them (it restarted): register each again on next use."""
+        with self._lock:
+            for s in self._all:
+                s.registered = False
+
+    def take_all(self) -> list[Segment]:
+        """Every segment, for :meth:`close`: those registered to unregister first."""
+        with self._lock:
+            taken = list(self._all)
+            return taken
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _destroy_all(segments: list[Segment]) -> None:
+    for s in list(segments):
+        s.destroy()
+    segments.clear()
+
+
+@dataclass
+class SharedRequest:
+    """A compute request laid out in a segment: the request naming the places of its
+    inputs (and of the outputs' room, when their size is known)."""
+
+    header: pb.ComputeRequest
+    segment: Segment
+    in_place: bool  # outputs come back in the segment
+
+    def results(self, resp: pb.ComputeResponse) -> list[np.ndarray]:
+        """Each result tensor as an array of its own (copied out of the segment)."""
+        out = []
+        for i, tensor in enumerate(wire.result_slots(resp.results)):
+            if tensor.HasField("shared_memory"):
+                out.append(self._copy_out(tensor, f"result {i}"))
+            else:
+                out.append(wire.decode(tensor, f"result {i}"))
+        return out
+
+    def _copy_out(self, tensor: pb.Tensor, where: str) -> np.ndarray:
+        ref = tensor.shared_memory
+        need = wire.expected_bytes(tensor, where)
+        if (
+            ref.region != self.segment.key
+            or ref.offset < 0
+            or ref.offset + need > self.segment.size
+        ):
+            raise InvalidArgumentError(f"{where}: the server placed it outside this call's region")
+        dtype = np.dtype("<f4" if tensor.dtype == pb.DTYPE_FLOAT32 else "<f8")
+        view = self.segment.array(int(ref.offset), dtype, list(tensor.shape))
+        return np.array(view, copy=True)
+
+
+def output_bytes(
+    ops: Sequence[str], arrays: Mapping[str, np.ndarray], wrt: Sequence[str], batched: bool,
+    itemsize: int,
+) -> int | None:  # fmt: skip
+    """The outputs' bytes (with alignment) when shapes tell; None when only the server
+    can tell (value alone, jvp, jacobian)."""
+    scalar = bool({"grad", "hessian"} & set(ops))
+    if not all(op in SIZED_OPS or (op == "value" and scalar) for op in ops):
+        return None
+    names = list(wrt) or list(arrays)
+    if any(n not in arrays for n in names):
+        return None  # the server will name the mistake
+    points = next((int(a.shape[0]) for a in arrays.values() if a.ndim), 1) if batched else 1
+    per = {n: math.prod(arrays[n].shape[1:] if batched else arrays[n].shape) for n in names}
+    sizes: list[int] = []
+    for op in ops:
+        if op == "value":
+            sizes.append(points)
+        elif op == "hessian":
+            sizes += [points * per[a] * per[b] for a in names for b in names]
+        else:
+            sizes += [points * per[n] for n in names]
+    return sum(aligned(s * itemsize) for s in sizes)
+
+
+def compute_itemsize(dtype: int, arrays: Iterable[np.ndarray]) -> int:
+    """Bytes per element the server computes in (its rule: the request's dtype, else
+    float32 only when every input is float32)."""
+    if dtype == pb.DTYPE_FLOAT32:
+        return 4
+    if dtype == pb.DTYPE_FLOAT64:
+        return 8
+    kinds = {a.dtype.itemsize for a in arrays}
+    return 4 if kinds == {4} else 8
+
+
+def layout(
+    header: pb.ComputeRequest, arrays: Sequence[np.ndarray], segments: Segments
+) -> tuple[SharedRequest, list[Segment]]:
+    """Lease a segment, write the inputs into it, and name their places (and the
+    outputs' room) in a copy of ``header``; also the idle segments to retire."""
+    offsets = []
+    cursor = HEADER
+    for arr in arrays:
+        offsets.append(aligned(cursor))
+        cursor = offsets[-1] + arr.nbytes
+    inputs = dict(zip(sorted(header.inputs), arrays[: len(header.inputs)], strict=True))
+    itemsize = compute_itemsize(header.dtype, inputs.values())
+    ops = [_OP_NAMES[o] for o in header.ops]
+    room = output_bytes(ops, inputs, list(header.wrt), header.batched, itemsize)
+    start = aligned(cursor)
+    segment, retire = segments.lease(start + (room or 0))
+    req = pb.ComputeRequest()
+    req.CopyFrom(header)
+    for tensor, arr, offset in zip(wire.request_slots(req), arrays, offsets, strict=True):
+        np.copyto(segment.array(offset, arr.dtype, arr.shape), arr)
+        tensor.shared_memory.CopyFrom(
+            pb.SharedMemoryRef(region=segment.key, offset=offset, byte_size=arr.nbytes)
+        )
+    if room is not None:
+        req.output.CopyFrom(
+            pb.SharedMemoryRef(region=segment.key, offset=start, byte_size=segment.size - start)
+        )
+    return SharedRequest(req, segment, room is not None), retire
+
+
+_OP_NAMES = {number: name.removeprefix("OP_").lower() for name, number in pb.Op.items()}
+
+
+@dataclass(frozen=True)
+class SharedMemoryRegion:
+    """A shared-memory region the server holds for this caller (see
+    :meth:`gradserve.Client.shared_memory_regions`)."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    calls_using: int
+
+    @classmethod
+    def _from_proto(cls, msg: pb.SharedMemoryRegion) -> SharedMemoryRegion:
+        return cls(msg.name, msg.key, msg.offset, msg.byte_size, msg.calls_using)
