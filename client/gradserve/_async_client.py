@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from gradserve import _core, jobspec
+from gradserve import _core, jobspec, shm
 from gradserve._claims import Claim
 from gradserve._config import TLS, ClientConfig
 from gradserve._core import Inputs, OutgoingCompute, StreamedReply
 from gradserve._rpc import AsyncRpc
-from gradserve.errors import _RetryAsStream
+from gradserve.errors import GradserveError, _RetryAsStream
 from gradserve.jobs import AsyncJob
 from gradserve.jobspec import JobSpec
 from gradserve.results import (
@@ -40,7 +40,11 @@ class AsyncClient:
     ``address`` defaults to $GRADSERVE_ADDRESS, then 127.0.0.1:50051; ``token``: the
     bearer token (default $GRADSERVE_TOKEN); ``timeout``: the default deadline of a
     call in seconds; ``tls``: a :class:`gradserve.TLS`, or True for the system's CAs
-    (default: TLS when $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext).
+    (default: TLS when $GRADSERVE_TLS_CA/_CERT/_KEY are set, else plaintext);
+    ``shared_memory``: True to hand tensors over by shared memory (the server must
+    run on this host), "auto" to do so where the server can and go by the wire where
+    it cannot, False (default) never; each compute call may choose otherwise
+    (docs/sdk.md, "Shared memory").
     """
 
     def __init__(
@@ -50,7 +54,9 @@ class AsyncClient:
         token: str | None = None,
         timeout: float | None = None,
         tls: TLS | bool | None = None,
+        shared_memory: bool | Literal["auto"] = False,
     ) -> None:
+        self._shm = shm.ClientMemory(shared_memory)
         self._rpc = AsyncRpc(ClientConfig(address, token, timeout, tls))
 
     @property
@@ -63,7 +69,20 @@ class AsyncClient:
         """The default deadline of a call, in seconds (None: none)."""
         return self._rpc.config.timeout
 
+    @property
+    def shared_memory(self) -> bool | Literal["auto"]:
+        """The client's ``shared_memory=`` choice (a call may choose otherwise)."""
+        return self._shm.choice
+
+    @property
+    def shared_memory_off(self) -> str | None:
+        """Why ``shared_memory="auto"`` went back to the wire for good (None: it has not)."""
+        return self._shm.off
+
     async def close(self) -> None:
+        for segment in self._shm.release():
+            await self._unregister(segment)
+        self._shm.close()
         await self._rpc.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -73,7 +92,12 @@ class AsyncClient:
         await self.close()
 
     async def _compute(self, req: OutgoingCompute, timeout: float | None) -> ComputeResult:
-        if not req.wants_stream:
+        chosen = self._shm.chosen(req.shared_memory)
+        shared = await self._shared_compute(req, chosen, timeout) if chosen else None
+        if isinstance(shared, ComputeResult):
+            return shared
+        # "stream": the outputs came back too large for a message (their size was unknown)
+        if shared is None and not req.wants_stream:
             try:
                 return _core.decode_compute(await self._rpc.compute(req.unary(), timeout))
             except _RetryAsStream:
@@ -85,6 +109,50 @@ class AsyncClient:
                 reply.add(part)
         return reply.result()
 
+    # ------------------------------------------------------------- shared memory
+
+    async def _shared_compute(
+        self, req: OutgoingCompute, chosen: shm.Choice, timeout: float | None
+    ) -> ComputeResult | Literal["stream"] | None:
+        """As :meth:`gradserve.Client._shared_compute`, awaited."""
+        shared, retire = self._shm.layout(req.header, req.arrays)
+        try:
+            for old in retire:
+                await self._unregister(old)
+                self._shm.drop(old)
+            first = True
+            while True:
+                try:
+                    if not shared.segment.registered:
+                        request = shared.segment.register_request()
+                        await self._rpc.register_shared_memory(request, timeout)
+                        shared.segment.registered = True
+                    resp = await self._rpc.compute(shared.header, timeout)
+                    return _core.decode_shared(shared, resp)
+                except _RetryAsStream:
+                    return "stream"
+                except GradserveError as error:
+                    if not self._shm.retry(error, chosen, first):
+                        return None
+                first = False
+        finally:
+            self._shm.give_back(shared.segment)
+
+    async def _unregister(self, segment: shm.Segment) -> None:
+        if segment.registered:
+            # best effort: the server forgets an unlinked segment's region by itself
+            with contextlib.suppress(GradserveError):
+                req = pb.UnregisterSharedMemoryRequest(name=segment.key)
+                await self._rpc.unregister_shared_memory(req, 5)
+            segment.registered = False
+
+    async def shared_memory_regions(
+        self, *, timeout: float | None = None
+    ) -> list[shm.SharedMemoryRegion]:
+        """The shared-memory regions the server holds for this caller (its tenant)."""
+        msg = await self._rpc.list_shared_memory(pb.ListSharedMemoryRequest(), timeout)
+        return [shm.SharedMemoryRegion._from_proto(r) for r in msg.regions]
+
     # ------------------------------------------------------------- operations
 
     async def compute(
@@ -93,6 +161,7 @@ class AsyncClient:
         dtype: str | None = None, mode: str = "auto", chunk_size: int | None = None,
         cotangent: Any = None, tangents: Inputs | None = None, vector: Inputs | None = None,
         verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> ComputeResult:  # fmt: skip
         """Several operations in one call; returns a :class:`ComputeResult`.
 
@@ -105,25 +174,28 @@ class AsyncClient:
         req = _core.compute_request(
             fn, inputs, list(ops), wrt=wrt, batched=batched, dtype=dtype, mode=mode,
             chunk_size=chunk_size, cotangent=cotangent, tangents=tangents, vector=vector,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return await self._compute(req, timeout)
 
     async def value(
         self, fn: str, inputs: Inputs, *, batched: bool = False, dtype: str | None = None,
         verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> np.ndarray:  # fmt: skip
         """``f(inputs)``; with ``batched=True`` one row per point. A value has no
         derivative to certify: ``verify`` is accepted for symmetry and ignored."""
         req = _core.compute_request(
-            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify
-        )
+            fn, inputs, ["value"], batched=batched, dtype=dtype, verify=verify,
+            shared_memory=shared_memory,
+        )  # fmt: skip
         return (await self._compute(req, timeout))["value"]
 
     async def grad(
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> Derivative:  # fmt: skip
         """The gradient of a scalar function: one array per ``wrt`` input.
 
@@ -131,8 +203,9 @@ class AsyncClient:
         ``verify``: see :meth:`compute`.
         """
         req = _core.compute_request(
-            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify
-        )
+            fn, inputs, ["grad"], wrt=wrt, batched=batched, dtype=dtype, verify=verify,
+            shared_memory=shared_memory,
+        )  # fmt: skip
         return (await self._compute(req, timeout))["grad"]
 
     async def jacobian(
@@ -140,12 +213,13 @@ class AsyncClient:
         batched: bool = False, dtype: str | None = None, mode: str = "auto",
         chunk_size: int | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> Derivative:  # fmt: skip
         """``out_shape + in_shape`` per input; ``mode`` is auto, forward or reverse.
         ``verify``: see :meth:`compute`."""
         req = _core.compute_request(
             fn, inputs, ["jacobian"], wrt=wrt, batched=batched, dtype=dtype, mode=mode,
-            chunk_size=chunk_size, verify=verify,
+            chunk_size=chunk_size, verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return (await self._compute(req, timeout))["jacobian"]
 
@@ -153,12 +227,13 @@ class AsyncClient:
         self, fn: str, inputs: Inputs, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, chunk_size: int | None = None,
         verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> Hessian:  # fmt: skip
         """``in_shape + in_shape``; with several inputs a nested dict ``H[a][b]``.
         ``verify``: see :meth:`compute`."""
         req = _core.compute_request(
             fn, inputs, ["hessian"], wrt=wrt, batched=batched, dtype=dtype,
-            chunk_size=chunk_size, verify=verify,
+            chunk_size=chunk_size, verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return (await self._compute(req, timeout))["hessian"]
 
@@ -166,12 +241,13 @@ class AsyncClient:
         self, fn: str, inputs: Inputs, cotangent: Any, *, wrt: str | Sequence[str] | None = None,
         batched: bool = False, dtype: str | None = None, verify: bool | None = None,
         timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> Derivative:  # fmt: skip
         """``cotangentᵀ J`` per input; the cotangent is shaped like the output.
         ``verify``: see :meth:`compute`."""
         req = _core.compute_request(
             fn, inputs, ["vjp"], wrt=wrt, batched=batched, dtype=dtype, cotangent=cotangent,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return (await self._compute(req, timeout))["vjp"]
 
@@ -179,12 +255,13 @@ class AsyncClient:
         self, fn: str, inputs: Inputs, tangents: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
         dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> np.ndarray:  # fmt: skip
         """``J · tangent``, shaped like the output; one tangent per ``wrt`` input.
         ``verify``: see :meth:`compute`."""
         req = _core.compute_request(
             fn, inputs, ["jvp"], wrt=wrt, batched=batched, dtype=dtype, tangents=tangents,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return (await self._compute(req, timeout))["jvp"]
 
@@ -192,12 +269,13 @@ class AsyncClient:
         self, fn: str, inputs: Inputs, vector: Inputs, *,
         wrt: str | Sequence[str] | None = None, batched: bool = False,
         dtype: str | None = None, verify: bool | None = None, timeout: float | None = None,
+        shared_memory: bool | Literal["auto"] | None = None,
     ) -> Derivative:  # fmt: skip
         """``H · vector`` per input (forward-over-reverse). ``verify``: see
         :meth:`compute`."""
         req = _core.compute_request(
             fn, inputs, ["hvp"], wrt=wrt, batched=batched, dtype=dtype, vector=vector,
-            verify=verify,
+            verify=verify, shared_memory=shared_memory,
         )  # fmt: skip
         return (await self._compute(req, timeout))["hvp"]
 

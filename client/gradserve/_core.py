@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve import wire
+from gradserve import shm, wire
 from gradserve._claims import Claim, claimed, claims_for
 from gradserve.errors import DataLossError, InvalidArgumentError
 from gradserve.names import CHECK_KINDS, CLAIM_KINDS, DTYPES, JACOBIAN_MODES, JOB_STATES, OPS
@@ -88,6 +88,8 @@ class OutgoingCompute:
 
     header: pb.ComputeRequest
     arrays: list[np.ndarray]
+    # this call's shared_memory= (None: the client's)
+    shared_memory: shm.Choice | None = None
 
     @property
     def wants_stream(self) -> bool:
@@ -127,8 +129,11 @@ def compute_request(
     tangents: Inputs | None = None,
     vector: Inputs | None = None,
     verify: bool | None = None,
+    shared_memory: shm.Choice | None = None,
 ) -> OutgoingCompute:
     op = ops[0] if len(ops) == 1 else "compute"
+    if shared_memory is not None:
+        shared_memory = shm.mode(shared_memory, _call_form(op))
     if not isinstance(fn, str):
         raise InvalidArgumentError(f"{_call_form(op)}: fn must be source text, e.g. 'sin(x)'")
     unknown = [o for o in ops if o not in OPS]
@@ -168,7 +173,7 @@ def compute_request(
     order += [("cotangent", "")] if req.HasField("cotangent") else []
     order += [("tangents", n) for n in sorted(req.tangents)]
     order += [("vector", n) for n in sorted(req.vector)]
-    return OutgoingCompute(req, [arrays[key] for key in order])
+    return OutgoingCompute(req, [arrays[key] for key in order], shared_memory)
 
 
 def decode_compute(resp: pb.ComputeResponse, blobs: Sequence[bytes] | None = None) -> ComputeResult:
@@ -177,6 +182,15 @@ def decode_compute(resp: pb.ComputeResponse, blobs: Sequence[bytes] | None = Non
         wire.decode(t, f"result {i}", None if blobs is None else blobs[i])
         for i, t in enumerate(wire.result_slots(resp.results))
     ]
+    return _compute_result(resp, arrays)
+
+
+def decode_shared(shared: shm.SharedRequest, resp: pb.ComputeResponse) -> ComputeResult:
+    """A reply to a call by shared memory: its outputs copied out of the segment."""
+    return _compute_result(resp, shared.results(resp))
+
+
+def _compute_result(resp: pb.ComputeResponse, arrays: list[np.ndarray]) -> ComputeResult:
     return ComputeResult(
         outputs=shape_outputs(resp.results, arrays),
         metadata=Metadata._from_proto(resp.metadata),

@@ -83,6 +83,21 @@ class SyncRpc:
     def delete_job(self, req: pb.DeleteJobRequest, timeout: float | None) -> pb.DeleteJobResponse:
         return self._unary(self._stub.DeleteJob, req, timeout)
 
+    def register_shared_memory(
+        self, req: pb.RegisterSharedMemoryRequest, timeout: float | None
+    ) -> pb.SharedMemoryRegion:
+        return self._unary(self._stub.RegisterSharedMemory, req, timeout)
+
+    def unregister_shared_memory(
+        self, req: pb.UnregisterSharedMemoryRequest, timeout: float | None
+    ) -> pb.UnregisterSharedMemoryResponse:
+        return self._unary(self._stub.UnregisterSharedMemory, req, timeout)
+
+    def list_shared_memory(
+        self, req: pb.ListSharedMemoryRequest, timeout: float | None
+    ) -> pb.ListSharedMemoryResponse:
+        return self._unary(self._stub.ListSharedMemory, req, timeout)
+
     def watch_job(
         self, req: pb.WatchJobRequest, timeout: float | None
     ) -> Generator[pb.JobEvent, None, None]:
@@ -169,6 +184,21 @@ class AsyncRpc:
         self, req: pb.DeleteJobRequest, timeout: float | None
     ) -> pb.DeleteJobResponse:
         return await self._unary(self._stub.DeleteJob, req, timeout)
+
+    async def register_shared_memory(
+        self, req: pb.RegisterSharedMemoryRequest, timeout: float | None
+    ) -> pb.SharedMemoryRegion:
+        return await self._unary(self._stub.RegisterSharedMemory, req, timeout)
+
+    async def unregister_shared_memory(
+        self, req: pb.UnregisterSharedMemoryRequest, timeout: float | None
+    ) -> pb.UnregisterSharedMemoryResponse:
+        return await self._unary(self._stub.UnregisterSharedMemory, req, timeout)
+
+    async def list_shared_memory(
+        self, req: pb.ListSharedMemoryRequest, timeout: float | None
+    ) -> pb.ListSharedMemoryResponse:
+        return await self._unary(self._stub.ListSharedMemory, req, timeout)
 
     def watch_job(
         self, req: pb.WatchJobRequest, timeout: float | None

@@ -24,12 +24,17 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from gradserve import wire
-from gradserve.errors import InvalidArgumentError
+from gradserve.errors import (
+    FailedPreconditionError,
+    GradserveError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from gradserve.v1 import gradserve_pb2 as pb
 
 ALIGN = 64
@@ -42,10 +47,16 @@ KEEP_IDLE = 2
 SIZED_OPS = frozenset({"grad", "vjp", "hvp", "hessian"})
 
 
-def mode(value: Any, where: str) -> bool | str:
+# a ``shared_memory=`` choice: True, False or "auto" (None on a call: the client's)
+Choice = bool | Literal["auto"]
+
+
+def mode(value: Any, where: str) -> Choice:
     """A validated ``shared_memory`` choice: True, False or "auto"."""
-    if value is True or value is False or (isinstance(value, str) and value == "auto"):
-        return value  # type: ignore[no-any-return]
+    if value is True or value is False:
+        return bool(value)
+    if isinstance(value, str) and value == "auto":
+        return "auto"
     raise InvalidArgumentError(f"{where}: shared_memory must be True, False or 'auto'")
 
 
@@ -145,6 +156,65 @@ class Segments:
 
     def close(self) -> None:
         self._finalizer()
+
+
+class ClientMemory:
+    """A client's shared-memory choice, its segments, and the decisions of a call by
+    shared memory; the clients make the RPCs these decisions call for."""
+
+    def __init__(self, choice: Any) -> None:
+        self.choice = mode(choice, "Client")
+        # why "auto" went back to the wire for good (the server is not on this host)
+        self.off: str | None = None
+        self._segments: Segments | None = None
+
+    def chosen(self, call: Choice | None) -> Choice:
+        """Whether a call goes by shared memory, given its own ``shared_memory=``."""
+        chosen = self.choice if call is None else call
+        if chosen == "auto" and self.off is not None:
+            return False
+        return chosen
+
+    def layout(
+        self, header: pb.ComputeRequest, arrays: Sequence[np.ndarray]
+    ) -> tuple[SharedRequest, list[Segment]]:
+        """The call laid out in a leased segment (:func:`layout`); the idle segments
+        to retire: unregister each, then :meth:`drop` it."""
+        if self._segments is None:
+            self._segments = Segments()
+        return layout(header, arrays, self._segments)
+
+    def give_back(self, segment: Segment) -> None:
+        if self._segments is not None:
+            self._segments.give_back(segment)
+
+    def drop(self, segment: Segment) -> None:
+        if self._segments is not None:
+            self._segments.drop(segment)
+        else:
+            segment.destroy()
+
+    def retry(self, error: GradserveError, chosen: Choice, first: bool) -> bool:
+        """After a refusal of a call by shared memory: True to register again and
+        retry (the server restarted and forgot the regions), False to go by the
+        wire ("auto", and the server cannot map this host's memory); else raises."""
+        if isinstance(error, NotFoundError) and "shared-memory region" in error.message and first:
+            if self._segments is not None:
+                self._segments.forget_registrations()
+            return True
+        if isinstance(error, FailedPreconditionError) and chosen == "auto":
+            self.off = error.message
+            return False
+        raise error
+
+    def release(self) -> list[Segment]:
+        """For close(): the segments to unregister; :meth:`close` unlinks them after."""
+        return [] if self._segments is None else self._segments.take_all()
+
+    def close(self) -> None:
+        segments, self._segments = self._segments, None
+        if segments is not None:
+            segments.close()
 
 
 def _destroy_all(segments: list[Segment]) -> None:

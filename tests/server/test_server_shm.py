@@ -133,19 +133,22 @@ def test_the_sdk_sizes_outputs_only_where_shapes_tell() -> None:
 def test_the_sdk_falls_back_to_the_wire_only_when_asked() -> None:
     client = gradserve.Client("127.0.0.1:1", shared_memory="auto")
     try:
+        memory = client._shm  # the client's decisions, no RPC
         elsewhere = FailedPreconditionError("shared memory needs the client on the server's host")
         with pytest.raises(FailedPreconditionError):
-            client._shared_refused(elsewhere, True, first=True)
-        assert client.shared_memory_off is None
-        assert client._shared_refused(elsewhere, "auto", first=True) is False
+            memory.retry(elsewhere, True, first=True)
+        assert client.shared_memory_off is None and memory.chosen(None) == "auto"
+        assert memory.retry(elsewhere, "auto", first=True) is False
         assert client.shared_memory_off is not None  # and later "auto" calls go by the wire
-        client._segments = sdk_shm.Segments()
+        assert memory.chosen(None) is False and memory.chosen(True) is True
         forgotten = NotFoundError("Compute: no shared-memory region 'gradserve_x' is registered")
-        assert client._shared_refused(forgotten, True, first=True) is True
+        assert memory.retry(forgotten, True, first=True) is True
         with pytest.raises(NotFoundError):
-            client._shared_refused(forgotten, True, first=False)
+            memory.retry(forgotten, True, first=False)
         with pytest.raises(gradserve.InvalidArgumentError):
-            gradserve.Client("127.0.0.1:1", shared_memory="yes")
+            gradserve.Client("127.0.0.1:1", shared_memory="yes")  # type: ignore[arg-type]
+        with pytest.raises(gradserve.InvalidArgumentError, match="shared_memory"):
+            client.grad("sum(x * x)", {"x": [1.0]}, shared_memory="on")  # type: ignore[arg-type]
     finally:
         client.close()
 
