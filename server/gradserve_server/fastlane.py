@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from gradserve_server import calls, chunks
+from gradserve_server import calls, chunks, metrics
 from gradserve_server.errors import from_chunk_error
 from gradserve_server.planner import WorkLog, request_elements
 from gradserve_server.requests import ComputeRequest
@@ -300,5 +300,7 @@ async def route(
         results, ran = await ray_lane(), LANE_RAY
     else:
         results, ran = await lane.compute(req, spec, ray_lane)
+    if ran != LANE_RAY:
+        metrics.observe_fast_lane(calls.identity().tenant)
     calls.note(lane=ran)  # in the call's log line
     return results, ran

@@ -61,6 +61,10 @@ CHUNKS = Counter(
     "gradserve_chunks_dispatched", "Chunks given a worker (calls and jobs), by tenant",
     ["tenant"], registry=REGISTRY,
 )  # fmt: skip
+FAST_LANE_CALLS = Counter(
+    "gradserve_fast_lane_calls", "Compute calls answered by the fast lane (no chunk), by tenant",
+    ["tenant"], registry=REGISTRY,
+)  # fmt: skip
 QUEUE_WAIT = Histogram(
     "gradserve_queue_wait_seconds", "Time a chunk waited for a worker, by tenant", ["tenant"],
     buckets=_WAIT_BUCKETS, registry=REGISTRY,
@@ -86,6 +90,11 @@ def observe_acquire(key: str, waited: float) -> None:
     tenant = tenant_label(tenant_of(key))
     CHUNKS.labels(tenant).inc()
     QUEUE_WAIT.labels(tenant).observe(waited)
+
+
+def observe_fast_lane(tenant: str) -> None:
+    """The fast lane's hook: one call answered in the server's process."""
+    FAST_LANE_CALLS.labels(tenant_label(tenant)).inc()
 
 
 @dataclass(frozen=True)

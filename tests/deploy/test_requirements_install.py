@@ -10,7 +10,6 @@ this machine stand in for the CPU wheel index the Dockerfile names.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,8 +62,6 @@ def test_install_script_builds_the_server_image_environment(tmp_path: Path) -> N
     # installed into the venv, not pointing back at the checkout
     assert str(tmp_path) in out.splitlines()[-1]
     assert "+cu" not in out  # a CPU build of torch
-    if shutil.which("cc") or shutil.which("gcc"):  # the image's build stage installs gcc
-        assert "comparison kernel built: True" in out
     bin_dir = python.parent
     for program in ("gradserve", "ray"):
         assert (bin_dir / program).exists(), program  # what the entrypoints run
