@@ -9,13 +9,16 @@ failures of a strict check) is named noise; no verdict changes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from support.custom_functions import SECOND_ORDER, draw
 from test_check_parity import CORPUS, as_function
 
 from gradserve_workers.check import CheckOptions, finite_difference_check
-from gradserve_workers.check.fd_error import F64, _projection
+from gradserve_workers.check.fd_error import F64, _projection, with_error_estimate
+from gradserve_workers.lang.errors import FunctionRuntimeError
 from gradserve_workers.report import beyond_fd_error
 
 # finite_difference_check attaches the estimate; the verdicts are gradcheck's
@@ -159,3 +162,28 @@ def test_a_projection_s_estimate_differences_along_the_check_s_own_directions(or
         (plus, _), (minus, _) = along(1e-6), along(-1e-6)
         assert abs((plus - minus) / 2e-6 - w.numeric) <= 1e-9 * max(1.0, abs(w.numeric))
         assert w.fd_error < 1e-6 * max(1.0, abs(w.numeric)) and not beyond_fd_error(w)
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_a_function_failing_off_the_point_drops_the_estimate_and_a_bug_of_ours_is_raised(
+    ours: bool,
+) -> None:
+    """The estimate evaluates the function beside the worst element: where the user's
+    function fails there (the language's runtime error) the report goes without an
+    estimate; any other exception is not the function's doing and propagates."""
+    name, f, _, bad, low, high = CORPUS[0]
+    estimated = _checked(f, bad, low, high)
+    assert estimated.worst is not None and estimated.worst.fd_error is not None, name
+    bare = replace(estimated, worst=replace(estimated.worst, fd_error=None))
+    error = RuntimeError("a bug of ours") if ours else FunctionRuntimeError("log(x): x < 0")
+
+    def failing(x: torch.Tensor) -> torch.Tensor:
+        raise error
+
+    x = torch.linspace(low, high, 4, dtype=torch.float64)
+    if ours:
+        with pytest.raises(RuntimeError, match="a bug of ours"):
+            with_error_estimate(bare, failing, ["x"], {"x": x}, batched=False, eps=1e-6)
+    else:
+        same = with_error_estimate(bare, failing, ["x"], {"x": x}, batched=False, eps=1e-6)
+        assert same == bare

@@ -19,6 +19,8 @@ from dataclasses import replace
 
 import torch
 
+from ..lang.errors import FunctionRuntimeError
+from ..registry import failure_message
 from ..report import CheckReport, WorstElement, describe
 from ..transforms import Fn
 from .points import unit_rows
@@ -76,13 +78,21 @@ def with_error_estimate(
             return report
         (p1, s1), (m1, s2) = along(eps), along(-eps)
         (p2, s3), (m2, s4) = along(eps / 2), along(-eps / 2)
-    except Exception:  # the function fails off the point: no estimate, not a new error
-        return report
+    except Exception as error:
+        if not _fails_off_the_point(error):
+            raise  # a budget (LimitExceededError) or a bug of ours: not the function's doing
+        return report  # the function fails off the point: no estimate, not a new error
     d1, d2 = (p1 - m1) / (2 * eps), (p2 - m2) / eps
     truncation = abs(d1 - d2) * 4 / 3
     roundoff = EPS64 * max(s1, s2, s3, s4) / eps
     estimated = replace(report, worst=replace(w, fd_error=truncation + roundoff))
     return replace(estimated, message=describe(estimated))
+
+
+def _fails_off_the_point(error: BaseException) -> bool:
+    """Whether ``error`` is the user's function failing where it was evaluated: the
+    language's runtime error, or an exception a registered function raised itself."""
+    return isinstance(error, FunctionRuntimeError) or failure_message(error) is not None
 
 
 def _element(
