@@ -137,8 +137,10 @@ def test_bad_request_carries_a_field_violation(address: str) -> None:
     assert detail.field_violations[0].field == "function"
 
 
-def test_sigterm_drains_in_flight_calls_then_exits(strict: ServerProcess) -> None:
-    """Runs last in this module: it stops the module's server."""
+def test_sigterm_drains_in_flight_calls_then_exits(ray_head: RayNode) -> None:
+    """A server of its own: without the module's 5 s chunk timeout, which a loaded
+    machine can reach on this call's chunks, and with no earlier test's reclaimed
+    worker still being replaced when the signal comes."""
     import signal
     import threading
     import time
@@ -151,21 +153,25 @@ def test_sigterm_drains_in_flight_calls_then_exits(strict: ServerProcess) -> Non
     outcome: dict[str, object] = {}
 
     def call() -> None:
-        with gradserve.Client(strict.address, token=TOKEN, timeout=120) as c:
+        with gradserve.Client(server.address, token=TOKEN, timeout=120) as c:
             try:
                 outcome["grad"] = c.grad(branchy, {"x": x}, batched=True)
                 outcome["done_at"] = time.monotonic()
             except gradserve.GradserveError as exc:  # pragma: no cover - the failure shown
                 outcome["error"] = exc
 
-    worker = threading.Thread(target=call)
-    worker.start()
-    time.sleep(0.3)
-    signalled_at = time.monotonic()
-    strict.proc.send_signal(signal.SIGTERM)
-    worker.join(120)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["done_at"] > signalled_at  # the call was in flight: it was drained
-    np.testing.assert_allclose(outcome["grad"], expected, rtol=1e-12, atol=1e-14)
-    assert strict.proc.wait(60) == 0
-    assert "gradserve: stopped" in strict.output
+    server = start_server(ray_head, extra=["--auth-token", TOKEN])
+    try:
+        worker = threading.Thread(target=call)
+        worker.start()
+        time.sleep(0.5)  # the call is on the server (its work takes ~1-1.6 s quiet)
+        signalled_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        worker.join(120)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["done_at"] > signalled_at  # the call was in flight: it was drained
+        np.testing.assert_allclose(outcome["grad"], expected, rtol=1e-12, atol=1e-14)
+        assert server.proc.wait(60) == 0
+        assert "gradserve: stopped" in server.output
+    finally:
+        server.stop()
