@@ -544,3 +544,24 @@ def test_report_module_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": env_path}
     )
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, r"missing input\(s\) x"),
+        ({"x": torch.ones(2), "y": torch.ones(2)}, r"unknown input\(s\) y; f takes x"),
+        ({"x": [1.0, 2.0]}, "input 'x' is a list, not a tensor"),
+    ],
+)
+def test_inputs_that_do_not_match_the_function_are_refused_by_ops_and_checks_alike(
+    inputs: dict[str, object], message: str
+) -> None:
+    """One rule (ops.plan.check_names) for both; the check raises its own CheckError."""
+    from gradserve_workers.ops import OpsError, OpsRequest, compute
+
+    with pytest.raises(OpsError, match=message) as by_ops:
+        compute(torch.sin, ["x"], inputs, OpsRequest(("grad",)))  # type: ignore[arg-type]
+    assert not isinstance(by_ops.value, CheckError)
+    with pytest.raises(CheckError, match=message):
+        finite_difference_check(torch.sin, ["x"], inputs)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..ops import OpsError, check_finite
+from ..ops.plan import check_names
 from ..transforms import Fn, measure
 from .options import DEFAULT_OPTIONS, CheckOptions
 
@@ -101,15 +102,7 @@ def _input_dtype(inputs: Mapping[str, torch.Tensor], wrt: Sequence[str]) -> str:
 def _resolve_wrt(
     call: str, names: Sequence[str], inputs: Mapping[str, torch.Tensor], wrt: Sequence[str] | None
 ) -> tuple[str, ...]:
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise CheckError(f"{call}: missing input(s) {', '.join(missing)}")
-    extra = [n for n in inputs if n not in names]
-    if extra:
-        raise CheckError(f"{call}: unknown input(s) {', '.join(extra)}; f takes {', '.join(names)}")
-    for n in names:
-        if not isinstance(inputs[n], torch.Tensor):
-            raise CheckError(f"{call}: input '{n}' is a {type(inputs[n]).__name__}, not a tensor")
+    check_names(call, names, inputs, CheckError)
     chosen = tuple(names) if wrt is None else tuple(wrt)
     unknown = [w for w in chosen if w not in names]
     if unknown:

@@ -82,6 +82,26 @@ class Plan:
     call: str
 
 
+def check_names(
+    call: str,
+    names: Sequence[str],
+    inputs: Mapping[str, object],
+    error: type[OpsError] = OpsError,
+) -> None:
+    """That ``inputs`` holds exactly the tensors ``names`` (the function's inputs);
+    raise ``error`` naming the missing, the unknown or the one that is not a tensor.
+    Shared by the ops and the checks, which raise their own subclass."""
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise error(f"{call}: missing input(s) {', '.join(missing)}")
+    extra = [n for n in inputs if n not in names]
+    if extra:
+        raise error(f"{call}: unknown input(s) {', '.join(extra)}; f takes {', '.join(names)}")
+    for n in names:
+        if not isinstance(inputs[n], torch.Tensor):
+            raise error(f"{call}: input '{n}' is a {type(inputs[n]).__name__}, not a tensor")
+
+
 def plan_for(
     input_names: Sequence[str], inputs: Mapping[str, torch.Tensor], req: OpsRequest
 ) -> Plan:
@@ -106,15 +126,7 @@ def plan_for(
     names = tuple(input_names)
     if len(set(names)) != len(names):
         raise OpsError(f"{call}: input names repeat: {list(names)}")
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise OpsError(f"{call}: missing input(s) {', '.join(missing)}")
-    extra = [n for n in inputs if n not in names]
-    if extra:
-        raise OpsError(f"{call}: unknown input(s) {', '.join(extra)}; f takes {', '.join(names)}")
-    for n in names:
-        if not isinstance(inputs[n], torch.Tensor):
-            raise OpsError(f"{call}: input '{n}' is a {type(inputs[n]).__name__}, not a tensor")
+    check_names(call, names, inputs)
     wrt = names if req.wrt is None else tuple(req.wrt)
     unknown = [w for w in wrt if w not in names]
     if unknown:
