@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -124,3 +125,59 @@ def test_chained_comparisons_count_their_combined_size() -> None:
     out, peak = transforms.measure(fn, [torch.linspace(-1, 1, 300, dtype=torch.float64)])
     assert peak >= 300 * 300
     assert float(out) == 150 * 150  # negatives (rows) times positives (columns)
+
+
+def _points_per_batch(
+    monkeypatch: pytest.MonkeyPatch, source: str, x: torch.Tensor, ops: tuple[str, ...], **kw: Any
+) -> tuple[int | None, dict[str, Any]]:
+    """The points ``compute`` maps at once for ``ops`` of ``source`` at ``x``, and its
+    outputs."""
+    from gradserve_workers.ops import OpsRequest, computation, compute
+
+    seen: list[int | None] = []
+    real = computation.vmap_or_loop
+
+    def spy(*args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
+        seen.append(chunk_size)
+        return real(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(computation, "vmap_or_loop", spy)
+    request = OpsRequest(ops=ops, batched=True, **kw)
+    result = compute(compile_function(source), ["x"], {"x": x}, request)
+    return seen[0], dict(result.outputs)
+
+
+def test_cpu_batches_are_sized_for_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU, points are mapped in batches whose intermediates fit the caches
+    (1.3-1.8x faster than one batch through memory, docs/performance.md): a grad of a
+    10-element function holds ~3 x 10 elements a point in flight."""
+    x = torch.rand(100_000, 10, dtype=torch.float64)
+    size, _ = _points_per_batch(monkeypatch, "sum(x * x)", x, ("grad",))
+    assert size == transforms.CPU_BATCH_ELEMENTS // 30
+    small = torch.rand(1000, 10, dtype=torch.float64)  # all of it fits: one batch
+    assert _points_per_batch(monkeypatch, "sum(x * x)", small, ("grad",))[0] is None
+
+
+@pytest.mark.parametrize(
+    ("source", "ops"),
+    [
+        ("sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)", ("value", "grad")),
+        ("sum(sin(x) * x)", ("hvp",)),
+        ("cumsum(sin(x))", ("jacobian",)),
+    ],
+)
+def test_cache_sized_batches_give_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, source: str, ops: tuple[str, ...]
+) -> None:
+    """Cutting the points into batches changes no bit of any result."""
+    x = torch.rand(3000, 10, dtype=torch.float64)
+    kw = {"vector": {"x": torch.rand(3000, 10, dtype=torch.float64)}} if "hvp" in ops else {}
+    monkeypatch.setattr(transforms, "CPU_BATCH_ELEMENTS", 2000)
+    size, cut = _points_per_batch(monkeypatch, source, x, ops, **kw)
+    assert size is not None and size < 3000
+    monkeypatch.setattr(transforms, "CPU_BATCH_ELEMENTS", transforms.BATCH_ELEMENTS)
+    size, whole = _points_per_batch(monkeypatch, source, x, ops, **kw)
+    assert size is None
+    for op in ops:
+        for key, t in whole[op].items():
+            assert torch.equal(cut[op][key], t), (op, key)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import transforms
 from .._vmap import is_data_dependent_error, vmap_or_loop
 from ..transforms import Fn, bind_wrt, choose_jacobian_mode, chunk_for, measure
 from .certify import certify, default_verify, describe
@@ -150,7 +151,7 @@ def _mapped(
     if "jacobian" in routes:
         jac_mode = "reverse"
     reverse_hessian = "hessian" in routes
-    inner, outer = _chunks(ops, request, peak, in_numel, out0.numel(), jac_mode, plan)
+    inner, outer = _chunks(ops, request, peak, in_numel, out0.numel(), jac_mode, plan, first)
 
     extras = extra_args(plan, request, first, out_shape, out0.dtype)
     has_cot, n_tan, n_vec = extras.cotangent, extras.n_tangents, extras.n_vector
@@ -316,6 +317,7 @@ def _chunks(
     out_numel: int,
     jac_mode: str | None,
     plan: Plan,
+    first: Sequence[torch.Tensor],
 ) -> tuple[int | None, int | None]:
     """(Jacobian/Hessian columns, points) to map at once, from the function's largest
     intermediate ``peak``: derivatives hold a few copies of it, and a Jacobian or
@@ -336,8 +338,13 @@ def _chunks(
         factor = 6
     if columns:
         factor = max(factor, 3 * min(columns, inner or columns))
-    outer = chunk_for(peak * factor, plan.n_points) if plan.batched else None
-    return inner, outer
+    if not plan.batched:
+        return inner, None
+    on_cpu = all(t.device.type == "cpu" for t in first)
+    limit = transforms.BATCH_ELEMENTS
+    if on_cpu:
+        limit = min(limit, transforms.CPU_BATCH_ELEMENTS)
+    return inner, chunk_for(peak * factor, plan.n_points, limit)
 
 
 def _materialize_zeros(result: OpsResult) -> None:
