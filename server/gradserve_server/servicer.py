@@ -13,7 +13,7 @@ import grpc
 from gradserve import wire
 from gradserve.v1 import gradserve_pb2 as pb
 from gradserve.v1 import gradserve_pb2_grpc as pb_grpc
-from gradserve_server import __version__, calls
+from gradserve_server import __version__, calls, shm
 from gradserve_server.budgets import Reservation
 from gradserve_server.encoding import outputs_to_proto, report_to_proto, stream_outputs
 from gradserve_server.errors import (
@@ -102,6 +102,7 @@ class GradientServicer(pb_grpc.GradientServiceServicer):
         tenant = _tenant(context)
         first = await next_part(request_iterator, self._stall_s)
         if first is not None and first.HasField("header"):
+            shm.refuse_streamed(first.header)
             # a large batch is computed by chunks as it arrives, when it can be
             pipelined = Pipeline.start(self.service, first.header, tenant)
             if pipelined is not None:

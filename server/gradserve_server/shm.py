@@ -243,15 +243,12 @@ class Registry:
     ) -> Iterator[SharedCall | None]:
         """A compute request's shared-memory side (None when it uses none), its
         regions held for the call."""
-        slots = wire.request_slots(req)
-        if not req.HasField("output") and not any(t.HasField("shared_memory") for t in slots):
+        if not uses_shared_memory(req):
             yield None
             return
         if streamed:
-            raise invalid(
-                "ComputeStream: tensors in shared memory go through Compute (the request "
-                "is small without their bytes)"
-            )
+            refuse_streamed(req)
+        slots = wire.request_slots(req)
         call = SharedCall([], [], None)
         try:
             for (where, field_name), tensor in zip(_slot_names(req), slots, strict=True):
@@ -290,6 +287,23 @@ class Registry:
         except ServiceError as error:
             error.field = field_name
             raise
+
+
+def uses_shared_memory(req: pb.ComputeRequest) -> bool:
+    """Whether any tensor of ``req``, or its outputs' room, is in shared memory."""
+    slots = wire.request_slots(req)
+    return req.HasField("output") or any(t.HasField("shared_memory") for t in slots)
+
+
+def refuse_streamed(req: pb.ComputeRequest) -> None:
+    """ComputeStream carries bytes: a header naming shared memory is refused as soon as
+    it arrives, not once the bytes it will never send are found missing."""
+    if uses_shared_memory(req):
+        raise invalid(
+            "ComputeStream: tensors in shared memory go through Compute (the request is "
+            "small without their bytes)",
+            "shared_memory",
+        )
 
 
 def _slot_names(req: pb.ComputeRequest) -> list[tuple[str, str]]:

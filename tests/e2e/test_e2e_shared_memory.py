@@ -273,6 +273,15 @@ def test_shared_memory_tensors_are_refused_where_only_bytes_go(
         error = _refused(stub.Check, req)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "shared memory, which only Compute takes" in error.details()
+        # a stream's header naming shared memory is refused as it arrives, by name (not
+        # as bytes found missing once the stream ends)
+        header = pb.ComputeRequest(function="sum(x * x)", ops=[pb.OP_GRAD])
+        header.inputs["x"].CopyFrom(_put(segment, np.ones(4), 64))
+        error = _refused(
+            lambda: list(stub.ComputeStream(iter([pb.ComputeRequestPart(header=header)])))
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "tensors in shared memory go through Compute" in error.details()
     finally:
         stub.UnregisterSharedMemory(pb.UnregisterSharedMemoryRequest(name="r"))
 
