@@ -17,6 +17,7 @@ Prints the tables and writes the raw numbers (every repetition) to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -60,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
     }
     tables: list[str] = []
-    print(f"starting a server with {args.workers} workers (embedded Ray) ...", flush=True)
-    with start_server(args.workers) as server:
-        results["server_start_lines"] = server.lines[-3:]
+    # lanes start servers of their own: the shared one only for the parts that use it
+    shared = only & {"throughput", "checks", "latency", "scaling", "peers", "shm"}
+    if shared:
+        print(f"starting a server with {args.workers} workers (embedded Ray) ...", flush=True)
+    with start_server(args.workers) if shared else contextlib.nullcontext() as server:
+        if server is not None:
+            results["server_start_lines"] = server.lines[-3:]
         if "throughput" in only:
             print("1. throughput", flush=True)
             rows = throughput.run(server.address, args.workers, args.quick)
