@@ -122,11 +122,11 @@ class ComputeService:
         method: str,
         shared: shm.SharedCall | None = None,
     ) -> list[ChunkResult]:
-        ranges = self.plan(req)
         payload = None
         if shared is not None:  # workers on this host read the caller's region in place
             here = shm.workers_on_this_host([w.name for w in self.pool.workers])
             payload = shared.payload(chunks.call_arrays(req), here)
+        ranges = self.plan(req, per_worker=2 if payload is None else 1)
         if payload is None:
             payload = chunks.payload(req, len(ranges))
         return await dispatch.gather_or_cancel(
@@ -151,13 +151,16 @@ class ComputeService:
             return chunks.compute_spec(req, self.limits)
         return chunks.check_spec(req, self.limits)
 
-    def plan(self, req: ComputeRequest | CheckRequest, spread: int = 0) -> list[tuple[int, int]]:
+    def plan(
+        self, req: ComputeRequest | CheckRequest, spread: int = 0, per_worker: int = 2
+    ) -> list[tuple[int, int]]:
         """The chunk ranges of a request; ``spread`` asks for at least that many
-        chunks' worth of balance (jobs use it to keep chunks small and durable)."""
+        chunks' worth of balance (jobs use it to keep chunks small and durable);
+        ``per_worker``: see :func:`~gradserve_server.planner.plan_chunks`."""
         if not req.inputs.batched:
             return [(0, 1)]
         workers = max(len(self.pool.workers), spread)
-        return plan_chunks(req.inputs.points, request_elements(req), workers)
+        return plan_chunks(req.inputs.points, request_elements(req), workers, per_worker)
 
     async def run_range(
         self,

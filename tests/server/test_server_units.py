@@ -35,6 +35,41 @@ def test_chunks_tile_the_points_in_order(points: int, per_point: int, workers: i
     assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
 
 
+@pytest.mark.parametrize("per_worker", [1, 2])
+def test_chunks_per_worker(per_worker: int) -> None:
+    """One chunk a worker where inputs are in shared memory, two where they arrive
+    by the wire; memory bounds the chunks either way."""
+    assert len(plan_chunks(200_000, 21, 2, per_worker)) == 2 * per_worker
+    assert len(plan_chunks(2_000_000, 21, 2, per_worker)) == 11  # 4M elements a chunk
+
+
+@pytest.mark.parametrize(
+    ("values", "found"),
+    [
+        (["max", "max", -1.0], None),  # their sum overflows; every one is finite
+        ([1.0, float("nan"), 2.0], "NaN at point 1, index ()"),
+        (["max", "max", float("-inf")], "Inf at point 2, index ()"),
+    ],
+)
+def test_finite_inputs_finds_the_first_non_finite_point(
+    values: list[float], found: str | None
+) -> None:
+    import numpy as np
+
+    from gradserve_server import rules
+    from gradserve_server.errors import ServiceError
+
+    for dtype in (np.float64, np.float32):
+        big = float(np.finfo(dtype).max)
+        arr = np.array([big if v == "max" else v for v in values], dtype=dtype)
+        if found is None:
+            rules.finite_inputs({"x": arr}, True, "grad(f, x)")
+            continue
+        with pytest.raises(ServiceError) as info:
+            rules.finite_inputs({"x": arr}, True, "grad(f, x)")
+        assert f"input 'x' contains {found}" in str(info.value)
+
+
 def test_big_batches_use_every_worker_and_bounded_chunks() -> None:
     ranges = plan_chunks(1_000_000, elements_per_point(10, ("grad",)), 2)
     assert len(ranges) >= 4
