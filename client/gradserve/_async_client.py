@@ -136,7 +136,7 @@ class AsyncClient:
                         return None
                 first = False
         finally:
-            self._shm.give_back(shared.segment)
+            self._shm.give_back(shared)
 
     async def _unregister(self, segment: shm.Segment) -> None:
         if segment.registered:

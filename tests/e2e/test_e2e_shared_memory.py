@@ -151,6 +151,36 @@ def test_the_async_client_by_shared_memory(address: str) -> None:
     assert len(keys) == 3 and not (keys & _ours())
 
 
+def test_results_are_lent_views_that_never_change_under_their_holder(address: str) -> None:
+    """Results view their call's segment (no copy out), and the segment is reused
+    only once they are gone; past LEND_MAX held at once, results are copies."""
+    from gradserve import shm as sdk_shm
+
+    x = np.random.default_rng(11).normal(size=(2000, 10))
+    with gradserve.Client(address, timeout=60, shared_memory=True) as client:
+        held = [client.grad(ROSENBROCK, {"x": x * k}, batched=True) for k in (1, 2, 3, 4)]
+        lent = [not h.flags.owndata for h in held]
+        assert lent == [True] * sdk_shm.LEND_MAX + [False] * (4 - sdk_shm.LEND_MAX)
+        assert all(h.flags.writeable for h in held)
+        snapshot = [h.copy() for h in held]
+        for k in range(6):  # more calls while they are held: copies, from other segments
+            assert client.grad(ROSENBROCK, {"x": x * (k + 5)}, batched=True).flags.owndata
+        wire = [client.grad(ROSENBROCK, {"x": x * k}, batched=True, shared_memory=False)
+                for k in (1, 2, 3, 4)]  # fmt: skip
+        for h, before, want in zip(held, snapshot, wire, strict=True):
+            assert np.array_equal(h, before) and np.array_equal(h, want)
+        del held, h
+        last = None
+        for k in range(8):  # a loop that keeps the last result while making the next
+            last = client.grad(ROSENBROCK, {"x": x * (k % 4 + 1)}, batched=True)
+            assert not last.flags.owndata and np.array_equal(last, wire[k % 4])
+        keys = {r.key for r in client.shared_memory_regions()}
+        assert len(keys) <= sdk_shm.LEND_MAX + sdk_shm.KEEP_IDLE
+    # closed: the segments are unlinked, and a result still held stays readable
+    assert not (keys & _ours())
+    assert np.array_equal(last, wire[3])
+
+
 def test_a_region_the_server_forgot_is_registered_again(address: str) -> None:
     x = np.random.default_rng(5).normal(size=(100, 10))
     with gradserve.Client(address, timeout=60, shared_memory=True) as client:
