@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -29,11 +30,21 @@ def make_segment() -> Iterator[MakeSegment]:
         made.append(key)
         return key
 
+    _forget()
     yield make
     for key in made:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segments.SHM_DIR / key)
-    segments._kept.clear()
+    _forget()
+
+
+def _forget() -> None:
+    """No kept mapping and no sweep scheduled (another test's SWEEP_SECONDS)."""
+    with segments._kept_lock:
+        segments._kept.clear()
+        if segments._sweeping is not None:
+            segments._sweeping.cancel()
+            segments._sweeping = None
 
 
 def test_a_kept_mapping_is_reused(make_segment: MakeSegment) -> None:
@@ -72,6 +83,22 @@ def test_an_unlinked_segment_is_let_go_at_the_next_lookup(make_segment: MakeSegm
     with pytest.raises(segments.SegmentError) as info:
         segments.mapped(gone)
     assert info.value.missing
+
+
+def test_a_sweep_lets_go_of_an_unlinked_segment_without_a_lookup(
+    make_segment: MakeSegment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that gets no more calls does not keep a closed client's memory."""
+    monkeypatch.setattr(segments, "SWEEP_SECONDS", 0.05)
+    key = make_segment()
+    segments.mapped(key)
+    os.unlink(segments.SHM_DIR / key)
+    deadline = time.monotonic() + 5
+    while key in segments._kept and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert key not in segments._kept
+    time.sleep(0.2)  # nothing kept: the sweeps stop
+    assert segments._sweeping is None
 
 
 def test_at_most_so_many_mappings_are_kept(make_segment: MakeSegment) -> None:

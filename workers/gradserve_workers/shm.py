@@ -86,10 +86,13 @@ def _open(key: str) -> tuple[mmap.mmap, tuple[int, int, int]]:
 # faults every page it touches into this process again (16 MB of inputs and outputs:
 # ~4 ms a chunk, measured), while a kept mapping touches them at memory speed. A kept
 # mapping of a segment its client unlinked would keep that memory alive, so each
-# lookup drops those first; and at most MAPPINGS_KEPT are kept.
+# lookup drops those first, and so does a sweep every SWEEP_SECONDS while any is kept
+# (a worker that gets no more calls lets go of them too); at most MAPPINGS_KEPT.
 MAPPINGS_KEPT = 8
+SWEEP_SECONDS = 10.0
 _kept: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
 _kept_lock = threading.Lock()
+_sweeping: threading.Timer | None = None
 
 
 def _stat(key: str) -> tuple[int, int, int] | None:
@@ -106,9 +109,7 @@ def mapped(key: str) -> mmap.mmap:
     segment unlinked, replaced under its name or resized since is mapped afresh."""
     check_key(key)
     with _kept_lock:
-        for other, (identity, _) in list(_kept.items()):
-            if _stat(other) != identity:
-                del _kept[other]
+        _drop_gone()
         entry = _kept.get(key)
         if entry is not None:
             _kept.move_to_end(key)
@@ -117,7 +118,31 @@ def mapped(key: str) -> mmap.mmap:
         _kept[key] = (identity, segment)
         while len(_kept) > MAPPINGS_KEPT:
             _kept.popitem(last=False)
+        _schedule_sweep()
         return segment
+
+
+def _drop_gone() -> None:
+    """Let go of kept segments unlinked, replaced or resized (the caller holds the lock)."""
+    for other, (identity, _) in list(_kept.items()):
+        if _stat(other) != identity:
+            del _kept[other]
+
+
+def _schedule_sweep() -> None:
+    global _sweeping
+    if _sweeping is None and _kept:
+        _sweeping = threading.Timer(SWEEP_SECONDS, _sweep)
+        _sweeping.daemon = True
+        _sweeping.start()
+
+
+def _sweep() -> None:
+    global _sweeping
+    with _kept_lock:
+        _sweeping = None
+        _drop_gone()
+        _schedule_sweep()  # only while any is kept: an idle worker without any sleeps
 
 
 def segment_identity(key: str) -> tuple[int, int] | None:
