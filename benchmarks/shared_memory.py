@@ -4,9 +4,12 @@
 - wire: ``Client.grad(...)``, tensors through gRPC (ComputeStream at this size);
 - shm: ``Client(shared_memory=True).grad(...)``, tensors through a shared-memory
   region the client registered (inputs read in place by the workers);
+- shm array: the same with the input made in shared memory
+  (``Client.shared_array``): not even copied into the segment;
 - in-process: ``vmap(grad(f))`` on a tensor already in memory, one thread per worker.
 
-Every call returns a NumPy array the caller owns (shm: copied out of the region).
+Every call returns a NumPy array the caller owns (shm: lent, a view of the call's segment
+that the client reuses only once the array is gone).
 Also the resident memory of the server and of its workers after the runs, and the
 server's own accounting (wall from validation to reply, worker compute summed).
 
@@ -59,17 +62,20 @@ def run(address: str, server_pid: int, threads: int, points: int, reps: int) -> 
         gradserve.Client(address, timeout=300) as by_wire,
         gradserve.Client(address, timeout=300, shared_memory=True) as by_shm,
     ):
+        xs = by_shm.shared_array(x.shape)
+        xs[:] = x
         ways: dict[str, Callable[[], Any]] = {
             "wire": lambda: by_wire.compute(SOURCE, {"x": x}, ["grad"], batched=True),
             "shm": lambda: by_shm.compute(SOURCE, {"x": x}, ["grad"], batched=True),
+            "shm array": lambda: by_shm.compute(SOURCE, {"x": xs}, ["grad"], batched=True),
             "in-process": lambda: local(xt),
         }
         last: dict[str, Any] = {}
         for name, fn in ways.items():  # warm: actors, caches, the region registered
             last[name] = fn()
         times: dict[str, list[float]] = {name: [] for name in ways}
-        walls: dict[str, list[float]] = {"wire": [], "shm": []}
-        computes: dict[str, list[float]] = {"wire": [], "shm": []}
+        walls: dict[str, list[float]] = {"wire": [], "shm": [], "shm array": []}
+        computes: dict[str, list[float]] = {"wire": [], "shm": [], "shm array": []}
         for _ in range(reps):  # interleaved: drift on a shared machine hits all three
             for name, fn in ways.items():
                 t0 = time.perf_counter()
@@ -81,9 +87,12 @@ def run(address: str, server_pid: int, threads: int, points: int, reps: int) -> 
         want = last["in-process"].numpy()
         agree = {
             name: bool(np.allclose(last[name]["grad"], want, rtol=1e-12, atol=1e-12))
-            for name in ("wire", "shm")
+            for name in ("wire", "shm", "shm array")
         }
-        same = bool(np.array_equal(last["wire"]["grad"], last["shm"]["grad"]))
+        same = all(
+            np.array_equal(last["wire"]["grad"], last[name]["grad"])
+            for name in ("shm", "shm array")
+        )
         memory = rss_mb(server_pid)
     rates = {name: points / median(t) for name, t in times.items()}
     return {
@@ -95,6 +104,7 @@ def run(address: str, server_pid: int, threads: int, points: int, reps: int) -> 
         "ratios": {
             "shm / wire": rates["shm"] / rates["wire"],
             "shm / in-process": rates["shm"] / rates["in-process"],
+            "shm array / in-process": rates["shm array"] / rates["in-process"],
             "wire / in-process": rates["wire"] / rates["in-process"],
         },
         "agree_with_in_process": agree, "shm_equals_wire_bit_for_bit": same,
@@ -111,7 +121,7 @@ def render(r: dict[str, Any]) -> str:
             fmt_time(r["worker_compute_s"][name]) if name in r["worker_compute_s"] else "-",
             f"{r['spread'][name]:.2f}",
         ]
-        for name in ("wire", "shm", "in-process")
+        for name in ("wire", "shm", "shm array", "in-process")
     ]  # fmt: skip
     title = (
         f"Shared memory: grad of {r['dim']}-dim Rosenbrock at {r['points']:,} points, "

@@ -123,10 +123,10 @@ class Client:
             first = True
             while True:
                 try:
-                    if not shared.segment.registered:
-                        request = shared.segment.register_request()
+                    for segment in shared.unregistered():
+                        request = segment.register_request()
                         self._rpc.register_shared_memory(request, timeout)
-                        shared.segment.registered = True
+                        segment.registered = True
                     resp = self._rpc.compute(shared.header, timeout)
                     return _core.decode_shared(shared, resp)
                 except _RetryAsStream:
@@ -152,6 +152,25 @@ class Client:
         """The shared-memory regions the server holds for this caller (its tenant)."""
         msg = self._rpc.list_shared_memory(pb.ListSharedMemoryRequest(), timeout)
         return [shm.SharedMemoryRegion._from_proto(r) for r in msg.regions]
+
+    def shared_array(self, shape: int | Sequence[int], dtype: str = "float64") -> np.ndarray:
+        """A zeroed NumPy array in shared memory of this client's, for inputs: fill it
+        in place, pass it (or a C-contiguous slice of it) as an input of a call by
+        shared memory, and its bytes are neither copied nor sent: the workers read
+        them where they lie (the pattern of Triton's system shared memory, where the
+        caller writes into the registered region itself). Elsewhere it is an
+        ordinary array: a call by the wire copies it as any other.
+
+        Its segment (``/dev/shm/gradserve_...``) is registered on first use and
+        unlinked once the array and every view of it are gone, or at ``close()``.
+        Change it only between calls: a call reads it while it runs.
+        ``dtype``: float32 or float64.
+
+        >>> x = client.shared_array((200_000, 10))  # doctest: +SKIP
+        >>> x[:] = points  # doctest: +SKIP
+        >>> g = client.grad(ROSENBROCK, {"x": x}, batched=True)  # doctest: +SKIP
+        """
+        return self._shm.shared_array(shape, dtype)
 
     # ------------------------------------------------------------- operations
 

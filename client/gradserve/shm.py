@@ -13,8 +13,12 @@ nothing its holder sees ever changes under it). At most :data:`LEND_MAX` segment
 are lent at once; past that, results are copies out of the segment, so that holding
 many results does not hold as many segments.
 
+Inputs made in shared memory (:meth:`gradserve.Client.shared_array`) are not copied
+at all: an input that lies in one of them is named where it lies.
+
 Layout of a segment: 64 random bytes (the proof that registers it, see the
-.proto), then each input at a 64-byte-aligned offset, then the room for outputs.
+.proto), then each input at a 64-byte-aligned offset, then the room for outputs; a
+shared array's segment holds the proof and the array.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from typing import Any, Literal
 
@@ -93,6 +97,16 @@ class Segment:
         self.proof = secrets.token_bytes(HEADER)
         self.buf[:HEADER] = self.proof
         self.registered = False
+        self.address = np.frombuffer(self.buf, np.uint8).__array_interface__["data"][0]
+        self.owned = False  # holds a shared array of the caller's: never leased
+
+    def holds(self, arr: np.ndarray) -> int | None:
+        """The offset of ``arr`` in this segment, if it lies there whole, C-contiguous
+        and little-endian (as the server reads it); else None."""
+        start = arr.__array_interface__["data"][0] - self.address
+        if not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+            return None
+        return start if start >= HEADER and start + arr.nbytes <= self.size else None
 
     @property
     def buf(self) -> memoryview:
@@ -151,12 +165,44 @@ class Segments:
         self._back.append(segment)
 
     def _take_back(self) -> None:
-        """Segments whose lent results are gone: idle again (the caller holds the lock)."""
+        """Segments whose lent results are gone: idle again; shared arrays gone: their
+        segments unlinked (the server forgets their regions by itself). The caller
+        holds the lock."""
         while self._back:
             segment = self._back.popleft()
+            if segment.owned:
+                if segment in self._all:
+                    self._all.remove(segment)
+                segment.destroy()
+                continue
             self._lent -= 1
             if segment in self._all:
                 self._idle.append(segment)
+
+    def shared_array(self, shape: Sequence[int], dtype: np.dtype[Any]) -> np.ndarray:
+        """A zeroed array in a segment of its own, unlinked once it and every view of
+        it are gone (or at :meth:`close`)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        segment = Segment(HEADER + nbytes)
+        segment.owned = True
+        # every view of ``raw`` keeps it alive (numpy's views name the array they
+        # view), so its finalizer runs only when the last of them is gone
+        raw = np.frombuffer(segment.buf, np.uint8)
+        weakref.finalize(raw, self._returned, segment)
+        arr = raw[HEADER : HEADER + nbytes].view(dtype).reshape(shape)
+        with self._lock:
+            self._take_back()
+            self._all.append(segment)
+        return arr
+
+    def locate(self, arr: np.ndarray) -> tuple[Segment, int] | None:
+        """The shared array's segment ``arr`` lies in, and its offset there."""
+        with self._lock:
+            for segment in self._all:
+                offset = segment.holds(arr) if segment.owned else None
+                if offset is not None:
+                    return segment, offset
+        return None
 
     def lease(self, nbytes: int) -> tuple[Segment, list[Segment]]:
         """A segment of at least ``nbytes`` for one call, and idle ones to retire
@@ -230,6 +276,20 @@ class ClientMemory:
             self._segments = Segments()
         return layout(header, arrays, self._segments)
 
+    def shared_array(self, shape: Sequence[int] | int, dtype: Any) -> np.ndarray:
+        """See :meth:`gradserve.Client.shared_array`."""
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        kind = np.dtype(dtype)
+        if kind not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise InvalidArgumentError(
+                f"shared_array: dtype must be float32 or float64, not {kind}"
+            )
+        if any(not isinstance(d, int) or d < 0 for d in dims):
+            raise InvalidArgumentError(f"shared_array: shape {dims} must be whole numbers >= 0")
+        if self._segments is None:
+            self._segments = Segments()
+        return self._segments.shared_array(dims, kind)
+
     def give_back(self, shared: SharedRequest) -> None:
         """After a call: its segment back to the pool, unless its results hold it."""
         if self._segments is not None and not shared.lent:
@@ -280,6 +340,12 @@ class SharedRequest:
     in_place: bool  # outputs come back in the segment
     segments: Segments
     lent: bool = False  # the results view the segment: it is not the call's to give back
+    # shared arrays' segments that inputs of the call lie in
+    others: list[Segment] = field(default_factory=list)
+
+    def unregistered(self) -> list[Segment]:
+        """The segments the call names that the server does not know yet."""
+        return [s for s in [self.segment, *self.others] if not s.registered]
 
     def results(self, resp: pb.ComputeResponse) -> list[np.ndarray]:
         """Each result tensor as an array: a view of the segment, lent (see the module's
@@ -356,11 +422,16 @@ def layout(
 ) -> tuple[SharedRequest, list[Segment]]:
     """Lease a segment, write the inputs into it, and name their places (and the
     outputs' room) in a copy of ``header``; also the idle segments to retire."""
-    offsets = []
+    offsets: list[int | None] = []
+    found = [segments.locate(arr) for arr in arrays]
     cursor = HEADER
-    for arr in arrays:
-        offsets.append(aligned(cursor))
-        cursor = offsets[-1] + arr.nbytes
+    for arr, spot in zip(arrays, found, strict=True):
+        if spot is not None:  # in a shared array: named where it lies
+            offsets.append(None)
+            continue
+        offset = aligned(cursor)
+        offsets.append(offset)
+        cursor = offset + arr.nbytes
     inputs = dict(zip(sorted(header.inputs), arrays[: len(header.inputs)], strict=True))
     itemsize = compute_itemsize(header.dtype, inputs.values())
     ops = [_OP_NAMES[o] for o in header.ops]
@@ -369,16 +440,24 @@ def layout(
     segment, retire = segments.lease(start + (room or 0))
     req = pb.ComputeRequest()
     req.CopyFrom(header)
-    for tensor, arr, offset in zip(wire.request_slots(req), arrays, offsets, strict=True):
-        np.copyto(segment.array(offset, arr.dtype, arr.shape), arr)
+    others: list[Segment] = []
+    slots = wire.request_slots(req)
+    for tensor, arr, copied_to, spot in zip(slots, arrays, offsets, found, strict=True):
+        if spot is not None:
+            where, offset = spot
+            others += [] if where in others else [where]
+        else:
+            assert copied_to is not None
+            where, offset = segment, copied_to
+            np.copyto(segment.array(offset, arr.dtype, arr.shape), arr)
         tensor.shared_memory.CopyFrom(
-            pb.SharedMemoryRef(region=segment.key, offset=offset, byte_size=arr.nbytes)
+            pb.SharedMemoryRef(region=where.key, offset=offset, byte_size=arr.nbytes)
         )
     if room is not None:
         req.output.CopyFrom(
             pb.SharedMemoryRef(region=segment.key, offset=start, byte_size=segment.size - start)
         )
-    return SharedRequest(req, segment, room is not None, segments), retire
+    return SharedRequest(req, segment, room is not None, segments, others=others), retire
 
 
 _OP_NAMES = {number: name.removeprefix("OP_").lower() for name, number in pb.Op.items()}

@@ -181,6 +181,43 @@ def test_results_are_lent_views_that_never_change_under_their_holder(address: st
     assert np.array_equal(last, wire[3])
 
 
+def test_inputs_made_in_shared_memory_are_read_where_they_lie(address: str) -> None:
+    rng = np.random.default_rng(12)
+    with (
+        gradserve.Client(address, timeout=60, shared_memory=True) as client,
+        gradserve.Client(address, timeout=60) as by_wire,
+    ):
+        x = client.shared_array((3000, 10))
+        assert x.dtype == np.float64 and x.shape == (3000, 10) and not x.any()
+        x[:] = rng.normal(size=x.shape)
+        assert np.array_equal(
+            client.grad(ROSENBROCK, {"x": x}, batched=True),
+            by_wire.grad(ROSENBROCK, {"x": x}, batched=True),  # an ordinary array there
+        )
+        (key,) = {r.key for r in client.shared_memory_regions()} - {
+            s.key
+            for s in client._shm._segments._all
+            if not s.owned  # type: ignore[union-attr]
+        }
+        x *= 2  # changed in place between calls: the next call reads the new values
+        rows = x[1000:1500]
+        assert np.array_equal(
+            client.grad(ROSENBROCK, {"x": rows}, batched=True),
+            by_wire.grad(ROSENBROCK, {"x": rows}, batched=True),
+        )
+
+        async def by_async() -> np.ndarray:
+            async with gradserve.AsyncClient(address, timeout=60, shared_memory=True) as other:
+                y = other.shared_array(10, "float32")
+                y[:] = np.arange(10)
+                return await other.grad("sum(y ** 3)", {"y": y})
+
+        assert np.array_equal(asyncio.run(by_async()), 3 * np.arange(10, dtype=np.float32) ** 2)
+        assert key in _ours()
+        del x, rows
+    assert key not in _ours()  # gone with the array (or at close, at the latest)
+
+
 def test_a_region_the_server_forgot_is_registered_again(address: str) -> None:
     x = np.random.default_rng(5).normal(size=(100, 10))
     with gradserve.Client(address, timeout=60, shared_memory=True) as client:

@@ -3,11 +3,13 @@ segments in /dev/shm (no server: the end-to-end tests are test_e2e_shared_memory
 
 from __future__ import annotations
 
+import gc
 import pickle
 import secrets
 import socket
 from collections.abc import Iterator
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -128,6 +130,46 @@ def test_the_sdk_sizes_outputs_only_where_shapes_tell() -> None:
     assert sdk_shm.output_bytes(["hessian"], x, ["y"], True, 4) == 192
     assert sdk_shm.output_bytes(["value"], x, [], True, 8) is None
     assert sdk_shm.output_bytes(["jacobian"], x, [], True, 8) is None
+
+
+def test_the_sdk_names_inputs_in_a_shared_array_where_they_lie() -> None:
+    """An input in a shared array (or a C-contiguous slice of one) is named where it
+    lies and not copied; anything else is copied into the call's segment."""
+    segments = sdk_shm.Segments()
+    try:
+        x = segments.shared_array((100, 10), np.dtype(np.float64))
+        x[:] = np.arange(1000.0).reshape(100, 10)
+        (home,) = [s for s in segments._all if s.owned]
+        header = pb.ComputeRequest(function="sum(x * y)", ops=[pb.OP_GRAD], batched=True)
+        for name in ("x", "y"):
+            header.inputs[name].dtype = pb.DTYPE_FLOAT64
+        header.inputs["x"].shape[:] = (50, 10)
+        header.inputs["y"].shape[:] = (50, 5)
+        strided = x[:50, ::2]  # not C-contiguous: copied
+        shared, _ = sdk_shm.layout(header, [x[50:], strided], segments)
+        ref_x, ref_y = (shared.header.inputs[n].shared_memory for n in ("x", "y"))
+        assert ref_x.region == home.key and ref_x.offset == sdk_shm.HEADER + 50 * 10 * 8
+        assert ref_y.region == shared.segment.key != home.key
+        placed = shared.segment.array(int(ref_y.offset), np.dtype(np.float64), (50, 5))
+        assert np.array_equal(placed, strided)
+        assert shared.others == [home] and shared.unregistered() == [shared.segment, home]
+        home.registered = True
+        assert shared.unregistered() == [shared.segment]
+        with pytest.raises(gradserve.InvalidArgumentError, match="float32 or float64"):
+            gradserve.Client("127.0.0.1:1").shared_array(3, "int64")
+        # the array and its views gone: its segment is unlinked at the next lease
+        path = Path("/dev/shm") / home.key
+        rows = x[10:20]
+        del x, strided, placed, shared, home
+        gc.collect()
+        segments.lease(1)
+        assert path.exists() and rows[0, 0] == 100.0  # a view of it still lives
+        del rows
+        gc.collect()
+        segments.lease(1)
+        assert not path.exists()
+    finally:
+        segments.close()
 
 
 def test_the_sdk_falls_back_to_the_wire_only_when_asked() -> None:
