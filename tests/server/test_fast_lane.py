@@ -5,7 +5,8 @@ event loop keeps answering while it computes.
 One extra real server (joined to the session's Ray cluster) with a tiny element
 threshold and a long lane budget serves this module: ``dot(x, x)``'s grad at 10
 inputs is estimated at exactly 21 elements (10 in, 1 value, 10 out), at 11 inputs
-at 23. The overrun and worker-loss tests, which need a short lane budget and a
+at 23; a check at 4 inputs at 21 (4 in, 1 value, two Jacobians' 2 x 4 each), at 5
+at 26. The overrun and worker-loss tests, which need a short lane budget and a
 server whose Ray processes are its own, are in test_lanes_embedded.py.
 """
 
@@ -30,7 +31,9 @@ from gradserve_server import fastlane
 from gradserve_workers.actor import OVERRUN
 from gradserve_workers.tasks import ChunkError, ChunkResult
 
-THRESHOLD = 21  # elements of dot(x, x)'s grad at 10 inputs
+THRESHOLD = 21  # elements of dot(x, x)'s grad at 10 inputs, and of a check at 4
+SCALAR = "sum(sin(x) * x)"
+WRONG_GRAD = "cos(x) * x"  # the true gradient is cos(x) * x + sin(x)
 LANE_SECONDS = 3.0
 # ~3 ms of matmul per iteration on a small input: far longer than any deadline here
 RUNAWAY = """
@@ -115,6 +118,55 @@ def test_a_deadline_stops_the_lane_call_while_health_answers(
     assert time.monotonic() - start < 1.0
 
 
+def test_a_check_at_the_threshold_runs_fast_one_input_over_on_ray(
+    lane_client: gradserve.Client,
+) -> None:
+    """Checks take the lane by the same rule as computes, and the lane's report is
+    the worker's check engine's, field for field (worst element included)."""
+    import torch
+
+    from gradserve_workers.check import claimed_check, finite_difference_check
+    from gradserve_workers.lang import compile_function
+
+    x4, x5 = np.linspace(-1.5, 2.0, 4), np.linspace(-1.5, 2.0, 5)
+    here = lane_client.check(SCALAR, {"x": x4})
+    assert here.passed and here.metadata.lane == "fast"
+    over = lane_client.check(SCALAR, {"x": x5})
+    assert over.passed and over.metadata.lane == "ray"
+    wrong = lane_client.check(SCALAR, {"x": x4}, grad=WRONG_GRAD)
+    assert not wrong.passed and wrong.metadata.lane == "fast"
+    fn, t = compile_function(SCALAR), torch.from_numpy(x4)
+    expected = [
+        (here, finite_difference_check(fn, ["x"], {"x": t})),
+        (wrong, claimed_check(fn, {"x": compile_function(WRONG_GRAD)}, ["x"], {"x": t},
+                              kind="grad")),
+    ]  # fmt: skip
+    for got, want in expected:
+        assert got.worst is not None and want.worst is not None
+        assert (got.worst.input, got.worst.input_index) == (
+            want.worst.input,
+            want.worst.input_index,
+        )
+        assert (got.worst.analytic, got.worst.numeric) == (want.worst.analytic, want.worst.numeric)
+        assert (got.max_abs_error, got.message) == (want.max_abs_error, want.message)
+    # the worst by error / allowance: sin(2) left out, where the true gradient is 0.08
+    assert wrong.worst is not None and wrong.worst.input_index == (3,)
+
+
+def test_a_deadline_stops_a_check_in_the_lane(
+    lane_client: gradserve.Client, lane_server: ServerProcess
+) -> None:
+    x = np.linspace(-1.0, 1.0, 4)  # 21 elements: the lane
+    start = time.monotonic()
+    with pytest.raises(gradserve.DeadlineExceededError):
+        lane_client.check(RUNAWAY, {"x": x}, timeout=1.0)
+    assert time.monotonic() - start < 5.0
+    # stopped at its next operation: the lane takes the next check at once
+    start = time.monotonic()
+    assert lane_client.check(SCALAR, {"x": x}).metadata.lane == "fast"
+    assert time.monotonic() - start < 1.0
+
+
 # ---------------------------------------------------------------- the lane in-process
 
 
@@ -155,14 +207,14 @@ def test_a_caller_gone_before_its_turn_never_runs() -> None:
 
 
 class _Actor:
-    """Answers compute_here like the lane's GradActor: ``outcome`` says how."""
+    """Answers work_here like the lane's GradActor: ``outcome`` says how."""
 
     def __init__(self, outcome: str, seconds: float = 0.0) -> None:
         self.outcome = outcome
         self.seconds = seconds
         self.calls = 0
 
-    def compute_here(self, spec: Any, arrays: Any, stop: int, call: Any) -> ChunkResult:
+    def work_here(self, spec: Any, arrays: Any, stop: int, call: Any) -> ChunkResult:
         self.calls += 1
         time.sleep(self.seconds)  # not cooperative: the "stuck" case ignores its cancel
         if self.outcome == "overrun":
@@ -203,7 +255,7 @@ def test_an_overrun_runs_again_on_ray_and_stays_there_while_ray_measures_it_slow
         return [ChunkResult(outputs={"grad": {"": np.ones(10)}}, seconds=ray_seconds)]
 
     async def twice() -> list[str]:
-        return [(await lane.compute(req, spec, ray_lane))[1] for _ in range(2)]
+        return [(await lane.run(req, spec, ray_lane))[1] for _ in range(2)]
 
     assert asyncio.run(twice()) == ["ray", "ray"]
     assert actor.calls == 1 and lane.moved == 1  # the second went to Ray directly
@@ -222,7 +274,7 @@ def test_a_user_error_in_the_lane_is_the_callers_not_a_move_to_ray() -> None:
     req, spec = _request()
     lane = _lane(_Actor("invalid"))
     with pytest.raises(errors.ServiceError) as caught:
-        asyncio.run(lane.compute(req, spec, _ray_lane))
+        asyncio.run(lane.run(req, spec, _ray_lane))
     assert errors.to_status(caught.value).code is grpc.StatusCode.INVALID_ARGUMENT
     assert "log of a negative number" in str(caught.value.message)
     assert lane.moved == 0
@@ -238,12 +290,12 @@ def test_a_call_that_does_not_stop_is_given_up_on_and_closes_the_lane_until_it_e
     lane = _lane(actor)
 
     async def scenario() -> list[str]:
-        lanes = [(await lane.compute(req, spec, _ray_lane))[1]]  # given up on: Ray
+        lanes = [(await lane.run(req, spec, _ray_lane))[1]]  # given up on: Ray
         other, _ = _request(9)  # another function's shapes: the lane is still held
-        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        lanes.append((await lane.run(other, spec, _ray_lane))[1])
         await asyncio.sleep(stuck)  # the stuck call ends; the lane opens again
         actor.seconds = 0.0
-        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        lanes.append((await lane.run(other, spec, _ray_lane))[1])
         return lanes
 
     with caplog.at_level(logging.WARNING, logger="gradserve.fastlane"):
@@ -257,6 +309,51 @@ def test_just_over_the_threshold_by_shapes_never_enters_the_lane() -> None:
     req, spec = _request(11)  # 23 elements: over 21
     actor = _Actor("ok")
     lane = _lane(actor)
-    assert asyncio.run(lane.compute(req, spec, _ray_lane))[1] == "ray"
+    assert asyncio.run(lane.run(req, spec, _ray_lane))[1] == "ray"
     assert actor.calls == 0
+    lane.close()
+
+
+def _check_request(n: int, **claims: str) -> tuple[Any, Any]:
+    from gradserve._core import check_request
+    from gradserve_server.budgets import Budgets
+    from gradserve_server.chunks import check_spec
+    from gradserve_server.codec import RequestCodec
+    from gradserve_server.config import ServerConfig
+
+    config = ServerConfig()
+    msg = check_request(SCALAR, {"x": np.ones(n)}, **claims)  # type: ignore[arg-type]
+    req = RequestCodec(config, Budgets.from_config(config)).check(msg)
+    return req, check_spec(req, config.limits)
+
+
+def test_checks_at_and_just_over_the_threshold_by_shapes() -> None:
+    actor = _Actor("ok")
+    lane = _lane(actor)
+    for claims in ({}, {"grad": WRONG_GRAD}):
+        at, at_spec = _check_request(4, **claims)
+        over, over_spec = _check_request(5, **claims)
+        assert asyncio.run(lane.run(at, at_spec, _ray_lane))[1] == "fast"
+        assert asyncio.run(lane.run(over, over_spec, _ray_lane))[1] == "ray"
+    assert actor.calls == 2
+    lane.close()
+
+
+def test_a_check_that_overruns_runs_again_on_ray_and_stays_there_while_slow() -> None:
+    req, spec = _check_request(4)
+    actor = _Actor("overrun")
+    lane = _lane(actor)
+
+    async def slow_on_ray() -> list[ChunkResult]:
+        return [ChunkResult(seconds=1.0)]  # over the lane's 0.05 s
+
+    async def twice() -> list[str]:
+        return [(await lane.run(req, spec, slow_on_ray))[1] for _ in range(2)]
+
+    assert asyncio.run(twice()) == ["ray", "ray"]
+    assert actor.calls == 1 and lane.moved == 1
+    # the same function's claimed-gradient check is another key: it tries the lane
+    claimed, claimed_spec = _check_request(4, grad=WRONG_GRAD)
+    actor.outcome = "ok"
+    assert asyncio.run(lane.run(claimed, claimed_spec, _ray_lane))[1] == "fast"
     lane.close()

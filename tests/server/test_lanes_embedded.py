@@ -1,6 +1,6 @@
 """A server with its own embedded Ray (every Ray process is its descendant): idle
-CPU, a fast-lane call that overruns and moves to Ray, and a worker lost mid-call
-in the Ray lane.
+CPU, a fast-lane call (a compute, a check) that overruns and moves to Ray, and a
+worker lost mid-call in the Ray lane.
 
 The fast lane's budget is short here (0.1 s), so a small but slow program starts
 in the lane, is stopped there and runs again on Ray.
@@ -110,6 +110,21 @@ def test_a_call_that_overruns_the_fast_lane_runs_again_on_ray(
     np.testing.assert_allclose(second["grad"], first["grad"], rtol=1e-12)
     # and a cheap call still takes the lane
     assert own_client.compute("dot(x, x)", np.ones(10), ["grad"]).metadata.lane == "fast"
+
+
+def test_a_check_that_overruns_the_fast_lane_runs_again_on_ray(
+    own_client: gradserve.Client, own_ray_server: ServerProcess
+) -> None:
+    x = np.linspace(-1.0, 1.0, 3)
+    slow = SLOW.format(n=500)  # ~0.1 s an evaluation: over the lane's budget
+    moved = own_ray_server.output.count("fast lane: a call moves to Ray")
+    first = own_client.check(slow, {"x": x})
+    assert first.passed and first.metadata.lane == "ray"
+    assert own_ray_server.output.count("fast lane: a call moves to Ray") == moved + 1
+    second = own_client.check(slow, {"x": x})  # remembered as slow: Ray directly
+    assert second.metadata.lane == "ray" and second.max_abs_error == first.max_abs_error
+    assert own_ray_server.output.count("fast lane: a call moves to Ray") == moved + 1
+    assert own_client.check("sum(sin(x) * x)", {"x": x}).metadata.lane == "fast"
 
 
 def test_a_worker_lost_mid_call_in_the_ray_lane_is_retried(
