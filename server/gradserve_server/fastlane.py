@@ -19,7 +19,9 @@ Which calls (per request, by cost):
   a check, its Jacobian's estimate);
 - whose function, ops (or check) and shapes did not take ``--fast-lane-seconds``
   or more the last time they ran (in either lane: a bounded memory of measured
-  seconds);
+  seconds); a check, whose own arrays (Jacobians of n x m elements, m unknown until
+  the function runs) no shape estimate or language budget bounds, only once such a
+  run was measured: its first run is on Ray;
 - while the lane holds fewer than :data:`MAX_IN_LANE` calls (one computes, the
   next waits for the thread); more go to Ray, which has room for them.
 
@@ -218,11 +220,15 @@ class FastLane:
             what = spec.ops
         return (spec.source_hash, what, spec.wrt, spec.batched, spec.dtype, shapes)
 
-    def _takes(self, key: tuple[Any, ...] | None) -> bool:
+    def _takes(self, key: tuple[Any, ...] | None, measured_only: bool) -> bool:
+        """Whether the call of ``key`` runs here now; with ``measured_only`` (checks)
+        only once a run of it was measured under the lane's budget."""
         if key is None or self._in_lane >= MAX_IN_LANE or self._given_up:
             return False
         last = self._measured.seconds(key)
-        return last is None or last < self.seconds
+        if last is None:
+            return not measured_only
+        return last < self.seconds
 
     async def run(
         self, req: Request, spec: Spec, ray_lane: RayLane
@@ -231,7 +237,10 @@ class FastLane:
         user error raises as from a worker), else (or when it overran here) on Ray."""
         arrays = chunks.payload(req, 1)  # one chunk: the arrays themselves, never a ref
         key = self._key(req, spec, arrays)
-        if self._takes(key):
+        # a check's own arrays (its n x m Jacobians, the perturbed outputs) are the
+        # check engine's, outside the language's memory budget, and its shapes do not
+        # bound them (m is known once f has run): its first run is on Ray
+        if self._takes(key, measured_only=isinstance(spec, CheckSpec)):
             assert key is not None
             stop = req.inputs.points if req.inputs.batched else 1
             result = await self._run(spec, arrays, stop)
