@@ -19,7 +19,13 @@ from gradserve_server.budgets import Budgets, InFlight
 from gradserve_server.codec import RequestCodec, has_samples
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error
-from gradserve_server.planner import WorkLog, check_shards, plan_chunks, request_elements
+from gradserve_server.planner import (
+    WorkLog,
+    check_shards,
+    plan_chunks,
+    record_check,
+    request_elements,
+)
 from gradserve_server.pool import ActorPool, tenant_of
 from gradserve_server.requests import CheckRequest, ComputeHeader, ComputeRequest
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
@@ -225,7 +231,7 @@ class ComputeService:
             starts = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
             report = merge_reports([r.report for r in results], [int(s) for s in starts])
         if key is not None:
-            self._check_log.record(key, sum(r.seconds for r in results))
+            record_check(self._check_log, key, sum(r.seconds for r in results), len(shards) > 1)
         return report, results, lane
 
 
