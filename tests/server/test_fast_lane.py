@@ -364,3 +364,20 @@ def test_a_check_that_overruns_runs_again_on_ray_and_stays_there_while_slow() ->
     runs = [asyncio.run(lane.run(claimed, claimed_spec, _ray_lane))[1] for _ in range(2)]
     assert runs == ["ray", "fast"]
     lane.close()
+
+
+def test_a_check_answered_by_the_lane_is_counted_and_says_so() -> None:
+    from gradserve_server import metrics
+    from gradserve_server.auth import NOBODY  # the caller outside a request's context
+
+    req, spec = _check_request(4)
+    lane = _lane(_Actor("ok"))
+    counter = metrics.FAST_LANE_CALLS.labels(metrics.tenant_label(NOBODY.tenant))
+    before = counter._value.get()
+
+    async def twice() -> list[str]:
+        return [(await fastlane.route(lane, req, spec, _ray_lane))[1] for _ in range(2)]
+
+    assert asyncio.run(twice()) == ["ray", "fast"]
+    assert counter._value.get() == before + 1  # the lane's answer, not Ray's
+    lane.close()
