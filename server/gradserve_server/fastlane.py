@@ -13,7 +13,8 @@ Which calls (per request, by cost):
 - compute and check calls of functions in the language only; jobs and registered
   functions (``"@NAME"``: the operator's code, which no budget can stop between
   operations) stay on Ray, and so does a check the server splits across workers
-  (``planner.check_shards``: one whose last run was long enough to gain from it);
+  (``planner.check_shards``: its first run, or one whose whole run was long enough
+  to gain from it);
 - that plan as one chunk, of at most ``--fast-lane-elements`` elements estimated
   from shapes (points x the planner's elements per point: inputs and outputs; for
   a check, its Jacobian's estimate);
