@@ -9,8 +9,9 @@ vector-valued function. Two situations per function:
   that is wrong; gradcheck checks a ``torch.autograd.Function`` whose backward is
   that same wrong claim. Both should fail.
 
-gradserve's time is the whole round trip through the server (SDK, gRPC, Ray), with
-2 workers; gradcheck runs in-process with torch's default number of threads.
+gradserve's time is the whole round trip through the server (SDK, gRPC, the server,
+and Ray or the server's fast lane: the "lanes" column counts where the rounds' calls
+ran), with 2 workers; gradcheck runs in-process with torch's default number of threads.
 
 Run alone: ``python benchmarks/checks.py [--quick]`` (starts its own server).
 """
@@ -18,6 +19,7 @@ Run alone: ``python benchmarks/checks.py [--quick]`` (starts its own server).
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,17 +105,14 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
                 rounds = 2 if quick else 3
                 for situation in ("correct", "wrong claim"):
                     x = torch.from_numpy(x_np.copy()).requires_grad_(True)
-                    if situation == "correct":
-                        tfn = case.torch_fn
+                    tfn = case.torch_fn if situation == "correct" else _claimed_function(case)
+                    claim = {} if situation == "correct" else {case.claim_kind: case.wrong_claim}
+                    lanes: Counter[str] = Counter()  # where the calls ran (metadata.lane)
 
-                        def ours() -> Any:
-                            return client.check(case.source, {"x": x_np})  # noqa: B023
-                    else:
-                        tfn = _claimed_function(case)
-                        claim = {case.claim_kind: case.wrong_claim}
-
-                        def ours() -> Any:
-                            return client.check(case.source, {"x": x_np}, **claim)  # noqa: B023
+                    def ours() -> Any:
+                        report = client.check(case.source, {"x": x_np}, **claim)  # noqa: B023
+                        lanes[report.metadata.lane] += 1  # noqa: B023
+                        return report
 
                     verdict = bool(ours().passed)
                     slow_verdict = _gradcheck(tfn, x, fast=False)
@@ -127,7 +126,10 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
                     t_slow: list[float] = []
                     t_fast: list[float] = []
                     round_ratios: list[float] = []
-                    for _ in range(rounds):
+                    for i in range(rounds):
+                        if i == 0:  # a check's first runs are on Ray (see fastlane.py)
+                            timed(ours, 0, warmup=2)
+                            lanes.clear()
                         ours_r = timed(ours, 3, warmup=1)
                         slow_r = timed(lambda: _gradcheck(tfn, x, False), 3, warmup=0)  # noqa: B023
                         t_fast += timed(lambda: _gradcheck(tfn, x, True), 3, warmup=0)  # noqa: B023
@@ -144,6 +146,7 @@ def run(address: str, quick: bool) -> list[dict[str, Any]]:
                         "speedup_vs_slow_by_round": round_ratios,
                         "speedup_vs_fast": median(t_fast) / median(t_ours),
                         "verdicts_agree": verdict == slow_verdict == fast_verdict,
+                        "lanes": dict(lanes),
                     }  # fmt: skip
                     rows.append(row)
                     print(f"  {case.name:22s} n={n:<5d} {situation:11s} gradserve "
@@ -172,6 +175,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             "/".join(verdict(r[k]) for k in
                      ("gradserve_passed", "gradcheck_slow_passed", "gradcheck_fast_passed")),
             "yes" if r["verdicts_agree"] else "NO",
+            " ".join(f"{k}:{v}" for k, v in sorted(r.get("lanes", {}).items())),
         ]
         for r in rows
     ]  # fmt: skip
@@ -179,7 +183,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "2. Checks (median wall time): gradserve check (through the server) vs "
         "torch.autograd.gradcheck in-process; goal >= 10x vs slow mode at n=1000, same verdicts",
         ["function", "n", "situation", "gradserve", "gc slow", "gc fast", "vs slow",
-         "rounds", "vs fast", "verdicts (gs/slow/fast)", "agree"],
+         "rounds", "vs fast", "verdicts (gs/slow/fast)", "agree", "lanes (timed)"],
         body,
     )  # fmt: skip
 

@@ -302,9 +302,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cancel_grace", "seconds a cancelled chunk's worker has to stop before it is "
             "killed", "workers", float, "2", field="workers.cancel_grace_s",
             convert=_positive(0.1)),
-    Setting("fast_lane_elements", "compute calls of at most this many elements (inputs and "
-            "outputs, estimated from shapes) run on a thread of the server instead of a Ray "
-            "worker; 0: the fast lane is off", "workers", non_negative_int, "100000",
+    Setting("fast_lane_elements", "compute and check calls of at most this many elements "
+            "(inputs and outputs, estimated from shapes) run on a thread of the server instead "
+            "of a Ray worker; 0: the fast lane is off", "workers", non_negative_int, "100000",
             field="workers.fast_lane_elements"),
     Setting("fast_lane_seconds", "a fast-lane call running longer than this is stopped and "
             "runs again on Ray", "workers", float, "0.05", field="workers.fast_lane_s",

@@ -1,21 +1,28 @@
-"""The fast lane: small compute calls answered in the server's own process.
+"""The fast lane: small compute and check calls answered in the server's own process.
 
-A unary grad of ten inputs computes in well under a millisecond; through a Ray
-actor it also pays a round trip (pickling, the actor's queue, the reply's
-bookkeeping on both sides) of 1-2 ms, most of such a call's time. The fast lane
-runs small calls on one dedicated thread of the server instead, with the workers'
-own code (:class:`gradserve_workers.actor.GradActor`, instantiated here rather than
-as a Ray actor): the same language runtime, the same limits and cancellation.
+A unary grad of ten inputs computes in well under a millisecond, a check of a
+scalar function of a thousand inputs in about two; through a Ray actor each also
+pays a round trip (pickling, the actor's queue, the reply's bookkeeping on both
+sides) of 1-2 ms, most of such a call's time. The fast lane runs small calls on one
+dedicated thread of the server instead, with the workers' own code
+(:class:`gradserve_workers.actor.GradActor`, instantiated here rather than as a Ray
+actor): the same language runtime, check engine, limits and cancellation.
 
 Which calls (per request, by cost):
 
-- compute calls of functions in the language only; checks, jobs and registered
+- compute and check calls of functions in the language only; jobs and registered
   functions (``"@NAME"``: the operator's code, which no budget can stop between
-  operations) stay on Ray;
+  operations) stay on Ray, and so does a check the server splits across workers
+  (``planner.check_shards``: its first run, or one whose whole run was long enough
+  to gain from it);
 - that plan as one chunk, of at most ``--fast-lane-elements`` elements estimated
-  from shapes (points x the planner's elements per point: inputs and outputs);
-- whose function, ops and shapes did not take ``--fast-lane-seconds`` or more
-  the last time they ran (in either lane: a bounded memory of measured seconds);
+  from shapes (points x the planner's elements per point: inputs and outputs; for
+  a check, its Jacobian's estimate);
+- whose function, ops (or check) and shapes did not take ``--fast-lane-seconds``
+  or more the last time they ran (in either lane: a bounded memory of measured
+  seconds); a check, whose own arrays (Jacobians of n x m elements, m unknown until
+  the function runs) no shape estimate or language budget bounds, only once such a
+  run was measured: its first run is on Ray;
 - while the lane holds fewer than :data:`MAX_IN_LANE` calls (one computes, the
   next waits for the thread); more go to Ray, which has room for them.
 
@@ -52,7 +59,7 @@ import numpy as np
 from gradserve_server import calls, chunks, metrics
 from gradserve_server.errors import from_chunk_error
 from gradserve_server.planner import WorkLog, request_elements
-from gradserve_server.requests import ComputeRequest
+from gradserve_server.requests import CheckRequest, ComputeRequest
 from gradserve_workers import registry
 from gradserve_workers.actor import OVERRUN, GradActor
 from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
@@ -75,6 +82,8 @@ CALL_BYTES = 256 << 20
 GRACE_S = 0.5
 
 RayLane = Callable[[], Awaitable[list[ChunkResult]]]
+Request = ComputeRequest | CheckRequest
+Spec = ComputeSpec | CheckSpec
 
 
 class _Thread:
@@ -129,15 +138,18 @@ class _Call:
 
 
 class _LocalActor(GradActor):
-    """A GradActor in the server's process, computing on the lane's thread itself."""
+    """A GradActor in the server's process, working on the lane's thread itself."""
 
-    def compute_here(
-        self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], stop: int, call: _Call
+    def work_here(
+        self, spec: Spec, arrays: Mapping[str, np.ndarray], stop: int, call: _Call
     ) -> ChunkResult:
+        """The call's one chunk, ``[0, stop)``: a compute or a check."""
         # the watch starts with the work: time spent waiting for the thread is not
         # charged to the call's budget
         watch = self._watch(spec.limits)
         call.started(watch)
+        if isinstance(spec, CheckSpec):
+            return self.run_here(lambda: self._check(spec, arrays, 0, stop), watch)
         return self.run_here(lambda: self._compute(spec, arrays, 0, stop), watch)
 
 
@@ -192,30 +204,44 @@ class FastLane:
     # ------------------------------------------------------------- routing
 
     def _key(
-        self, req: ComputeRequest, spec: ComputeSpec, arrays: Mapping[str, np.ndarray]
+        self, req: Request, spec: Spec, arrays: Mapping[str, np.ndarray]
     ) -> tuple[Any, ...] | None:
         """The call's key for measured seconds, when it may take the lane; else None."""
-        if req.inputs.points * request_elements(req) > self.elements or spec.chunk_size:
+        if req.inputs.points * request_elements(req) > self.elements:
             return None
         if registry.reference(spec.source) is not None:
             return None
         shapes = tuple((k, v.shape) for k, v in sorted(arrays.items()))
-        return (spec.source_hash, spec.ops, spec.wrt, spec.batched, spec.dtype, shapes)
+        if isinstance(spec, CheckSpec):  # what the check does decides its cost
+            claims = tuple(sorted(spec.claims.items()))
+            what: tuple[Any, ...] = (spec.kind, spec.order, spec.fast, claims, spec.numeric)
+        elif spec.chunk_size:
+            return None
+        else:
+            what = spec.ops
+        return (spec.source_hash, what, spec.wrt, spec.batched, spec.dtype, shapes)
 
-    def _takes(self, key: tuple[Any, ...] | None) -> bool:
+    def _takes(self, key: tuple[Any, ...] | None, measured_only: bool) -> bool:
+        """Whether the call of ``key`` runs here now; with ``measured_only`` (checks)
+        only once a run of it was measured under the lane's budget."""
         if key is None or self._in_lane >= MAX_IN_LANE or self._given_up:
             return False
         last = self._measured.seconds(key)
-        return last is None or last < self.seconds
+        if last is None:
+            return not measured_only
+        return last < self.seconds
 
-    async def compute(
-        self, req: ComputeRequest, spec: ComputeSpec, ray_lane: RayLane
+    async def run(
+        self, req: Request, spec: Spec, ray_lane: RayLane
     ) -> tuple[list[ChunkResult], str]:
         """The call's results and the lane that ran it: here when it is small (a
         user error raises as from a worker), else (or when it overran here) on Ray."""
         arrays = chunks.payload(req, 1)  # one chunk: the arrays themselves, never a ref
         key = self._key(req, spec, arrays)
-        if self._takes(key):
+        # a check's own arrays (its n x m Jacobians, the perturbed outputs) are the
+        # check engine's, outside the language's memory budget, and its shapes do not
+        # bound them (m is known once f has run): its first run is on Ray
+        if self._takes(key, measured_only=isinstance(spec, CheckSpec)):
             assert key is not None
             stop = req.inputs.points if req.inputs.batched else 1
             result = await self._run(spec, arrays, stop)
@@ -240,7 +266,7 @@ class FastLane:
         return own
 
     async def _run(
-        self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], stop: int
+        self, spec: Spec, arrays: Mapping[str, np.ndarray], stop: int
     ) -> ChunkResult | None:
         """The call on the lane's thread; None when it has to run on Ray instead."""
         mine = replace(spec, limits=self._limits(spec.limits))
@@ -248,7 +274,7 @@ class FastLane:
         loop = asyncio.get_running_loop()
         self._in_lane += 1
         future: Future[ChunkResult] = self._thread.submit(
-            self._actor.compute_here, mine, arrays, stop, call
+            self._actor.work_here, mine, arrays, stop, call
         )
         # the lane is free again when the thread is done with the call, not when its
         # caller stops waiting: a cancelled call still holds the thread until it stops
@@ -292,14 +318,14 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
 
 
 async def route(
-    lane: FastLane | None, req: ComputeRequest, spec: ComputeSpec | CheckSpec, ray_lane: RayLane
+    lane: FastLane | None, req: Request, spec: Spec, ray_lane: RayLane
 ) -> tuple[list[ChunkResult], str]:
-    """A compute call's results and its lane: the fast lane's choice, or Ray when
-    there is no fast lane."""
-    if lane is None or not isinstance(spec, ComputeSpec):
+    """A compute or check call's results and its lane: the fast lane's choice, or Ray
+    when there is no fast lane."""
+    if lane is None:
         results, ran = await ray_lane(), LANE_RAY
     else:
-        results, ran = await lane.compute(req, spec, ray_lane)
+        results, ran = await lane.run(req, spec, ray_lane)
     if ran != LANE_RAY:
         metrics.observe_fast_lane(calls.identity().tenant)
     calls.note(lane=ran)  # in the call's log line

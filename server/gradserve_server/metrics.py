@@ -62,7 +62,8 @@ CHUNKS = Counter(
     ["tenant"], registry=REGISTRY,
 )  # fmt: skip
 FAST_LANE_CALLS = Counter(
-    "gradserve_fast_lane_calls", "Compute calls answered by the fast lane (no chunk), by tenant",
+    "gradserve_fast_lane_calls",
+    "Compute and check calls answered by the fast lane (no chunk), by tenant",
     ["tenant"], registry=REGISTRY,
 )  # fmt: skip
 QUEUE_WAIT = Histogram(

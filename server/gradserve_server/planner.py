@@ -129,10 +129,11 @@ def check_shards(
     the check that runs: the request's, or the reference check beside a numeric claim.
 
     Each shard differentiates and compares its own elements (and evaluates their
-    perturbations, or the whole claim). A check of a function whose last such check
-    took less than :data:`SHARD_MIN_SECONDS` of worker time is not split (the first
-    one is: a one-off large check gains most); nor are busy pools, several points
-    (split by point instead), fast mode and second order."""
+    perturbations, or the whole claim). The first check of a function and shapes is
+    split (a one-off large check gains most); the next runs whole, which measures it
+    (see :func:`record_check`); after that, one whose whole run took less than
+    :data:`SHARD_MIN_SECONDS` of worker time is not split. Nor are busy pools,
+    several points (split by point instead), fast mode and second order."""
     if spec.kind not in ("finite_difference", "jacobian") or inputs.points != 1:
         return [], None
     # the elements split: the wrt inputs', or a claimed Jacobian's inputs' (its keys)
@@ -145,6 +146,35 @@ def check_shards(
     shapes = tuple((k, v.shape) for k, v in sorted(inputs.arrays.items()))
     key = (spec.source_hash, spec.wrt, shapes, spec.dtype, spec.kind, tuple(spec.claims.items()))
     last = log.seconds(key)
-    if last is not None and last < SHARD_MIN_SECONDS:
+    if last is not None and (math.isnan(last) or last < SHARD_MIN_SECONDS):
         return [], key
     return plan_shards(count, idle), key
+
+
+def record_check(log: WorkLog, key: tuple[Any, ...], seconds: float, split: bool) -> None:
+    """Remember a check's worker seconds for :func:`check_shards`: a whole run's
+    seconds. A split run's sum overstates the whole check, each shard repeating its
+    fixed costs (a scalar function's at 1,000 inputs: ~2 ms whole, shards summing to
+    10-60 ms on a loaded machine, which kept it split call after call): it only says
+    that the check was split (NaN: run it whole next), or, when lower than the whole
+    run's seconds known (a whole run slowed by the machine), bounds them.
+
+    >>> log = WorkLog()
+    >>> record_check(log, ("f",), 0.030, split=True); log.seconds(("f",))
+    nan
+    >>> record_check(log, ("f",), 0.002, split=False); log.seconds(("f",))
+    0.002
+    >>> record_check(log, ("f",), 0.030, split=True); log.seconds(("f",))
+    0.002
+    >>> record_check(log, ("f",), 0.015, split=False); log.seconds(("f",))
+    0.015
+    >>> record_check(log, ("f",), 0.008, split=True); log.seconds(("f",))
+    0.008
+    """
+    last = log.seconds(key)
+    if not split:
+        log.record(key, seconds)
+    elif last is None:
+        log.record(key, math.nan)
+    elif seconds < last:  # False for NaN: the whole run is still to come
+        log.record(key, seconds)

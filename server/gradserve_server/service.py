@@ -19,7 +19,13 @@ from gradserve_server.budgets import Budgets, InFlight
 from gradserve_server.codec import RequestCodec, has_samples
 from gradserve_server.config import ServerConfig
 from gradserve_server.errors import from_chunk_error
-from gradserve_server.planner import WorkLog, check_shards, plan_chunks, request_elements
+from gradserve_server.planner import (
+    WorkLog,
+    check_shards,
+    plan_chunks,
+    record_check,
+    request_elements,
+)
 from gradserve_server.pool import ActorPool, tenant_of
 from gradserve_server.requests import CheckRequest, ComputeHeader, ComputeRequest
 from gradserve_workers.report import CheckReport, merge_reports, merge_shards
@@ -190,19 +196,25 @@ class ComputeService:
         else:
             req = self.codec.check(msg)
         spec = chunks.check_spec(req, self.limits)
-        report, results = await self._checked(req, spec, tenant)
+        report, results, lane = await self._checked(req, spec, tenant)
         if req.claims is not None and req.claims.numeric:
             # and autograd against finite differences, to name the odd one out
-            reference, more = await self._checked(req, numeric.reference_spec(spec), tenant)
+            ref_spec = numeric.reference_spec(spec)
+            reference, more, other_lane = await self._checked(req, ref_spec, tenant)
             report = numeric.three_way(report, reference, req.claims.values, req.inputs.batched)
             results += more
+            lane = lane if other_lane == lane else fastlane.LANE_RAY  # a part ran on Ray
         no_unconnected = [replace(r, unconnected=()) for r in results]
         meta = encoding.metadata(no_unconnected, req.inputs, req.wrt, started)
+        meta.lane = lane
         return report, Computed({}, meta)
 
     async def _checked(
         self, req: CheckRequest, spec: CheckSpec, tenant: str
-    ) -> tuple[CheckReport, list[ChunkResult]]:
+    ) -> tuple[CheckReport, list[ChunkResult], str]:
+        """One check's report, its chunks' results and its lane: split across the
+        workers by input elements when that pays, else one check (by points in
+        chunks on Ray, or in the fast lane when it is small)."""
         shards, key = check_shards(req.inputs, spec, self._check_log, self.pool.idle)
         if len(shards) > 1:
             payload = chunks.payload(req, len(shards))
@@ -213,13 +225,17 @@ class ComputeService:
                 for cols in shards
             )
             report = merge_shards([r.report for r in results])
+            lane = fastlane.LANE_RAY
         else:
-            results = await self._dispatch(req, spec, tenant, "check")
+            # fast-lane hook (fastlane.py): a small check runs in this process, the rest on Ray
+            results, lane = await fastlane.route(
+                self.fast_lane, req, spec, lambda: self._dispatch(req, spec, tenant, "check")
+            )
             starts = np.cumsum([0] + [len(r.report.point_passed) for r in results[:-1]])
             report = merge_reports([r.report for r in results], [int(s) for s in starts])
         if key is not None:
-            self._check_log.record(key, sum(r.seconds for r in results))
-        return report, results
+            record_check(self._check_log, key, sum(r.seconds for r in results), len(shards) > 1)
+        return report, results, lane
 
 
 def _assemble(

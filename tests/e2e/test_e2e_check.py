@@ -180,6 +180,7 @@ def _split_in_two(client: gradserve.Client, source: str, inputs: dict, **claims:
         report = client.check(source, inputs, **claims)
         if report.metadata.chunks == 2:
             assert report.metadata.workers == 2, report.metadata
+            assert report.metadata.lane == "ray"  # a split check never takes the fast lane
             return report
         time.sleep(0.5)
     raise AssertionError(f"{source}: never split across the two workers: {report.metadata}")
@@ -213,15 +214,17 @@ def test_a_large_check_is_shared_by_the_idle_workers(client: gradserve.Client) -
 def test_a_cheap_check_is_split_once_then_kept_whole(client: gradserve.Client) -> None:
     """The server does not know a function's cost before its first check: that one is
     split; once it has taken less than 10 ms of worker time (a scalar function's
-    check usually does), the next one runs on one worker."""
+    check usually does), the next one runs on one worker, and once that one is
+    measured under the fast lane's budget, the next in the server's fast lane."""
     x = np.random.default_rng(6).uniform(-2.0, 2.0, 1000)
-    first = client.check("sum(sin(x) * x) + 1", {"x": x})
-    second = client.check("sum(sin(x) * x) + 1", {"x": x})
+    first, second, third = (client.check("sum(sin(x) * x) + 1", {"x": x}) for _ in range(3))
     assert first.metadata.chunks in (1, 2)  # 1 if a worker was busy (being replaced)
     if first.metadata.compute_seconds < 0.010:  # a scalar check's usually is
         assert second.metadata.chunks == 1
-    assert first.passed and second.passed and first.worst == second.worst
-    assert first.max_abs_error == second.max_abs_error
+        if second.metadata.compute_seconds < 0.05:  # the fast lane's default budget
+            assert third.metadata.lane == "fast" and third.metadata.chunks == 1
+    assert first.passed and second.passed and first.worst == second.worst == third.worst
+    assert first.max_abs_error == second.max_abs_error == third.max_abs_error
 
 
 def test_a_large_claimed_jacobian_is_shared_by_the_idle_workers(client: gradserve.Client) -> None:

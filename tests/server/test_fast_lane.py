@@ -5,7 +5,8 @@ event loop keeps answering while it computes.
 One extra real server (joined to the session's Ray cluster) with a tiny element
 threshold and a long lane budget serves this module: ``dot(x, x)``'s grad at 10
 inputs is estimated at exactly 21 elements (10 in, 1 value, 10 out), at 11 inputs
-at 23. The overrun and worker-loss tests, which need a short lane budget and a
+at 23; a check at 4 inputs at 21 (4 in, 1 value, two Jacobians' 2 x 4 each), at 5
+at 26. The overrun and worker-loss tests, which need a short lane budget and a
 server whose Ray processes are its own, are in test_lanes_embedded.py.
 """
 
@@ -30,7 +31,9 @@ from gradserve_server import fastlane
 from gradserve_workers.actor import OVERRUN
 from gradserve_workers.tasks import ChunkError, ChunkResult
 
-THRESHOLD = 21  # elements of dot(x, x)'s grad at 10 inputs
+THRESHOLD = 21  # elements of dot(x, x)'s grad at 10 inputs, and of a check at 4
+SCALAR = "sum(sin(x) * x)"
+WRONG_GRAD = "cos(x) * x"  # the true gradient is cos(x) * x + sin(x)
 LANE_SECONDS = 3.0
 # ~3 ms of matmul per iteration on a small input: far longer than any deadline here
 RUNAWAY = """
@@ -115,6 +118,55 @@ def test_a_deadline_stops_the_lane_call_while_health_answers(
     assert time.monotonic() - start < 1.0
 
 
+def _check_lanes(client: gradserve.Client, source: str, x: np.ndarray, **claim: str) -> list[Any]:
+    return [client.check(source, {"x": x}, **claim) for _ in range(2)]
+
+
+def test_a_check_at_the_threshold_runs_fast_once_measured_one_input_over_on_ray(
+    lane_client: gradserve.Client,
+) -> None:
+    """Checks take the lane by the computes' rule, once a run of them was measured
+    (the first is on Ray); the lane's report is the worker's, field for field."""
+    x4, x5 = np.linspace(-1.5, 2.0, 4), np.linspace(-1.5, 2.0, 5)
+    for claim in ({}, {"grad": WRONG_GRAD}):
+        on_ray, here = _check_lanes(lane_client, SCALAR, x4, **claim)
+        assert [on_ray.metadata.lane, here.metadata.lane] == ["ray", "fast"]
+        assert here.passed is on_ray.passed is not claim
+        assert here.worst is not None and on_ray.worst is not None
+        assert (here.worst, here.point_passed, here.message) == (
+            on_ray.worst,
+            on_ray.point_passed,
+            on_ray.message,
+        )
+        assert (here.max_abs_error, here.max_rel_error) == (
+            on_ray.max_abs_error,
+            on_ray.max_rel_error,
+        )
+        over = _check_lanes(lane_client, SCALAR, x5, **claim)
+        assert [r.metadata.lane for r in over] == ["ray", "ray"]
+    # the wrong claim's worst by error / allowance: sin(2) left out, where the true
+    # gradient is 0.08
+    assert here.worst.input_index == (3,)
+
+
+# ~0.65 s a check: measured on Ray well under the lane's 3 s, far over a 0.2 s deadline
+SLOW_CHECK = RUNAWAY.replace("range(10000)", "range(100)")
+
+
+def test_a_deadline_stops_a_check_in_the_lane(lane_client: gradserve.Client) -> None:
+    x = np.linspace(-1.0, 1.0, 4)  # 21 elements: the lane's
+    assert [r.metadata.lane for r in _check_lanes(lane_client, SLOW_CHECK, x)] == ["ray", "fast"]
+    assert lane_client.check(SCALAR, {"x": x}).metadata.lane in ("ray", "fast")  # measured
+    start = time.monotonic()
+    with pytest.raises(gradserve.DeadlineExceededError):
+        lane_client.check(SLOW_CHECK, {"x": x}, timeout=0.2)
+    assert time.monotonic() - start < 5.0
+    # stopped at its next operation: the lane takes the next check at once
+    start = time.monotonic()
+    assert lane_client.check(SCALAR, {"x": x}).metadata.lane == "fast"
+    assert time.monotonic() - start < 1.0
+
+
 # ---------------------------------------------------------------- the lane in-process
 
 
@@ -155,14 +207,14 @@ def test_a_caller_gone_before_its_turn_never_runs() -> None:
 
 
 class _Actor:
-    """Answers compute_here like the lane's GradActor: ``outcome`` says how."""
+    """Answers work_here like the lane's GradActor: ``outcome`` says how."""
 
     def __init__(self, outcome: str, seconds: float = 0.0) -> None:
         self.outcome = outcome
         self.seconds = seconds
         self.calls = 0
 
-    def compute_here(self, spec: Any, arrays: Any, stop: int, call: Any) -> ChunkResult:
+    def work_here(self, spec: Any, arrays: Any, stop: int, call: Any) -> ChunkResult:
         self.calls += 1
         time.sleep(self.seconds)  # not cooperative: the "stuck" case ignores its cancel
         if self.outcome == "overrun":
@@ -203,7 +255,7 @@ def test_an_overrun_runs_again_on_ray_and_stays_there_while_ray_measures_it_slow
         return [ChunkResult(outputs={"grad": {"": np.ones(10)}}, seconds=ray_seconds)]
 
     async def twice() -> list[str]:
-        return [(await lane.compute(req, spec, ray_lane))[1] for _ in range(2)]
+        return [(await lane.run(req, spec, ray_lane))[1] for _ in range(2)]
 
     assert asyncio.run(twice()) == ["ray", "ray"]
     assert actor.calls == 1 and lane.moved == 1  # the second went to Ray directly
@@ -222,7 +274,7 @@ def test_a_user_error_in_the_lane_is_the_callers_not_a_move_to_ray() -> None:
     req, spec = _request()
     lane = _lane(_Actor("invalid"))
     with pytest.raises(errors.ServiceError) as caught:
-        asyncio.run(lane.compute(req, spec, _ray_lane))
+        asyncio.run(lane.run(req, spec, _ray_lane))
     assert errors.to_status(caught.value).code is grpc.StatusCode.INVALID_ARGUMENT
     assert "log of a negative number" in str(caught.value.message)
     assert lane.moved == 0
@@ -238,12 +290,12 @@ def test_a_call_that_does_not_stop_is_given_up_on_and_closes_the_lane_until_it_e
     lane = _lane(actor)
 
     async def scenario() -> list[str]:
-        lanes = [(await lane.compute(req, spec, _ray_lane))[1]]  # given up on: Ray
+        lanes = [(await lane.run(req, spec, _ray_lane))[1]]  # given up on: Ray
         other, _ = _request(9)  # another function's shapes: the lane is still held
-        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        lanes.append((await lane.run(other, spec, _ray_lane))[1])
         await asyncio.sleep(stuck)  # the stuck call ends; the lane opens again
         actor.seconds = 0.0
-        lanes.append((await lane.compute(other, spec, _ray_lane))[1])
+        lanes.append((await lane.run(other, spec, _ray_lane))[1])
         return lanes
 
     with caplog.at_level(logging.WARNING, logger="gradserve.fastlane"):
@@ -257,6 +309,75 @@ def test_just_over_the_threshold_by_shapes_never_enters_the_lane() -> None:
     req, spec = _request(11)  # 23 elements: over 21
     actor = _Actor("ok")
     lane = _lane(actor)
-    assert asyncio.run(lane.compute(req, spec, _ray_lane))[1] == "ray"
+    assert asyncio.run(lane.run(req, spec, _ray_lane))[1] == "ray"
     assert actor.calls == 0
+    lane.close()
+
+
+def _check_request(n: int, **claims: str) -> tuple[Any, Any]:
+    from gradserve._core import check_request
+    from gradserve_server.budgets import Budgets
+    from gradserve_server.chunks import check_spec
+    from gradserve_server.codec import RequestCodec
+    from gradserve_server.config import ServerConfig
+
+    config = ServerConfig()
+    msg = check_request(SCALAR, {"x": np.ones(n)}, **claims)  # type: ignore[arg-type]
+    req = RequestCodec(config, Budgets.from_config(config)).check(msg)
+    return req, check_spec(req, config.limits)
+
+
+def test_checks_at_and_just_over_the_threshold_by_shapes() -> None:
+    actor = _Actor("ok")
+    lane = _lane(actor)
+    for claims in ({}, {"grad": WRONG_GRAD}):
+        at, at_spec = _check_request(4, **claims)
+        over, over_spec = _check_request(5, **claims)
+        # at the threshold: on Ray until a run of it was measured, then here
+        assert asyncio.run(lane.run(at, at_spec, _ray_lane))[1] == "ray"
+        assert asyncio.run(lane.run(at, at_spec, _ray_lane))[1] == "fast"
+        assert asyncio.run(lane.run(over, over_spec, _ray_lane))[1] == "ray"
+        assert asyncio.run(lane.run(over, over_spec, _ray_lane))[1] == "ray"
+    assert actor.calls == 2
+    lane.close()
+
+
+def test_a_check_that_overruns_runs_again_on_ray_and_stays_there_while_slow() -> None:
+    req, spec = _check_request(4)
+    actor = _Actor("overrun")
+    lane = _lane(actor)
+    ray_seconds = 0.001
+
+    async def on_ray() -> list[ChunkResult]:
+        return [ChunkResult(seconds=ray_seconds)]
+
+    async def lanes(calls: int) -> list[str]:
+        return [(await lane.run(req, spec, on_ray))[1] for _ in range(calls)]
+
+    assert asyncio.run(lanes(1)) == ["ray"]  # measured: fast
+    ray_seconds = 1.0  # over the lane's 0.05 s: the overrun was no accident
+    assert asyncio.run(lanes(2)) == ["ray", "ray"]
+    assert actor.calls == 1 and lane.moved == 1  # the second went to Ray directly
+    # the same function's claimed-gradient check is another key: measured, it tries the lane
+    claimed, claimed_spec = _check_request(4, grad=WRONG_GRAD)
+    actor.outcome = "ok"
+    runs = [asyncio.run(lane.run(claimed, claimed_spec, _ray_lane))[1] for _ in range(2)]
+    assert runs == ["ray", "fast"]
+    lane.close()
+
+
+def test_a_check_answered_by_the_lane_is_counted_and_says_so() -> None:
+    from gradserve_server import metrics
+    from gradserve_server.auth import NOBODY  # the caller outside a request's context
+
+    req, spec = _check_request(4)
+    lane = _lane(_Actor("ok"))
+    counter = metrics.FAST_LANE_CALLS.labels(metrics.tenant_label(NOBODY.tenant))
+    before = counter._value.get()
+
+    async def twice() -> list[str]:
+        return [(await fastlane.route(lane, req, spec, _ray_lane))[1] for _ in range(2)]
+
+    assert asyncio.run(twice()) == ["ray", "fast"]
+    assert counter._value.get() == before + 1  # the lane's answer, not Ray's
     lane.close()

@@ -1,6 +1,6 @@
 """A server with its own embedded Ray (every Ray process is its descendant): idle
-CPU, a fast-lane call that overruns and moves to Ray, and a worker lost mid-call
-in the Ray lane.
+CPU, a fast-lane call (a compute, a check) that overruns and moves to Ray, and a
+worker lost mid-call in the Ray lane.
 
 The fast lane's budget is short here (0.1 s), so a small but slow program starts
 in the lane, is stopped there and runs again on Ray.
@@ -110,6 +110,35 @@ def test_a_call_that_overruns_the_fast_lane_runs_again_on_ray(
     np.testing.assert_allclose(second["grad"], first["grad"], rtol=1e-12)
     # and a cheap call still takes the lane
     assert own_client.compute("dot(x, x)", np.ones(10), ["grad"]).metadata.lane == "fast"
+
+
+# slow only where x[0] > 0 (the check's perturbations keep its sign): the same
+# check (function, shapes) is measured fast at one point and overruns at another
+SLOW_WHERE_POSITIVE = """
+def f(x):
+    a = ones((100, 100)) / 100
+    if x[0] > 0:
+        for i in range(500):
+            a = sin(a @ a + 0.5)
+    return sum(a) * dot(x, x)
+"""
+
+
+def test_a_check_that_overruns_the_fast_lane_runs_again_on_ray(
+    own_client: gradserve.Client, own_ray_server: ServerProcess
+) -> None:
+    def lane(x: np.ndarray) -> Any:
+        report = own_client.check(SLOW_WHERE_POSITIVE, {"x": x})
+        assert report.passed
+        return report.metadata.lane
+
+    cheap, slow = np.linspace(-1.0, -0.5, 3), np.linspace(0.5, 1.0, 3)
+    assert [lane(cheap), lane(cheap)] == ["ray", "fast"]  # measured on Ray first
+    moved = own_ray_server.output.count("fast lane: a call moves to Ray")
+    assert lane(slow) == "ray"  # stopped in the lane after 0.1 s, run again on Ray
+    assert own_ray_server.output.count("fast lane: a call moves to Ray") == moved + 1
+    assert lane(slow) == "ray"  # remembered as slow: Ray directly
+    assert own_ray_server.output.count("fast lane: a call moves to Ray") == moved + 1
 
 
 def test_a_worker_lost_mid_call_in_the_ray_lane_is_retried(
