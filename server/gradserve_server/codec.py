@@ -141,6 +141,7 @@ class RequestCodec:
         blobs: Sequence[bytes] | None = None,
         header: ComputeHeader | None = None,
         shapes_only: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        screen: bool = True,
     ) -> ComputeRequest:
         """A compute request, validated in everything that can be known before it runs.
 
@@ -150,6 +151,8 @@ class RequestCodec:
         was admitted already (:meth:`compute_header`). ``shapes_only`` stands in for
         the tensors (as field -> name -> array) when only their shapes are known yet:
         their values are not checked (a pipelined stream checks each chunk's rows).
+        ``screen=False``: the inputs' values are not screened for NaN/Inf here (inputs
+        in shared memory: each worker screens the rows it reads, in parallel).
         """
         header = header or self.compute_header(msg)
         call, ops, wrt = header.call, header.ops, header.wrt
@@ -157,7 +160,8 @@ class RequestCodec:
         arrays = rules.bind_names(
             {**tensors.get("input", {}), **(given or {})}, header.program.inputs, "input", call
         )
-        inputs = self._inputs(arrays, msg.dtype, msg.batched, call, shapes_only is None)
+        screen = screen and shapes_only is None
+        inputs = self._inputs(arrays, msg.dtype, msg.batched, call, screen)
         cotangent = None
         if "vjp" in ops:
             if not msg.HasField("cotangent"):

@@ -218,6 +218,25 @@ def test_inputs_made_in_shared_memory_are_read_where_they_lie(address: str) -> N
     assert key not in _ours()  # gone with the array (or at close, at the latest)
 
 
+def test_a_nan_in_shared_memory_is_named_by_its_point_in_the_whole_batch(address: str) -> None:
+    """The workers screen the rows they read (the server does not read them first):
+    a NaN in the second worker's chunk is still named by its index in the batch."""
+    x = np.random.default_rng(13).normal(size=(4000, 10))
+    x[3217, 4] = np.nan
+    with gradserve.Client(address, timeout=60, shared_memory=True) as client:
+        with pytest.raises(gradserve.InvalidArgumentError) as info:
+            client.grad(ROSENBROCK, {"x": x}, batched=True)
+        assert "input 'x' contains NaN at point 3217, element [4]" in info.value.message
+        x[3217, 4] = np.inf
+        xs = client.shared_array(x.shape)
+        xs[:] = x
+        with pytest.raises(gradserve.InvalidArgumentError, match="Inf at point 3217"):
+            client.grad(ROSENBROCK, {"x": xs}, batched=True)
+        # and the client's segments serve the next call as before
+        x[3217, 4] = 0.0
+        assert np.isfinite(client.grad(ROSENBROCK, {"x": x}, batched=True)).all()
+
+
 def test_a_region_the_server_forgot_is_registered_again(address: str) -> None:
     x = np.random.default_rng(5).normal(size=(100, 10))
     with gradserve.Client(address, timeout=60, shared_memory=True) as client:

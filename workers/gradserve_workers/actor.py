@@ -350,6 +350,7 @@ class GradActor:
             allow_vmap=spec.source_hash not in self._per_point,
             reply_budget=spec.reply_budget,
             verify=spec.verify,
+            first_point=start if spec.batched else 0,
         )
         result = compute(fn, names, inputs, request)
         if spec.batched and not result.vmapped:

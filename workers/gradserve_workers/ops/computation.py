@@ -100,7 +100,7 @@ def compute(
     gradserve_workers.ops.OpsError: grad(f): f returns shape (3,), not a scalar. ...
     """
     plan = plan_for(input_names, inputs, request)
-    check_finite(plan.call, plan.names, inputs, plan.batched)
+    check_finite(plan.call, plan.names, inputs, plan.batched, request.first_point)
     first = [first_point(inputs[n], plan.batched) for n in plan.names]
     if not plan.batched and "grad" in plan.ops and _GRAD_ONLY.issuperset(plan.ops):
         result = _unbatched_grad(fn, plan, first, request, detect_unconnected)

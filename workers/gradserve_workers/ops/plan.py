@@ -48,16 +48,23 @@ def _first_non_finite(t: torch.Tensor) -> tuple[tuple[int, ...], str] | None:
 
 
 def check_finite(
-    call: str, input_names: Sequence[str], inputs: Mapping[str, torch.Tensor], batched: bool
+    call: str,
+    input_names: Sequence[str],
+    inputs: Mapping[str, torch.Tensor],
+    batched: bool,
+    first_point: int = 0,
 ) -> None:
-    """Raise :class:`NonFiniteInputError` naming the first NaN/Inf element of any input."""
+    """Raise :class:`NonFiniteInputError` naming the first NaN/Inf element of any input
+    (``first_point``: the index of the first point, for a chunk of a larger batch)."""
     for name in input_names:
         found = _first_non_finite(inputs[name])
         if found is None:
             continue
         idx, kind = found
         if batched and idx:
-            where = f"at point {idx[0]}" + (f", element {_fmt_index(idx[1:])}" if idx[1:] else "")
+            where = f"at point {first_point + idx[0]}" + (
+                f", element {_fmt_index(idx[1:])}" if idx[1:] else ""
+            )
         elif idx:
             where = f"at element {_fmt_index(idx)}"
         else:

@@ -47,6 +47,9 @@ class OpsRequest:
     # check the answer by a second route (gradserve_workers.ops.certify) before returning
     # it; None: where that is cheap (certify.default_verify)
     verify: bool | None = False
+    # the index of the first point, where the points are one chunk of a larger batch:
+    # messages name a point by its index in the whole batch
+    first_point: int = 0
 
 
 @dataclass
