@@ -88,8 +88,9 @@ class _SharedMemory(shared_memory.SharedMemory):
 class Segment:
     """One POSIX shared-memory segment of this client, registered under its key."""
 
-    def __init__(self, nbytes: int) -> None:
-        size = max(MIN_SEGMENT, 1 << max(0, nbytes - 1).bit_length())
+    def __init__(self, nbytes: int, exact: bool = False) -> None:
+        # pooled segments come in powers of two, so that one serves calls of many sizes
+        size = nbytes if exact else max(MIN_SEGMENT, 1 << max(0, nbytes - 1).bit_length())
         key = f"gradserve_{secrets.token_hex(12)}"
         self.shm = _SharedMemory(name=key, create=True, size=size)
         self.key = key
@@ -183,7 +184,7 @@ class Segments:
         """A zeroed array in a segment of its own, unlinked once it and every view of
         it are gone (or at :meth:`close`)."""
         nbytes = math.prod(shape) * dtype.itemsize
-        segment = Segment(HEADER + nbytes)
+        segment = Segment(HEADER + nbytes, exact=True)
         segment.owned = True
         # every view of ``raw`` keeps it alive (numpy's views name the array they
         # view), so its finalizer runs only when the last of them is gone

@@ -140,6 +140,7 @@ def test_the_sdk_names_inputs_in_a_shared_array_where_they_lie() -> None:
         x = segments.shared_array((100, 10), np.dtype(np.float64))
         x[:] = np.arange(1000.0).reshape(100, 10)
         (home,) = [s for s in segments._all if s.owned]
+        assert home.size == sdk_shm.HEADER + x.nbytes  # sized to the array, not pooled
         header = pb.ComputeRequest(function="sum(x * y)", ops=[pb.OP_GRAD], batched=True)
         for name in ("x", "y"):
             header.inputs[name].dtype = pb.DTYPE_FLOAT64
