@@ -366,6 +366,23 @@ def test_a_check_that_overruns_runs_again_on_ray_and_stays_there_while_slow() ->
     lane.close()
 
 
+def test_a_check_that_overran_here_stays_on_ray_even_when_ray_runs_it_fast() -> None:
+    """Unlike a compute, whose cost its shapes bound, a check that overran in the lane
+    does not flip back to it because Ray ran it quickly."""
+    req, spec = _check_request(4)
+    actor = _Actor("overrun")
+    lane = _lane(actor)
+
+    async def lanes(calls: int) -> list[str]:
+        return [(await lane.run(req, spec, _ray_lane))[1] for _ in range(calls)]
+
+    assert asyncio.run(lanes(2)) == ["ray", "ray"]  # measured fast on Ray, overran here
+    actor.outcome = "ok"
+    assert asyncio.run(lanes(3)) == ["ray", "ray", "ray"]
+    assert actor.calls == 1 and lane.moved == 1
+    lane.close()
+
+
 def test_a_check_answered_by_the_lane_is_counted_and_says_so() -> None:
     from gradserve_server import metrics
     from gradserve_server.auth import NOBODY  # the caller outside a request's context
