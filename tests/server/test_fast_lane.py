@@ -398,3 +398,20 @@ def test_a_check_answered_by_the_lane_is_counted_and_says_so() -> None:
     assert asyncio.run(twice()) == ["ray", "fast"]
     assert counter._value.get() == before + 1  # the lane's answer, not Ray's
     lane.close()
+
+
+@pytest.mark.parametrize(("grown", "trimmed"), [(fastlane.TRIM_AFTER_BYTES + 1, 1), (1 << 20, 0)])
+def test_a_lane_call_that_grew_the_server_gives_its_heap_back(
+    monkeypatch: pytest.MonkeyPatch, grown: int, trimmed: int
+) -> None:
+    """The server's memory back where it was: a lane call that grew it (a check's
+    Jacobians) trims the heap after it; a small one does not pay for that."""
+    _, spec = _check_request(4)
+    readings = iter([100 << 20, (100 << 20) + grown])
+    trims: list[int] = []
+    monkeypatch.setattr(fastlane, "resident_bytes", lambda: next(readings))
+    monkeypatch.setattr(fastlane, "trim_heap", lambda: trims.append(1))
+    actor = fastlane._LocalActor("cpu", 1, 1.0)
+    monkeypatch.setattr(actor, "run_here", lambda work, watch: ChunkResult(seconds=0.01))
+    assert actor.work_here(spec, {}, 1, fastlane._Call()).seconds == 0.01
+    assert len(trims) == trimmed
