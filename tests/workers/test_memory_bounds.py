@@ -1,11 +1,12 @@
 """A function with large intermediates cannot make a vmapped batch allocate
 points x intermediate at once (a denial of service through a small request).
 
-Each case runs in a fresh interpreter and reports its peak RSS. Measured before the
-fix: 4.3 GB for the batched gradient (at 64 points) and 3.5 GB for the check, the
+Each case runs in a fresh interpreter and reports its own peak RSS. Measured before
+the fix: 4.3 GB for the batched gradient (at 64 points) and 3.5 GB for the check, the
 latter not from one batch but from glibc's heap growing by one freed intermediate per
-chunk while small chunk results stayed alive between them; after it, 0.67 GB and
-0.39 GB.
+chunk while small chunk results stayed alive between them; after it, 0.60 GB and
+0.35 GB (the imports alone: 0.22 GB). Cache-sized pieces of one point each brought
+that heap growth back for the gradient (1.47 GB), which the limit catches.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ from gradserve_workers.check.evaluation import Evaluator
 from gradserve_workers.lang import compile_function
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMIT_MIB = 1500
+LIMIT_MIB = 900
 
+# The child's own peak: /proc's VmHWM belongs to the memory the child maps after exec.
+# (getrusage's ru_maxrss would count the pytest process that forked it: Linux carries
+# the parent's high-water mark across fork and exec, and a long test session's
+# process is itself over the limit.)
 PRELUDE = """
-import json, resource, torch
+import json, torch
+def peak_rss_mib():
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 torch.set_num_threads(1)
 from gradserve_workers.lang import compile_function
 from gradserve_workers.ops import OpsRequest, compute
@@ -42,10 +51,7 @@ def run_measured(body: str) -> dict[str, float]:
     code = (
         PRELUDE
         + textwrap.dedent(body)
-        + (
-            "\nout['rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024"
-            "\nprint(json.dumps(out))"
-        )
+        + ("\nout['rss_mib'] = peak_rss_mib()\nprint(json.dumps(out))")
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "workers")])}
     done = subprocess.run(
@@ -150,12 +156,17 @@ def _points_per_batch(
 def test_cpu_batches_are_sized_for_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU, points are mapped in batches whose intermediates fit the caches
     (1.3-1.8x faster than one batch through memory, docs/performance.md): a grad of a
-    10-element function holds ~3 x 10 elements a point in flight."""
+    10-element function holds ~3 x 10 elements a point in flight. Only where at least
+    CPU_MIN_POINTS points fit a piece."""
     x = torch.rand(100_000, 10, dtype=torch.float64)
     size, _ = _points_per_batch(monkeypatch, "sum(x * x)", x, ("grad",))
     assert size == transforms.CPU_BATCH_ELEMENTS // 30
     small = torch.rand(1000, 10, dtype=torch.float64)  # all of it fits: one batch
     assert _points_per_batch(monkeypatch, "sum(x * x)", small, ("grad",))[0] is None
+    # a point too large for 16 to share a piece: only the memory bound cuts the batch
+    # (one point a piece grew glibc's heap by a freed intermediate each)
+    big = torch.rand(64, 200, dtype=torch.float64)
+    assert _points_per_batch(monkeypatch, "sum(outer(x, x))", big, ("grad",))[0] is None
 
 
 @pytest.mark.parametrize(
@@ -172,7 +183,7 @@ def test_cache_sized_batches_give_the_same_bits(
     """Cutting the points into batches changes no bit of any result."""
     x = torch.rand(3000, 10, dtype=torch.float64)
     kw = {"vector": {"x": torch.rand(3000, 10, dtype=torch.float64)}} if "hvp" in ops else {}
-    monkeypatch.setattr(transforms, "CPU_BATCH_ELEMENTS", 2000)
+    monkeypatch.setattr(transforms, "CPU_BATCH_ELEMENTS", 30_000)  # 100-1000 points a piece
     size, cut = _points_per_batch(monkeypatch, source, x, ops, **kw)
     assert size is not None and size < 3000
     monkeypatch.setattr(transforms, "CPU_BATCH_ELEMENTS", transforms.BATCH_ELEMENTS)

@@ -24,6 +24,8 @@ BATCH_ELEMENTS = 1 << 26
 # through memory (docs/performance.md, "Cache-sized batches"); a GPU wants the
 # largest batch that memory allows
 CPU_BATCH_ELEMENTS = 1 << 20
+# ... when at least this many points fit one such piece (see ops.computation._chunks)
+CPU_MIN_POINTS = 16
 
 
 def measure(fn: Fn, point_args: Sequence[Any]) -> tuple[torch.Tensor, int]:
