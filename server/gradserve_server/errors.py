@@ -238,6 +238,15 @@ def decoded(message: Any) -> Any:
 H = TypeVar("H", bound=Callable[..., Any])
 
 
+def _raise_if_caller_left(context: grpc.aio.ServicerContext) -> None:
+    """A call whose client cancelled it is CANCELLED, whatever failed meanwhile: the
+    cancel races the handler, which may see a write fail inside gRPC
+    (ExecuteBatchError) or a request stream end short ("bytes ... never arrived
+    whole") before its task is cancelled, and neither is a fault of anyone's."""
+    if context.cancelled():
+        raise asyncio.CancelledError
+
+
 def guard(handler: H) -> H:
     """Map any failure of a unary or request-streaming handler to its status."""
 
@@ -250,6 +259,7 @@ def guard(handler: H) -> H:
         except Exception as error:
             if _is_abort(error):
                 raise
+            _raise_if_caller_left(context)
             await abort(context, error)
 
     return wrapper  # type: ignore[return-value]
@@ -270,6 +280,7 @@ def guard_stream(handler: H) -> H:
         except Exception as error:
             if _is_abort(error):
                 raise
+            _raise_if_caller_left(context)
             await abort(context, error)
 
     return wrapper  # type: ignore[return-value]

@@ -86,7 +86,7 @@ Request = ComputeRequest | CheckRequest
 Spec = ComputeSpec | CheckSpec
 
 
-# a lane call that grew the server's resident memory by more than this trims the heap
+# a lane check that grew the server's resident memory by more than this trims the heap
 TRIM_AFTER_BYTES = 8 << 20
 
 
@@ -152,15 +152,16 @@ class _LocalActor(GradActor):
         # charged to the call's budget
         watch = self._watch(spec.limits)
         call.started(watch)
+        if not isinstance(spec, CheckSpec):
+            return self.run_here(lambda: self._compute(spec, arrays, 0, stop), watch)
         before = resident_bytes()
         try:
-            if isinstance(spec, CheckSpec):
-                return self.run_here(lambda: self._check(spec, arrays, 0, stop), watch)
-            return self.run_here(lambda: self._compute(spec, arrays, 0, stop), watch)
+            return self.run_here(lambda: self._check(spec, arrays, 0, stop), watch)
         finally:
-            # the server's memory back where it was: a call that grew it (a check's
-            # Jacobians) leaves its freed heap to the system, not to glibc's reuse
-            # (~0.3 ms; a small call does not pay it)
+            # the server's memory back where it was: a check that grew it (its
+            # Jacobians, outside the language's budget) leaves its freed heap to the
+            # system, not to glibc's reuse (~0.3 ms; a small check does not pay it).
+            # Computes are small by their shapes and held to the lane's call budget.
             if resident_bytes() - before > TRIM_AFTER_BYTES:
                 trim_heap()
 

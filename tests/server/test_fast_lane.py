@@ -401,10 +401,10 @@ def test_a_check_answered_by_the_lane_is_counted_and_says_so() -> None:
 
 
 @pytest.mark.parametrize(("grown", "trimmed"), [(fastlane.TRIM_AFTER_BYTES + 1, 1), (1 << 20, 0)])
-def test_a_lane_call_that_grew_the_server_gives_its_heap_back(
+def test_a_lane_check_that_grew_the_server_gives_its_heap_back(
     monkeypatch: pytest.MonkeyPatch, grown: int, trimmed: int
 ) -> None:
-    """The server's memory back where it was: a lane call that grew it (a check's
+    """The server's memory back where it was: a lane check that grew it (its
     Jacobians) trims the heap after it; a small one does not pay for that."""
     _, spec = _check_request(4)
     readings = iter([100 << 20, (100 << 20) + grown])

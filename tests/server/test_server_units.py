@@ -286,3 +286,40 @@ def test_a_result_ready_as_the_timeout_fires_is_kept(monkeypatch: pytest.MonkeyP
         assert pool.reclaimed == ["chunk ran past 0.01 s"] and pool.retired == []
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("cancelled", [True, False])
+def test_a_failure_after_the_client_left_is_a_cancel(cancelled: bool) -> None:
+    """What fails in a handler once its client cancelled (a stream's write failing
+    inside gRPC, a request stream ending short) is reported as the client's cancel,
+    not as an internal error or the caller's mistake; otherwise it is aborted with
+    its status."""
+    from gradserve_server.errors import guard
+
+    class WriteFailed(Exception):
+        pass
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def cancelled(self) -> bool:
+            return cancelled
+
+        def trailing_metadata(self) -> tuple[Any, ...]:
+            return ()
+
+        def set_trailing_metadata(self, metadata: Any) -> None:
+            pass
+
+        async def abort(self, code: Any, message: str) -> None:
+            raise Aborted(code)
+
+    class Servicer:
+        @guard
+        async def Handler(self, request: Any, context: Any) -> None:
+            raise WriteFailed("execute_batch")
+
+    expected: type[BaseException] = asyncio.CancelledError if cancelled else Aborted
+    with pytest.raises(expected):
+        asyncio.run(Servicer().Handler(object(), Context()))
