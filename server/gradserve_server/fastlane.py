@@ -56,12 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from gradserve_server import calls, chunks, metrics
+from gradserve_server import calls, chunks, memory, metrics
 from gradserve_server.errors import from_chunk_error
 from gradserve_server.planner import WorkLog, request_elements
 from gradserve_server.requests import CheckRequest, ComputeRequest
 from gradserve_workers import registry
-from gradserve_workers.actor import OVERRUN, GradActor, resident_bytes, trim_heap
+from gradserve_workers.actor import OVERRUN, GradActor
 from gradserve_workers.tasks import CheckSpec, ChunkResult, ComputeSpec
 
 log = logging.getLogger("gradserve.fastlane")
@@ -154,7 +154,7 @@ class _LocalActor(GradActor):
         call.started(watch)
         if not isinstance(spec, CheckSpec):
             return self.run_here(lambda: self._compute(spec, arrays, 0, stop), watch)
-        before = resident_bytes()
+        before = memory.resident_bytes()
         try:
             return self.run_here(lambda: self._check(spec, arrays, 0, stop), watch)
         finally:
@@ -162,8 +162,8 @@ class _LocalActor(GradActor):
             # Jacobians, outside the language's budget) leaves its freed heap to the
             # system, not to glibc's reuse (~0.3 ms; a small check does not pay it).
             # Computes are small by their shapes and held to the lane's call budget.
-            if resident_bytes() - before > TRIM_AFTER_BYTES:
-                trim_heap()
+            if memory.resident_bytes() - before > TRIM_AFTER_BYTES:
+                memory.trim_now()
 
 
 class FastLane:

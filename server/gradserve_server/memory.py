@@ -15,6 +15,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 from typing import Any
 
 log = logging.getLogger("gradserve.server")
@@ -46,6 +47,22 @@ def trim_soon() -> None:
     except RuntimeError:
         return
     _pending = loop.call_later(TRIM_INTERVAL_S, _start, loop)
+
+
+def trim_now() -> None:
+    """Trim the heaps now, on the calling thread (one that is not the event loop's:
+    the fast lane's, after a check that grew the process)."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _start(loop: asyncio.AbstractEventLoop) -> None:

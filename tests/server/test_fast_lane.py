@@ -409,8 +409,8 @@ def test_a_lane_check_that_grew_the_server_gives_its_heap_back(
     _, spec = _check_request(4)
     readings = iter([100 << 20, (100 << 20) + grown])
     trims: list[int] = []
-    monkeypatch.setattr(fastlane, "resident_bytes", lambda: next(readings))
-    monkeypatch.setattr(fastlane, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(fastlane.memory, "resident_bytes", lambda: next(readings))
+    monkeypatch.setattr(fastlane.memory, "trim_now", lambda: trims.append(1))
     actor = fastlane._LocalActor("cpu", 1, 1.0)
     monkeypatch.setattr(actor, "run_here", lambda work, watch: ChunkResult(seconds=0.01))
     assert actor.work_here(spec, {}, 1, fastlane._Call()).seconds == 0.01

@@ -158,6 +158,8 @@ def test_the_sdk_names_inputs_in_a_shared_array_where_they_lie() -> None:
         assert shared.unregistered() == [shared.segment]
         with pytest.raises(gradserve.InvalidArgumentError, match="float32 or float64"):
             gradserve.Client("127.0.0.1:1").shared_array(3, "int64")
+        with pytest.raises(gradserve.InvalidArgumentError, match="whole numbers >= 0"):
+            gradserve.Client("127.0.0.1:1").shared_array((2, -1))
         # the array and its views gone: its segment is unlinked at the next lease
         path = Path("/dev/shm") / home.key
         rows = x[10:20]

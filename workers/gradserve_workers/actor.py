@@ -56,15 +56,6 @@ def shared(arrays: Mapping[str, np.ndarray]) -> TypeGuard[SharedArrays]:
     return isinstance(arrays, SharedArrays) and bool(arrays.outputs)
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
     from gradserve_workers.lang.runtime import watching
 
@@ -75,10 +66,9 @@ def _guarded(work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
         return ChunkResult(error=classify(error))
 
 
-def trim_heap() -> None:
+def _trim_heap() -> None:
     """Give freed heap pages back to the system (glibc keeps them for reuse, so a
-    refused call's memory would stay in the worker's RSS, and a fast-lane call's in
-    the server's)."""
+    refused call's memory would stay in the worker's RSS)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL(None).malloc_trim(0)
 
@@ -305,7 +295,7 @@ class GradActor:
         if error is not None and error.kind == "limit":
             if watch.limit == "express" and watch.expired and not watch.cancelled:
                 result.error = ChunkError(OVERRUN, error.message)
-            trim_heap()
+            _trim_heap()
         result.seconds = time.perf_counter() - started
         result.actor = self.name
         return result

@@ -148,11 +148,8 @@ def _sweep() -> None:
 def segment_identity(key: str) -> tuple[int, int] | None:
     """The (device, inode) of segment ``key``; None when no segment has that name (it
     was unlinked), so a registration can tell its segment from a new one of the name."""
-    try:
-        st = os.stat(SHM_DIR / check_key(key))
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+    found = _stat(check_key(key))
+    return None if found is None else found[:2]
 
 
 def host_identity() -> str:
