@@ -11,6 +11,7 @@ import ray
 
 from gradserve_server import dispatch
 from gradserve_server.requests import CheckRequest, ComputeRequest
+from gradserve_workers.shm import SharedArrays
 from gradserve_workers.tasks import (
     PACKED_CALL_MAX_BYTES,
     CheckSpec,
@@ -86,9 +87,13 @@ def chunk_submitter(
     spec: ComputeSpec | CheckSpec, method: str, payload: Any, start: int, stop: int
 ) -> dispatch.Submit:
     """How chunk ``[start, stop)`` is called on an actor handle (``method``: "compute"
-    or "check"). A chunk whose arrays are small travels as one packed message
-    (:func:`~gradserve_workers.tasks.pack_call`); larger arrays, and an object-store
-    ref to them, go as Ray arguments, which the worker reads where Ray put them."""
+    or "check"). A chunk whose arrays are small, or lie in the caller's shared memory
+    (:class:`~gradserve_workers.shm.SharedArrays`: names and offsets), travels as one
+    packed message (:func:`~gradserve_workers.tasks.pack_call`); larger arrays, and
+    an object-store ref to them, go as Ray arguments, which the worker reads where Ray
+    put them."""
+    if isinstance(payload, SharedArrays):
+        return dispatch.Packed(pack_call(ChunkCall(spec, payload, start, stop)))
     if not isinstance(payload, dict):
         return lambda h: getattr(h, method).remote(spec, payload, start, stop)
     if spec.batched:  # each chunk of points carries only its own slice
@@ -98,5 +103,4 @@ def chunk_submitter(
         arrays, first, last = payload, start, stop
     if sum(a.nbytes for a in arrays.values()) > PACKED_CALL_MAX_BYTES:
         return lambda h: getattr(h, method).remote(spec, arrays, first, last)
-    message = pack_call(ChunkCall(spec, arrays, first, last))  # once, for any retry
-    return lambda h: h.run.remote(message)
+    return dispatch.Packed(pack_call(ChunkCall(spec, arrays, first, last)))  # once, for any retry

@@ -69,6 +69,9 @@ class WorkerBudgets:
     # shapes) run in the server's process, stopped there after fast_lane_s; 0: off
     fast_lane_elements: int = 100_000
     fast_lane_s: float = 0.05
+    # small and shared-memory chunk calls reach actors on this host by a direct
+    # channel (channel.py) instead of Ray's actor call; False: Ray's alone
+    channel: bool = True
 
 
 def default_data_dir() -> Path:
@@ -309,6 +312,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fast_lane_seconds", "a fast-lane call running longer than this is stopped and "
             "runs again on Ray", "workers", float, "0.05", field="workers.fast_lane_s",
             convert=_positive(0.001)),
+    Setting("worker_channel", "send small and shared-memory chunk calls to workers on "
+            "this host by a direct Unix socket instead of Ray's actor call; 0: Ray's alone",
+            "workers", default="1", choices=("0", "1"), field="workers.channel",
+            convert=_is_one),
     *(
         Setting(name, "function language limit", "limits", int, str(default),
                 field=f"limits.{name}")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
 from ray import exceptions as rex
 
 from gradserve_server import errors
+from gradserve_server.channel import ChannelCall, ChannelLost
 from gradserve_server.pool import ActorPool, Worker
 from gradserve_workers.actor import OVERRUN
 from gradserve_workers.tasks import ChunkResult
@@ -23,10 +25,29 @@ MAX_ATTEMPTS = 3
 # What a lost worker looks like from here: the actor is gone, or it finished the
 # chunk but its result lay in the object store of a node that died before we read
 # it (ObjectLostError: the chunk ran, and runs again elsewhere).
-WORKER_LOST = (rex.ActorDiedError, rex.ActorUnavailableError, rex.ObjectLostError)
+# A worker's direct channel that closed means its process is gone too.
+WORKER_LOST = (rex.ActorDiedError, rex.ActorUnavailableError, rex.ObjectLostError, ChannelLost)
 
 Submit = Callable[[Any], Any]  # actor handle -> ObjectRef of a ChunkResult
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A chunk call packed as one message (:func:`~gradserve_workers.tasks.pack_call`):
+    sent by the worker's direct channel when it has one (channel.py), else by Ray."""
+
+    message: bytes
+
+    def __call__(self, handle: Any) -> Any:
+        return handle.run.remote(self.message)
+
+
+def _submit(worker: Worker, submit: Submit) -> Any:
+    channel = worker.channel
+    if isinstance(submit, Packed) and channel is not None and not channel.closed:
+        return channel.call(submit.message)
+    return submit(worker.handle)
 
 
 async def run_chunk(pool: ActorPool, tenant: str, submit: Submit, timeout: float) -> ChunkResult:
@@ -98,7 +119,7 @@ async def _on_pool(pool: ActorPool, tenant: str, submit: Submit, timeout: float)
 
 
 async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: float) -> Any:
-    ref = submit(worker.handle)
+    ref = _submit(worker, submit)
     try:
         # no task of its own for the wait (as wait_for would make): a small chunk's
         # round trip is a few ms, and each task costs the event loop another turn
@@ -125,6 +146,8 @@ async def _on_worker(pool: ActorPool, worker: Worker, submit: Submit, timeout: f
 
 
 def _done(ref: Any) -> bool:
+    if isinstance(ref, ChannelCall):
+        return ref.done()
     ready, _ = ray.wait([ref], timeout=0)
     return bool(ready)
 

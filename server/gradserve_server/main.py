@@ -135,6 +135,7 @@ async def _serve(
         express=config.workers.express_workers,
         express_seconds=config.workers.express_seconds,
         cancel_grace=config.workers.cancel_grace_s,
+        channels=config.workers.channel,
     )
     await pool.start()
     if config.functions:  # what the workers loaded, for the server's validation

@@ -104,6 +104,7 @@ class PoolState:
 
     alive: int = 0
     idle: int = 0
+    channel: int = 0  # alive workers reached by a direct channel (channel.py)
     starting: int = 0
     replaced: int = 0
     waiting: tuple[tuple[str, int], ...] = ()
@@ -114,6 +115,7 @@ class PoolState:
         return cls(
             alive=len(pool.workers),
             idle=pool.idle,
+            channel=sum(1 for w in pool.workers if w.channel is not None and not w.channel.closed),
             starting=pool.starting,
             replaced=pool.replaced,
             waiting=tuple(pool.waiting_by_tenant().items()),
@@ -137,6 +139,7 @@ class _PoolCollector(Collector):
         workers.add_metric(["alive"], state.alive)
         workers.add_metric(["idle"], state.idle)
         workers.add_metric(["starting"], state.starting)
+        workers.add_metric(["channel"], state.channel)
         yield workers
         yield CounterMetricFamily(
             "gradserve_workers_replaced", "Workers replaced after dying, timing out or being "

@@ -30,11 +30,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from gradserve_server.channel import Channel, ChannelCall
 
 log = logging.getLogger("gradserve.pool")
 
@@ -42,6 +45,8 @@ log = logging.getLogger("gradserve.pool")
 REPLACE_RETRY_SECONDS = 5.0
 # Tenants remembered as too big for the express lane.
 OVERRAN_MEMORY = 4096
+# How long opening a worker's direct channel may take before it stays on Ray alone.
+CHANNEL_OPEN_SECONDS = 10.0
 
 
 Waiters = OrderedDict[str, deque[asyncio.Future["Worker"]]]
@@ -65,6 +70,8 @@ class Worker:
     name: str = ""
     retired: bool = False
     express: bool = False
+    # the direct channel to an actor on the server's host (channel.py); None: Ray only
+    channel: Channel | None = None
 
 
 class ActorPool:
@@ -77,6 +84,7 @@ class ActorPool:
         express: int = 0,
         express_seconds: float = 0.5,
         cancel_grace: float = 2.0,
+        channels: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("ActorPool: size must be at least 1")
@@ -91,6 +99,8 @@ class ActorPool:
         self.express_size = express if make_express is not None else 0
         self.express_seconds = express_seconds
         self.cancel_grace = cancel_grace
+        # open a direct channel to each actor on this host (see Worker.channel)
+        self.channels = channels
         self._express: list[Worker] = []
         self._express_idle: deque[Worker] = deque()
         # chunks of each tenant in run_chunk, and tenants that overran the express lane
@@ -122,7 +132,26 @@ class ActorPool:
         )
         for worker, info in zip(everyone, infos, strict=True):
             worker.name = info["name"]
+        await asyncio.gather(*(self._connect(w) for w in everyone))
+        for worker in everyone:
             (self._express_idle if worker.express else self._idle).append(worker)
+
+    async def _connect(self, worker: Worker) -> None:
+        """Open ``worker``'s direct channel when channels are on and the actor is on
+        this host; any failure leaves it on Ray's actor calls alone."""
+        if not self.channels:
+            return
+        try:
+            async with asyncio.timeout(CHANNEL_OPEN_SECONDS):
+                where = await worker.handle.channel.remote()
+                if where is None or where["node"] != socket.gethostname():
+                    return
+                worker.channel = await Channel.open(where["address"], where["token"])
+        except Exception as error:
+            log.warning(
+                "worker %s (%s): no direct channel, its calls go through Ray: %r",
+                worker.number, worker.name, error,
+            )  # fmt: skip
 
     @property
     def workers(self) -> list[Worker]:
@@ -238,6 +267,8 @@ class ActorPool:
             return
         worker.retired = True
         self.replaced += 1
+        if worker.channel is not None:
+            worker.channel.close()
         log.warning("replacing worker %s (%s): %s", worker.number, worker.name, reason)
         try:
             import ray
@@ -252,9 +283,12 @@ class ActorPool:
         """Stop the chunk ``ref`` cooperatively; give ``worker`` back once it answers a
         probe queued behind it, or retire it if it does not within the grace period."""
         try:
-            import ray
+            if isinstance(ref, ChannelCall):
+                ref.cancel()
+            else:
+                import ray
 
-            ray.cancel(ref)
+                ray.cancel(ref)
         except Exception as error:  # finished, or not a Ray ref: the probe decides
             log.debug("cancel on worker %s: %s", worker.number, error)
         task = asyncio.get_running_loop().create_task(self._reclaim(worker, ref, reason))
@@ -325,5 +359,6 @@ class ActorPool:
             self._replace(worker.express)
             return
         worker.name = info["name"]
+        await self._connect(worker)
         log.info("replacement worker %s (%s) is ready", worker.number, worker.name)
         self.release(worker)

@@ -14,17 +14,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.cluster import RayNode, ServerProcess, start_server
+from support.standins import RUNAWAY
 
 import gradserve
 
 TOKEN = "s3cret-token"
-# ~50 ms of matmul per iteration within every language limit: minutes in all
-RUNAWAY = """
-def f(x):
-    for i in range(10000):
-        x = sin(x @ x)
-    return sum(x)
-"""
 
 
 @pytest.fixture(scope="module")

@@ -255,6 +255,8 @@ def test_metrics_scrape_moves_with_calls(site: Site) -> None:
     assert moved("gradserve_received_bytes_total", rpc="Compute") > 0
     assert moved("gradserve_sent_bytes_total", rpc="Compute") > 0
     assert _sum(after, "gradserve_workers", state="alive") == 2
+    # both on this host: each reached by its direct channel (worker_channel's default)
+    assert _sum(after, "gradserve_workers", state="channel") == 2
     assert _sum(after, "gradserve_jobs", state="succeeded") >= 1
     assert "gradserve_workers_replaced_total" in {n for n, _ in after}
     assert all(name.startswith("gradserve_") for name, _ in after)

@@ -11,28 +11,19 @@ import itertools
 from typing import Any
 
 import pytest
+from support.standins import Ready
 
 from gradserve_server.pool import ActorPool
 
 _ids = itertools.count()
 
 
-class _Ref:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        if False:  # pragma: no cover - makes this a generator
-            yield
-        return self.value
-
-
 class _Method:
     def __init__(self, owner: _Handle) -> None:
         self.owner = owner
 
-    def remote(self) -> _Ref:
-        return _Ref({"name": f"actor-{self.owner.ident}"})
+    def remote(self) -> Ready:
+        return Ready({"name": f"actor-{self.owner.ident}"})
 
 
 class _Handle:

@@ -16,7 +16,7 @@ import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
 from typing import Any, TypeGuard
@@ -170,6 +170,7 @@ class GradActor:
         # the small objects Ray leaves in the heap, which costs page faults on every
         # call and grows the heap (docs/performance.md, "A thread of its own").
         self._compute_thread = ThreadPoolExecutor(1, thread_name_prefix=COMPUTE_THREAD)
+        self._endpoint: Any = None  # the direct channel, once the server asks for it
         # Import what a call runs now, while the pool waits for the actor to start: a
         # first call spent seconds importing, where no cancel or deadline is checked.
         # and what torch.broadcast_shapes (the language's matmul) imports on first use:
@@ -262,27 +263,60 @@ class GradActor:
             return Watch(self._express_seconds, limit="express")
         return Watch(seconds)
 
+    def _begin(
+        self, work: Callable[[], ChunkResult], limits: Mapping[str, int] | None = None
+    ) -> tuple[Future[ChunkResult], Any]:
+        """``work`` started on the compute thread under the call's watch; the future
+        holds its finished result (user errors as data)."""
+        started = time.perf_counter()
+        watch = self._watch(limits or {})
+
+        def run() -> ChunkResult:
+            return self._finished(_guarded(work, watch), watch, started)
+
+        return self._compute_thread.submit(run), watch
+
     def _run(
         self, work: Callable[[], ChunkResult], limits: Mapping[str, int] | None = None
     ) -> ChunkResult:
-        """``work`` on the compute thread; user errors come back as data.
+        """``work`` on the compute thread; user errors come back as data."""
+        return self._wait(*self._begin(work, limits))
 
-        This (Ray's) thread waits for it and passes ray.cancel(ref) on as the call's
-        cancel flag, which the language checks between operations: a cancelled call
-        ends within an operation, and its process lives on.
-        """
-        started = time.perf_counter()
-        watch = self._watch(limits or {})
-        future = self._compute_thread.submit(_guarded, work, watch)
+    def _wait(self, future: Future[ChunkResult], watch: Any) -> ChunkResult:
+        """The call's result. This (Ray's) thread waits for it and passes
+        ray.cancel(ref) on as the call's cancel flag, which the language checks
+        between operations: a cancelled call ends within an operation, and its
+        process lives on."""
         cancelled = _ray_cancel_flag()
         while True:
             try:
-                result = future.result(timeout=CANCEL_POLL_SECONDS)
-                break
+                return future.result(timeout=CANCEL_POLL_SECONDS)
             except FutureTimeout:
                 if cancelled is not None and not watch.cancelled and cancelled():
                     watch.cancel()
-        return self._finished(result, watch, started)
+
+    def channel(self) -> dict[str, Any] | None:
+        """Open this actor's direct channel (:mod:`gradserve_workers.channel`) if it is
+        not open yet: where to reach it, its token, and the host it is on; None where
+        the platform has no abstract Unix sockets (the server then uses Ray alone)."""
+        from gradserve_workers.channel import Endpoint
+
+        if self._endpoint is None:
+            try:
+                self._endpoint = Endpoint(self._start)
+            except OSError:
+                return None
+        e = self._endpoint
+        return {"address": e.address, "token": e.token, "node": socket.gethostname()}
+
+    def _start(self, message: bytes) -> tuple[Future[ChunkResult], Any]:
+        """A packed call (:func:`~gradserve_workers.tasks.pack_call`), started on the
+        compute thread: its future and its watch (whose ``cancel`` stops it)."""
+        call = unpack_call(message)
+        spec, arrays, start, stop = call.spec, call.arrays, call.start, call.stop
+        if isinstance(spec, CheckSpec):
+            return self._begin(lambda: self._check(spec, arrays, start, stop), spec.limits)
+        return self._begin(lambda: self._compute(spec, arrays, start, stop), spec.limits)
 
     def run_here(self, work: Callable[[], ChunkResult], watch: Any) -> ChunkResult:
         """``work`` on the calling thread, under ``watch``, which the caller cancels
@@ -310,10 +344,7 @@ class GradActor:
         :func:`~gradserve_workers.tasks.pack_call`): :meth:`compute` or :meth:`check`."""
         # outside _run on purpose: a message the server did not pack is the server's
         # bug, so it fails the Ray call (an internal error), never a user's "invalid"
-        call = unpack_call(message)
-        if isinstance(call.spec, CheckSpec):
-            return self.check(call.spec, call.arrays, call.start, call.stop)
-        return self.compute(call.spec, call.arrays, call.start, call.stop)
+        return self._wait(*self._start(message))
 
     def compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
