@@ -50,28 +50,51 @@ def _stopped_cooperatively(server: ServerProcess, before: int) -> bool:
     return False
 
 
+# The same runaway from a small input: a 600 x 600 matrix made in the function
+RUNAWAY_OUTER = """
+def f(x):
+    x = outer(x, x) / 60
+    for i in range(10000):
+        x = sin(x @ x)
+    return sum(x)
+"""
+# A 400 x 400 input (1.3 MB) goes to the worker as a Ray argument; a small one is
+# packed into one message, which goes by the worker's direct channel (chunks.py,
+# channel.py): a timeout and a cancel must stop the work on both.
+RUNAWAYS = pytest.mark.parametrize(
+    ("source", "n"), [(RUNAWAY, 400), (RUNAWAY_OUTER, 0)], ids=["ray-argument", "channel"]
+)
+
+
+def _runaway_input(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, n)) / (n / 10) if n else rng.normal(size=600)
+
+
+@RUNAWAYS
 def test_runaway_function_is_stopped_and_its_worker_kept(
-    strict_client: gradserve.Client, strict: ServerProcess
+    strict_client: gradserve.Client, strict: ServerProcess, source: str, n: int
 ) -> None:
     # the chunk timeout (5 s) comes before the worker's own budget (30 s): the chunk
     # is cancelled, and the worker stops it between two operations instead of dying
-    x = np.random.default_rng(0).normal(size=(400, 400)) / 40
+    x = _runaway_input(n, 0)
     before = strict.output.count("stopped cooperatively")
     with pytest.raises(gradserve.ResourceExhaustedError, match="chunk-timeout"):
-        strict_client.value(RUNAWAY, {"x": x})
+        strict_client.value(source, {"x": x})
     assert _stopped_cooperatively(strict, before)
     assert "replacing worker" not in strict.output
     _still_serving(strict_client)
     assert strict_client.server_info().workers == 2
 
 
+@RUNAWAYS
 def test_client_deadline_cancels_the_work(
-    strict_client: gradserve.Client, strict: ServerProcess
+    strict_client: gradserve.Client, strict: ServerProcess, source: str, n: int
 ) -> None:
-    x = np.random.default_rng(1).normal(size=(400, 400)) / 40
+    x = _runaway_input(n, 1)
     before = strict.output.count("stopped cooperatively")
     with pytest.raises(gradserve.DeadlineExceededError):
-        strict_client.value(RUNAWAY, {"x": x}, timeout=0.7)
+        strict_client.value(source, {"x": x}, timeout=0.7)
     _still_serving(strict_client)
     assert _stopped_cooperatively(strict, before)  # the running chunk was stopped
     assert "replacing worker" not in strict.output
