@@ -80,10 +80,13 @@ class _Scratch:
         def buf(dtype: torch.dtype) -> torch.Tensor:
             return torch.empty(size, dtype=dtype, device=device)
 
-        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err), "aref": buf(err)}
-        # the ratios take the spent reference's buffer (a buffer of their own only for
-        # a reference narrower than the error)
-        self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
+        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err)}
+        same = ref == err
+        # the kink screen's sums, then |reference|, take the reference's buffer and the
+        # ratios the allowances' (buffers of their own only for a reference narrower
+        # than the error): three blocks of working set besides the operands
+        self._bufs["sum"] = self._bufs["aref"] = self._bufs["ref"] if same else buf(err)
+        self._bufs["ratio"] = self._bufs["allowed"] if same else buf(err)
         self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
@@ -103,7 +106,7 @@ class _Terms:
     err_max: float
     allowed: torch.Tensor  # atol + rtol * |ref|
     aref: torch.Tensor  # |ref|
-    spare: torch.Tensor  # a buffer for the ratios (the reference's, once spent)
+    spare: torch.Tensor  # a buffer for the ratios (the allowances', which they spend)
 
 
 def _terms(
@@ -124,7 +127,7 @@ def _terms(
     if math.isnan(err_max):
         err.nan_to_num_(nan=math.inf, posinf=math.inf)
         err_max = math.inf
-    aref = torch.abs(ref, out=v["aref"])
+    aref = torch.abs(ref, out=v["aref"])  # in the formed reference's buffer: it is spent
     allowed = torch.mul(aref, rtol, out=v["allowed"]).add_(atol)
     return _Terms(err, err_max, allowed, aref, v["ratio"])
 
@@ -159,7 +162,11 @@ def compare(
     The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
     row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
     one-sided differences to disagree when ``rtol <= 1``; a row where that is not a
-    number passes the screen too, so that the exact test decides.
+    number passes the screen too, so that the exact test decides. Division is
+    monotone, so ``|s| / allowed <= max |s| / min allowed``: a block, or else a row,
+    below the threshold by that bound fails the screen without a division per
+    element (the usual case: ``s`` is the second difference, about eps² f''); a bound
+    that is not a number sends the block to the exact test.
     """
     a = ops.analytic
     n_pts, rows, cols = a.shape
@@ -184,10 +191,23 @@ def compare(
     max_abs = 0.0
     rel_max: list[torch.Tensor] = []
     threshold = ops.eps / 4
+    # the kink screen's bound for a whole block divides by the least allowance any
+    # element can have (known beforehand, see _least_allowed)
+    least_allowed = _least_allowed(ref_dtype, err_dtype, atol, rtol, ops.eps)
     for p0, p1, r0, r1 in blocks:
         sl = (slice(p0, p1), slice(r0, r1))
+        settled = True
+        if ops.twice_f0 is not None:
+            # the sums first, while the block of plus and minus is in cache for the
+            # reference too; of them only the largest of each row is kept
+            s_rows = _sums(ops, sl, bufs.views(ops.other[sl].shape)["sum"]).amax(-1)
+            settled = least_allowed > 0 and float(s_rows.max()) / least_allowed < threshold
         t = _terms(ops, sl, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
+        if not settled and not bool((s_rows / t.allowed.amin(-1) < threshold).all()):
+            # the exact test, the sums formed again (rare: a kink, or no bound)
+            s = _sums(ops, sl, torch.empty(t.err.shape, dtype=err_dtype, device=dev))
+            screen[sl] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
         ratio = _ratio(t, atol, t.spare)
         if ops.transposed:
             torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
@@ -195,18 +215,6 @@ def compare(
             row_max[p0:p1, r0:r1] = ratio.amax(2)
         rel = torch.div(t.err, t.aref.clamp_min_(TINY), out=t.aref)
         rel_max.append(rel.amax())
-        if ops.twice_f0 is not None:
-            assert ops.plus is not None and ops.minus is not None
-            s = t.aref  # the relative error is spent
-            torch.add(ops.plus[sl], ops.minus[sl], out=s)
-            s.sub_(ops.twice_f0[p0:p1]).abs_()
-            # division is monotone, so |s| / allowed <= max |s| / min allowed along a
-            # row: rows below the threshold by that bound fail the screen without a
-            # division per element (the usual case: s is the second difference, about
-            # eps² f''); a bound that is not a number sends the block to the exact test
-            bound = s.amax(-1) / t.allowed.amin(-1)
-            if not bool((bound < threshold).all()):
-                screen[sl] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
     point_max: list[float] = row_max.amax(1).tolist()  # before NaN is ranked as infinite
     # the worst element: the first largest ratio (NaN counting as infinite) of the
     # first row of the report that holds it
@@ -231,6 +239,31 @@ def compare(
     max_rel = _nan_max(torch.stack(rel_max).tolist())
     cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
     return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+
+
+def _sums(ops: Operands, sl: tuple[slice, slice], out: torch.Tensor) -> torch.Tensor:
+    """``|plus + minus - 2 f0|`` of the elements ``ops[sl]``, in ``out``."""
+    assert ops.plus is not None and ops.minus is not None and ops.twice_f0 is not None
+    torch.add(ops.plus[sl], ops.minus[sl], out=out)
+    return out.sub_(ops.twice_f0[sl[0]]).abs_()
+
+
+def _least_allowed(
+    ref: torch.dtype, err: torch.dtype, atol: float, rtol: float, eps: float
+) -> float:
+    """A number no allowance ``atol + rtol * |reference|`` of a block is below, and
+    that none of them is NaN unless its sum ``plus + minus - 2 f0`` is not finite;
+    0 (a bound that rules nothing out) where that does not hold.
+
+    In float64 with ``rtol > 0`` an allowance rounds to at least ``atol``; it is NaN
+    only for a NaN reference, and ``(plus - minus) / (2 eps)`` is NaN (with a finite
+    ``2 eps``) only where plus or minus is NaN or both are infinite alike, where
+    their sum is not finite either. (With ``rtol = 0`` an infinite reference gives
+    ``0 * inf``; a narrower dtype rounds ``atol`` itself.)"""
+    f64 = torch.float64
+    if ref == err == f64 and rtol > 0 and math.isfinite(2 * eps):
+        return atol
+    return 0.0
 
 
 def _verdicts(
