@@ -138,20 +138,24 @@ class _Scratch:
             return torch.empty(size, dtype=dtype, device=device)
 
         self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err)}
-        same = ref == err
         # the kink screen's sums, then |reference|, take the reference's buffer and the
         # ratios the allowances' (buffers of their own only for a reference narrower
         # than the error): three blocks of working set besides the operands
-        self._bufs["sum"] = self._bufs["aref"] = self._bufs["ref"] if same else buf(err)
-        self._bufs["ratio"] = self._bufs["allowed"] if same else buf(err)
+        same = ref == err
+        if not same:
+            self._bufs |= {"wide": buf(err), "ratio": buf(err)}
+        wide = "ref" if same else "wide"
+        self._names = {"ref": "ref", "allowed": "allowed", "err": "err", "sum": wide}
+        self._names |= {"aref": wide, "ratio": "allowed" if same else "ratio"}
         self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
-        """Every buffer viewed as ``shape`` (the views are made once per shape)."""
+        """Every term's buffer viewed as ``shape`` (the views are made once per shape)."""
         key = tuple(shape)
         if key not in self._views:
             n = math.prod(key)
-            self._views[key] = {k: b[:n].view(key) for k, b in self._bufs.items()}
+            made = {k: b[:n].view(key) for k, b in self._bufs.items()}
+            self._views[key] = {name: made[k] for name, k in self._names.items()}
         return self._views[key]
 
 
@@ -226,9 +230,9 @@ def compare(
     a = ops.analytic
     n_pts, rows, cols = a.shape
     dev = a.device
-    empty_rows = torch.zeros(0, 2, dtype=torch.long, device=dev)
     if a.numel() == 0:
-        return Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), empty_rows
+        none = torch.zeros(0, 2, dtype=torch.long, device=dev)
+        return Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), none
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
         ref_dtype = torch.promote_types(ops.plus.dtype, ops.minus.dtype)
@@ -237,7 +241,8 @@ def compare(
     err_dtype = torch.promote_types(ops.other.dtype, ref_dtype)
     blocks = _blocks(n_pts, rows, cols, dev, block)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
-    bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
+    # ... and a row of the report, which may be longer, for the worst element's
+    bufs = _Scratch(max(biggest, rows, cols), ref_dtype, err_dtype, dev)
     screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
     # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
     row_max = torch.full(
@@ -287,15 +292,16 @@ def compare(
             if ops.transposed
             else (slice(p, p + 1), slice(r, r + 1))
         )
-        line_bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
-        t = _terms(_part(ops, line), ops.eps, line_bufs, atol, rtol)
+        t = _terms(_part(ops, line), ops.eps, bufs, atol, rtol)
         ratio = _ratio(t, atol, t.spare)
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
     exact = atol > max(TINY, torch.finfo(ref_dtype).tiny)
     point_passed = _verdicts(parts, ops.eps, point_max, blocks, bufs, exact, atol, rtol)
     max_rel = _nan_max(torch.stack(rel_max).tolist())
     cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
-    return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+    if ops.twice_f0 is None:
+        return cmp, torch.zeros(0, 2, dtype=torch.long, device=dev)
+    return cmp, torch.nonzero(screen)
 
 
 def _sums(part: _Part, out: torch.Tensor) -> torch.Tensor:
