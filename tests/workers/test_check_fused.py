@@ -14,6 +14,7 @@ from gradserve_workers.check import (
     CheckOptions,
     analytic,
     claimed_check,
+    comparison,
     evaluation,
     finite_difference_check,
     kinks,
@@ -380,6 +381,72 @@ def test_the_kink_screen_is_the_element_wise_rule(block: int, atol: float) -> No
     want = torch.nonzero(torch.logical_not(ratio.amax(-1) < eps / 4))
     assert torch.equal(screened, want)
     assert {(0, 3), (1, 4)} <= {tuple(r) for r in want.tolist()}
+
+
+def _screen_rule(ops: Operands, atol: float, rtol: float) -> torch.Tensor:
+    """The kink screen's rows by its rule, element by element, for any tolerances."""
+    assert ops.plus is not None and ops.minus is not None and ops.twice_f0 is not None
+    allowed = atol + rtol * ((ops.plus - ops.minus) / (2 * ops.eps)).abs()
+    ratio = (ops.plus + ops.minus - ops.twice_f0).abs() / allowed
+    return torch.nonzero(torch.logical_not(ratio.amax(-1) < ops.eps / 4))
+
+
+# (name, exact blocks expected): which of the screen's steps decides its rows
+SCREEN_STEPS = [
+    ("block bound", False),  # max |s| / atol below eps / 4: no row looked at
+    ("row bounds", False),  # above it, but each row's own least allowance rules it out
+    ("exact", True),  # a row's bound is above it too: divided element by element
+    ("rtol 0, infinite reference", True),  # 0 * inf: a NaN allowance, no bound
+    ("2 eps overflows", True),  # (1e308 - -1e308) / inf is NaN: no bound
+]
+
+
+@pytest.mark.parametrize("block", [100, 1 << 15])
+@pytest.mark.parametrize(("step", "exact"), SCREEN_STEPS)
+def test_each_step_of_the_kink_screen_gives_the_rule(
+    step: str, exact: bool, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The screen's cheap bounds skip work only where they hold: wherever one does
+    not, the next step (at last the exact test) decides, with the rule's rows."""
+    shape, eps, atol, rtol = (2, 6, 50), 1e-6, 1e-5, 1e-3
+    at = 1e3 * (1 + torch.rand(shape, generator=gen(12), dtype=F64))  # allowances ~1
+    s = 1e-13 * torch.rand(shape, generator=gen(13), dtype=F64)
+    if step in ("row bounds", "exact"):
+        s += 1e-9  # max |s| / atol = 1e-4 > eps / 4
+    if step == "exact":
+        at[0, 1, 7], s[0, 1, 7] = 0.0, 0.0  # the row's least allowance is atol ...
+        s[0, 1, 30] = 1e-7  # ... its bound 1e-2, but 1e-7 / 1.0 is below eps / 4
+        s[1, 4, 2] = 1e-3  # screened
+    f0 = torch.randn(shape[0], 1, shape[2], generator=gen(14), dtype=F64)
+    f0[1, 0, 9] = 0.0  # where plus and minus cancel below: a second difference of 0
+    plus, minus = f0 + eps * at + s / 2, f0 - eps * at + s / 2
+    if step == "rtol 0, infinite reference":
+        rtol = 0.0
+        plus[1, 2, 9], minus[1, 2, 9] = 1e308, -1e308  # finite, but their difference is not
+    if step == "2 eps overflows":
+        eps = 1e308
+        plus[1, 2, 9], minus[1, 2, 9] = 1e308, -1e308
+    ops = Operands(at, None, at, plus, minus, 2 * f0, eps, True)
+    calls: list[int] = []
+    sums = comparison._sums
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return sums(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(comparison, "_sums", counted)
+    _, screened = compare(ops, atol, rtol, block)
+    want = _screen_rule(ops, atol, rtol)
+    assert torch.equal(screened, want)
+    blocks = 1 if block > at.numel() else 6  # 2 points of 3 blocks of 2 rows
+    # each block forms its sums once, and again for the exact test
+    assert (len(calls) > blocks) == exact
+    if step == "exact":
+        assert want.tolist() == [[1, 4]]
+    elif step.startswith(("rtol", "2 eps")):
+        assert [1, 2] in want.tolist()
+    else:
+        assert want.numel() == 0
 
 
 @pytest.mark.parametrize("block", [5, 13, 1 << 15])

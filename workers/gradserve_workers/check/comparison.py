@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -71,6 +72,62 @@ def _blocks(
     ]
 
 
+class _Part(NamedTuple):
+    """One block's operands: views of :class:`Operands`' (``twice_f0`` of its points)."""
+
+    other: torch.Tensor
+    reference: torch.Tensor | None
+    plus: torch.Tensor | None
+    minus: torch.Tensor | None
+    twice_f0: torch.Tensor | None
+
+
+def _part(ops: Operands, sl: tuple[slice, ...]) -> _Part:
+    """The elements ``ops[sl]`` (without ``twice_f0``)."""
+
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[sl]
+
+    return _Part(ops.other[sl], cut(ops.reference), cut(ops.plus), cut(ops.minus), None)
+
+
+def _split(
+    t: torch.Tensor, blocks: list[tuple[int, int, int, int]], rows: int, by_rows: bool = True
+) -> list[torch.Tensor]:
+    """``t[p0:p1, r0:r1]`` of every block (``t[p0:p1]`` unless ``by_rows``), in order,
+    for blocks of ``rows`` rows a point (see :func:`_blocks`): views made by a few
+    splits rather than by slicing block by block (a tenth of a block's time)."""
+    p0, p1, r0, r1 = blocks[0]
+    if len(blocks) == 1:
+        return [t]
+    if r1 - r0 == rows:  # whole points
+        return list(t.split(p1 - p0))
+    points = t.split(1)
+    if not by_rows:
+        return [points[p] for p, _, _, _ in blocks]
+    return [part for point in points for part in point.split(r1 - r0, dim=1)]
+
+
+def _parts(ops: Operands, blocks: list[tuple[int, int, int, int]]) -> list[_Part]:
+    """Every block's operands, in order."""
+    rows = ops.other.shape[1]
+
+    def split(t: torch.Tensor | None, by_rows: bool = True) -> list[torch.Tensor | None]:
+        return [None] * len(blocks) if t is None else list(_split(t, blocks, rows, by_rows))
+
+    return [
+        _Part(other, ref, plus, minus, twice_f0)
+        for other, ref, plus, minus, twice_f0 in zip(
+            _split(ops.other, blocks, rows),
+            split(ops.reference),
+            split(ops.plus),
+            split(ops.minus),
+            split(ops.twice_f0, by_rows=False),
+            strict=True,
+        )
+    ]
+
+
 class _Scratch:
     """Block-sized buffers, allocated once per comparison and reused by every block:
     few enough that a block's working set stays in a core's L2 cache. Each holds one
@@ -80,18 +137,25 @@ class _Scratch:
         def buf(dtype: torch.dtype) -> torch.Tensor:
             return torch.empty(size, dtype=dtype, device=device)
 
-        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err), "aref": buf(err)}
-        # the ratios take the spent reference's buffer (a buffer of their own only for
-        # a reference narrower than the error)
-        self._bufs["ratio"] = self._bufs["ref"] if ref == err else buf(err)
+        self._bufs = {"ref": buf(ref), "allowed": buf(ref), "err": buf(err)}
+        # the kink screen's sums, then |reference|, take the reference's buffer and the
+        # ratios the allowances' (buffers of their own only for a reference narrower
+        # than the error): three blocks of working set besides the operands
+        same = ref == err
+        if not same:
+            self._bufs |= {"wide": buf(err), "ratio": buf(err)}
+        wide = "ref" if same else "wide"
+        self._names = {"ref": "ref", "allowed": "allowed", "err": "err", "sum": wide}
+        self._names |= {"aref": wide, "ratio": "allowed" if same else "ratio"}
         self._views: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     def views(self, shape: torch.Size) -> dict[str, torch.Tensor]:
-        """Every buffer viewed as ``shape`` (the views are made once per shape)."""
+        """Every term's buffer viewed as ``shape`` (the views are made once per shape)."""
         key = tuple(shape)
         if key not in self._views:
             n = math.prod(key)
-            self._views[key] = {k: b[:n].view(key) for k, b in self._bufs.items()}
+            made = {k: b[:n].view(key) for k, b in self._bufs.items()}
+            self._views[key] = {name: made[k] for name, k in self._names.items()}
         return self._views[key]
 
 
@@ -103,28 +167,26 @@ class _Terms:
     err_max: float
     allowed: torch.Tensor  # atol + rtol * |ref|
     aref: torch.Tensor  # |ref|
-    spare: torch.Tensor  # a buffer for the ratios (the reference's, once spent)
+    spare: torch.Tensor  # a buffer for the ratios (the allowances', which they spend)
 
 
-def _terms(
-    ops: Operands, sl: tuple[slice, ...], bufs: _Scratch, atol: float, rtol: float
-) -> _Terms:
-    """The terms of the elements ``ops[sl]``. The block's largest error is read here:
-    a NaN error (rare) is then made infinite in place."""
-    other = ops.other[sl]
+def _terms(part: _Part, eps: float, bufs: _Scratch, atol: float, rtol: float) -> _Terms:
+    """The terms of a block's elements. Its largest error is read here: a NaN error
+    (rare) is then made infinite in place."""
+    other = part.other
     v = bufs.views(other.shape)
-    if ops.reference is None:
-        assert ops.plus is not None and ops.minus is not None
-        ref = torch.sub(ops.plus[sl], ops.minus[sl], out=v["ref"]).div_(2 * ops.eps)
+    if part.reference is None:
+        assert part.plus is not None and part.minus is not None
+        ref = torch.sub(part.plus, part.minus, out=v["ref"]).div_(2 * eps)
     else:
-        ref = ops.reference[sl]
+        ref = part.reference
     err = torch.sub(other, ref, out=v["err"]).abs_()
     # the largest error (NaN propagates): a NaN error counts as infinite
     err_max = float(err.amax())
     if math.isnan(err_max):
         err.nan_to_num_(nan=math.inf, posinf=math.inf)
         err_max = math.inf
-    aref = torch.abs(ref, out=v["aref"])
+    aref = torch.abs(ref, out=v["aref"])  # in the formed reference's buffer: it is spent
     allowed = torch.mul(aref, rtol, out=v["allowed"]).add_(atol)
     return _Terms(err, err_max, allowed, aref, v["ratio"])
 
@@ -159,14 +221,18 @@ def compare(
     The kink screen: ``|plus + minus - 2 f0| / allowed >= eps / 4`` somewhere in a
     row is necessary (with a wide margin for round-off, see :func:`.kinks.find_kink`) for
     one-sided differences to disagree when ``rtol <= 1``; a row where that is not a
-    number passes the screen too, so that the exact test decides.
+    number passes the screen too, so that the exact test decides. Division is
+    monotone, so ``|s| / allowed <= max |s| / min allowed``: a block, or else a row,
+    below the threshold by that bound fails the screen without a division per
+    element (the usual case: ``s`` is the second difference, about eps² f''); a bound
+    that is not a number sends the block to the exact test.
     """
     a = ops.analytic
     n_pts, rows, cols = a.shape
     dev = a.device
-    empty_rows = torch.zeros(0, 2, dtype=torch.long, device=dev)
     if a.numel() == 0:
-        return Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), empty_rows
+        none = torch.zeros(0, 2, dtype=torch.long, device=dev)
+        return Comparison(True, [True] * n_pts, 0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0), none
     if ops.reference is None:
         assert ops.plus is not None and ops.minus is not None
         ref_dtype = torch.promote_types(ops.plus.dtype, ops.minus.dtype)
@@ -175,7 +241,8 @@ def compare(
     err_dtype = torch.promote_types(ops.other.dtype, ref_dtype)
     blocks = _blocks(n_pts, rows, cols, dev, block)
     biggest = max((p1 - p0) * (r1 - r0) * cols for p0, p1, r0, r1 in blocks)
-    bufs = _Scratch(biggest, ref_dtype, err_dtype, dev)
+    # ... and a row of the report, which may be longer, for the worst element's
+    bufs = _Scratch(max(biggest, rows, cols), ref_dtype, err_dtype, dev)
     screen = torch.zeros(n_pts, rows, dtype=torch.bool, device=dev)
     # the largest ratio per row of the report: (N, R), or (N, C) for transposed operands
     row_max = torch.full(
@@ -184,29 +251,35 @@ def compare(
     max_abs = 0.0
     rel_max: list[torch.Tensor] = []
     threshold = ops.eps / 4
-    for p0, p1, r0, r1 in blocks:
-        sl = (slice(p0, p1), slice(r0, r1))
-        t = _terms(ops, sl, bufs, atol, rtol)
+    # the kink screen's bound for a whole block divides by the least allowance any
+    # element can have (known beforehand, see _least_allowed)
+    least_allowed = _least_allowed(ref_dtype, err_dtype, atol, rtol, ops.eps)
+    parts = _parts(ops, blocks)
+    # each block's part of row_max: of its points only for transposed operands
+    row_parts = _split(row_max, blocks, rows, by_rows=not ops.transposed)
+    for (p0, p1, r0, r1), part, rows_of in zip(blocks, parts, row_parts, strict=True):
+        settled = True
+        if part.twice_f0 is not None:
+            # the sums first, while the block of plus and minus is in cache for the
+            # reference too; of them only the largest is kept, of each row unless the
+            # block's bound settles it
+            s = _sums(part, bufs.views(part.other.shape)["sum"])
+            settled = least_allowed > 0 and float(s.amax()) / least_allowed < threshold
+            if not settled:
+                s_rows = s.amax(-1)
+        t = _terms(part, ops.eps, bufs, atol, rtol)
         max_abs = max(max_abs, t.err_max)
+        if not settled and not bool((s_rows / t.allowed.amin(-1) < threshold).all()):
+            # the exact test, the sums formed again (rare: a kink, or no bound)
+            s = _sums(part, torch.empty(t.err.shape, dtype=err_dtype, device=dev))
+            screen[p0:p1, r0:r1] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
         ratio = _ratio(t, atol, t.spare)
         if ops.transposed:
-            torch.maximum(row_max[p0:p1], ratio.amax(1), out=row_max[p0:p1])
+            torch.maximum(rows_of, ratio.amax(1), out=rows_of)
         else:
-            row_max[p0:p1, r0:r1] = ratio.amax(2)
+            torch.amax(ratio, 2, out=rows_of)
         rel = torch.div(t.err, t.aref.clamp_min_(TINY), out=t.aref)
         rel_max.append(rel.amax())
-        if ops.twice_f0 is not None:
-            assert ops.plus is not None and ops.minus is not None
-            s = t.aref  # the relative error is spent
-            torch.add(ops.plus[sl], ops.minus[sl], out=s)
-            s.sub_(ops.twice_f0[p0:p1]).abs_()
-            # division is monotone, so |s| / allowed <= max |s| / min allowed along a
-            # row: rows below the threshold by that bound fail the screen without a
-            # division per element (the usual case: s is the second difference, about
-            # eps² f''); a bound that is not a number sends the block to the exact test
-            bound = s.amax(-1) / t.allowed.amin(-1)
-            if not bool((bound < threshold).all()):
-                screen[sl] = torch.logical_not(s.div_(t.allowed).amax(-1) < threshold)
     point_max: list[float] = row_max.amax(1).tolist()  # before NaN is ranked as infinite
     # the worst element: the first largest ratio (NaN counting as infinite) of the
     # first row of the report that holds it
@@ -222,19 +295,45 @@ def compare(
             if ops.transposed
             else (slice(p, p + 1), slice(r, r + 1))
         )
-        line_bufs = _Scratch(max(rows, cols), ref_dtype, err_dtype, dev)  # a row may be longer
-        t = _terms(ops, line, line_bufs, atol, rtol)
+        t = _terms(_part(ops, line), ops.eps, bufs, atol, rtol)
         ratio = _ratio(t, atol, t.spare)
     c = int(torch.argmax(ratio.nan_to_num(nan=math.inf, posinf=math.inf).reshape(-1)))
     exact = atol > max(TINY, torch.finfo(ref_dtype).tiny)
-    point_passed = _verdicts(ops, point_max, blocks, bufs, exact, atol, rtol)
+    point_passed = _verdicts(parts, ops.eps, point_max, blocks, bufs, exact, atol, rtol)
     max_rel = _nan_max(torch.stack(rel_max).tolist())
     cmp = _comparison_at(ops, (p, r, c), max_abs, max_rel, point_passed)
-    return cmp, torch.nonzero(screen) if ops.twice_f0 is not None else empty_rows
+    if ops.twice_f0 is None:
+        return cmp, torch.zeros(0, 2, dtype=torch.long, device=dev)
+    return cmp, torch.nonzero(screen)
+
+
+def _sums(part: _Part, out: torch.Tensor) -> torch.Tensor:
+    """``|plus + minus - 2 f0|`` of a block's elements, in ``out``."""
+    assert part.plus is not None and part.minus is not None and part.twice_f0 is not None
+    return torch.add(part.plus, part.minus, out=out).sub_(part.twice_f0).abs_()
+
+
+def _least_allowed(
+    ref: torch.dtype, err: torch.dtype, atol: float, rtol: float, eps: float
+) -> float:
+    """A number no allowance ``atol + rtol * |reference|`` of a block is below, and
+    that none of them is NaN unless its sum ``plus + minus - 2 f0`` is not finite;
+    0 (a bound that rules nothing out) where that does not hold.
+
+    In float64 with ``rtol > 0`` an allowance rounds to at least ``atol``; it is NaN
+    only for a NaN reference, and ``(plus - minus) / (2 eps)`` is NaN (with a finite
+    ``2 eps``) only where plus or minus is NaN or both are infinite alike, where
+    their sum is not finite either. (With ``rtol = 0`` an infinite reference gives
+    ``0 * inf``; a narrower dtype rounds ``atol`` itself.)"""
+    f64 = torch.float64
+    if ref == err == f64 and rtol > 0 and math.isfinite(2 * eps):
+        return atol
+    return 0.0
 
 
 def _verdicts(
-    ops: Operands,
+    parts: list[_Part],
+    eps: float,
     point_max: list[float],
     blocks: list[tuple[int, int, int, int]],
     bufs: _Scratch,
@@ -252,10 +351,10 @@ def _verdicts(
     clamped allowance), is decided by the rule itself, in a second pass over it."""
     verdicts = [not q > 1 for q in point_max]
     undecided = {p for p, q in enumerate(point_max) if not (q > 1 or (q <= 1 and exact))}
-    for p0, p1, r0, r1 in blocks if undecided else []:
+    for (p0, p1, _, _), part in zip(blocks, parts, strict=True) if undecided else []:
         if not undecided.intersection(range(p0, p1)):
             continue
-        t = _terms(ops, (slice(p0, p1), slice(r0, r1)), bufs, atol, rtol)
+        t = _terms(part, eps, bufs, atol, rtol)
         ok = torch.le(t.err, t.allowed).view(p1 - p0, -1).all(1).tolist()
         for p in undecided.intersection(range(p0, p1)):
             verdicts[p] = verdicts[p] and ok[p - p0]
