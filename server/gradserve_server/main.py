@@ -82,7 +82,7 @@ def _make_actor_factory(config: ServerConfig, size: int) -> Any:
         options["num_gpus"] = min(1.0, float(ray.cluster_resources().get("GPU", 1.0)) / size)
     remote_cls = ray.remote(GradActor).options(**options)
     return lambda: remote_cls.remote(
-        device=config.device, threads=1, functions=tuple(config.functions)
+        device=config.device, threads=1, functions=tuple(config.functions), keep_heap=True
     )
 
 
@@ -96,7 +96,9 @@ def _make_express_factory(config: ServerConfig) -> Any:
     options = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 1}
     remote_cls = ray.remote(GradActor).options(**options)
     seconds = config.workers.express_seconds
-    return lambda: remote_cls.remote(device=config.device, threads=1, express_seconds=seconds)
+    return lambda: remote_cls.remote(
+        device=config.device, threads=1, express_seconds=seconds, keep_heap=True
+    )
 
 
 async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> None:

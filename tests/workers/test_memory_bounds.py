@@ -33,9 +33,12 @@ LIMIT_MIB = 900
 # The child's own peak: /proc's VmHWM belongs to the memory the child maps after exec.
 # (getrusage's ru_maxrss would count the pytest process that forked it: Linux carries
 # the parent's high-water mark across fork and exec, and a long test session's
-# process is itself over the limit.)
+# process is itself over the limit.) The heap is set as in a worker process, which
+# keeps freed memory for its next call.
 PRELUDE = """
 import json, torch
+from gradserve_workers.actor import keep_freed_memory
+assert keep_freed_memory()  # the heap as a worker process keeps it
 def peak_rss_mib():
     with open("/proc/self/status") as f:
         line = next(l for l in f if l.startswith("VmHWM:"))
