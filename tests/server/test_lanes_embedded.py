@@ -1,6 +1,7 @@
 """A server with its own embedded Ray (every Ray process is its descendant): idle
 CPU, a fast-lane call (a compute, a check) that overruns and moves to Ray, and a
-worker lost mid-call in the Ray lane.
+worker lost mid-call in the Ray lane (the call, small, goes to the worker by its
+direct channel: the channel closing is how the server learns of the loss).
 
 The fast lane's budget is short here (0.1 s), so a small but slow program starts
 in the lane, is stopped there and runs again on Ray.

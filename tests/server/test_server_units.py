@@ -210,6 +210,34 @@ def test_small_chunks_travel_packed_and_large_ones_as_arguments() -> None:
     assert handle.calls == [("check", (spec, "an-object-ref", 4, 8))]
 
 
+def test_packed_calls_are_the_ones_a_direct_channel_carries() -> None:
+    """dispatch sends a ``Packed`` call by the worker's direct channel when it has one:
+    small calls, and calls by shared memory whatever the size of what they name."""
+    import numpy as np
+
+    from gradserve_server.chunks import chunk_submitter
+    from gradserve_server.dispatch import Packed
+    from gradserve_workers.shm import Placed, SharedArrays
+    from gradserve_workers.tasks import PACKED_CALL_MAX_BYTES, ComputeSpec, unpack_call
+
+    single = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
+                         batched=False, dtype="float64")  # fmt: skip
+    at_limit = np.zeros(PACKED_CALL_MAX_BYTES // 8)
+    over = np.zeros(PACKED_CALL_MAX_BYTES // 8 + 1)
+    assert isinstance(chunk_submitter(single, "compute", {"x": at_limit}, 0, 1), Packed)
+    assert not isinstance(chunk_submitter(single, "compute", {"x": over}, 0, 1), Packed)
+
+    batched = ComputeSpec(source="sum(x)", source_hash="h", ops=("grad",), wrt=None,
+                          batched=True, dtype="float64")  # fmt: skip
+    huge = Placed("gradserve-seg", 0, (200_000, 10), "float64")  # 16 MB in a segment
+    shared = SharedArrays({"x": huge}, {}, "this-host")
+    packed = chunk_submitter(batched, "compute", shared, 100_000, 200_000)
+    assert isinstance(packed, Packed) and len(packed.message) < 4096
+    call = unpack_call(packed.message)
+    assert isinstance(call.arrays, SharedArrays) and call.arrays.placed == {"x": huge}
+    assert (call.start, call.stop) == (100_000, 200_000)  # the rows of the whole batch
+
+
 def test_a_lone_chunk_is_awaited_in_place_and_several_in_tasks() -> None:
     from gradserve_server.dispatch import gather_or_cancel
 
