@@ -95,16 +95,20 @@ class Channel:
             while True:
                 kind, call_id, size = HEADER.unpack(await self._reader.readexactly(HEADER.size))
                 payload = await self._reader.readexactly(size)
+                if kind == REPLY:  # decoded while the call is still pending (see _lost)
+                    outcome: Any = pickle.loads(payload)
+                elif kind == FAILED:
+                    outcome = ChannelFailed(payload.decode(errors="replace"))
+                else:
+                    raise ValueError(f"frame kind {kind} from a worker")
                 future = self._pending.pop(call_id, None)
                 if future is None or future.done():
                     continue
                 if kind == REPLY:
-                    future.set_result(pickle.loads(payload))
-                elif kind == FAILED:
-                    future.set_exception(ChannelFailed(payload.decode(errors="replace")))
+                    future.set_result(outcome)
                 else:
-                    raise ValueError(f"frame kind {kind} from a worker")
-        except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as error:
+                    future.set_exception(outcome)
+        except Exception as error:  # closed, cut short, or not a frame of ours: all lost
             self._lost(f"{type(error).__name__}: {error}")
 
     def _lost(self, why: str) -> None:

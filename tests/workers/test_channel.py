@@ -180,3 +180,27 @@ def test_calls_in_flight_fail_as_lost_when_the_actor_end_closes() -> None:
     with pytest.raises(ChannelLost):
         channel.call(b"another")
     assert "closed" in str(error)
+
+
+def test_a_reply_that_is_not_one_fails_the_calls_instead_of_leaving_them_waiting() -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address = "\0gradserve-test-garbage"
+    listener.bind(address)
+    listener.listen(1)
+
+    async def run() -> Channel:
+        channel = await Channel.open(address, b"t" * TOKEN_BYTES)
+        first, second = channel.call(b"one"), channel.call(b"two")
+        conn, _ = listener.accept()
+        conn.sendall(frame(REPLY, 1, b"not a pickle"))
+        for call in (first, second):
+            with pytest.raises(ChannelLost, match="UnpicklingError"):
+                await asyncio.wait_for(call, 5)
+        conn.close()
+        return channel
+
+    try:
+        channel = asyncio.run(run())
+    finally:
+        listener.close()
+    assert channel.closed
