@@ -15,11 +15,20 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import pickle
+import socket
 from collections.abc import Generator
 from typing import Any
 
-from gradserve_workers.channel import CALL, CANCEL, FAILED, HEADER, REPLY, frame
+from gradserve_workers.channel import (
+    CALL,
+    CANCEL,
+    FAILED,
+    HEADER,
+    REPLY,
+    SOCKET_BUFFER_BYTES,
+    decode_reply,
+    frame,
+)
 
 log = logging.getLogger("gradserve.channel")
 
@@ -54,21 +63,65 @@ class ChannelCall:
             self._channel.send(frame(CANCEL, self._id))
 
 
+class _Frames(asyncio.BufferedProtocol):
+    """Reads the actor's frames straight into their own buffers: a header, then a
+    payload of the size it names, received into one bytearray (a large reply's arrays
+    are then views of it: no copy after the socket's)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._header = bytearray(HEADER.size)
+        self._target = memoryview(self._header)
+        self._filled = 0
+        self._frame: tuple[int, int] | None = None  # (kind, call id) of the payload
+        self._payload = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._target[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled < len(self._target):
+            return
+        if self._frame is None:
+            kind, call_id, size = HEADER.unpack(self._header)
+            self._frame = (kind, call_id)
+            self._payload = bytearray(size)
+            self._target, self._filled = memoryview(self._payload), 0
+            if size:
+                return
+        kind, call_id = self._frame
+        payload = self._payload
+        self._frame, self._payload = None, bytearray()
+        self._target, self._filled = memoryview(self._header), 0
+        self._channel._received(kind, call_id, payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._channel._lost(f"{type(exc).__name__}: {exc}" if exc else "end of stream")
+
+
 class Channel:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
-        self._reading = asyncio.get_running_loop().create_task(self._read())
+        self._transport: asyncio.Transport | None = None
 
     @classmethod
     async def open(cls, address: str, token: bytes) -> Channel:
-        reader, writer = await asyncio.open_unix_connection(address)
-        writer.write(token)
-        await writer.drain()
-        return cls(reader, writer)
+        channel = cls()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: _Frames(channel), address)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # as the actor's send buffer (its module)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        channel._transport = transport  # type: ignore[assignment]
+        transport.write(token)  # type: ignore[attr-defined]
+        return channel
 
     def call(self, message: bytes) -> ChannelCall:
         """Send one packed chunk call (:func:`gradserve_workers.tasks.pack_call`)."""
@@ -82,34 +135,31 @@ class Channel:
 
     def send(self, data: bytes) -> None:
         # no drain: a packed call is small, and the actor reads as it goes
-        if not self.closed:
-            self._writer.write(data)
+        if not self.closed and self._transport is not None:
+            self._transport.write(data)
 
     def close(self) -> None:
         if not self.closed:
             self._lost("closed by the server")
-        self._reading.cancel()
 
-    async def _read(self) -> None:
+    def _received(self, kind: int, call_id: int, payload: bytearray) -> None:
         try:
-            while True:
-                kind, call_id, size = HEADER.unpack(await self._reader.readexactly(HEADER.size))
-                payload = await self._reader.readexactly(size)
-                if kind == REPLY:  # decoded while the call is still pending (see _lost)
-                    outcome: Any = pickle.loads(payload)
-                elif kind == FAILED:
-                    outcome = ChannelFailed(payload.decode(errors="replace"))
-                else:
-                    raise ValueError(f"frame kind {kind} from a worker")
-                future = self._pending.pop(call_id, None)
-                if future is None or future.done():
-                    continue
-                if kind == REPLY:
-                    future.set_result(outcome)
-                else:
-                    future.set_exception(outcome)
-        except Exception as error:  # closed, cut short, or not a frame of ours: all lost
+            if kind == REPLY:  # decoded while the call is still pending (see _lost)
+                outcome: Any = decode_reply(payload)
+            elif kind == FAILED:
+                outcome = ChannelFailed(payload.decode(errors="replace"))
+            else:
+                raise ValueError(f"frame kind {kind} from a worker")
+        except Exception as error:  # not a frame of ours: every call is lost
             self._lost(f"{type(error).__name__}: {error}")
+            return
+        future = self._pending.pop(call_id, None)
+        if future is None or future.done():
+            return
+        if kind == REPLY:
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
 
     def _lost(self, why: str) -> None:
         self.closed = True
@@ -118,5 +168,6 @@ class Channel:
             if not future.done():
                 future.set_exception(ChannelLost(f"the worker's channel closed ({why})"))
                 future.exception()  # retrieved here: not every call is awaited again
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.close()

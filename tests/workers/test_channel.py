@@ -18,7 +18,16 @@ from support.standins import RUNAWAY
 
 from gradserve_server.channel import Channel, ChannelFailed, ChannelLost
 from gradserve_workers.actor import GradActor
-from gradserve_workers.channel import CALL, HEADER, REPLY, TOKEN_BYTES, Endpoint, frame
+from gradserve_workers.channel import (
+    CALL,
+    HEADER,
+    REPLY,
+    TOKEN_BYTES,
+    Endpoint,
+    decode_reply,
+    encode_reply,
+    frame,
+)
 from gradserve_workers.tasks import ChunkCall, ComputeSpec, pack_call
 
 
@@ -194,7 +203,7 @@ def test_a_reply_that_is_not_one_fails_the_calls_instead_of_leaving_them_waiting
         conn, _ = listener.accept()
         conn.sendall(frame(REPLY, 1, b"not a pickle"))
         for call in (first, second):
-            with pytest.raises(ChannelLost, match="UnpicklingError"):
+            with pytest.raises(ChannelLost, match="channel closed"):
                 await asyncio.wait_for(call, 5)
         conn.close()
         return channel
@@ -204,3 +213,30 @@ def test_a_reply_that_is_not_one_fails_the_calls_instead_of_leaving_them_waiting
     finally:
         listener.close()
     assert channel.closed
+
+
+def test_a_reply_carries_its_arrays_out_of_band_whatever_their_layout() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(600, 500))
+    result = {
+        "c": big,  # C-contiguous: sent as its own memory, not copied into the pickle
+        "f": big.T,  # Fortran-contiguous: likewise
+        "strided": big[::2, ::3],  # neither: pickled in band
+        "small": np.arange(3, dtype=np.float32),
+        "text": "and the rest of a ChunkResult",
+    }
+    pieces = encode_reply(5, result)
+    kind, call_id, size = HEADER.unpack(pieces[0])
+    assert (kind, call_id) == (REPLY, 5)
+    # the large arrays' own memory is among the pieces (zero-copy on the way out)
+    assert any(isinstance(p, memoryview) and p.nbytes == big.nbytes for p in pieces[1:])
+    payload = bytearray(b"".join(bytes(p) for p in pieces[1:]))
+    assert len(payload) == size
+    got = decode_reply(payload)
+    for key in ("c", "f", "strided", "small"):
+        np.testing.assert_array_equal(got[key], result[key])
+        assert got[key].dtype == result[key].dtype
+    assert got["text"] == result["text"]
+    # the large ones are views of the payload, aligned for any dtype
+    for key in ("c", "f"):
+        assert got[key].base is not None and got[key].ctypes.data % 16 == 0
