@@ -251,9 +251,11 @@ def test_a_batch_many_times_the_window_goes_through_it(
             got = client.grad("2 * dot(x, x)", {"x": x}, batched=True)
     assert got.tobytes() == (4 * x).tobytes()  # exact: a power of two
     # private memory (Ray's object store is shared memory, mapped in): the whole
-    # path grows by ~70 MiB here (request and reply), the pipelined one by ~15-20
+    # path grows by ~70 MiB here (request and reply), the pipelined one by 24-27 on
+    # the quiet machine (the same for the code before the workers' direct channel)
+    # and 33 once in a full-suite run
     grew = (rss.peak - rss.base) >> 20
-    assert grew < 32, f"the server's private memory grew by {grew} MiB"
+    assert grew < 40, f"the server's private memory grew by {grew} MiB"
 
 
 def test_several_inputs_arrive_row_by_row_within_the_window(
