@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import socket
 from collections.abc import Generator
 from typing import Any
@@ -29,8 +28,6 @@ from gradserve_workers.channel import (
     decode_reply,
     frame,
 )
-
-log = logging.getLogger("gradserve.channel")
 
 __all__ = ["Channel", "ChannelCall", "ChannelFailed", "ChannelLost"]
 
