@@ -154,22 +154,8 @@ class AsyncClient:
         return [shm.SharedMemoryRegion._from_proto(r) for r in msg.regions]
 
     def shared_array(self, shape: int | Sequence[int], dtype: str = "float64") -> np.ndarray:
-        """A zeroed NumPy array in shared memory of this client's, for inputs: fill it
-        in place, pass it (or a C-contiguous slice of it) as an input of a call by
-        shared memory, and its bytes are neither copied nor sent: the workers read
-        them where they lie (the pattern of Triton's system shared memory, where the
-        caller writes into the registered region itself). Elsewhere it is an
-        ordinary array: a call by the wire copies it as any other.
-
-        Its segment (``/dev/shm/gradserve_...``) is registered on first use and
-        unlinked once the array and every view of it are gone, or at ``close()``.
-        Change it only between calls: a call reads it while it runs.
-        ``dtype``: float32 or float64.
-
-        >>> x = client.shared_array((200_000, 10))  # doctest: +SKIP
-        >>> x[:] = points  # doctest: +SKIP
-        >>> g = client.grad(ROSENBROCK, {"x": x}, batched=True)  # doctest: +SKIP
-        """
+        """As :meth:`gradserve.Client.shared_array` (not a coroutine: it only makes the
+        array, in this process)."""
         return self._shm.shared_array(shape, dtype)
 
     # ------------------------------------------------------------- operations

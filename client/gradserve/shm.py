@@ -446,7 +446,8 @@ def layout(
     for tensor, arr, copied_to, spot in zip(slots, arrays, offsets, found, strict=True):
         if spot is not None:
             where, offset = spot
-            others += [] if where in others else [where]
+            if where not in others:
+                others.append(where)
         else:
             assert copied_to is not None
             where, offset = segment, copied_to

@@ -44,8 +44,8 @@ class Packed:
 
 
 def _submit(worker: Worker, submit: Submit) -> Any:
-    channel = worker.channel
-    if isinstance(submit, Packed) and channel is not None and not channel.closed:
+    channel = worker.open_channel
+    if isinstance(submit, Packed) and channel is not None:
         return channel.call(submit.message)
     return submit(worker.handle)
 

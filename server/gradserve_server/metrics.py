@@ -115,7 +115,7 @@ class PoolState:
         return cls(
             alive=len(pool.workers),
             idle=pool.idle,
-            channel=sum(1 for w in pool.workers if w.channel is not None and not w.channel.closed),
+            channel=sum(1 for w in pool.workers if w.open_channel is not None),
             starting=pool.starting,
             replaced=pool.replaced,
             waiting=tuple(pool.waiting_by_tenant().items()),

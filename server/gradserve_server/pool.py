@@ -73,6 +73,12 @@ class Worker:
     # the direct channel to an actor on the server's host (channel.py); None: Ray only
     channel: Channel | None = None
 
+    @property
+    def open_channel(self) -> Channel | None:
+        """The worker's channel while it is open; None: its calls go by Ray."""
+        channel = self.channel
+        return channel if channel is not None and not channel.closed else None
+
 
 class ActorPool:
     def __init__(

@@ -91,7 +91,7 @@ class ComputeService:
         """Run a compute request (``header``: its header, already admitted; without
         the unary message limit when the outputs go into shared memory)."""
         started = time.perf_counter()
-        with self.shared.resolve(msg, tenant_of(tenant), blobs is not None) as shared:
+        with self.shared.resolve(msg, tenant_of(tenant)) as shared:
             if shared is not None:
                 # memoryviews of the regions: decoding reads any buffer, zero-copy
                 blobs = cast("Sequence[bytes]", shared.blobs)

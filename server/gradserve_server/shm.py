@@ -238,16 +238,13 @@ class Registry:
         return region
 
     @contextlib.contextmanager
-    def resolve(
-        self, req: pb.ComputeRequest, tenant: str, streamed: bool
-    ) -> Iterator[SharedCall | None]:
-        """A compute request's shared-memory side (None when it uses none), its
-        regions held for the call."""
+    def resolve(self, req: pb.ComputeRequest, tenant: str) -> Iterator[SharedCall | None]:
+        """A unary compute request's shared-memory side (None when it uses none), its
+        regions held for the call (ComputeStream refuses shared memory at its header:
+        :func:`refuse_streamed`)."""
         if not uses_shared_memory(req):
             yield None
             return
-        if streamed:
-            refuse_streamed(req)
         slots = wire.request_slots(req)
         call = SharedCall([], [], None)
         try:

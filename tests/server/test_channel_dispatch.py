@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 from concurrent.futures import Future
 from typing import Any
 
 import grpc
 import pytest
-from support.standins import Ready
+from support.standins import Ready, stand_in_actor_socket
 
 from gradserve_server import dispatch, errors
 from gradserve_server.channel import Channel
@@ -106,10 +107,6 @@ def test_a_worker_whose_channel_closes_mid_call_is_replaced_and_the_chunk_runs_a
     killed: list[Any] = []
     # Ray's kill of a stand-in handle would start a local Ray (5 s) to refuse it
     monkeypatch.setattr("ray.kill", lambda handle, no_restart: killed.append(handle))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address = "\0gradserve-test-dies"
-    listener.bind(address)
-    listener.listen(1)
 
     async def run() -> tuple[Any, ActorPool, Any]:
         pool = await _pool(1)
@@ -128,10 +125,8 @@ def test_a_worker_whose_channel_closes_mid_call_is_replaced_and_the_chunk_runs_a
         await dying
         return result, pool, first
 
-    try:
+    with stand_in_actor_socket() as (listener, address):
         result, pool, first = asyncio.run(run())
-    finally:
-        listener.close()
     # the replacement had no channel yet (channels off in this pool): Ray's call ran it
     assert result == "by ray: b'm'"
     assert first.retired and pool.replaced == 1 and killed == [first.handle]
@@ -178,3 +173,34 @@ def test_a_caller_that_goes_away_cancels_its_call_through_the_channel() -> None:
 
     pool = asyncio.run(run())
     assert call.cancelled == 1 and pool.reclaimed == 1 and pool.idle == 1
+
+
+def test_a_pool_opens_channels_to_the_actors_on_its_host_and_no_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = Endpoint(_echo)
+    here = {"address": endpoint.address, "token": endpoint.token, "node": socket.gethostname()}
+    answers: list[Any] = [here, {**here, "node": "another-host"}, RuntimeError("no channel")]
+
+    def make() -> _Handle:
+        handle, answer = _Handle(), answers.pop(0)
+
+        class _Channel:
+            def remote(self) -> Ready:
+                if isinstance(answer, Exception):
+                    raise answer
+                return Ready(answer)
+
+        handle.channel = _Channel()  # type: ignore[attr-defined]
+        return handle
+
+    async def run() -> list[bool]:
+        pool = ActorPool(make, 3, channels=True)
+        await pool.start()
+        return [w.open_channel is not None for w in pool.workers]
+
+    with caplog.at_level(logging.WARNING, logger="gradserve.pool"):
+        opened = asyncio.run(run())
+    # on this host: by its channel; elsewhere, or where opening failed: by Ray alone
+    assert opened == [True, False, False]
+    assert caplog.text.count("no direct channel") == 1

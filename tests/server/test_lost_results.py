@@ -35,7 +35,7 @@ class _Pool:
 
     async def acquire(self, tenant: str) -> Any:
         self.handed += 1
-        return types.SimpleNamespace(handle=f"w{self.handed - 1}", channel=None)
+        return types.SimpleNamespace(handle=f"w{self.handed - 1}", open_channel=None)
 
     def release(self, worker: Any) -> None:
         self.released.append(worker.handle)

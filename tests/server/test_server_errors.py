@@ -96,7 +96,8 @@ def test_a_bug_in_a_worker_op_is_internal_with_the_calls_id_in_the_log(
     def op_with_a_bug() -> ChunkResult:
         raise RuntimeError("deliberate bug in an op")
 
-    result = GradActor()._run(op_with_a_bug)  # the actor's own guard, as for every chunk
+    actor = GradActor()
+    result = actor._wait(*actor._begin(op_with_a_bug))  # its own guard, as for every chunk
     assert result.error is not None
     with caplog.at_level(logging.ERROR, logger="gradserve.server"):
         request_id, status = _in_a_call(lambda: errors.to_status(errors.from_chunk_error(

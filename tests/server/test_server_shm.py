@@ -67,7 +67,7 @@ def test_a_call_holds_its_region_past_unregistering(segment: shared_memory.Share
     registry = shm.Registry()
     region = _register(registry, segment)
     x = np.arange(12.0).reshape(3, 4)
-    with registry.resolve(_request(segment, x), "t", streamed=False) as call:
+    with registry.resolve(_request(segment, x), "t") as call:
         assert call is not None and region.users == 1
         assert registry.unregister("t", "r") == [region]
         assert registry.listed("t") == []
@@ -75,7 +75,7 @@ def test_a_call_holds_its_region_past_unregistering(segment: shared_memory.Share
         assert np.array_equal(np.frombuffer(call.blobs[0], np.float64).reshape(3, 4), x)
     assert region.users == 0
     # and a new call cannot find it
-    with pytest.raises(ServiceError) as info, registry.resolve(_request(segment, x), "t", False):
+    with pytest.raises(ServiceError) as info, registry.resolve(_request(segment, x), "t"):
         pass
     assert info.value.code == grpc.StatusCode.NOT_FOUND
 
@@ -95,7 +95,7 @@ def test_arrays_for_workers_travel_as_names_and_offsets(
     registry = shm.Registry()
     _register(registry, segment)
     x = np.random.default_rng(0).normal(size=(100, 4))
-    with registry.resolve(_request(segment, x), "t", streamed=False) as call:
+    with registry.resolve(_request(segment, x), "t") as call:
         assert call is not None
         arr = np.frombuffer(call.blobs[0], np.float64).reshape(x.shape)
         small = np.ones(3)
@@ -216,7 +216,7 @@ def test_a_worker_on_this_host_writes_planned_outputs_itself(
     spec = ComputeSpec(req.function, program.source_hash, ("grad",), ("x",), True, "float64",
                        limits=limits)  # fmt: skip
     actor = GradActor()
-    with registry.resolve(req, "t", streamed=False) as call:
+    with registry.resolve(req, "t") as call:
         assert call is not None
         arr = np.frombuffer(call.blobs[0], np.float64).reshape(x.shape)
         call.plan_writes(spec.ops, {"x": arr}, ("x",), "float64")

@@ -296,7 +296,7 @@ def test_a_result_ready_as_the_timeout_fires_is_kept(monkeypatch: pytest.MonkeyP
 
     async def main() -> None:
         pool = _Pool()
-        worker = types.SimpleNamespace(handle=None, channel=None)
+        worker = types.SimpleNamespace(handle=None, open_channel=None)
         late = _Ref()
 
         def done_at_timeout(ref: _Ref) -> bool:

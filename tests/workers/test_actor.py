@@ -38,7 +38,7 @@ def test_every_call_runs_on_the_same_compute_thread() -> None:
         return ChunkResult()
 
     for _ in range(3):
-        result = actor._run(work)
+        result = actor._wait(*actor._begin(work))
         assert result.error is None and result.actor == actor.name and result.seconds >= 0
     assert len({ident for ident, _ in seen}) == 1
     assert seen[0][1].startswith(COMPUTE_THREAD)
@@ -51,14 +51,14 @@ def test_user_errors_come_back_as_data_from_the_compute_thread() -> None:
     def bad() -> ChunkResult:
         raise OpsError("x must be positive")
 
-    result = actor._run(bad)
+    result = actor._wait(*actor._begin(bad))
     assert result.error is not None and result.error.kind == "invalid"
     assert "x must be positive" in result.error.message
 
     def bug() -> ChunkResult:  # a ValueError of our own is not the user's mistake
         raise ValueError("an index went wrong")
 
-    result = actor._run(bug)
+    result = actor._wait(*actor._begin(bug))
     assert result.error is not None and result.error.kind == "internal"
     assert result.error.message == "ValueError"  # the user sees its type, not its text
     assert result.error.traceback is not None and "an index went wrong" in result.error.traceback

@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.standins import RUNAWAY
+from support.standins import RUNAWAY, stand_in_actor_socket
 
 from gradserve_server.channel import Channel, ChannelFailed, ChannelLost
 from gradserve_workers.actor import GradActor
 from gradserve_workers.channel import (
     CALL,
     HEADER,
+    MAX_CALL_BYTES,
     REPLY,
     TOKEN_BYTES,
     Endpoint,
@@ -166,10 +167,6 @@ def test_nothing_is_started_for_a_connection_without_the_token() -> None:
 def test_calls_in_flight_fail_as_lost_when_the_actor_end_closes() -> None:
     """What the server sees when the actor's process dies: dispatch.py retires the
     worker and runs the chunk again elsewhere (tests/server/test_channel_dispatch.py)."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address = "\0gradserve-test-lost"
-    listener.bind(address)
-    listener.listen(1)
 
     async def run() -> tuple[Channel, BaseException]:
         channel = await Channel.open(address, b"t" * TOKEN_BYTES)
@@ -181,10 +178,8 @@ def test_calls_in_flight_fail_as_lost_when_the_actor_end_closes() -> None:
             await call
         return channel, lost.value
 
-    try:
+    with stand_in_actor_socket() as (listener, address):
         channel, error = asyncio.run(run())
-    finally:
-        listener.close()
     assert channel.closed
     with pytest.raises(ChannelLost):
         channel.call(b"another")
@@ -192,11 +187,6 @@ def test_calls_in_flight_fail_as_lost_when_the_actor_end_closes() -> None:
 
 
 def test_a_reply_that_is_not_one_fails_the_calls_instead_of_leaving_them_waiting() -> None:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address = "\0gradserve-test-garbage"
-    listener.bind(address)
-    listener.listen(1)
-
     async def run() -> Channel:
         channel = await Channel.open(address, b"t" * TOKEN_BYTES)
         first, second = channel.call(b"one"), channel.call(b"two")
@@ -208,10 +198,8 @@ def test_a_reply_that_is_not_one_fails_the_calls_instead_of_leaving_them_waiting
         conn.close()
         return channel
 
-    try:
+    with stand_in_actor_socket() as (listener, address):
         channel = asyncio.run(run())
-    finally:
-        listener.close()
     assert channel.closed
 
 
@@ -240,3 +228,18 @@ def test_a_reply_carries_its_arrays_out_of_band_whatever_their_layout() -> None:
     # the large ones are views of the payload, aligned for any dtype
     for key in ("c", "f"):
         assert got[key].base is not None and got[key].ctypes.data % 16 == 0
+
+
+@pytest.mark.parametrize(
+    "bad", [frame(REPLY, 1, b"x"), HEADER.pack(CALL, 1, MAX_CALL_BYTES + 1)],
+    ids=["not a call", "too large a call"],
+)  # fmt: skip
+def test_a_frame_that_is_not_a_call_the_actor_takes_closes_the_connection(bad: bytes) -> None:
+    endpoint, started = _started_endpoint()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(endpoint.address)
+        conn.sendall(endpoint.token + bad)
+        conn.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert conn.recv(HEADER.size) == b""
+    assert started == []

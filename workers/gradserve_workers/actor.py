@@ -313,12 +313,6 @@ class GradActor:
 
         return self._compute_thread.submit(run), watch
 
-    def _run(
-        self, work: Callable[[], ChunkResult], limits: Mapping[str, int] | None = None
-    ) -> ChunkResult:
-        """``work`` on the compute thread; user errors come back as data."""
-        return self._wait(*self._begin(work, limits))
-
     def _wait(self, future: Future[ChunkResult], watch: Any) -> ChunkResult:
         """The call's result. This (Ray's) thread waits for it and passes
         ray.cancel(ref) on as the call's cancel flag, which the language checks
@@ -347,10 +341,19 @@ class GradActor:
         return {"address": e.address, "token": e.token, "node": socket.gethostname()}
 
     def _start(self, message: bytes) -> tuple[Future[ChunkResult], Any]:
-        """A packed call (:func:`~gradserve_workers.tasks.pack_call`), started on the
-        compute thread: its future and its watch (whose ``cancel`` stops it)."""
+        """A packed call (:func:`~gradserve_workers.tasks.pack_call`), started."""
         call = unpack_call(message)
-        spec, arrays, start, stop = call.spec, call.arrays, call.start, call.stop
+        return self._started(call.spec, call.arrays, call.start, call.stop)
+
+    def _started(
+        self,
+        spec: ComputeSpec | CheckSpec,
+        arrays: Mapping[str, np.ndarray],
+        start: int,
+        stop: int,
+    ) -> tuple[Future[ChunkResult], Any]:
+        """A chunk's compute or check started on the compute thread: its future and its
+        watch (whose ``cancel`` stops it)."""
         if isinstance(spec, CheckSpec):
             return self._begin(lambda: self._check(spec, arrays, start, stop), spec.limits)
         return self._begin(lambda: self._compute(spec, arrays, start, stop), spec.limits)
@@ -379,14 +382,15 @@ class GradActor:
     def run(self, message: bytes) -> ChunkResult:
         """A packed :class:`~gradserve_workers.tasks.ChunkCall` (small chunks: see
         :func:`~gradserve_workers.tasks.pack_call`): :meth:`compute` or :meth:`check`."""
-        # outside _run on purpose: a message the server did not pack is the server's
-        # bug, so it fails the Ray call (an internal error), never a user's "invalid"
+        # unpacked outside the guarded work on purpose: a message the server did not
+        # pack is the server's bug, so it fails the Ray call (an internal error), never
+        # a user's "invalid"
         return self._wait(*self._start(message))
 
     def compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._compute(spec, arrays, start, stop), spec.limits)
+        return self._wait(*self._started(spec, arrays, start, stop))
 
     def _compute(
         self, spec: ComputeSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
@@ -443,7 +447,7 @@ class GradActor:
     def check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
     ) -> ChunkResult:
-        return self._run(lambda: self._check(spec, arrays, start, stop), spec.limits)
+        return self._wait(*self._started(spec, arrays, start, stop))
 
     def _check(
         self, spec: CheckSpec, arrays: Mapping[str, np.ndarray], start: int, stop: int
